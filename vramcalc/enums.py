@@ -1,0 +1,102 @@
+"""Choices a user types, as ``StrEnum``/``IntEnum`` values.
+
+The string values are exactly what users type on the command line and send over HTTP
+(transformers' ``OptimizerNames`` values, accelerate's mixed-precision vocabulary, ...).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, StrEnum
+
+__all__ = [
+    "Attention",
+    "DType",
+    "MixedPrecision",
+    "Offload",
+    "PeftMethod",
+    "Phase",
+    "Quant",
+    "Task",
+    "ZeroStage",
+]
+
+
+class DType(StrEnum):
+    """Storage dtype of parameters (``--dtype``)."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class MixedPrecision(StrEnum):
+    """Autocast over fp32 weights (``--mixed-precision``, accelerate's vocabulary)."""
+
+    NO = "no"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class Quant(StrEnum):
+    """bitsandbytes quantization of the frozen base's linear weights (``--quant``)."""
+
+    NF4 = "nf4"
+    FP4 = "fp4"
+    INT8 = "int8"
+
+
+class Attention(StrEnum):
+    """transformers' ``attn_implementation`` values (``--attn``)."""
+
+    EAGER = "eager"
+    SDPA = "sdpa"
+    FLASH_ATTENTION_2 = "flash_attention_2"
+
+
+class PeftMethod(StrEnum):
+    """Parameter-efficient fine-tuning methods."""
+
+    LORA = "lora"
+    QLORA = "qlora"
+    ADAPTER = "adapter"
+    PREFIX = "prefix"
+    PROMPT_TUNING = "prompt_tuning"
+    IA3 = "ia3"
+
+
+class Offload(StrEnum):
+    """DeepSpeed ZeRO offload target (``--offload-optimizer``, ``--offload-param``)."""
+
+    NONE = "none"
+    CPU = "cpu"
+    NVME = "nvme"
+
+
+class ZeroStage(IntEnum):
+    """DeepSpeed ZeRO stage: what is partitioned over the data-parallel group.
+
+    Source: Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
+    Parameter Models", Section 5 (P_os, P_os+g, P_os+g+p).
+    """
+
+    DISABLED = 0
+    OPTIMIZER_STATES = 1
+    GRADIENTS = 2
+    PARAMETERS = 3
+
+
+class Task(StrEnum):
+    """What the job does on the GPU."""
+
+    TRAIN = "train"
+    INFERENCE = "inference"
+
+
+class Phase(StrEnum):
+    """Phases of one training step, in order."""
+
+    LOAD = "load"
+    FORWARD = "forward"
+    LOSS = "loss"
+    BACKWARD = "backward"
+    OPTIMIZER = "optimizer"

@@ -1,0 +1,49 @@
+"""Errors with a message a user can act on: what was wrong, what is accepted, the closest match."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = ["InvalidConfigError", "UnknownNameError", "VramcalcError", "closest_match"]
+
+
+class VramcalcError(ValueError):
+    """Base class of every error vramcalc raises on bad input (CLI exit 2, HTTP 4xx)."""
+
+    status_code: int = 422
+
+
+class InvalidConfigError(VramcalcError):
+    """An impossible combination or a malformed model/DeepSpeed config."""
+
+
+def closest_match(name: str, choices: Iterable[str]) -> str | None:
+    """Return the accepted value closest to ``name`` (case-insensitive), or ``None``."""
+    pool = list(choices)
+    lowered = {c.lower(): c for c in pool}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
+    if hits:
+        return lowered[hits[0]]
+    # substring match catches "llama7b" -> "llama-2-7b"-style typos difflib misses
+    squashed = name.lower().replace("-", "").replace("_", "")
+    for low, orig in lowered.items():
+        if squashed and squashed in low.replace("-", "").replace("_", ""):
+            return orig
+    return None
+
+
+class UnknownNameError(VramcalcError):
+    """A name (model, GPU, optimizer, PEFT key, ...) that is not in the accepted set."""
+
+    status_code = 404
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str], *, show: int = 12) -> None:
+        pool = sorted(set(choices))
+        self.kind = kind
+        self.name = name
+        self.choices = pool
+        self.suggestion = closest_match(name, pool)
+        listed = ", ".join(pool[:show]) + (f", ... ({len(pool)} in all)" if len(pool) > show else "")
+        hint = f" Did you mean '{self.suggestion}'?" if self.suggestion else ""
+        super().__init__(f"unknown {kind} '{name}'.{hint} Accepted: {listed}")

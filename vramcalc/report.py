@@ -1,0 +1,122 @@
+"""Outputs: ``MemoryReport`` (timeline, peaks, breakdown), ``FitReport`` and ``CostReport``.
+
+All byte fields are integers. The five components (``base``, ``params``, ``activations``,
+``gradients``, ``optimizer``) at the peak moment sum exactly to ``peak.device_bytes``;
+``details`` holds stable slash-keyed finer components (``activations/logits``,
+``optimizer/exp_avg_sq``) whose first segment is one of the five.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vramcalc.enums import Phase
+
+__all__ = [
+    "COMPONENTS",
+    "Breakdown",
+    "CostReport",
+    "FitReport",
+    "MemoryReport",
+    "ModelSummary",
+    "Peak",
+    "TimelineEvent",
+]
+
+COMPONENTS = ("base", "params", "activations", "gradients", "optimizer")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSummary(_Out):
+    """The model the estimate is for."""
+
+    name: str
+    hf_id: str | None = None
+    model_type: str
+    n_params: int
+    n_trainable_params: int
+
+
+class Breakdown(_Out):
+    """The five components at one moment, in bytes."""
+
+    base: int = 0
+    params: int = 0
+    activations: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+
+    @property
+    def total(self) -> int:
+        """Sum of the five components."""
+        return self.base + self.params + self.activations + self.gradients + self.optimizer
+
+
+class TimelineEvent(_Out):
+    """Live bytes after one event of the step walk."""
+
+    step: int = Field(description="1 = first step (optimizer states created), 2 = steady state")
+    phase: Phase
+    event: str
+    allocated_bytes: int
+    components: dict[str, int] = Field(description="allocated bytes by component (no base)")
+
+
+class Peak(_Out):
+    """The three peaks (see MEMORY_MODEL): allocated, reserved and device."""
+
+    allocated_bytes: int = Field(description="torch.cuda.max_memory_allocated()")
+    reserved_bytes: int = Field(description="torch.cuda.max_memory_reserved()")
+    device_bytes: int = Field(description="NVML used memory: reserved + context + other")
+    phase: Phase
+    event: str
+    step: int
+
+
+class FitReport(_Out):
+    """Whether the job fits one GPU of the chosen kind."""
+
+    gpu: str
+    gpu_memory_bytes: int
+    usable_bytes: int
+    fits: bool
+    headroom_bytes: int = Field(description="usable - peak device bytes (negative: overflow)")
+    max_batch_size: int | None = None
+    suggested_grad_accum: int | None = None
+
+
+class CostReport(_Out):
+    """Training time and money."""
+
+    gpu: str
+    n_gpus: int
+    tokens: int
+    epochs: float
+    flops_per_token: float
+    total_flops: float
+    peak_tflops_per_gpu: float
+    mfu: float
+    step_time_s: float | None = None
+    time_s: float
+    price_usd_per_gpu_hour: float
+    cost_usd: float
+    notes: list[str] = Field(default_factory=list)
+
+
+class MemoryReport(_Out):
+    """An estimate: the step timeline, the peaks and the breakdown at the peak."""
+
+    version: str
+    model: ModelSummary
+    peak: Peak
+    breakdown: Breakdown
+    details: dict[str, int]
+    timeline: list[TimelineEvent]
+    cpu_bytes: int = Field(description="host memory held for offloaded states/params")
+    fit: FitReport | None = None
+    cost: CostReport | None = None
+    assumptions: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)

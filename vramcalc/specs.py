@@ -1,0 +1,252 @@
+"""Inputs: the request a user sends, and the resolved specs the engine works on.
+
+``EstimateRequest`` is the one flat input shared by the CLI, the Python API and the REST
+service: its field names are the CLI's long option names in snake_case. ``resolve`` (in
+``engine.py``) turns it into ``ModelSpec``, ``TrainingSpec``, ``ParallelSpec`` and
+``HardwareSpec``, which the formulas read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vramcalc.enums import (
+    Attention,
+    DType,
+    MixedPrecision,
+    Offload,
+    PeftMethod,
+    Quant,
+    Task,
+    ZeroStage,
+)
+
+__all__ = [
+    "AdapterOptions",
+    "CostSpec",
+    "EstimateRequest",
+    "GpuSpec",
+    "HardwareSpec",
+    "LoraOptions",
+    "ModelSpec",
+    "ParallelSpec",
+    "PeftSpec",
+    "PromptOptions",
+    "TrainingSpec",
+]
+
+# Upper bounds keep any single request cheap to compute (REST service hardening) while
+# staying far above real jobs.
+MAX_BATCH = 1 << 16
+MAX_SEQ = 1 << 22
+MAX_GPUS = 1 << 16
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelSpec(_Frozen):
+    """Architecture of a model, with HF ``config.json`` key names.
+
+    Feature fields (``norm``, ``mlp``, ``position_embedding``, ...) are what formulas branch
+    on; they are filled from the architecture template of ``model_type`` in
+    ``data/architectures.json`` by ``hf.py``.
+    """
+
+    name: str
+    hf_id: str | None = None
+    model_type: str
+    source: str | None = None
+    hidden_size: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    num_attention_heads: int = Field(gt=0)
+    num_key_value_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    vocab_size: int = Field(gt=0)
+    max_position_embeddings: int | None = None
+    tie_word_embeddings: bool = False
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    mlp: Literal["gated", "plain"] = "plain"
+    hidden_act: str = "gelu"
+    position_embedding: Literal["learned", "rotary", "alibi", "relative", "none"] = "learned"
+    parallel_residual: bool = False
+    attention_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    hidden_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    embedding_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    num_local_experts: int = Field(default=0, ge=0)
+    num_experts_per_tok: int = Field(default=0, ge=0)
+    is_encoder_decoder: bool = False
+    num_decoder_layers: int = Field(default=0, ge=0)
+    is_causal_lm: bool = True
+    n_params: int = Field(default=0, ge=0, description="exact parameter count (0 = not known)")
+    arch: dict[str, int | float | bool | str | None] = Field(
+        default_factory=dict,
+        description="other config.json fields the architecture template reads",
+    )
+
+
+class LoraOptions(_Frozen):
+    """``--lora r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj`` (PEFT ``LoraConfig``).
+
+    Defaults are PEFT's: ``r=8``, ``lora_alpha=8``, ``lora_dropout=0.0``, targets from
+    ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` for the model type.
+    """
+
+    r: int = Field(default=8, gt=0, le=65536)
+    alpha: float | None = Field(default=None, gt=0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    targets: tuple[str, ...] | None = None
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _split_targets(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(t for t in v.replace(",", "+").split("+") if t)
+        return v
+
+
+class AdapterOptions(_Frozen):
+    """``--adapter dim=64``: Houlsby-style bottleneck adapters after attention and MLP."""
+
+    dim: int = Field(default=64, gt=0, le=65536)
+
+
+class PromptOptions(_Frozen):
+    """``--prefix tokens=20`` / ``--prompt-tuning tokens=20``: virtual tokens."""
+
+    tokens: int = Field(default=20, gt=0, le=65536)
+
+
+class EstimateRequest(_Frozen):
+    """Everything one estimate needs; field names are the CLI's long options in snake_case."""
+
+    model: str | dict[str, Any] = Field(
+        description="catalog name/alias, a path to a config.json (CLI/Python only), "
+        "or an inline config.json object",
+    )
+    task: Task = Task.TRAIN
+    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH)
+    seq_len: int = Field(default=512, gt=0, le=MAX_SEQ)
+    grad_accum: int = Field(default=1, gt=0, le=MAX_BATCH)
+    dtype: DType = DType.FP32
+    mixed_precision: MixedPrecision = MixedPrecision.NO
+    optim: str = "adamw_torch"
+    lora: LoraOptions | None = None
+    qlora: LoraOptions | None = None
+    quant: Quant | None = None
+    adapter: AdapterOptions | None = None
+    prefix: PromptOptions | None = None
+    prompt_tuning: PromptOptions | None = None
+    ia3: bool = False
+    grad_ckpt: bool = False
+    attn: Attention = Attention.SDPA
+    zero: ZeroStage = ZeroStage.DISABLED
+    offload_optimizer: Offload = Offload.NONE
+    offload_param: Offload = Offload.NONE
+    gpus: int = Field(default=1, gt=0, le=MAX_GPUS)
+    nodes: int = Field(default=1, gt=0, le=MAX_GPUS)
+    deepspeed: dict[str, Any] | None = Field(
+        default=None, description="contents of a DeepSpeed config (overrides zero/offload)"
+    )
+    gpu: str | None = None
+    tokens: int | None = Field(default=None, gt=0, le=10**15)
+    epochs: float = Field(default=1.0, gt=0, le=10_000)
+    mfu: float | None = Field(default=None, gt=0, le=1)
+    price_per_gpu_hour: float | None = Field(default=None, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_peft_method(self) -> EstimateRequest:
+        chosen = [
+            name
+            for name in ("lora", "qlora", "adapter", "prefix", "prompt_tuning")
+            if getattr(self, name) is not None
+        ] + (["ia3"] if self.ia3 else [])
+        if len(chosen) > 1:
+            raise ValueError(
+                f"choose one PEFT method, got {' and '.join(chosen)}; "
+                "accepted: lora, qlora, adapter, prefix, prompt_tuning, ia3"
+            )
+        return self
+
+
+class PeftSpec(_Frozen):
+    """A resolved PEFT method: which modules get which trainable parameters."""
+
+    method: PeftMethod
+    r: int = 0
+    alpha: float = 0.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()
+    num_virtual_tokens: int = 0
+    adapter_dim: int = 0
+
+
+class TrainingSpec(_Frozen):
+    """A resolved training (or inference) step on one GPU."""
+
+    task: Task = Task.TRAIN
+    batch_size: int = Field(default=1, gt=0)
+    seq_len: int = Field(default=512, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    param_dtype: DType = DType.FP32
+    mixed_precision: MixedPrecision = MixedPrecision.NO
+    optim: str = "adamw_torch"
+    peft: PeftSpec | None = None
+    quant: Quant | None = None
+    grad_ckpt: bool = False
+    attn: Attention = Attention.SDPA
+
+
+class ParallelSpec(_Frozen):
+    """Data parallelism and DeepSpeed ZeRO settings (bucket sizes in elements)."""
+
+    zero_stage: ZeroStage = ZeroStage.DISABLED
+    offload_optimizer: Offload = Offload.NONE
+    offload_param: Offload = Offload.NONE
+    gpus_per_node: int = Field(default=1, gt=0)
+    nodes: int = Field(default=1, gt=0)
+    reduce_bucket_size: int = Field(default=500_000_000, ge=0)
+    allgather_bucket_size: int = Field(default=500_000_000, ge=0)
+    stage3_prefetch_bucket_size: int = Field(default=50_000_000, ge=0)
+    stage3_max_live_parameters: int = Field(default=1_000_000_000, ge=0)
+    stage3_param_persistence_threshold: int = Field(default=100_000, ge=0)
+    deepspeed_precision: Literal["fp16", "bf16", "fp32"] | None = None
+
+    @property
+    def world_size(self) -> int:
+        """Data-parallel degree: GPUs per node times nodes."""
+        return self.gpus_per_node * self.nodes
+
+
+class GpuSpec(_Frozen):
+    """One row of the GPU catalog (``data/gpus.json``)."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    vendor: str
+    family: str
+    memory_bytes: int = Field(gt=0, description="total memory as the device reports it")
+    tflops: dict[str, float] = Field(description="peak dense TFLOPS by dtype")
+    bandwidth_gb_s: float = Field(gt=0)
+    price_usd_per_gpu_hour: float = Field(ge=0)
+    source: str
+    as_of: str
+
+
+class HardwareSpec(_Frozen):
+    """The GPU the job runs on (if named) and GPU-side constants."""
+
+    gpu: GpuSpec | None = None
+
+
+class CostSpec(_Frozen):
+    """Inputs of the time and cost estimate."""
+
+    tokens: int | None = None
+    epochs: float = 1.0
+    mfu: float | None = None
+    price_usd_per_gpu_hour: float | None = None

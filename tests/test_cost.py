@@ -12,6 +12,7 @@ from vramcalc.cost import (
     default_mfu,
     dequant_seconds_per_micro_step,
     estimate_cost,
+    estimate_step_time,
     peak_tflops,
     tokens_per_step,
     training_time_s,
@@ -108,6 +109,36 @@ def test_estimate_cost_hand_computation() -> None:
     assert (report.n_gpus, report.tokens, report.epochs, report.mfu) == (2, 10_000_000, 2, 0.5)
     assert report.peak_tflops_per_gpu == 989.4
     assert any("bf16" in n for n in report.notes)
+
+
+def test_step_time_without_tokens() -> None:
+    """One step of batch 8 x seq 256 x accum 1 on one GPU: 2048 tokens x FLOPs/token / (peak x
+    MFU); equal to the report's step time."""
+    spec, inv = small_model()
+    t = TrainingSpec(seq_len=256, batch_size=8, param_dtype=DType.BF16, attn=Attention.EAGER)
+    gpu = catalog.gpu("l40s")
+    timing = estimate_step_time(spec, t, ParallelSpec(), gpu, inv, keys(inv), mfu=0.4)
+    assert timing.tokens_per_step == 2048
+    assert timing.step_time_s == pytest.approx(84_860_928 * 2048 / (362.05e12 * 0.4))
+    report = estimate_cost(
+        spec, t, ParallelSpec(), gpu, CostSpec(tokens=10**6, mfu=0.4), inv, keys(inv)
+    )
+    assert report.step_time_s == pytest.approx(timing.step_time_s)
+
+
+def test_gpu_without_price_says_so() -> None:
+    spec, inv = small_model()
+    r = estimate_cost(
+        spec,
+        TrainingSpec(param_dtype=DType.BF16),
+        ParallelSpec(),
+        catalog.gpu("mi250x"),
+        CostSpec(tokens=1000),
+        inv,
+        keys(inv),
+    )
+    assert r.cost_usd == 0
+    assert any("--price-per-gpu-hour" in n for n in r.notes)
 
 
 def test_tokens_per_step() -> None:

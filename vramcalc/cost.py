@@ -12,6 +12,7 @@ estimate ``8 T P / (n X)`` of Narayanan et al. 2021 (Megatron-LM), Section 5.1.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass
 
 from vramcalc import catalog
 from vramcalc.enums import DType, MixedPrecision, PeftMethod, Quant, Task, ZeroStage
@@ -22,10 +23,12 @@ from vramcalc.report import CostReport
 from vramcalc.specs import CostSpec, GpuSpec, ModelSpec, ParallelSpec, TrainingSpec
 
 __all__ = [
+    "StepTiming",
     "compute_dtype",
     "default_mfu",
     "dequant_seconds_per_micro_step",
     "estimate_cost",
+    "estimate_step_time",
     "peak_tflops",
     "step_time_s",
     "tokens_per_step",
@@ -160,6 +163,121 @@ def dequant_seconds_per_micro_step(
     return calls * quantized_numel * bits / 8 / (gpu.bandwidth_gb_s * GIGA)
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """Time of one optimizer step on the job's GPUs.
+
+    Attributes:
+        flops: FLOPs per token by pass.
+        compute_dtype: dtype the matmuls run in.
+        peak_key: catalog key of the peak used (``bf16``, ``fp32``, ``tf32``...).
+        peak_tflops_per_gpu: dense peak TFLOPS per GPU used.
+        mfu: model-FLOPs utilisation used.
+        n_gpus: GPUs running the job (data-parallel world size).
+        tokens_per_step: tokens in one optimizer step over all GPUs.
+        compute_s: FLOP-bound seconds of one optimizer step.
+        dequant_s: bandwidth-bound 4-bit dequantisation seconds of one optimizer step.
+        notes: what was assumed.
+
+    """
+
+    flops: FlopsPerToken
+    compute_dtype: str
+    peak_key: str
+    peak_tflops_per_gpu: float
+    mfu: float
+    n_gpus: int
+    tokens_per_step: int
+    compute_s: float
+    dequant_s: float
+    notes: tuple[str, ...]
+
+    @property
+    def step_time_s(self) -> float:
+        """Seconds of one optimizer step (compute + dequantisation)."""
+        return self.compute_s + self.dequant_s
+
+
+def estimate_step_time(
+    model: ModelSpec,
+    training: TrainingSpec,
+    parallel: ParallelSpec,
+    gpu: GpuSpec,
+    inventory: Iterable[ParamGroup],
+    trainable_keys: Collection[str],
+    *,
+    mfu: float | None = None,
+    allow_tf32: bool = False,
+) -> StepTiming:
+    """Time of one optimizer step: ``batch x seq x grad_accum x GPUs`` tokens.
+
+    Needs no token count, so the engine can show it for any estimate with ``--gpu``. Arguments
+    are those of :func:`estimate_cost` (``mfu=None`` takes the catalog default).
+
+    Raises:
+        InvalidConfigError: an MFU outside (0, 1].
+
+    Source: Chowdhery et al. 2022 (PaLM), Appendix B (MFU); bitsandbytes ``MatMul4Bit`` for the
+    dequantisation term (see :func:`dequant_seconds_per_micro_step`).
+
+    """
+    mfu = mfu if mfu is not None else default_mfu(training)
+    if not 0 < mfu <= 1:
+        raise InvalidConfigError(f"mfu must be in (0, 1], got {mfu}")
+    groups = tuple(inventory)
+    flops = training_flops_per_token(
+        model,
+        groups,
+        trainable_keys,
+        training.seq_len,
+        attn=training.attn,
+        grad_ckpt=training.grad_ckpt,
+        task=training.task,
+    )
+    dtype = compute_dtype(training, parallel)
+    peak, peak_key = peak_tflops(gpu, dtype, allow_tf32=allow_tf32)
+    n_gpus = parallel.world_size
+    step_tokens = tokens_per_step(training, parallel)
+    compute_s = step_time_s(flops.total, step_tokens, n_gpus, peak, mfu)
+    notes = [
+        f"compute dtype {dtype}, peak {peak:g} TFLOPS ({peak_key}, dense) per GPU, MFU {mfu:g}",
+        f"FLOPs per token: forward {flops.forward:.4g}, backward {flops.backward:.4g}, "
+        f"recompute {flops.recompute:.4g}",
+    ]
+    if peak_key != dtype and not (dtype == "fp32" and peak_key == "tf32"):
+        notes.append(f"{gpu.name} has no {dtype} tensor-core peak in the catalog; fp32 peak used")
+    if dtype == "fp32" and not allow_tf32:
+        notes.append("fp32 matmuls counted at the fp32 peak (PyTorch's default: TF32 off)")
+
+    dequant_s = 0.0
+    qnumel = _quantized_numel(groups, training)
+    if qnumel and training.task == Task.TRAIN:
+        calls = 3 if training.grad_ckpt else 2
+        if parallel.zero_stage >= ZeroStage.PARAMETERS:
+            qnumel = -(-qnumel // n_gpus)
+        quant = training.quant.value if training.quant is not None else Quant.NF4.value
+        per_micro = dequant_seconds_per_micro_step(qnumel, gpu, dtype, calls=calls, quant=quant)
+        dequant_s = per_micro * training.grad_accum
+        notes.append(
+            f"4-bit dequantisation adds {dequant_s:.3g} s per step (bandwidth-bound, "
+            f"{calls} passes over the quantized weights per micro-step)"
+        )
+    if n_gpus > 1:
+        notes.append("communication is not modelled separately: it is part of the MFU")
+    return StepTiming(
+        flops=flops,
+        compute_dtype=dtype,
+        peak_key=peak_key,
+        peak_tflops_per_gpu=peak,
+        mfu=mfu,
+        n_gpus=n_gpus,
+        tokens_per_step=step_tokens,
+        compute_s=compute_s,
+        dequant_s=dequant_s,
+        notes=tuple(notes),
+    )
+
+
 def estimate_cost(
     model: ModelSpec,
     training: TrainingSpec,
@@ -189,18 +307,19 @@ def estimate_cost(
             optional ``mfu`` and ``price_usd_per_gpu_hour`` overrides.
         inventory: the model's parameter groups (``counts.param_inventory``) plus any adapter
             groups to count (LoRA ``lora_A``/``lora_B`` as ``kind="linear"``).
-        trainable_keys: keys of the trainable groups.
+        trainable_keys: keys of the trainable groups; empty means inference (forward only).
         allow_tf32: count fp32 matmuls at the TF32 peak (off by default, as in PyTorch).
 
     Returns:
         A ``CostReport``: ``tokens`` per epoch, ``flops_per_token`` (forward + backward +
         recompute), ``total_flops = flops_per_token x tokens x epochs``, the dense peak used,
         the MFU, ``step_time_s`` of one optimizer step (``batch x seq x grad_accum x GPUs``
-        tokens), ``time_s``, the price and ``cost_usd = time_s / 3600 x GPUs x price``. Notes
-        name the compute dtype, the FLOPs split and what is not modelled.
+        tokens), ``time_s = total_flops / (GPUs x peak x MFU)`` plus the dequantisation time of
+        a 4-bit base, the price and ``cost_usd = time_s / 3600 x GPUs x price``. Notes name the
+        compute dtype, the FLOPs split and what is not modelled.
 
     Raises:
-        InvalidConfigError: no ``tokens``; a non-positive MFU or a negative price.
+        InvalidConfigError: no ``tokens``; an MFU outside (0, 1]; a negative price.
 
     Source: Chowdhery et al. 2022 (PaLM), Appendix B (MFU); Narayanan et al. 2021, Section 5.1.
 
@@ -211,75 +330,47 @@ def estimate_cost(
         )
     if cost.epochs <= 0:
         raise InvalidConfigError(f"epochs must be > 0, got {cost.epochs}")
-    mfu = cost.mfu if cost.mfu is not None else default_mfu(training)
-    if not 0 < mfu <= 1:
-        raise InvalidConfigError(f"mfu must be in (0, 1], got {mfu}")
     price = cost.price_usd_per_gpu_hour
     if price is None:
         price = gpu.price_usd_per_gpu_hour
     if price < 0:
         raise InvalidConfigError(f"price per GPU-hour must be >= 0, got {price}")
-
-    groups = tuple(inventory)
-    flops: FlopsPerToken = training_flops_per_token(
+    timing = estimate_step_time(
         model,
-        groups,
+        training,
+        parallel,
+        gpu,
+        inventory,
         trainable_keys,
-        training.seq_len,
-        attn=training.attn,
-        grad_ckpt=training.grad_ckpt,
-        task=training.task,
+        mfu=cost.mfu,
+        allow_tf32=allow_tf32,
     )
-    dtype = compute_dtype(training, parallel)
-    peak, peak_key = peak_tflops(gpu, dtype, allow_tf32=allow_tf32)
-    n_gpus = parallel.world_size
-    total_tokens = cost.tokens * cost.epochs
-    total_flops = flops.total * total_tokens
-    step_tokens = tokens_per_step(training, parallel)
-
-    compute_step_s = step_time_s(flops.total, step_tokens, n_gpus, peak, mfu)
-    notes = [
-        f"compute dtype {dtype}, peak {peak:g} TFLOPS ({peak_key}, dense) per GPU, MFU {mfu:g}",
-        f"FLOPs per token: forward {flops.forward:.4g}, backward {flops.backward:.4g}, "
-        f"recompute {flops.recompute:.4g}",
-    ]
-    if peak_key != dtype and not (dtype == "fp32" and peak_key == "tf32"):
-        notes.append(f"{gpu.name} has no {dtype} tensor-core peak in the catalog; fp32 peak used")
-    if dtype == "fp32" and not allow_tf32:
-        notes.append("fp32 matmuls counted at the fp32 peak (PyTorch's default: TF32 off)")
-
-    dequant_step_s = 0.0
-    qnumel = _quantized_numel(groups, training)
-    if qnumel and training.task == Task.TRAIN:
-        calls = 3 if training.grad_ckpt else 2
-        if parallel.zero_stage >= ZeroStage.PARAMETERS:
-            qnumel = -(-qnumel // n_gpus)
-        quant = training.quant.value if training.quant is not None else Quant.NF4.value
-        per_micro = dequant_seconds_per_micro_step(qnumel, gpu, dtype, calls=calls, quant=quant)
-        dequant_step_s = per_micro * training.grad_accum
+    notes = list(timing.notes)
+    if price == 0 and cost.price_usd_per_gpu_hour is None:
         notes.append(
-            f"4-bit dequantisation adds {dequant_step_s:.3g} s per step (bandwidth-bound, "
-            f"{calls} passes over the quantized weights per micro-step)"
+            f"no on-demand price for {gpu.name} in the catalog: cost is 0, "
+            "pass --price-per-gpu-hour"
         )
-    if n_gpus > 1:
-        notes.append("communication is not modelled separately: it is part of the MFU")
-
-    step_s = compute_step_s + dequant_step_s
-    steps = total_tokens / step_tokens
-    time_s = training_time_s(total_flops, n_gpus, peak, mfu) + dequant_step_s * steps
-    cost_usd = time_s / SECONDS_PER_HOUR * n_gpus * price
+    n_gpus = timing.n_gpus
+    total_tokens = cost.tokens * cost.epochs
+    total_flops = timing.flops.total * total_tokens
+    steps = total_tokens / timing.tokens_per_step
+    time_s = (
+        training_time_s(total_flops, n_gpus, timing.peak_tflops_per_gpu, timing.mfu)
+        + timing.dequant_s * steps
+    )
     return CostReport(
         gpu=gpu.name,
         n_gpus=n_gpus,
         tokens=cost.tokens,
         epochs=cost.epochs,
-        flops_per_token=flops.total,
+        flops_per_token=timing.flops.total,
         total_flops=total_flops,
-        peak_tflops_per_gpu=peak,
-        mfu=mfu,
-        step_time_s=step_s,
+        peak_tflops_per_gpu=timing.peak_tflops_per_gpu,
+        mfu=timing.mfu,
+        step_time_s=timing.step_time_s,
         time_s=time_s,
         price_usd_per_gpu_hour=price,
-        cost_usd=cost_usd,
+        cost_usd=time_s / SECONDS_PER_HOUR * n_gpus * price,
         notes=notes,
     )

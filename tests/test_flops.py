@@ -395,3 +395,69 @@ def test_monotone_in_sequence_length(
     a = training_flops_per_token(spec, inv, all_keys(inv), s, attn=attn)
     b = training_flops_per_token(spec, inv, all_keys(inv), s + 1, attn=attn)
     assert b.total > a.total
+
+
+@pytest.mark.skipif(
+    "has_lm_head" not in ModelSpec.model_fields, reason="ModelSpec.has_lm_head not landed yet"
+)
+def test_encoder_base_model_without_output_layer_has_no_head_flops() -> None:
+    h, v = 64, 100
+    kwargs = {
+        "name": "bert-base",
+        "model_type": "bert",
+        "hidden_size": h,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "head_dim": 16,
+        "intermediate_size": 4 * h,
+        "vocab_size": v,
+        "is_causal_lm": False,
+        "tie_word_embeddings": True,
+    }
+    inv = [
+        ParamGroup(
+            key="embed/word",
+            module="word_embeddings",
+            kind="embedding",
+            weight_numel=v * h,
+            stack="embed",
+        )
+    ]
+    base = training_flops_per_token(ModelSpec(**kwargs, has_lm_head=False), inv, set(), 8)
+    mlm = training_flops_per_token(ModelSpec(**kwargs, has_lm_head=True), inv, set(), 8)
+    assert base.details["forward/lm_head"] == 0
+    assert mlm.details["forward/lm_head"] == 2 * h * v
+
+
+@pytest.mark.skipif("expert" not in ParamGroup.model_fields, reason="ParamGroup.expert not landed")
+def test_expert_flag_marks_experts_whatever_the_key() -> None:
+    spec = ModelSpec(
+        name="moe",
+        model_type="qwen2_moe",
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=10,
+        num_local_experts=4,
+        num_experts_per_tok=1,
+    )
+    g = ParamGroup(
+        key="decoder/mlp/gate_up_proj",
+        module="gate_up_proj",
+        kind="linear",
+        weight_numel=64 * 256,
+        count=4,
+        expert=True,
+    )
+    shared = ParamGroup(
+        key="decoder/mlp/shared_expert/up_proj",
+        module="up_proj",
+        kind="linear",
+        weight_numel=64 * 128,
+    )
+    got = training_flops_per_token(spec, [g, shared], set(), 1, task=Task.INFERENCE)
+    assert got.details["forward/matmul"] == 2 * (64 * 256 * 4 / 4 + 64 * 128)

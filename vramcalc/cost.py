@@ -117,7 +117,11 @@ def step_time_s(
 
 
 def _quantized_numel(inventory: Iterable[ParamGroup], training: TrainingSpec) -> int:
-    """Weight elements of the 4-bit-quantized linear layers (``lm_head`` stays 16-bit)."""
+    """Weight elements of the 4-bit-quantized linear layers.
+
+    ``lm_head`` stays 16-bit, and so do MoE experts stored as 3-D parameters
+    (``ParamGroup.expert``): bitsandbytes replaces ``nn.Linear`` modules only.
+    """
     four_bit = training.quant in (Quant.NF4, Quant.FP4) or (
         training.quant is None
         and training.peft is not None
@@ -126,7 +130,9 @@ def _quantized_numel(inventory: Iterable[ParamGroup], training: TrainingSpec) ->
     if not four_bit:
         return 0
     return sum(
-        g.weight_numel * g.count for g in inventory if g.kind == "linear" and "lora" not in g.key
+        g.weight_numel * g.count
+        for g in inventory
+        if g.kind == "linear" and "lora" not in g.key and not getattr(g, "expert", False)
     )
 
 

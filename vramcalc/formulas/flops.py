@@ -93,11 +93,12 @@ class FlopsPerToken:
 
 
 def is_expert_group(group: ParamGroup) -> bool:
-    """Tell MoE expert weights apart: a key with an ``experts`` path segment.
+    """Tell MoE expert weights apart: ``ParamGroup.expert``, or an ``experts`` key segment.
 
     ``shared_expert`` (always active) and the router ``gate`` do not match.
     """
-    return "experts" in group.key.split("/")
+    flagged = bool(getattr(group, "expert", False))
+    return flagged or "experts" in group.key.split("/")
 
 
 def active_fraction(group: ParamGroup, spec: ModelSpec) -> float:
@@ -119,7 +120,9 @@ def matmul_groups(
     """List the matmul weights a token meets: ``(key, stack, active weight elements, trainable)``.
 
     Adds the tied LM head (``hidden_size x vocab_size``, trainable iff the input embedding is)
-    when ``spec.tie_word_embeddings`` is set and no ``lm_head`` group is listed.
+    when ``spec.tie_word_embeddings`` is set, the model has an output layer
+    (``ModelSpec.has_lm_head``; causal LMs where that field is absent) and no ``lm_head`` group
+    is listed.
     """
     groups = list(inventory)
     out: list[tuple[str, str, float, bool]] = []
@@ -128,7 +131,8 @@ def matmul_groups(
             active = g.weight_numel * g.count * active_fraction(g, spec)
             out.append((g.key, g.stack, active, g.key in trainable_keys))
     has_head = any(g.kind == "lm_head" for g in groups)
-    if spec.tie_word_embeddings and not has_head and spec.is_causal_lm:
+    has_output_layer = bool(getattr(spec, "has_lm_head", spec.is_causal_lm))
+    if spec.tie_word_embeddings and not has_head and has_output_layer:
         embeddings = [g for g in groups if g.kind == "embedding" and g.stack == "embed"]
         word = max(embeddings, key=lambda g: g.weight_numel, default=None)
         trainable = word is not None and word.key in trainable_keys

@@ -82,6 +82,11 @@ class ModelSpec(_Frozen):
     is_encoder_decoder: bool = False
     num_decoder_layers: int = Field(default=0, ge=0)
     is_causal_lm: bool = True
+    has_lm_head: bool = Field(
+        default=True,
+        description="the counted model ends in a vocab-sized output layer (tied or not), so "
+        "training computes B*S*vocab logits; False for encoder-only base models (BERT)",
+    )
     n_params: int = Field(default=0, ge=0, description="exact parameter count (0 = not known)")
     arch: dict[str, int | float | bool | str | None] = Field(
         default_factory=dict,

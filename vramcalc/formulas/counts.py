@@ -3,17 +3,44 @@
 The inventory lists every parameter tensor group of the model with the facts the memory
 formulas need: which groups are linear layers (quantizable, LoRA-targetable), embeddings,
 the LM head, norms; their shapes; and how many instances the model holds.
+
+The groups come from the ``modules`` list of the architecture template of
+``spec.model_type`` (``data/architectures.json``); this module only evaluates the template's
+small arithmetic expressions over the spec's fields and ``spec.arch`` extras. It never
+branches on model names.
+
+Semantics of a group (what the formulas downstream rely on):
+
+* ``kind="linear"``: an ``nn.Linear`` (or GPT-2 ``Conv1D``, memory-wise the same) inside a
+  block, and also projection/pooler linears outside the blocks (OPT ``project_in``/
+  ``project_out``, BERT ``pooler.dense``). ``weight_numel = in_features * out_features``,
+  ``bias_numel = out_features`` when the layer has a bias. MoE expert weights are
+  ``kind="linear"`` with ``expert=True``, listed per expert (``count = layers * experts``).
+* ``kind="embedding"``: token, position and token-type embeddings
+  (``in_features`` = rows, ``out_features`` = embedding width).
+* ``kind="lm_head"``: an untied output projection. A tied head has no group: its storage
+  is the token embedding's, counted once.
+* ``kind="norm"``: LayerNorm/RMSNorm weights (and biases).
+* ``kind="other"``: everything else: T5 ``relative_attention_bias``, the MoE router.
+
+Source: the module constructors of transformers 5.24 (``models/<type>/modeling_<type>.py``),
+checked against meta-device builds for every catalog row (``tests/test_counts.py``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import ast
+from collections.abc import Callable, Mapping
+from functools import cache
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from vramcalc import catalog
+from vramcalc.errors import InvalidConfigError
 from vramcalc.specs import ModelSpec
 
-__all__ = ["ParamGroup", "count_params", "param_inventory"]
+__all__ = ["ParamGroup", "count_params", "evaluate", "param_inventory", "spec_names"]
 
 
 class ParamGroup(BaseModel):
@@ -33,6 +60,10 @@ class ParamGroup(BaseModel):
     count: int = 1
     """Instances in the whole model (layers x experts)."""
     stack: Literal["embed", "encoder", "decoder", "head"] = "decoder"
+    expert: bool = False
+    """MoE expert weight: one slice of a 3-D ``nn.Parameter`` (transformers >= 5), not an
+    ``nn.Linear``; bitsandbytes leaves it unquantized and PEFT ``target_modules`` cannot
+    reach it (only ``target_parameters``)."""
 
     @property
     def numel(self) -> int:
@@ -40,11 +71,179 @@ class ParamGroup(BaseModel):
         return (self.weight_numel + self.bias_numel) * self.count
 
 
+# ---------------------------------------------------------------- template expressions
+
+_FUNCS: dict[str, Callable[..., Any]] = {
+    "int": int,
+    "min": min,
+    "max": max,
+    "startswith": lambda s, p: isinstance(s, str) and s.startswith(p),
+    "last_part": lambda s, sep: str(s).split(sep)[-1],
+}
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.FloorDiv: lambda a, b: a // b,
+    ast.Mod: lambda a, b: a % b,
+}
+_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: lambda a, b: bool(a == b),
+    ast.NotEq: lambda a, b: bool(a != b),
+    ast.Lt: lambda a, b: bool(a < b),
+    ast.LtE: lambda a, b: bool(a <= b),
+    ast.Gt: lambda a, b: bool(a > b),
+    ast.GtE: lambda a, b: bool(a >= b),
+    ast.Is: lambda a, b: a is b,
+    ast.IsNot: lambda a, b: a is not b,
+}
+
+
+@cache
+def _parse(expr: str) -> ast.expr:
+    return ast.parse(expr, mode="eval").body
+
+
+def _eval(node: ast.expr, names: Mapping[str, Any]) -> Any:
+    if isinstance(node, ast.Constant):
+        return node.value
+    if isinstance(node, ast.Name):
+        if node.id not in names:
+            raise KeyError(node.id)
+        return names[node.id]
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        return _BINOPS[type(node.op)](_eval(node.left, names), _eval(node.right, names))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return not _eval(node.operand, names)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_eval(node.operand, names)
+    if isinstance(node, ast.BoolOp):
+        if isinstance(node.op, ast.And):
+            return all(_eval(v, names) for v in node.values)
+        return any(_eval(v, names) for v in node.values)
+    if isinstance(node, ast.IfExp):
+        branch = node.body if _eval(node.test, names) else node.orelse
+        return _eval(branch, names)
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, names)
+        for op, comp in zip(node.ops, node.comparators, strict=True):
+            right = _eval(comp, names)
+            if type(op) not in _CMPOPS or not _CMPOPS[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id in _FUNCS
+        and not node.keywords
+    ):
+        return _FUNCS[node.func.id](*(_eval(a, names) for a in node.args))
+    raise ValueError(f"unsupported template expression element: {ast.dump(node)}")
+
+
+def evaluate(expr: str | int | float | bool | None, names: Mapping[str, Any]) -> Any:
+    """Evaluate one architecture-template expression over ``names``.
+
+    Literals pass through. Expressions are a small, safe subset of Python (see
+    ``data/architectures.json`` ``_meta.expressions``); a name missing from ``names`` raises
+    ``KeyError`` with that name.
+    """
+    if not isinstance(expr, str):
+        return expr
+    return _eval(_parse(expr), names)
+
+
+def spec_names(spec: ModelSpec) -> dict[str, Any]:
+    """Names a template's ``modules`` expressions may read: spec fields plus ``spec.arch``."""
+    names: dict[str, Any] = dict(spec.arch)
+    for field in type(spec).model_fields:
+        if field != "arch":
+            names[field] = getattr(spec, field)
+    return names
+
+
+# ---------------------------------------------------------------- inventory
+
+
+def _as_int(value: Any, what: str, spec: ModelSpec) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidConfigError(
+            f"{spec.model_type} model '{spec.name}': {what} evaluates to {value!r}; "
+            "accepted: a non-negative integer"
+        )
+    return value
+
+
+def _group(
+    module: Mapping[str, Any], names: Mapping[str, Any], spec: ModelSpec
+) -> ParamGroup | None:
+    if "when" in module and not evaluate(module["when"], names):
+        return None
+    key = module["key"]
+    kind = module["kind"]
+    count = _as_int(evaluate(module.get("count", 1), names), f"{key} count", spec)
+    has_bias = bool(evaluate(module.get("bias", False), names))
+    in_f = out_f = 0
+    if kind in ("linear", "embedding", "lm_head"):
+        in_f = _as_int(evaluate(module["in"], names), f"{key} in_features", spec)
+        out_f = _as_int(evaluate(module["out"], names), f"{key} out_features", spec)
+        weight = in_f * out_f
+        bias = out_f if has_bias else 0
+    else:
+        weight = _as_int(evaluate(module["numel"], names), f"{key} numel", spec)
+        bias = weight if has_bias else 0
+    if count == 0:
+        return None
+    return ParamGroup(
+        key=key,
+        module=module["module"],
+        kind=kind,
+        in_features=in_f,
+        out_features=out_f,
+        weight_numel=weight,
+        bias_numel=bias,
+        count=count,
+        stack=module["stack"],
+        expert=bool(module.get("expert", False)),
+    )
+
+
 def param_inventory(spec: ModelSpec) -> tuple[ParamGroup, ...]:
-    """Every parameter group of ``spec`` (tied embeddings listed once)."""
-    raise NotImplementedError("being written: see the model-catalog work")
+    """Every parameter group of ``spec`` (tied embeddings listed once).
+
+    Args:
+        spec: a resolved model; ``spec.model_type`` selects the architecture template and
+            ``spec.arch`` holds the template's extra config values.
+
+    Returns:
+        The groups in model order (embeddings, blocks, final norm, head). Sizes are element
+        counts, not bytes.
+
+    Source: transformers 5.24 ``modeling_<model_type>.py`` constructors, transcribed in
+    ``data/architectures.json``.
+
+    """
+    template = catalog.architecture(spec.model_type)
+    names = spec_names(spec)
+    groups: list[ParamGroup] = []
+    for module in template["modules"]:
+        try:
+            group = _group(module, names, spec)
+        except KeyError as exc:
+            raise InvalidConfigError(
+                f"{spec.model_type} model '{spec.name}' lacks '{exc.args[0]}' "
+                f"(needed by parameter group {module['key']}); set it in ModelSpec.arch"
+            ) from None
+        if group is not None:
+            groups.append(group)
+    return tuple(groups)
 
 
 def count_params(spec: ModelSpec) -> int:
-    """Exact parameter count (tied input/output embeddings counted once)."""
+    """Exact parameter count (tied input/output embeddings counted once).
+
+    Source: sum over ``param_inventory``; equals ``sum(p.numel() for p in
+    model.parameters())`` of the transformers model built from the same config (test oracle).
+    """
     return sum(g.numel for g in param_inventory(spec))

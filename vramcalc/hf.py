@@ -1,0 +1,290 @@
+"""Hugging Face ``config.json`` -> ``ModelSpec``.
+
+Pure Python at import. Everything model-specific comes from the architecture template of
+the config's ``model_type`` (``data/architectures.json``): which keys are required, their
+aliases and defaults, and how ModelSpec's fields and feature flags derive from them.
+``meta_param_count`` alone imports torch and transformers, lazily, to build a model on the
+meta device as an independent oracle of ``count_params``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from vramcalc import catalog
+from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
+from vramcalc.formulas.counts import count_params, evaluate
+from vramcalc.specs import ModelSpec
+
+__all__ = [
+    "default_lora_targets",
+    "load_config",
+    "meta_param_count",
+    "model_spec_from_config",
+    "resolve_model",
+]
+
+_INT_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+)
+_Scalar = int | float | bool | str | None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _normalize(config: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply the template's key aliases and defaults (the config's own keys win)."""
+    cfg = dict(config)
+    for alias, key in template.get("aliases", {}).items():
+        if alias in cfg and key not in cfg:
+            cfg[key] = cfg[alias]
+    for key, value in template.get("defaults", {}).items():
+        cfg.setdefault(key, value)
+    return cfg
+
+
+def _alias_hint(key: str, template: Mapping[str, Any]) -> str:
+    others = sorted(a for a, k in template.get("aliases", {}).items() if k == key)
+    return f" (also accepted as {', '.join(others)})" if others else ""
+
+
+def model_spec_from_config(
+    config: Mapping[str, Any],
+    *,
+    name: str | None = None,
+    hf_id: str | None = None,
+    source: str | None = None,
+) -> ModelSpec:
+    """Build a ``ModelSpec`` from the contents of an HF ``config.json``.
+
+    Args:
+        config: the parsed ``config.json`` (only ``model_type`` and the keys the template
+            reads matter; the rest is ignored).
+        name: display name; defaults to ``hf_id`` or the model_type.
+        hf_id: the Hub id, if known.
+        source: where the config came from (URL or path).
+
+    Returns:
+        A validated spec with ``n_params`` filled from ``count_params``.
+
+    Raises:
+        UnknownNameError: ``model_type`` is not supported (lists the supported ones).
+        InvalidConfigError: a required key is missing, a size is not a positive integer,
+            heads do not divide the hidden size, or KV heads do not divide heads.
+
+    """
+    if not isinstance(config, Mapping):
+        raise InvalidConfigError(
+            f"a model config must be a JSON object, got {type(config).__name__}"
+        )
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise InvalidConfigError(
+            "config.json lacks 'model_type'; accepted: " + ", ".join(catalog.architecture_types())
+        )
+    template = catalog.architecture(model_type)
+    cfg = _normalize(config, template)
+    for key in template["required"]:
+        if cfg.get(key) is None:
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}' lacks '{key}'"
+                f"{_alias_hint(key, template)}; required keys: {', '.join(template['required'])}"
+            )
+
+    def ev(field: str, expr: Any) -> Any:
+        try:
+            return evaluate(expr, cfg)
+        except KeyError as exc:  # a key the template reads without a default
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}' lacks '{exc.args[0]}' "
+                f"(needed for {field})"
+            ) from None
+        except (TypeError, ValueError, ZeroDivisionError) as exc:
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}': cannot derive {field} from "
+                f"'{expr}' ({exc}); check the types of the keys it reads"
+            ) from None
+
+    # sizes are checked before anything divides by them
+    for key in template["required"]:
+        value = cfg[key]
+        if not _is_int(value) or value <= 0:
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}': '{key}' is {value!r}; "
+                "accepted: a positive integer"
+            )
+    fields: dict[str, Any] = {}
+    for field, expr in template["spec"].items():
+        fields[field] = ev(field, expr)
+    for field in _INT_FIELDS:
+        value = fields[field]
+        if not _is_int(value) or value <= 0:
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}': {field} is {value!r}; "
+                "accepted: a positive integer"
+            )
+    head_dim_key = template.get("head_dim_key")
+    explicit_head_dim = head_dim_key is not None and config.get(head_dim_key) is not None
+    if not explicit_head_dim and fields["hidden_size"] % fields["num_attention_heads"]:
+        raise InvalidConfigError(
+            f"config.json for model_type '{model_type}': num_attention_heads "
+            f"({fields['num_attention_heads']}) does not divide hidden_size "
+            f"({fields['hidden_size']}); "
+            + (f"set '{head_dim_key}' or " if head_dim_key else "")
+            + "use a head count that divides the hidden size"
+        )
+    if fields["num_attention_heads"] % fields["num_key_value_heads"]:
+        raise InvalidConfigError(
+            f"config.json for model_type '{model_type}': num_key_value_heads "
+            f"({fields['num_key_value_heads']}) does not divide num_attention_heads "
+            f"({fields['num_attention_heads']})"
+        )
+    arch: dict[str, _Scalar] = {}
+    for key, expr in template.get("arch", {}).items():
+        value = ev(key, expr)
+        if value is not None and not isinstance(value, int | float | str):
+            raise InvalidConfigError(
+                f"config.json for model_type '{model_type}': '{key}' is {value!r}; "
+                "accepted: a number, string, boolean or null"
+            )
+        arch[key] = value
+    try:
+        spec = ModelSpec(
+            name=name or hf_id or model_type,
+            hf_id=hf_id,
+            model_type=model_type,
+            source=source,
+            arch=arch,
+            **fields,
+        )
+        return spec.model_copy(update={"n_params": count_params(spec)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise InvalidConfigError(
+            f"config.json for model_type '{model_type}': {loc} = {err.get('input')!r}: {err['msg']}"
+        ) from None
+
+
+def default_lora_targets(model_type: str) -> tuple[str, ...] | None:
+    """PEFT's default LoRA ``target_modules`` for ``model_type`` (None: PEFT has none).
+
+    Source: peft ``utils/constants.py`` ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``,
+    copied into ``data/architectures.json``.
+    """
+    targets = catalog.architecture(model_type).get("lora_targets")
+    return None if targets is None else tuple(targets)
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a ``config.json`` file, or the ``config.json`` inside a model folder.
+
+    Raises:
+        InvalidConfigError: the file is missing, unreadable, not JSON, or not an object.
+
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "config.json"
+    if not p.is_file():
+        raise InvalidConfigError(
+            f"no config.json at '{p}'; accepted: a config.json file or a folder that holds one"
+        )
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"cannot read '{p}': {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidConfigError(
+            f"'{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidConfigError(f"'{p}' must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+@cache
+def _catalog_spec(name: str) -> ModelSpec:
+    row = catalog.model_row(name)
+    return model_spec_from_config(
+        row["config"], name=row["name"], hf_id=row.get("hf_id"), source=row.get("source")
+    )
+
+
+def resolve_model(model: str | Mapping[str, Any]) -> ModelSpec:
+    """Turn what a user typed into a ``ModelSpec``.
+
+    Args:
+        model: a catalog name, alias or HF id; a path to a ``config.json`` or a model folder;
+            or an inline config (a mapping with ``model_type``).
+
+    Raises:
+        UnknownNameError: not in the catalog and not an existing path (names the closest
+            catalog match).
+        InvalidConfigError: the config is malformed.
+
+    """
+    if isinstance(model, Mapping):
+        return model_spec_from_config(model, name=str(model.get("_name_or_path") or "") or None)
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidConfigError(
+            "model must be a catalog name, a path to a config.json, or a config object"
+        )
+    try:
+        row = catalog.model_row(model)
+    except UnknownNameError as unknown:
+        path = Path(model).expanduser()
+        if path.exists():
+            config = load_config(path)
+            return model_spec_from_config(
+                config, name=path.parent.name if path.is_file() else path.name, source=str(path)
+            )
+        raise unknown from None
+    return _catalog_spec(row["name"])
+
+
+def meta_param_count(config: Mapping[str, Any]) -> int:
+    """Count parameters of the transformers model built from ``config`` on the meta device.
+
+    The model class is the template's ``model_class`` (causal LM, seq2seq LM, or the bare
+    encoder for BERT-style models). Tied weights are tied with ``tie_weights()`` before
+    counting, and parameters are counted once per identity (``model.parameters()``
+    de-duplicates shared tensors). Needs torch and transformers; used as a test oracle.
+    """
+    try:
+        import torch  # noqa: TID251 - lazy: only this oracle helper needs torch
+        import transformers
+    except ImportError as exc:  # pragma: no cover - exercised only without the hf extra
+        raise VramcalcError(
+            "meta_param_count needs torch and transformers (pip install 'vramcalc[hf]')"
+        ) from exc
+    cfg = dict(config)
+    model_type = cfg.pop("model_type")
+    template = catalog.architecture(model_type)
+    hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
+    model_cls = getattr(transformers, template["model_class"])
+    with torch.device("meta"):
+        model = model_cls(hf_config)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total

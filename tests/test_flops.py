@@ -130,7 +130,9 @@ def test_megatron_formula_with_full_recompute_gpt3_175b() -> None:
     h, nl, s, v = GPT3["h"], GPT3["l"], GPT3["s"], GPT3["V"]
     spec = gpt_spec(h, nl, v, GPT3["heads"])
     inv = gpt_inventory(h, nl, v)
-    got = training_flops_per_token(spec, inv, all_keys(inv), s, attn=None, grad_ckpt=True)
+    got = training_flops_per_token(
+        spec, inv, all_keys(inv), s, attn=None, grad_ckpt=True, early_stop=False
+    )
     per_iteration_per_batch = 96 * s * nl * h**2 * (1 + s / (6 * h) + v / (16 * nl * h))
     assert got.total == pytest.approx(per_iteration_per_batch / s, rel=1e-12)
 
@@ -151,7 +153,9 @@ def test_megatron_8p_rule_is_close_for_gpt3() -> None:
     h, nl, s, v = GPT3["h"], GPT3["l"], GPT3["s"], GPT3["V"]
     spec = gpt_spec(h, nl, v, GPT3["heads"])
     inv = gpt_inventory(h, nl, v)
-    got = training_flops_per_token(spec, inv, all_keys(inv), s, attn=None, grad_ckpt=True)
+    got = training_flops_per_token(
+        spec, inv, all_keys(inv), s, attn=None, grad_ckpt=True, early_stop=False
+    )
     ratio = got.total / (8 * 175e9)
     assert 1.0 < ratio < 1.04
 
@@ -348,13 +352,24 @@ ATTN = st.sampled_from([Attention.EAGER, Attention.SDPA, None])
 def test_checkpointing_adds_exactly_one_forward_of_the_layers(
     h: int, nl: int, v: int, s: int, attn: Attention | None
 ) -> None:
+    """Reentrant checkpointing re-runs each layer's whole forward; non-reentrant (early stop)
+    skips the MLP output projection (4 h^2 weights per layer) when no dropout follows it."""
     spec = gpt_spec(h, nl, v, 4)
     inv = gpt_inventory(h, nl, v)
     plain = training_flops_per_token(spec, inv, all_keys(inv), s, attn=attn)
-    ckpt = training_flops_per_token(spec, inv, all_keys(inv), s, attn=attn, grad_ckpt=True)
+    full = training_flops_per_token(
+        spec, inv, all_keys(inv), s, attn=attn, grad_ckpt=True, early_stop=False
+    )
+    early = training_flops_per_token(spec, inv, all_keys(inv), s, attn=attn, grad_ckpt=True)
     layers_forward = 2 * 12 * h * h * nl + plain.details["forward/attention"]
-    assert ckpt.total - plain.total == pytest.approx(layers_forward, rel=1e-12)
-    assert ckpt.forward == plain.forward and ckpt.backward == plain.backward
+    assert full.total - plain.total == pytest.approx(layers_forward, rel=1e-12)
+    assert early.total - plain.total == pytest.approx(layers_forward - 2 * 4 * h * h * nl)
+    assert full.forward == plain.forward and full.backward == plain.backward
+    dropout = spec.model_copy(update={"hidden_dropout": 0.1})
+    with_dropout = training_flops_per_token(
+        dropout, inv, all_keys(inv), s, attn=attn, grad_ckpt=True
+    )
+    assert with_dropout.total == pytest.approx(full.total)
 
 
 @settings(max_examples=60, deadline=None)
@@ -461,3 +476,173 @@ def test_expert_flag_marks_experts_whatever_the_key() -> None:
     )
     got = training_flops_per_token(spec, [g, shared], set(), 1, task=Task.INFERENCE)
     assert got.details["forward/matmul"] == 2 * (64 * 256 * 4 / 4 + 64 * 128)
+
+
+# --------------------------------------------------------------------------- oracle: PyTorch
+# torch.utils.flop_counter.FlopCounterMode counts every matmul (mm, addmm, bmm) that a real
+# CPU training step of a transformers model executes, forward and backward: an independent
+# count of the same quantity (eager attention: full score square, 2x backward).
+
+
+def _count_step(model: object, ids: object) -> int:
+    torch = pytest.importorskip("torch")
+    flop_counter = pytest.importorskip("torch.utils.flop_counter")
+
+    model.train()  # type: ignore[attr-defined]
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        out = model(input_ids=ids, labels=ids)  # type: ignore[operator]
+        out.loss.backward()
+    assert isinstance(ids, torch.Tensor)
+    return int(counter.get_total_flops())
+
+
+def _tiny_gpt2(resid_pdrop: float = 0.0) -> object:
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        vocab_size=100,
+        n_positions=64,
+        attn_implementation="eager",
+        resid_pdrop=resid_pdrop,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize(("ckpt", "dropout"), [(False, 0.0), (True, 0.0), (True, 0.1)])
+def test_matches_torch_flop_counter_gpt2(ckpt: bool, dropout: float) -> None:
+    torch = pytest.importorskip("torch")
+    h, nl, v, b, s = 64, 2, 100, 2, 32
+    model = _tiny_gpt2(dropout)
+    if ckpt:
+        model.gradient_checkpointing_enable()  # type: ignore[attr-defined]
+    ids = torch.randint(0, v, (b, s))
+    measured = _count_step(model, ids)
+    spec = gpt_spec(h, nl, v, 4).model_copy(update={"hidden_dropout": dropout})
+    inv = gpt_inventory(h, nl, v)
+    ours = training_flops_per_token(
+        spec, inv, all_keys(inv), s, attn=Attention.EAGER, grad_ckpt=ckpt
+    )
+    assert ours.total * b * s == measured
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_matches_torch_flop_counter_llama_checkpointing() -> None:
+    """SwiGLU + GQA: non-reentrant checkpointing does not re-run down_proj."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    h, inter, nl, v, heads, kv, b, s = 64, 160, 2, 100, 4, 2, 2, 32
+    cfg = transformers.LlamaConfig(
+        hidden_size=h,
+        intermediate_size=inter,
+        num_hidden_layers=nl,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=v,
+        attn_implementation="eager",
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    model = transformers.LlamaForCausalLM(cfg)
+    model.gradient_checkpointing_enable()
+    measured = _count_step(model, torch.randint(0, v, (b, s)))
+    hd = h // heads
+    spec = ModelSpec(
+        name="llama-tiny",
+        model_type="llama",
+        hidden_size=h,
+        num_hidden_layers=nl,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=hd,
+        intermediate_size=inter,
+        vocab_size=v,
+        mlp="gated",
+        norm="rmsnorm",
+        position_embedding="rotary",
+    )
+
+    def lin(name: str, i: int, o: int) -> ParamGroup:
+        return ParamGroup(
+            key=f"decoder/{name}",
+            module=name,
+            kind="linear",
+            in_features=i,
+            out_features=o,
+            weight_numel=i * o,
+            count=nl,
+        )
+
+    inv = [
+        ParamGroup(
+            key="embed/embed_tokens",
+            module="embed_tokens",
+            kind="embedding",
+            weight_numel=v * h,
+            stack="embed",
+        ),
+        lin("q_proj", h, h),
+        lin("k_proj", h, kv * hd),
+        lin("v_proj", h, kv * hd),
+        lin("o_proj", h, h),
+        lin("gate_proj", h, inter),
+        lin("up_proj", h, inter),
+        lin("down_proj", inter, h),
+        ParamGroup(
+            key="head/lm_head", module="lm_head", kind="lm_head", weight_numel=v * h, stack="head"
+        ),
+    ]
+    ours = training_flops_per_token(
+        spec, inv, all_keys(inv), s, attn=Attention.EAGER, grad_ckpt=True
+    )
+    assert ours.total * b * s == measured
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_matches_torch_flop_counter_lora() -> None:
+    """LoRA r=4 on c_attn: frozen base pays forward + input gradient, adapters pay 6 per weight.
+
+    ``enable_input_require_grads()`` (what HF does under PEFT + checkpointing) makes layer 0
+    compute its input gradients too, the case the formula models.
+    """
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    h, nl, v, b, s, r = 64, 2, 100, 2, 32, 4
+    model = peft.get_peft_model(
+        _tiny_gpt2(),
+        peft.LoraConfig(r=r, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True),
+    )
+    model.enable_input_require_grads()
+    measured = _count_step(model, torch.randint(0, v, (b, s)))
+    inv = gpt_inventory(h, nl, v)
+    lora = [
+        ParamGroup(
+            key="decoder/attn/c_attn/lora_A",
+            module="lora_A",
+            kind="linear",
+            in_features=h,
+            out_features=r,
+            weight_numel=h * r,
+            count=nl,
+        ),
+        ParamGroup(
+            key="decoder/attn/c_attn/lora_B",
+            module="lora_B",
+            kind="linear",
+            in_features=r,
+            out_features=3 * h,
+            weight_numel=3 * h * r,
+            count=nl,
+        ),
+    ]
+    ours = training_flops_per_token(
+        gpt_spec(h, nl, v, 4), [*inv, *lora], all_keys(lora), s, attn=Attention.EAGER
+    )
+    assert ours.total * b * s == measured

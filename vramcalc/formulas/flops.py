@@ -31,6 +31,12 @@ What is counted:
 * **Gradient checkpointing** (HF ``gradient_checkpointing_enable()``, per decoder layer): one
   extra forward of every checkpointed layer (groups whose ``stack`` is ``encoder`` or
   ``decoder``, plus their attention); the embedding and LM head are not recomputed.
+  transformers >= 5 uses non-reentrant ``torch.utils.checkpoint`` (``use_reentrant=False``),
+  whose recomputation stops early, once every tensor saved for backward is rebuilt
+  (``early_stop=True``): the MLP output projection (``intermediate_size -> hidden_size``) saves
+  nothing downstream, so it is not re-run, unless a dropout after it (``hidden_dropout > 0``)
+  must regenerate its mask. Checked with ``torch.utils.flop_counter.FlopCounterMode`` on GPT-2
+  and Llama builds (tests/test_flops.py).
 
 Sources:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1 and C ~ 6N per token.
@@ -58,6 +64,7 @@ __all__ = [
     "causal_attention_fraction",
     "is_expert_group",
     "matmul_groups",
+    "skipped_by_early_stop",
     "training_flops_per_token",
 ]
 
@@ -211,6 +218,28 @@ def attention_forward_flops_per_token(
     return {"encoder": 0.0, "decoder": spec.num_hidden_layers * per_layer_full * frac}
 
 
+def skipped_by_early_stop(group: ParamGroup, spec: ModelSpec) -> bool:
+    """Tell whether non-reentrant checkpointing's early stop skips re-running this matmul.
+
+    True for the MLP output projection of a sequential-residual layer
+    (``intermediate_size -> hidden_size``) when no dropout follows it: its output is not saved
+    for backward, so recomputation ends before it. Parallel-residual layers are not analysed
+    (nothing is skipped there).
+
+    Source: ``torch.utils.checkpoint.checkpoint(use_reentrant=False)``, ``early_stop`` (default
+    True); transformers 5.24 ``_activation_checkpointing_enable`` defaults to
+    ``use_reentrant=False``.
+    """
+    return (
+        group.kind == "linear"
+        and group.stack in CHECKPOINTED_STACKS
+        and group.in_features == spec.intermediate_size
+        and group.out_features == spec.hidden_size
+        and spec.hidden_dropout == 0.0
+        and not spec.parallel_residual
+    )
+
+
 def training_flops_per_token(
     spec: ModelSpec,
     inventory: Iterable[ParamGroup],
@@ -219,6 +248,7 @@ def training_flops_per_token(
     *,
     attn: Attention | None = Attention.SDPA,
     grad_ckpt: bool = False,
+    early_stop: bool = True,
     task: Task = Task.TRAIN,
 ) -> FlopsPerToken:
     """FLOPs per token of one training (or inference) step.
@@ -233,6 +263,9 @@ def training_flops_per_token(
             cost); ``None`` counts the full score square with a 2x backward, the convention of
             the Megatron-LM and PaLM formulas.
         grad_ckpt: gradient checkpointing per layer (adds one forward of the layer stacks).
+        early_stop: non-reentrant checkpointing with early stop (transformers >= 5 default):
+            the MLP output projection is not recomputed (see :func:`skipped_by_early_stop`);
+            ``False`` models ``use_reentrant=True`` (a full forward of each layer).
         task: ``inference`` counts the forward pass only.
 
     Returns:
@@ -242,7 +275,8 @@ def training_flops_per_token(
     2022; Dao 2023).
 
     """
-    mm = matmul_groups(spec, inventory, trainable_keys)
+    groups = list(inventory)
+    mm = matmul_groups(spec, groups, trainable_keys)
     fwd_layers = sum(2.0 * n for _, stack, n, _ in mm if stack in CHECKPOINTED_STACKS)
     fwd_head = sum(2.0 * n for _, stack, n, _ in mm if stack == "head")
     fwd_other = sum(2.0 * n for _, stack, n, _ in mm if stack not in (*CHECKPOINTED_STACKS, "head"))
@@ -268,7 +302,14 @@ def training_flops_per_token(
 
     recompute = 0.0
     if grad_ckpt:
-        details["recompute/matmul"] = fwd_layers
+        skipped = 0.0
+        if early_stop:
+            skipped = sum(
+                2.0 * g.weight_numel * g.count * active_fraction(g, spec)
+                for g in groups
+                if skipped_by_early_stop(g, spec)
+            )
+        details["recompute/matmul"] = fwd_layers - skipped
         details["recompute/attention"] = fwd_att
-        recompute = fwd_layers + fwd_att
+        recompute = fwd_layers - skipped + fwd_att
     return FlopsPerToken(forward=forward, backward=backward, recompute=recompute, details=details)

@@ -1,0 +1,171 @@
+"""The versioned endpoints: estimate, fit, and the catalogs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+from fastapi.responses import Response
+
+import vramcalc
+from api.deps import Engine, get_engine
+from api.limits import check_request
+from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, OptimizerInfo
+from api.settings import Settings, get_settings
+from vramcalc import catalog
+from vramcalc.errors import InvalidConfigError
+from vramcalc.report import FitReport, MemoryReport
+from vramcalc.specs import EstimateRequest, GpuSpec
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+_E404: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown name (model, GPU, optimizer...)"}
+}
+_E422: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "Invalid request or impossible combination"}
+}
+_E413: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Request body above the size limit"}
+}
+_JSON = "application/json"
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+@router.get("/healthz", response_model=Health, tags=["service"])
+def healthz() -> Health:
+    """Liveness: the process answers and the core imports."""
+    return Health(version=vramcalc.__version__)
+
+
+@router.post(
+    "/v1/estimate",
+    response_model=MemoryReport,
+    responses={**_E404, **_E422, **_E413},
+    tags=["estimate"],
+)
+def estimate(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
+    """Peak memory (allocated, reserved, device), breakdown and step timeline of a job.
+
+    The body uses the CLI's long option names in snake_case; ``model`` is a catalog name or
+    an inline ``config.json`` object. The answer equals ``vramcalc ... --json``.
+    """
+    check_request(request, settings)
+    report = engine.estimate(request)
+    return Response(report.model_dump_json(), media_type=_JSON)
+
+
+@router.post(
+    "/v1/fit",
+    response_model=FitReport,
+    responses={**_E404, **_E422, **_E413},
+    tags=["estimate"],
+)
+def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
+    """Largest micro-batch that fits one ``gpu``, with the verdict and headroom."""
+    if request.gpu is None:
+        raise InvalidConfigError(
+            "POST /v1/fit needs 'gpu'; accepted: the names listed by GET /v1/gpus"
+        )
+    check_request(request, settings)
+    report = engine.fit(request)
+    return Response(report.model_dump_json(), media_type=_JSON)
+
+
+def _model_info(row: dict[str, Any]) -> ModelInfo:
+    config = row.get("config") or {}
+    return ModelInfo(
+        name=row["name"],
+        aliases=list(row.get("aliases", [])),
+        hf_id=row.get("hf_id"),
+        model_type=row.get("model_type") or config.get("model_type"),
+        n_params=row.get("n_params"),
+        source=row.get("source"),
+    )
+
+
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _rank(row: dict[str, Any], query: str) -> int | None:
+    """0 exact, 1 prefix, 2 substring, 3 squashed substring (``llama27b``); None: no match."""
+    names = [row["name"], *row.get("aliases", [])]
+    if row.get("hf_id"):
+        names.append(row["hf_id"])
+    lowered = [n.lower() for n in names]
+    q = query.lower()
+    if q in lowered:
+        return 0
+    if any(n.startswith(q) or n.split("/")[-1].startswith(q) for n in lowered):
+        return 1
+    if any(q in n for n in lowered):
+        return 2
+    sq = _squash(query)
+    if sq and any(sq in _squash(n) for n in lowered):
+        return 3
+    return None
+
+
+@router.get("/v1/models", response_model=list[ModelInfo], responses=_E422, tags=["catalog"])
+def list_models(
+    settings: SettingsDep,
+    q: Annotated[str, Query(max_length=200, description="search text (name, alias, HF id)")] = "",
+    limit: Annotated[int | None, Query(ge=1, le=10_000, description="at most this many")] = None,
+) -> list[ModelInfo]:
+    """Catalog models, best matches first when ``q`` is given."""
+    rows = catalog.model_rows()
+    cap = min(limit or settings.max_search_results, settings.max_search_results)
+    query = q.strip()
+    if not query:
+        return [_model_info(r) for r in rows[:cap]]
+    ranked = sorted(
+        ((rank, i) for i, r in enumerate(rows) if (rank := _rank(r, query)) is not None),
+    )
+    return [_model_info(rows[i]) for _, i in ranked[:cap]]
+
+
+@router.get(
+    "/v1/models/{name:path}",
+    response_model=ModelDetail,
+    responses={**_E404, **_E422},
+    tags=["catalog"],
+)
+def get_model(
+    name: Annotated[str, Path(max_length=200, description="catalog name, alias or HF id")],
+) -> ModelDetail:
+    """One catalog model with its config and the resolved architecture (ModelSpec)."""
+    from vramcalc.hf import resolve_model
+
+    row = catalog.model_row(name)
+    spec = resolve_model(row["name"])
+    info = _model_info(row)
+    return ModelDetail(**info.model_dump(), config=dict(row.get("config") or {}), spec=spec)
+
+
+@router.get("/v1/gpus", response_model=list[GpuSpec], tags=["catalog"])
+def list_gpus() -> list[GpuSpec]:
+    """List the GPU catalog: memory as the device reports it, peak TFLOPS, bandwidth, price."""
+    return list(catalog.gpus())
+
+
+@router.get("/v1/optimizers", response_model=list[OptimizerInfo], tags=["catalog"])
+def list_optimizers() -> list[OptimizerInfo]:
+    """List accepted ``optim`` values (transformers ``OptimizerNames``) and their state."""
+    table: dict[str, dict[str, Any]] = catalog.load("optimizers")["optimizers"]
+    out = []
+    for name in catalog.optimizer_names():
+        row = table[name]
+        out.append(
+            OptimizerInfo(
+                name=name,
+                alias_of=row.get("alias_of"),
+                source=row.get("source") or catalog.optimizer(name).get("source"),
+                properties={k: v for k, v in row.items() if k not in {"alias_of", "source"}},
+            )
+        )
+    return out

@@ -1,0 +1,79 @@
+"""``vramcalc serve``: run the service with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from api.middleware import ACCESS_LOGGER
+from api.settings import get_settings
+
+__all__ = ["log_config", "serve"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def log_config(level: str = "info") -> dict[str, Any]:
+    """Return logging config: uvicorn's own lines plus the JSON access log on stderr.
+
+    uvicorn's access log is switched off in ``serve``: ``AccessLogMiddleware`` writes a
+    structured line per request instead.
+    """
+    lvl = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+            "json": {"format": '{"ts":"%(asctime)s","logger":"%(name)s","record":%(message)s}'},
+        },
+        "handlers": {
+            "plain": {
+                "class": "logging.StreamHandler",
+                "formatter": "plain",
+                "stream": "ext://sys.stderr",
+            },
+            "json": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["plain"], "level": lvl, "propagate": False},
+            "uvicorn.error": {"level": lvl},
+            "vramcalc.api": {"handlers": ["plain"], "level": lvl, "propagate": False},
+            ACCESS_LOGGER: {"handlers": ["json"], "level": lvl, "propagate": False},
+        },
+    }
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve ``api.app:create_app`` with uvicorn until interrupted.
+
+    Args:
+        host: address to bind (loopback by default; the service has no authentication).
+        port: TCP port.
+        workers: worker processes (each one handles requests on one core).
+
+    """
+    import uvicorn
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    settings = get_settings()
+    logging.getLogger("vramcalc.api").info("settings: %s", settings.model_dump())
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        app_dir=str(ROOT),
+        access_log=False,
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+    )

@@ -18,7 +18,11 @@ from vramcalc import catalog
 from vramcalc.enums import DType, MixedPrecision, PeftMethod, Quant, Task, ZeroStage
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup
-from vramcalc.formulas.flops import FlopsPerToken, training_flops_per_token
+from vramcalc.formulas.flops import (
+    FlopsPerToken,
+    skipped_by_early_stop,
+    training_flops_per_token,
+)
 from vramcalc.report import CostReport
 from vramcalc.specs import CostSpec, GpuSpec, ModelSpec, ParallelSpec, TrainingSpec
 
@@ -116,24 +120,34 @@ def step_time_s(
     return training_time_s(flops_per_token * tokens, n_gpus, peak_tflops_per_gpu, mfu)
 
 
-def _quantized_numel(inventory: Iterable[ParamGroup], training: TrainingSpec) -> int:
-    """Weight elements of the 4-bit-quantized linear layers.
-
-    ``lm_head`` stays 16-bit, and so do MoE experts stored as 3-D parameters
-    (``ParamGroup.expert``): bitsandbytes replaces ``nn.Linear`` modules only.
-    """
-    four_bit = training.quant in (Quant.NF4, Quant.FP4) or (
+def _is_4bit(training: TrainingSpec) -> bool:
+    return training.quant in (Quant.NF4, Quant.FP4) or (
         training.quant is None
         and training.peft is not None
         and training.peft.method == PeftMethod.QLORA
     )
-    if not four_bit:
-        return 0
-    return sum(
-        g.weight_numel * g.count
-        for g in inventory
-        if g.kind == "linear" and "lora" not in g.key and not getattr(g, "expert", False)
-    )
+
+
+def _dequant_element_passes(
+    model: ModelSpec, inventory: Iterable[ParamGroup], training: TrainingSpec
+) -> tuple[int, int]:
+    """Quantized weight elements, and element-dequantisations per micro-step.
+
+    Quantized: ``kind="linear"`` groups that are not adapters and not MoE experts stored as
+    3-D parameters (``ParamGroup.expert``): bitsandbytes replaces ``nn.Linear`` modules only,
+    and ``lm_head`` stays 16-bit. Each is dequantized in the forward and for the input gradient
+    in the backward, and once more when checkpointing re-runs it (not the MLP output projection
+    under non-reentrant early stop, see ``flops.skipped_by_early_stop``).
+    """
+    numel = passes = 0
+    for g in inventory:
+        if g.kind != "linear" or "lora" in g.key or getattr(g, "expert", False):
+            continue
+        n = g.weight_numel * g.count
+        calls = 2 + (1 if training.grad_ckpt and not skipped_by_early_stop(g, model) else 0)
+        numel += n
+        passes += calls * n
+    return numel, passes
 
 
 def dequant_seconds_per_micro_step(
@@ -256,17 +270,16 @@ def estimate_step_time(
         notes.append("fp32 matmuls counted at the fp32 peak (PyTorch's default: TF32 off)")
 
     dequant_s = 0.0
-    qnumel = _quantized_numel(groups, training)
-    if qnumel and training.task == Task.TRAIN:
-        calls = 3 if training.grad_ckpt else 2
+    qnumel, qpasses = _dequant_element_passes(model, groups, training)
+    if _is_4bit(training) and qnumel and training.task == Task.TRAIN:
         if parallel.zero_stage >= ZeroStage.PARAMETERS:
-            qnumel = -(-qnumel // n_gpus)
+            qpasses = -(-qpasses // n_gpus)
         quant = training.quant.value if training.quant is not None else Quant.NF4.value
-        per_micro = dequant_seconds_per_micro_step(qnumel, gpu, dtype, calls=calls, quant=quant)
+        per_micro = dequant_seconds_per_micro_step(qpasses, gpu, dtype, calls=1, quant=quant)
         dequant_s = per_micro * training.grad_accum
         notes.append(
             f"4-bit dequantisation adds {dequant_s:.3g} s per step (bandwidth-bound, "
-            f"{calls} passes over the quantized weights per micro-step)"
+            f"{qpasses / qnumel:.2g} passes over the quantized weights per micro-step)"
         )
     if n_gpus > 1:
         notes.append("communication is not modelled separately: it is part of the MFU")

@@ -1,0 +1,274 @@
+"""Parameter inventory and exact counts.
+
+Oracles: transformers models built from each catalog config on the meta device (totals and
+per-module breakdown), published parameter counts, and hand derivations written out here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from vramcalc import catalog
+from vramcalc.errors import InvalidConfigError
+from vramcalc.formulas.counts import ParamGroup, count_params, evaluate, param_inventory
+from vramcalc.hf import meta_param_count, model_spec_from_config, resolve_model
+
+ROWS = catalog.model_rows()
+ROW_IDS = [r["name"] for r in ROWS]
+
+
+# ---------------------------------------------------------------- published figures
+
+# KerasHub preset metadata ("params"), keras-team/keras-hub
+# keras_hub/src/models/<family>/<family>_presets.py; gpt2-medium also in
+# ../shared/MEMORY_MODEL.md (a transformers build with tied embeddings).
+PUBLISHED = {
+    "openai-community/gpt2-medium": 354_823_168,  # gpt2_medium_en
+    "google-bert/bert-base-uncased": 109_482_240,  # bert_base_en_uncased (with pooler)
+    "meta-llama/Llama-2-7b-hf": 6_738_415_616,  # llama2_7b_en
+    "meta-llama/Meta-Llama-3-8B": 8_030_261_248,  # llama3_8b_en
+    "mistralai/Mixtral-8x7B-v0.1": 46_702_792_704,  # mixtral_8_7b_en
+}
+
+
+@pytest.mark.parametrize(("hf_id", "expected"), PUBLISHED.items())
+def test_published_counts(hf_id: str, expected: int) -> None:
+    spec = resolve_model(hf_id)
+    assert count_params(spec) == expected
+    assert spec.n_params == expected
+
+
+def test_gpt2_medium_by_hand() -> None:
+    """GPT-2 medium: V=50257, P=1024, h=1024, L=24, tied head, Conv1D layers with bias."""
+    v, p, h, n_layers = 50257, 1024, 1024, 24
+    per_layer = sum(
+        [
+            2 * h,  # ln_1 weight + bias
+            h * 3 * h + 3 * h,  # c_attn
+            h * h + h,  # attn c_proj
+            2 * h,  # ln_2
+            h * 4 * h + 4 * h,  # c_fc
+            4 * h * h + h,  # mlp c_proj
+        ]
+    )
+    total = v * h + p * h + n_layers * per_layer + 2 * h
+    assert total == 354_823_168
+    assert count_params(resolve_model("gpt2-medium")) == total
+
+
+def test_llama2_7b_by_hand() -> None:
+    """Llama-2-7B: untied head, no biases, RMSNorm weights only, SwiGLU."""
+    v, h, i, n_layers = 32000, 4096, 11008, 32
+    per_layer = 4 * h * h + 3 * h * i + 2 * h
+    total = 2 * v * h + n_layers * per_layer + h
+    assert count_params(resolve_model("llama-2-7b")) == total
+
+
+def test_llama2_70b_gqa_by_hand() -> None:
+    """Llama-2-70B: 8 KV heads of 128 shrink k_proj/v_proj to h x 1024."""
+    v, h, i, n_layers, kv = 32000, 8192, 28672, 80, 8 * 128
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * i + 2 * h
+    assert count_params(resolve_model("llama-2-70b")) == 2 * v * h + n_layers * per_layer + h
+
+
+def test_mixtral_moe_groups() -> None:
+    spec = resolve_model("mixtral-8x7b")
+    groups = {g.key: g for g in param_inventory(spec)}
+    router = groups["decoder/mlp/gate"]
+    assert router.kind == "other"
+    assert router.count == 32
+    assert router.weight_numel == 8 * 4096
+    up = groups["decoder/mlp/experts/gate_up_proj"]
+    down = groups["decoder/mlp/experts/down_proj"]
+    for g in (up, down):
+        assert g.kind == "linear"
+        assert g.expert
+        assert g.count == 32 * 8
+    assert (up.in_features, up.out_features) == (4096, 2 * 14336)
+    assert (down.in_features, down.out_features) == (14336, 4096)
+    assert not groups["decoder/self_attn/q_proj"].expert
+
+
+def test_tied_embedding_listed_once() -> None:
+    tied = param_inventory(resolve_model("gpt2"))
+    assert not [g for g in tied if g.kind == "lm_head"]
+    untied = param_inventory(resolve_model("llama-2-7b"))
+    heads = [g for g in untied if g.kind == "lm_head"]
+    assert len(heads) == 1
+    assert heads[0].key == "head/lm_head"
+    assert heads[0].stack == "head"
+    assert (heads[0].in_features, heads[0].out_features) == (4096, 32000)
+
+
+def test_keys_unique_and_stacks() -> None:
+    for row in ROWS:
+        groups = param_inventory(resolve_model(row["name"]))
+        keys = [g.key for g in groups]
+        assert len(keys) == len(set(keys)), row["name"]
+        assert keys[0] == "embed/tokens", row["name"]
+        for g in groups:
+            assert g.key.split("/")[0] == g.stack, g.key
+
+
+def test_numel_property() -> None:
+    g = ParamGroup(
+        key="decoder/x", module="x", kind="linear", weight_numel=6, bias_numel=3, count=2
+    )
+    assert g.numel == 18
+
+
+def test_expressions() -> None:
+    names = {"a": 6, "b": None, "s": "gated-gelu"}
+    assert evaluate("a // 2 + 1", names) == 4
+    assert evaluate("b if b is not None else a * 4", names) == 24
+    assert evaluate("startswith(s, 'gated') and not a == 5", names) is True
+    assert evaluate("last_part(s, '-')", names) == "gelu"
+    assert evaluate(7, names) == 7
+    with pytest.raises(KeyError):
+        evaluate("missing + 1", names)
+    with pytest.raises(ValueError, match="unsupported"):
+        evaluate("__import__('os')", names)
+
+
+def test_inventory_names_missing_arch_key() -> None:
+    spec = resolve_model("llama-2-7b")
+    broken = spec.model_copy(update={"arch": {}})
+    with pytest.raises(InvalidConfigError, match="attention_bias"):
+        param_inventory(broken)
+
+
+# ---------------------------------------------------------------- meta-device oracle
+
+
+def _auto_meta_model(config: dict[str, Any]) -> Any:
+    """Build with transformers' Auto classes (independent of the template's model_class)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(config)
+    model_type = cfg.pop("model_type")
+    hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
+    if getattr(hf_config, "is_encoder_decoder", False):
+        auto = transformers.AutoModelForSeq2SeqLM
+    elif model_type in ("bert", "roberta"):
+        auto = transformers.AutoModel  # encoder-only: the base model with its pooler
+    else:
+        auto = transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(hf_config)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+def _oracle_breakdown(model: Any) -> Counter[tuple[str, str, bool]]:
+    """(leaf module name, kind, expert) -> elements, classified from the module objects."""
+    torch = pytest.importorskip("torch")
+    modules = dict(model.named_modules())
+    out: Counter[tuple[str, str, bool]] = Counter()
+    for name, param in model.named_parameters():  # shared (tied) tensors appear once
+        owner_name, _, pname = name.rpartition(".")
+        owner = modules[owner_name]
+        cls = type(owner).__name__
+        # a ModuleList of per-head norms (StableLM q_layernorm.norms.<i>) is one group
+        path = [c for c in owner_name.split(".") if not c.isdigit() and c != "norms"]
+        leaf = path[-1] if pname in ("weight", "bias") else pname
+        expert = cls.endswith("Experts")
+        if isinstance(owner, torch.nn.Embedding):
+            kind = "other" if leaf == "relative_attention_bias" else "embedding"
+        elif expert:
+            kind = "linear"
+        elif isinstance(owner, torch.nn.Linear) or cls == "Conv1D":
+            kind = "lm_head" if owner_name == "lm_head" else "linear"
+        elif "Norm" in cls:
+            kind = "norm"
+        else:
+            kind = "other"
+        out[(leaf, kind, expert)] += param.numel()
+    return out
+
+
+@pytest.mark.parametrize("row", ROWS, ids=ROW_IDS)
+def test_counts_match_meta_build(row: dict[str, Any]) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    spec = resolve_model(row["name"])
+    assert count_params(spec) == meta_param_count(row["config"]) == row["n_params"]
+
+    model = _auto_meta_model(row["config"])
+    assert sum(p.numel() for p in model.parameters()) == row["n_params"]
+    mine: Counter[tuple[str, str, bool]] = Counter()
+    for g in param_inventory(spec):
+        mine[(g.module, g.kind, g.expert)] += g.numel
+    assert mine == _oracle_breakdown(model)
+
+
+# Small configs with only the required keys: the template's defaults must reproduce what
+# transformers' config classes default to (a 256-wide, 32-head, 2-layer model of each type).
+_SIZES = {
+    "hidden_size": 256,
+    "n_embd": 256,
+    "d_model": 256,
+    "num_hidden_layers": 2,
+    "n_layer": 2,
+    "num_layers": 2,
+    "num_attention_heads": 32,
+    "n_head": 32,
+    "num_heads": 32,
+    "intermediate_size": 512,
+    "ffn_dim": 512,
+    "d_ff": 512,
+    "vocab_size": 32100,  # phi3 defaults pad_token_id to 32000
+}
+
+
+@pytest.mark.parametrize("model_type", catalog.architecture_types())
+def test_defaults_match_transformers(model_type: str) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    required = catalog.architecture(model_type)["required"]
+    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}}
+    spec = model_spec_from_config(config)
+    assert spec.n_params == meta_param_count(config)
+    mine: Counter[tuple[str, str, bool]] = Counter()
+    for g in param_inventory(spec):
+        mine[(g.module, g.kind, g.expert)] += g.numel
+    assert mine == _oracle_breakdown(_auto_meta_model(config))
+
+
+@pytest.mark.parametrize(
+    ("model_type", "extra"),
+    [
+        ("opt", {"word_embed_proj_dim": 128, "do_layer_norm_before": False}),
+        ("opt", {"enable_bias": False, "layer_norm_elementwise_affine": False}),
+        ("falcon", {"new_decoder_architecture": True, "num_kv_heads": 4}),
+        ("falcon", {"multi_query": False, "parallel_attn": False, "bias": True}),
+        ("falcon", {"ffn_hidden_size": 320}),
+        ("t5", {"feed_forward_proj": "gated-gelu", "num_decoder_layers": 3, "d_kv": 16}),
+        (
+            "llama",
+            {"attention_bias": True, "mlp_bias": True, "head_dim": 16, "num_key_value_heads": 4},
+        ),
+        ("llama", {"tie_word_embeddings": True}),
+        ("phi", {"qk_layernorm": True, "num_key_value_heads": 8}),
+        ("stablelm", {"use_parallel_residual": True, "use_qkv_bias": True, "qk_layernorm": True}),
+        ("gpt_neox", {"attention_bias": False, "tie_word_embeddings": True}),
+        ("gpt2", {"n_inner": 300, "tie_word_embeddings": False}),
+        ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 1}),
+        ("gemma", {"num_key_value_heads": 1, "attention_bias": True}),
+        ("bert", {"type_vocab_size": 4, "max_position_embeddings": 128}),
+    ],
+)
+def test_variants_match_transformers(model_type: str, extra: dict[str, Any]) -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    required = catalog.architecture(model_type)["required"]
+    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}, **extra}
+    spec = model_spec_from_config(config)
+    assert spec.n_params == meta_param_count(config)
+    mine: Counter[tuple[str, str, bool]] = Counter()
+    for g in param_inventory(spec):
+        mine[(g.module, g.kind, g.expert)] += g.numel
+    assert mine == _oracle_breakdown(_auto_meta_model(config))

@@ -12,15 +12,12 @@ import logging
 import time
 from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["ACCESS_LOGGER", "AccessLogMiddleware", "BodySizeLimitMiddleware"]
 
 ACCESS_LOGGER = "vramcalc.api.access"
-
-
-class _BodyTooLargeError(Exception):
-    pass
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -63,7 +60,6 @@ class BodySizeLimitMiddleware:
                     await _send_json(send, 413, detail)
                     return
         received = 0
-        started = False
 
         async def counted_receive() -> Message:
             nonlocal received
@@ -71,20 +67,11 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLargeError
+                    # The app's exception middleware turns this into a JSON 413 answer.
+                    raise HTTPException(413, detail["detail"])
             return message
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, tracked_send)
-        except _BodyTooLargeError:
-            if not started:
-                await _send_json(send, 413, detail)
+        await self.app(scope, counted_receive, send)
 
 
 class AccessLogMiddleware:

@@ -1,0 +1,135 @@
+"""A real browser (Debian's headless chromium, driven by playwright) uses the calculator.
+
+It types a model name into the search box, picks the suggestion with the keyboard, sets the
+options, submits with Enter, and checks that the peak the page shows is the one the API
+returns for the same request; then it opens the shareable URL in a fresh page and checks that
+the same result comes back. Set ``VRAMCALC_UPDATE_SCREENSHOT=1`` to refresh
+``docs/screenshot.png`` (used by the README).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import vramcalc
+
+CHROMIUM = os.environ.get("VRAMCALC_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+GIB = 2**30
+
+pytestmark = [
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and shutil.which("chromium") is None,
+        reason="chromium is not installed (CI: apt-get install -y chromium)",
+    ),
+    pytest.mark.skipif(
+        not hasattr(vramcalc, "estimate"), reason="vramcalc.estimate (engine.py) not written yet"
+    ),
+]
+
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True)
+        yield b
+        b.close()
+
+
+def gib_text(n_bytes: int) -> str:
+    return f"{n_bytes / GIB:.2f} GiB"
+
+
+def test_fill_form_and_compare_with_api(browser: Any, live_server: str, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1366, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+
+    # search-as-you-type, pick with the keyboard
+    page.focus("#model")
+    page.keyboard.type("gpt2-med", delay=20)
+    page.wait_for_selector("#model-list li[data-name='gpt2-medium']")
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    assert page.input_value("#model") == "gpt2-medium"
+    assert page.is_hidden("#model-list")
+
+    page.fill("#batch_size", "2")
+    page.fill("#seq_len", "1024")
+    page.select_option("#optim", "adamw_torch")
+    page.select_option("#peft", "lora")
+    page.fill("#lora_r", "16")
+    page.select_option("#gpu", "t4")
+    page.check("#grad_ckpt")
+    page.focus("#seq_len")
+    page.keyboard.press("Enter")  # Enter submits the form
+    page.wait_for_selector("body[data-state=done]")
+
+    expected_request = {
+        "model": "gpt2-medium",
+        "batch_size": 2,
+        "seq_len": 1024,
+        "lora": {"r": 16},
+        "gpu": "t4",
+        "grad_ckpt": True,
+    }
+    assert page.evaluate("window.vramcalc.buildRequest()") == expected_request
+    api = httpx.post(live_server + "/v1/estimate", json=expected_request, timeout=10).json()
+
+    for kind in ("allocated", "reserved", "device"):
+        value = page.locator(f"#peak-{kind} .v")
+        assert int(value.get_attribute("data-bytes")) == api["peak"][f"{kind}_bytes"]
+        assert value.inner_text() == gib_text(api["peak"][f"{kind}_bytes"])
+    for component, n_bytes in api["breakdown"].items():
+        item = page.locator(f"#legend li[data-component={component}]")
+        assert int(item.get_attribute("data-bytes")) == n_bytes
+    verdict = page.locator("#verdict")
+    assert verdict.get_attribute("data-fits") == str(api["fit"]["fits"]).lower()
+    assert page.locator("#timeline svg circle").count() == len(api["timeline"])
+    assert page.locator("#timeline svg circle.peak").count() == 1
+
+    shot = tmp_path / "screenshot.png"
+    page.screenshot(path=str(shot))
+    if os.environ.get("VRAMCALC_UPDATE_SCREENSHOT"):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, ROOT / "docs" / "screenshot.png")
+
+    # the URL encodes the configuration: a fresh page shows the same result
+    shared = page.url
+    assert "model=gpt2-medium" in shared and "lora.r=16" in shared
+    page2 = browser.new_page()
+    page2.goto(shared)
+    page2.wait_for_selector("body[data-state=done]")
+    assert (
+        int(page2.locator("#peak-device .v").get_attribute("data-bytes"))
+        == api["peak"]["device_bytes"]
+    )
+    assert page2.input_value("#lora_r") == "16"
+    assert page2.is_checked("#grad_ckpt")
+    assert errors == []
+    page.close()
+    page2.close()
+
+
+def test_errors_are_shown(browser: Any, live_server: str) -> None:
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("#model", "gpt2-mediun")
+    page.keyboard.press("Escape")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=error]")
+    assert "Did you mean 'gpt2-medium'" in page.inner_text("#form-error")
+    page.close()

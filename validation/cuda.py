@@ -49,6 +49,7 @@ __all__ = [
     "PhaseRecorder",
     "RunPlan",
     "apply_peft",
+    "build_for_run",
     "build_model",
     "build_optimizer",
     "check_scenario",
@@ -62,6 +63,7 @@ __all__ = [
     "package_versions",
     "resolve_plan",
     "run_scenario",
+    "uses_shared_builder",
 ]
 
 PHASES: tuple[str, ...] = ("forward", "loss", "backward", "optimizer")
@@ -682,7 +684,7 @@ def make_batch(plan: RunPlan, model: Any, device: Any) -> dict[str, Any]:
         n = int(getattr(model.config, "num_labels", 2))
         batch["labels"] = torch.randint(0, n, (plan.batch_size,), generator=g).to(device)
     else:
-        batch["labels"] = batch["input_ids"]
+        batch["labels"] = batch["input_ids"].clone()  # as validation.build's batches
     return batch
 
 
@@ -748,12 +750,73 @@ def _state_tensors(optimizer: Any) -> Iterator[Any]:
 # ----------------------------------------------------------------------------- the run
 
 
+def uses_shared_builder(plan: RunPlan) -> bool:
+    """Tell whether ``validation.build`` builds this model (the tracer's own construction).
+
+    It builds causal LMs, full or LoRA. Quantized bases (QLoRA) and heads other than causal
+    LM (e.g. ``BertForSequenceClassification``) are built here instead, then handed to
+    ``validation.build.build_setup`` for the optimizer, scaler and step.
+    """
+    head = plan.model_class or ""
+    causal = (not head or "CausalLM" in head or "LMHeadModel" in head) and (
+        plan.model_type not in _ENCODER_TYPES
+    )
+    return causal and plan.quant is None
+
+
+def _enable_checkpointing(model: Any) -> None:
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is None:
+        enable = model.gradient_checkpointing_enable
+    enable()
+
+
+def build_for_run(scenario: Scenario, plan: RunPlan, dev: Any) -> tuple[Any, Any]:
+    """Build model and ``validation.build.Setup`` for a real run on ``dev``.
+
+    Causal LMs (full, LoRA) come from ``validation.build.build_model`` so the trace and the
+    GPU run the same construction; QLoRA and other heads are built by ``build_model``,
+    ``quantize_linears`` and ``apply_peft`` here. Flash attention without the flash-attn
+    package is built as SDPA (``sdpa_context`` then restricts its kernels).
+
+    Returns:
+        ``(setup, n_params_before_quantization)``.
+
+    """
+    from validation import build
+
+    attn = plan.attn_implementation
+    if attn == Attention.FLASH_ATTENTION_2.value and not _has_flash_attn():
+        attn = Attention.SDPA.value
+    if uses_shared_builder(plan):
+        model = build.build_model(scenario, dev, attn_implementation=attn)
+        n_params = sum(p.numel() for p in model.parameters())
+    else:
+        model = build_model(plan, dev)
+        n_params = sum(p.numel() for p in model.parameters())
+        quantized = plan.quant is not None
+        if quantized:
+            compute = plan.param_dtype if plan.param_dtype != "float32" else "bfloat16"
+            quantize_linears(model, str(plan.quant), compute)
+        if plan.grad_ckpt and not quantized:
+            _enable_checkpointing(model)
+        model = apply_peft(model, plan, quantized=quantized)
+    model.train(plan.train)
+    setup = build.build_setup(scenario, dev, model=model) if plan.train else None
+    return (setup if setup is not None else model), n_params
+
+
 def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measurement:
     """Run ``scenario`` on the current CUDA device and measure it (see module docstring).
 
     Call once per process: the context size and the load phase are only meaningful in a
     fresh CUDA context. ``device_type="cpu"`` runs the same code path on the CPU with every
     memory figure 0 (a smoke test of the step pipeline for machines without a GPU).
+
+    The step is ``validation.build.Setup.step`` (forward, loss, backward, optimizer step,
+    ``zero_grad(set_to_none=True)``), whose ``on_phase`` hook marks where each phase starts;
+    with gradient accumulation the same sequence runs per micro-batch and the optimizer
+    steps after the last one.
     """
     plan = resolve_plan(scenario)
     if plan.uses_deepspeed:
@@ -788,66 +851,36 @@ def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measuremen
 
     rec = PhaseRecorder(torch, handle, device=dev)
     rec.begin("0/load")
-    quantized = plan.quant is not None
-    store = plan.param_dtype
-    model = build_model(plan, dev, dtype=store)
-    n_params_base = sum(p.numel() for p in model.parameters())
-    if quantized:
-        compute = store if store != "float32" else "bfloat16"
-        quantize_linears(model, str(plan.quant), compute)
-    if plan.grad_ckpt and not quantized:
-        model.gradient_checkpointing_enable()
-    model = apply_peft(model, plan, quantized=quantized)
-    if plan.grad_ckpt and quantized and plan.peft is None:
-        model.gradient_checkpointing_enable()
-    model.train(plan.train)
-    optimizer = build_optimizer(model, plan) if plan.train else None
-    scaler = (
-        torch.amp.GradScaler(dev.type) if plan.autocast_dtype == "float16" and plan.train else None
-    )
+    built, n_params_base = build_for_run(scenario, plan, dev)
+    setup = built if plan.train else None
+    model = setup.model if setup is not None else built
     batch = make_batch(plan, model, dev)
     rec.end("0/load")
 
     params_bytes = _storage_bytes(iter([*model.parameters(), *model.buffers()]))
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    marks = _PhaseMarks(rec)
     grads_bytes = 0
     states_bytes = 0
     step_s: list[float] = []
-    amp = (
-        torch.autocast(dev.type, dtype=_dtype(torch, plan.autocast_dtype))
-        if plan.autocast_dtype
-        else contextlib.nullcontext()
-    )
     with sdpa_context(plan) as attn_used:
         for step in range(1, plan.steps + 1):
             t0 = time.perf_counter()
-            if not plan.train:
-                with torch.no_grad(), amp, rec.phase(f"{step}/forward"):
+            if setup is None:
+                with torch.no_grad(), rec.phase(f"{step}/forward"):
                     model(input_ids=batch["input_ids"])
                 step_s.append(time.perf_counter() - t0)
                 continue
-            for micro in range(plan.grad_accum):
-                sfx = "" if plan.grad_accum == 1 else f"#{micro + 1}"
-                with rec.phase(f"{step}/forward{sfx}"), amp:
-                    out = model(input_ids=batch["input_ids"])
-                with rec.phase(f"{step}/loss{sfx}"), amp:
-                    loss = compute_loss(model, out.logits, batch["labels"])
-                    loss = loss / plan.grad_accum
-                with rec.phase(f"{step}/backward{sfx}"):
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
-                    del out, loss
-            grads_bytes = _storage_bytes(
-                iter([p.grad for p in model.parameters() if p.grad is not None])
-            )
-            assert optimizer is not None
-            with rec.phase(f"{step}/optimizer"):
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                states_bytes = _storage_bytes(_state_tensors(optimizer))
-                optimizer.zero_grad(set_to_none=True)
+            opt = setup.optimizer
+            if plan.grad_accum == 1:
+                grads_probe = _GradProbe(model)
+                setup.on_phase = marks.hook(step, "", grads_probe)
+                setup.step(batch)
+                marks.close()
+                grads_bytes = grads_probe.bytes
+            else:
+                grads_bytes = _accumulate(setup, batch, plan.grad_accum, step, marks)
+            states_bytes = _storage_bytes(_state_tensors(opt))
             step_s.append(time.perf_counter() - t0)
 
     allocated = _fold_micro(rec.allocated)
@@ -861,6 +894,7 @@ def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measuremen
         torch,
         dry_run=dev.type != "cuda",
         attn_used=attn_used,
+        builder="validation.build" if uses_shared_builder(plan) else "validation.cuda",
         nvml_used_before_init_bytes=used_before,
         nvml_used_after_init_bytes=used_after_init,
         n_params=n_params_base,
@@ -880,6 +914,81 @@ def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measuremen
         created=_now(),
         wall_s=round(time.perf_counter() - t_start, 3),
     )
+
+
+class _GradProbe:
+    """Measure gradient storage bytes when the optimizer phase begins (all grads live)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.bytes = 0
+
+    def __call__(self) -> None:
+        self.bytes = _storage_bytes(
+            iter([p.grad for p in self.model.parameters() if p.grad is not None])
+        )
+
+
+class _PhaseMarks:
+    """Turn ``Setup.on_phase(name)`` calls (phase starts) into recorder begin/end pairs."""
+
+    def __init__(self, rec: PhaseRecorder) -> None:
+        self.rec = rec
+        self.current: str | None = None
+
+    def start(self, key: str) -> None:
+        if self.current is not None:
+            self.rec.end(self.current)
+        self.current = key
+        self.rec.begin(key)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.rec.end(self.current)
+        self.current = None
+
+    def hook(self, step: int, suffix: str, at_optimizer: Any = None) -> Any:
+        def on_phase(name: str) -> None:
+            if name == "optimizer" and at_optimizer is not None:
+                at_optimizer()
+            self.start(f"{step}/{name}{suffix}")
+
+        return on_phase
+
+
+def _accumulate(setup: Any, batch: dict[str, Any], ga: int, step: int, marks: _PhaseMarks) -> int:
+    """One optimizer step over ``ga`` micro-batches (what ``Setup.step`` lacks).
+
+    Mirrors ``Setup.step`` per micro-batch (autocast forward, fp32 outputs under AMP, loss
+    scaled by ``1/ga`` as the Trainer does, backward), then the optimizer step and
+    ``zero_grad(set_to_none=True)``. Returns the gradient bytes before the step.
+    """
+    from validation import build
+
+    for micro in range(ga):
+        hook = marks.hook(step, f"#{micro + 1}")
+        setup.on_phase = hook
+        hook("forward")
+        with setup._autocast():
+            out = setup.model(**batch)
+        if setup.autocast_dtype is not None:
+            out = build._to_fp32(out)
+        loss = (out["loss"] if isinstance(out, dict) else out.loss) / ga
+        del out
+        hook("backward")
+        (setup.scaler.scale(loss) if setup.scaler is not None else loss).backward()
+        del loss
+    probe = _GradProbe(setup.model)
+    probe()
+    marks.start(f"{step}/optimizer")
+    if setup.scaler is not None:
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+    else:
+        setup.optimizer.step()
+    setup.optimizer.zero_grad(set_to_none=True)
+    marks.close()
+    return probe.bytes
 
 
 def _fold_micro(values: dict[str, int]) -> dict[str, int]:
@@ -919,39 +1028,45 @@ def check_scenario(scenario: Scenario) -> dict[str, Any]:
     """
     plan = resolve_plan(scenario)
     info: dict[str, Any] = {"plan": asdict(plan)}
-    model = build_model(plan, "meta")
-    info["model_class"] = type(model).__name__
-    info["n_params"] = sum(p.numel() for p in model.parameters())
-    if plan.quant is not None:
-        transformers: Any = importlib.import_module("transformers")
+    import torch  # noqa: TID251
 
-        bnb_cfg = transformers.BitsAndBytesConfig(
-            load_in_4bit=plan.quant != "int8",
-            load_in_8bit=plan.quant == "int8",
-            bnb_4bit_quant_type=plan.quant if plan.quant != "int8" else "nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=plan.param_dtype
-            if plan.param_dtype != "float32"
-            else "bfloat16",
-        )
-        info["bnb_config"] = bnb_cfg.to_dict()
-    if plan.peft is not None:
-        peft: Any = importlib.import_module("peft")
+    from validation import build
 
-        kwargs: dict[str, Any] = {"r": plan.peft["r"], "lora_dropout": plan.peft["dropout"]}
-        if plan.peft.get("alpha") is not None:
-            kwargs["lora_alpha"] = plan.peft["alpha"]
-        if plan.peft.get("targets"):
-            kwargs["target_modules"] = list(plan.peft["targets"])
-        import torch  # noqa: TID251
-
-        with torch.device("meta"):
-            model = peft.get_peft_model(model, peft.LoraConfig(**kwargs))
+    attn = plan.attn_implementation
+    if attn == Attention.FLASH_ATTENTION_2.value and not _has_flash_attn():
+        attn = Attention.SDPA.value
+    info["builder"] = "validation.build" if uses_shared_builder(plan) else "validation.cuda"
+    if uses_shared_builder(plan):
+        model = build.build_model(scenario, on_meta=True, attn_implementation=attn)
+        info["n_params"] = sum(p.numel() for p in _base_model(model).parameters())
+        info["model_class"] = type(_base_model(model)).__name__
+    else:
+        model = build_model(plan, "meta")
+        info["model_class"] = type(model).__name__
+        info["n_params"] = sum(p.numel() for p in model.parameters())
+        if plan.quant is not None:
+            transformers: Any = importlib.import_module("transformers")
+            compute = plan.param_dtype if plan.param_dtype != "float32" else "bfloat16"
+            bnb_cfg = transformers.BitsAndBytesConfig(
+                load_in_4bit=plan.quant != "int8",
+                load_in_8bit=plan.quant == "int8",
+                bnb_4bit_quant_type=plan.quant if plan.quant != "int8" else "nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            )
+            info["bnb_config"] = bnb_cfg.to_dict()
+        if plan.peft is not None:
+            with torch.device("meta"):
+                model = apply_peft(model, plan, quantized=False)
     info["n_trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if plan.train:
-        cls, kw = optimizer_class_and_kwargs(plan.optim, plan.optim_impl)
+        opt = build.build_optimizer(scenario, model)
+        cls = type(opt)
         info["optimizer"] = f"{cls.__module__}.{cls.__name__}"
-        info["optimizer_kwargs"] = {k: v for k, v in kw.items() if k != "betas"}
+        info["optimizer_defaults"] = {
+            k: v for k, v in opt.defaults.items() if isinstance(v, (bool, int, float, str))
+        }
+        info["optimizer_groups"] = [len(g["params"]) for g in opt.param_groups]
     return info
 
 

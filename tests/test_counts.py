@@ -133,11 +133,28 @@ def test_expressions() -> None:
         evaluate("__import__('os')", names)
 
 
-def test_inventory_names_missing_arch_key() -> None:
-    spec = resolve_model("llama-2-7b")
-    broken = spec.model_copy(update={"arch": {}})
-    with pytest.raises(InvalidConfigError, match="attention_bias"):
-        param_inventory(broken)
+def test_hand_built_spec_falls_back_to_template_defaults() -> None:
+    """A ModelSpec built without ``arch`` gets the transformers config defaults."""
+    full = resolve_model("llama-2-7b")
+    bare = full.model_copy(update={"arch": {}})
+    assert count_params(bare) == full.n_params
+    opt = resolve_model("opt-125m")
+    assert count_params(opt.model_copy(update={"arch": {}})) == opt.n_params
+    # an explicit extra wins over the default
+    biased = full.model_copy(update={"arch": {"attention_bias": True, "mlp_bias": False}})
+    assert count_params(biased) == full.n_params + 32 * (4096 + 2 * 4096 + 4096)
+
+
+def test_inventory_names_missing_key() -> None:
+    spec = resolve_model("t5-small")
+    template = catalog.architecture("t5")
+    saved = template["arch"]
+    template["arch"] = {}  # no way to derive relative_attention_num_buckets
+    try:
+        with pytest.raises(InvalidConfigError, match="relative_attention_num_buckets"):
+            param_inventory(spec.model_copy(update={"arch": {}}))
+    finally:
+        template["arch"] = saved
 
 
 # ---------------------------------------------------------------- meta-device oracle

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -155,43 +155,56 @@ def evaluate(expr: str | int | float | bool | None, names: Mapping[str, Any]) ->
 
 
 def spec_names(spec: ModelSpec) -> dict[str, Any]:
-    """Names a template's ``modules`` expressions may read: spec fields plus ``spec.arch``."""
-    names: dict[str, Any] = dict(spec.arch)
-    for field in type(spec).model_fields:
-        if field != "arch":
-            names[field] = getattr(spec, field)
+    """Names a template's ``modules`` expressions may read.
+
+    ``spec.arch`` extras, then the spec's own fields. An extra missing from ``spec.arch``
+    (a ``ModelSpec`` built by hand rather than by ``hf.py``) is derived from the template's
+    ``arch`` expression over the transformers config defaults and the spec's fields.
+    """
+    template = catalog.architecture(spec.model_type)
+    fields = {f: getattr(spec, f) for f in type(spec).model_fields if f != "arch"}
+    base: dict[str, Any] = {**template.get("defaults", {}), **fields}
+    names: dict[str, Any] = {}
+    for key, expr in template.get("arch", {}).items():
+        if key in spec.arch:
+            names[key] = spec.arch[key]
+            continue
+        try:
+            names[key] = evaluate(expr, base)
+        except KeyError:
+            continue  # reported by param_inventory if a module needs it
+    names.update({k: v for k, v in spec.arch.items() if k not in names})
+    names.update(fields)
     return names
 
 
 # ---------------------------------------------------------------- inventory
 
 
-def _as_int(value: Any, what: str, spec: ModelSpec) -> int:
+def _as_int(value: Any, what: str, names: Mapping[str, Any]) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidConfigError(
-            f"{spec.model_type} model '{spec.name}': {what} evaluates to {value!r}; "
+            f"{names['model_type']} model '{names['name']}': {what} evaluates to {value!r}; "
             "accepted: a non-negative integer"
         )
     return value
 
 
-def _group(
-    module: Mapping[str, Any], names: Mapping[str, Any], spec: ModelSpec
-) -> ParamGroup | None:
+def _group(module: Mapping[str, Any], names: Mapping[str, Any]) -> ParamGroup | None:
     if "when" in module and not evaluate(module["when"], names):
         return None
     key = module["key"]
     kind = module["kind"]
-    count = _as_int(evaluate(module.get("count", 1), names), f"{key} count", spec)
+    count = _as_int(evaluate(module.get("count", 1), names), f"{key} count", names)
     has_bias = bool(evaluate(module.get("bias", False), names))
     in_f = out_f = 0
     if kind in ("linear", "embedding", "lm_head"):
-        in_f = _as_int(evaluate(module["in"], names), f"{key} in_features", spec)
-        out_f = _as_int(evaluate(module["out"], names), f"{key} out_features", spec)
+        in_f = _as_int(evaluate(module["in"], names), f"{key} in_features", names)
+        out_f = _as_int(evaluate(module["out"], names), f"{key} out_features", names)
         weight = in_f * out_f
         bias = out_f if has_bias else 0
     else:
-        weight = _as_int(evaluate(module["numel"], names), f"{key} numel", spec)
+        weight = _as_int(evaluate(module["numel"], names), f"{key} numel", names)
         bias = weight if has_bias else 0
     if count == 0:
         return None
@@ -224,15 +237,23 @@ def param_inventory(spec: ModelSpec) -> tuple[ParamGroup, ...]:
     ``data/architectures.json``.
 
     """
-    template = catalog.architecture(spec.model_type)
     names = spec_names(spec)
+    return _inventory(spec.model_type, tuple(sorted(names.items())))
+
+
+@lru_cache(maxsize=1024)
+def _inventory(model_type: str, items: tuple[tuple[str, Any], ...]) -> tuple[ParamGroup, ...]:
+    # Cached: the engine asks for the same model's inventory many times per estimate
+    # (and a batch sweep thousands of times); ParamGroup is frozen, so sharing is safe.
+    template = catalog.architecture(model_type)
+    names = dict(items)
     groups: list[ParamGroup] = []
     for module in template["modules"]:
         try:
-            group = _group(module, names, spec)
+            group = _group(module, names)
         except KeyError as exc:
             raise InvalidConfigError(
-                f"{spec.model_type} model '{spec.name}' lacks '{exc.args[0]}' "
+                f"{model_type} model '{names['name']}' lacks '{exc.args[0]}' "
                 f"(needed by parameter group {module['key']}); set it in ModelSpec.arch"
             ) from None
         if group is not None:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 import vramcalc
 from api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
 from api.routes import router
-from api.settings import Settings, get_settings
+from api.settings import Settings, get_settings, load_settings
 from vramcalc.errors import UnknownNameError, VramcalcError
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         The ASGI application (serve it with ``api.serve.serve`` or any ASGI server).
 
     """
-    effective = settings if settings is not None else get_settings()
+    effective = settings if settings is not None else load_settings()
     app = FastAPI(
         title="vramcalc",
         version=vramcalc.__version__,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Protocol
 
 from vramcalc.report import FitReport, MemoryReport
@@ -39,7 +38,12 @@ class CoreEngine:
         return fit(request)
 
 
-@cache
-def get_engine() -> Engine:
-    """Return the process-wide engine."""
-    return CoreEngine()
+_ENGINE = CoreEngine()
+
+
+async def get_engine() -> Engine:
+    """FastAPI dependency for the engine (override it in tests).
+
+    It is ``async`` so FastAPI calls it on the event loop instead of a worker thread.
+    """
+    return _ENGINE

@@ -48,11 +48,14 @@ def healthz() -> Health:
     responses={**_E404, **_E422, **_E413},
     tags=["estimate"],
 )
-def estimate(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
+async def estimate(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
     """Peak memory (allocated, reserved, device), breakdown and step timeline of a job.
 
     The body uses the CLI's long option names in snake_case; ``model`` is a catalog name or
     an inline ``config.json`` object. The answer equals ``vramcalc ... --json``.
+
+    It runs on the event loop: one estimate takes about a millisecond and a worker-thread
+    hop would cost a large share of that.
     """
     check_request(request, settings)
     report = engine.estimate(request)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from api.middleware import ACCESS_LOGGER
-from api.settings import get_settings
+from api.settings import load_settings
 
 __all__ = ["log_config", "serve"]
 
@@ -63,7 +63,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    settings = get_settings()
+    settings = load_settings()
     logging.getLogger("vramcalc.api").info("settings: %s", settings.model_dump())
     uvicorn.run(
         "api.app:create_app",

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ENV_PREFIX", "Settings", "get_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "get_settings", "load_settings"]
 
 ENV_PREFIX = "VRAMCALC_API_"
 
@@ -69,6 +69,14 @@ class Settings(BaseModel):
 
 
 @cache
-def get_settings() -> Settings:
+def load_settings() -> Settings:
     """Return the process-wide settings (read from the environment once)."""
     return Settings.from_env()
+
+
+async def get_settings() -> Settings:
+    """FastAPI dependency for the settings (override it in tests).
+
+    It is ``async`` so FastAPI calls it on the event loop instead of a worker thread.
+    """
+    return load_settings()

@@ -175,8 +175,11 @@ function fillForm(req) {
   showPeftOptions();
 }
 
+const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name
+
 function setValue(id, value) {
   const node = $(id);
+  if (id === "gpu") value = gpuAliases.get(value.toLowerCase().replace(/_/g, "-")) || value;
   if (node.tagName === "SELECT" && ![...node.options].some((o) => (o.value || o.text) === value)) {
     node.append(el("option", { value }, value)); // e.g. a GPU alias from a shared link
   }
@@ -476,6 +479,7 @@ async function loadCatalogs() {
   const [gpus, optims] = await Promise.all([api("/v1/gpus").catch(() => []), api("/v1/optimizers").catch(() => [])]);
   const gpuSel = $("gpu");
   for (const g of gpus) {
+    for (const a of [g.name, ...(g.aliases || [])]) gpuAliases.set(a.toLowerCase().replace(/_/g, "-"), g.name);
     gpuSel.append(el("option", { value: g.name }, `${g.name} · ${(g.memory_bytes / GIB).toFixed(1)} GiB · $${g.price_usd_per_gpu_hour}/h`));
   }
   const optSel = $("optim");

@@ -123,6 +123,17 @@ def test_fill_form_and_compare_with_api(browser: Any, live_server: str, tmp_path
     page2.close()
 
 
+def test_docs_load_without_network(browser: Any, live_server: str) -> None:
+    page = browser.new_page()
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(live_server + "/docs")
+    page.wait_for_selector(".opblock")
+    assert page.locator(".opblock").count() >= 7
+    assert [u for u in urls if not u.startswith(live_server)] == []
+    page.close()
+
+
 def test_errors_are_shown(browser: Any, live_server: str) -> None:
     page = browser.new_page()
     page.goto(live_server + "/")

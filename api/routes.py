@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import logging
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
+from pydantic import ValidationError
 
 import vramcalc
 from api.deps import Engine, get_engine
@@ -13,13 +16,16 @@ from api.limits import check_request
 from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, OptimizerInfo
 from api.settings import Settings, get_settings
 from vramcalc import catalog
-from vramcalc.errors import InvalidConfigError
+from vramcalc.errors import InvalidConfigError, VramcalcError
 from vramcalc.report import FitReport, MemoryReport
 from vramcalc.specs import EstimateRequest, GpuSpec
 
 __all__ = ["router"]
 
 router = APIRouter()
+ENGINE_LOGGER = "vramcalc.api.engine"
+_engine_log = logging.getLogger(ENGINE_LOGGER)
+_R = TypeVar("_R")
 
 _E404: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown name (model, GPU, optimizer...)"}
@@ -58,7 +64,7 @@ async def estimate(request: EstimateRequest, settings: SettingsDep, engine: Engi
     hop would cost a large share of that.
     """
     check_request(request, settings)
-    report = engine.estimate(request)
+    report = _run_engine(engine.estimate, request)
     return Response(report.model_dump_json(), media_type=_JSON)
 
 
@@ -75,8 +81,33 @@ def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> R
             "POST /v1/fit needs 'gpu'; accepted: the names listed by GET /v1/gpus"
         )
     check_request(request, settings)
-    report = engine.fit(request)
+    report = _run_engine(engine.fit, request)
     return Response(report.model_dump_json(), media_type=_JSON)
+
+
+def _run_engine(fn: Callable[[EstimateRequest], _R], request: EstimateRequest) -> _R:
+    """Call the engine; an unforeseen error on odd input becomes a 422, logged as an error.
+
+    The engine raises ``VramcalcError`` for every input it knows to be bad. Anything else is
+    an engine bug that a client must not see as a 500; it is logged on
+    ``vramcalc.api.engine`` (the fuzz test fails on such records).
+    """
+    try:
+        return fn(request)
+    except (VramcalcError, ValidationError):
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+        _engine_log.error(
+            "engine failed: %s: %s; request=%s",
+            type(exc).__name__,
+            exc,
+            request.model_dump_json()[:2000],
+            exc_info=True,
+        )
+        raise InvalidConfigError(
+            f"this combination cannot be estimated ({type(exc).__name__}: {exc}); "
+            "please report it with the request"
+        ) from exc
 
 
 def _model_info(row: dict[str, Any]) -> ModelInfo:

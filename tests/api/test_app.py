@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from api.app import STATIC_DIR, create_app
 from api.deps import get_engine
 from api.middleware import ACCESS_LOGGER
+from api.routes import ENGINE_LOGGER
 from api.settings import Settings, get_settings
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError
@@ -372,3 +373,17 @@ def test_settings_from_env() -> None:
         Settings.from_env({"VRAMCALC_API_MAX_LAYER": "64"})
     with pytest.raises(ValueError, match="bad VRAMCALC_API"):
         Settings.from_env({"VRAMCALC_API_MAX_LAYERS": "-1"})
+
+
+def test_unforeseen_engine_error_is_422_and_logged(
+    stub_client: TestClient, stub_engine: StubEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(request: EstimateRequest) -> None:
+        raise KeyError("hidden_size")
+
+    stub_engine.estimate = broken  # type: ignore[method-assign,assignment]
+    with caplog.at_level(logging.ERROR, logger=ENGINE_LOGGER):
+        r = stub_client.post("/v1/estimate", json={"model": "gpt2"})
+    assert r.status_code == 422
+    assert "KeyError" in r.json()["detail"]
+    assert [rec.name for rec in caplog.records] == [ENGINE_LOGGER]

@@ -126,7 +126,7 @@ def matmul_groups(
 ) -> list[tuple[str, str, float, bool]]:
     """List the matmul weights a token meets: ``(key, stack, active weight elements, trainable)``.
 
-    Adds the tied LM head (``hidden_size x vocab_size``, trainable iff the input embedding is)
+    Adds the tied LM head (the token embedding's shape, trainable iff the embedding is)
     when ``spec.tie_word_embeddings`` is set, the model has an output layer
     (``ModelSpec.has_lm_head``; causal LMs where that field is absent) and no ``lm_head`` group
     is listed.
@@ -141,9 +141,15 @@ def matmul_groups(
     has_output_layer = bool(getattr(spec, "has_lm_head", spec.is_causal_lm))
     if spec.tie_word_embeddings and not has_head and has_output_layer:
         embeddings = [g for g in groups if g.kind == "embedding" and g.stack == "embed"]
-        word = max(embeddings, key=lambda g: g.weight_numel, default=None)
+        word = next((g for g in embeddings if g.in_features == spec.vocab_size), None)
+        if word is None:  # rows not recorded: a vocab-multiple embedding, largest first
+            rows_ok = [g for g in embeddings if g.weight_numel % spec.vocab_size == 0]
+            word = max(rows_ok, key=lambda g: g.weight_numel, default=None)
         trainable = word is not None and word.key in trainable_keys
-        out.append((TIED_HEAD_KEY, "head", float(spec.hidden_size * spec.vocab_size), trainable))
+        # the head multiplies with the embedding matrix itself, whose width may differ from
+        # hidden_size (OPT-350m: word_embed_proj_dim 512, hidden 1024)
+        numel = word.weight_numel if word is not None else spec.hidden_size * spec.vocab_size
+        out.append((TIED_HEAD_KEY, "head", float(numel), trainable))
     return out
 
 

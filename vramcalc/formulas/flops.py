@@ -8,18 +8,18 @@ What is counted:
 * **Matmul weights** (``ParamGroup.kind`` ``"linear"`` or ``"lm_head"``): forward 2 FLOPs per
   *active* weight element per token (Kaplan et al. 2020, Table 1). Biases, norms, activation
   functions, softmax and the loss are elementwise and ignored (well under 1 % for LLM widths).
-  Embedding lookups (``"embedding"``) cost no FLOPs. A tied LM head still runs a
-  ``hidden x vocab`` matmul against the embedding matrix, so it is counted when
+  Embedding lookups (``"embedding"``) cost no FLOPs. A tied LM head still runs a matmul with
+  the token embedding matrix (``vocab x embedding width``), so it is counted when
   ``ModelSpec.tie_word_embeddings`` is set and the inventory lists no ``lm_head`` group.
-* **MoE experts**: groups with an ``experts`` path segment in their key hold all experts; only
-  ``num_experts_per_tok`` of ``num_local_experts`` run per token, so their active share is
-  ``k / E`` (the router ``gate`` is a plain linear group, always active).
+* **MoE experts**: groups flagged ``ParamGroup.expert`` (or with an ``experts`` key segment)
+  hold all experts; only ``num_experts_per_tok`` of ``num_local_experts`` run per token, so
+  their active share is ``k / E``. The router (``kind="other"``, hidden x experts) is ignored.
 * **Attention scores and values**: ``Q K^T`` and ``P V`` cost ``2 * 2 * kv_len * (heads *
   head_dim)`` FLOPs per token per attention layer in the forward pass (Narayanan et al. 2021,
   Appendix). With causal masking, flash / memory-efficient kernels (``sdpa`` on a GPU,
   ``flash_attention_2``) skip the fully masked tiles, so *executed* work is about half; the eager
   path computes the full square and masks it. :func:`causal_attention_fraction` encodes this;
-  published MFU formulas (Megatron-LM, PaLM) count the full square, so pass ``1.0`` to
+  published MFU formulas (Megatron-LM, PaLM) count the full square: pass ``attn=None`` to
   reproduce them.
 * **Backward**: a matmul whose weight is trainable computes the input gradient and the weight
   gradient (2x its forward); a frozen one computes the input gradient only (1x). Autograd skips
@@ -35,8 +35,11 @@ What is counted:
   whose recomputation stops early, once every tensor saved for backward is rebuilt
   (``early_stop=True``): the MLP output projection (``intermediate_size -> hidden_size``) saves
   nothing downstream, so it is not re-run, unless a dropout after it (``hidden_dropout > 0``)
-  must regenerate its mask. Checked with ``torch.utils.flop_counter.FlopCounterMode`` on GPT-2
-  and Llama builds (tests/test_flops.py).
+  must regenerate its mask.
+
+Checked against ``torch.utils.flop_counter.FlopCounterMode`` (tests/test_flops.py): exact for
+tiny GPT-2/Llama CPU steps (full, LoRA, checkpointing with and without dropout) and for
+full-size catalog models built on the meta device (eager attention).
 
 Sources:
     Kaplan et al. 2020, "Scaling Laws for Neural Language Models", Table 1 and C ~ 6N per token.
@@ -263,7 +266,9 @@ def training_flops_per_token(
         spec: the model architecture.
         inventory: the model's parameter groups, plus any adapter groups (LoRA ``lora_A`` /
             ``lora_B`` as ``kind="linear"``) the caller wants counted.
-        trainable_keys: keys of the trainable groups (weights receive gradients).
+        trainable_keys: keys of the trainable groups (weights receive gradients); an empty
+            set means nothing is trained (forward only). Keys not in the inventory (e.g. prompt
+            embeddings) still make it a training step: every matmul pays its input gradient.
         seq_len: tokens per sequence (the attention context length).
         attn: attention implementation (decides the causal skip and the attention backward
             cost); ``None`` counts the full score square with a 2x backward, the convention of

@@ -282,9 +282,39 @@ def test_scaling_invariants(tokens: int, epochs: float, k: int, gpus: int) -> No
     assert tg == pytest.approx(t1 / k) and cg == pytest.approx(c1)
 
 
+WIDTHS = {"nf4": 4, "fp4": 4, "int8": 8, "bf16": 16, "fp16": 16, "fp32": 32}
+
+
+def test_qlora_dequantisation_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bitsandbytes MatMul4Bit: each call reads 4-bit weights, writes and re-reads a bf16 copy:
+    (4 + 2 * 16) bits = 4.5 bytes per weight; forward + backward = 2 calls per micro-step.
+    7e9 weights on an H100 (3350 GB/s): 2 * 7e9 * 4.5 / 3.35e12 = 18.8 ms.
+
+    Storage widths are the dtypes' definitions (stubbed so this runs before data/dtypes.json
+    exists; the next test checks the real file has them)."""
+    monkeypatch.setattr(catalog, "dtype_bits", WIDTHS.__getitem__)
+    h100 = catalog.gpu("h100-sxm")
+    s = dequant_seconds_per_micro_step(7 * 10**9, h100, "bf16", calls=2)
+    assert s == pytest.approx(2 * 7e9 * 4.5 / 3.35e12)
+    spec, inv = small_model()
+    q = TrainingSpec(
+        param_dtype=DType.BF16, peft=PeftSpec(method=PeftMethod.QLORA, r=8), quant=Quant.NF4
+    )
+    lo = TrainingSpec(param_dtype=DType.BF16, peft=PeftSpec(method=PeftMethod.LORA, r=8))
+    cost = CostSpec(tokens=10**6)
+    rq = estimate_cost(spec, q, ParallelSpec(), h100, cost, inv, {"lora"})
+    rl = estimate_cost(spec, lo, ParallelSpec(), h100, cost, inv, {"lora"})
+    assert rq.flops_per_token == rl.flops_per_token
+    # quantized: the two linear groups, 12 * 512^2 * 4 layers; lm_head stays 16-bit
+    qnumel = 12 * 512 * 512 * 4
+    steps = 10**6 / 512
+    extra = steps * 2 * qnumel * 4.5 / 3.35e12
+    assert rq.time_s - rl.time_s == pytest.approx(extra)
+    assert any("dequantisation" in n for n in rq.notes)
+
+
 def _dtypes_available() -> bool:
     try:
-        catalog.dtype_bits("nf4")
         catalog.dtype_bits("bf16")
     except (FileNotFoundError, KeyError, VramcalcError):
         return False
@@ -292,19 +322,6 @@ def _dtypes_available() -> bool:
 
 
 @pytest.mark.skipif(not _dtypes_available(), reason="data/dtypes.json not present yet")
-def test_qlora_dequantisation_time() -> None:
-    """bitsandbytes MatMul4Bit: each call reads 4-bit weights, writes and re-reads a bf16 copy:
-    (4 + 2 * 16) bits = 4.5 bytes per weight; forward + backward = 2 calls per micro-step.
-    7e9 weights on an H100 (3350 GB/s): 2 * 7e9 * 4.5 / 3.35e12 = 18.8 ms."""
-    h100 = catalog.gpu("h100-sxm")
-    s = dequant_seconds_per_micro_step(7 * 10**9, h100, "bf16", calls=2)
-    assert s == pytest.approx(2 * 7e9 * 4.5 / 3.35e12)
-    spec, inv = small_model()
-    peft = PeftSpec(method=PeftMethod.QLORA, r=8)
-    q = TrainingSpec(param_dtype=DType.BF16, peft=peft, quant=Quant.NF4)
-    lo = TrainingSpec(param_dtype=DType.BF16, peft=PeftSpec(method=PeftMethod.LORA, r=8))
-    cost = CostSpec(tokens=10**6)
-    rq = estimate_cost(spec, q, ParallelSpec(), h100, cost, inv, {"lora"})
-    rl = estimate_cost(spec, lo, ParallelSpec(), h100, cost, inv, {"lora"})
-    assert rq.time_s > rl.time_s
-    assert rq.flops_per_token == rl.flops_per_token
+def test_dtype_catalog_has_the_widths_cost_needs() -> None:
+    for name in ("nf4", "fp4", "bf16", "fp16", "fp32"):
+        assert catalog.dtype_bits(name) == WIDTHS[name]

@@ -17,7 +17,15 @@ from vramcalc.cost import (
     tokens_per_step,
     training_time_s,
 )
-from vramcalc.enums import Attention, DType, MixedPrecision, PeftMethod, Quant
+from vramcalc.enums import (
+    Attention,
+    DType,
+    MixedPrecision,
+    Offload,
+    PeftMethod,
+    Quant,
+    ZeroStage,
+)
 from vramcalc.errors import InvalidConfigError, VramcalcError
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.specs import CostSpec, ModelSpec, ParallelSpec, PeftSpec, TrainingSpec
@@ -139,6 +147,20 @@ def test_gpu_without_price_says_so() -> None:
     )
     assert r.cost_usd == 0
     assert any("--price-per-gpu-hour" in n for n in r.notes)
+
+
+def test_offload_is_flagged() -> None:
+    spec, inv = small_model()
+    r = estimate_cost(
+        spec,
+        TrainingSpec(param_dtype=DType.BF16),
+        ParallelSpec(zero_stage=ZeroStage.GRADIENTS, offload_optimizer=Offload.CPU),
+        catalog.gpu("a100-80gb"),
+        CostSpec(tokens=1000),
+        inv,
+        keys(inv),
+    )
+    assert any("offload" in n for n in r.notes)
 
 
 def test_tokens_per_step() -> None:

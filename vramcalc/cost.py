@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from vramcalc import catalog
-from vramcalc.enums import DType, MixedPrecision, PeftMethod, Quant, Task, ZeroStage
+from vramcalc.enums import DType, MixedPrecision, Offload, PeftMethod, Quant, Task, ZeroStage
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.flops import (
@@ -283,6 +283,11 @@ def estimate_step_time(
         )
     if n_gpus > 1:
         notes.append("communication is not modelled separately: it is part of the MFU")
+    if parallel.offload_optimizer != Offload.NONE or parallel.offload_param != Offload.NONE:
+        notes.append(
+            "ZeRO offload slows steps (host optimizer step, PCIe transfers); not modelled: "
+            "lower --mfu to account for it"
+        )
     return StepTiming(
         flops=flops,
         compute_dtype=dtype,

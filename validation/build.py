@@ -1,0 +1,304 @@
+"""Build a real training setup from a ``validation.records.Scenario`` (device-agnostic).
+
+Shared by the trace backend (``validation/trace.py``: fake tensors on a fake CUDA device, or
+fake/real CPU) and the CUDA backend (real GPU). Nothing here downloads anything: every model is
+built from a config with random weights (``AutoModelForCausalLM.from_config``).
+
+API (all imports of torch/transformers/peft are lazy, inside the functions):
+
+``model_config(request) -> transformers.PretrainedConfig``
+    The HF config of ``request.model``: an inline ``config.json`` dict (needs ``model_type``) or
+    a catalog name (``vramcalc.hf.resolve_model`` when available, else the catalog row's
+    ``config``), built with ``AutoConfig.for_model(model_type, **fields)``.
+
+``build_model(scenario, device=None, *, on_meta=False, attn_implementation=None) -> nn.Module``
+    The model as a Trainer run would hold it: storage dtype ``request.dtype``, the attention
+    implementation ``request.attn`` (or the override), PEFT LoRA wrapped with ``get_peft_model``
+    (adapters kept fp32 over a 16-bit base, PEFT's default), gradient checkpointing enabled the
+    way ``Trainer`` does (``activation_checkpointing_enable()`` / ``gradient_checkpointing_enable``
+    with transformers' default ``use_reentrant``), ``train()`` mode. With ``on_meta=True`` it is
+    built on the meta device (no memory) and must be materialised with ``materialize``.
+
+``materialize(model, device) -> nn.Module``
+    ``to_empty(device=...)`` then re-tie the tied weights (``to_empty`` unties them).
+
+``build_optimizer(scenario, model) -> torch.optim.Optimizer``
+    The optimizer class and kwargs from ``transformers.Trainer.get_optimizer_cls_and_kwargs``,
+    the Trainer's decay/no-decay parameter groups over the trainable parameters, and the torch
+    implementation pinned by ``scenario.optim_impl`` (``default`` = what a CUDA run picks:
+    foreach for torch optimizers, fused when the optim name says ``fused``).
+
+``build_setup(scenario, device, *, model=None) -> Setup``
+    Model (built unless given), optimizer, ``GradScaler`` (fp16 AMP only), a batch factory and
+    ``Setup.step(batch)``: forward (under autocast, outputs converted to fp32 as accelerate does
+    for the Trainer) -> loss -> backward -> optimizer step -> ``zero_grad(set_to_none=True)``.
+    ``Setup.on_phase`` (a callable taking the phase name) is called when each phase starts:
+    ``forward``, ``loss`` (when the model's loss function is entered), ``backward``,
+    ``optimizer``; a tracker uses it to label its records.
+
+QLoRA (bitsandbytes 4-bit) is built only when ``bitsandbytes`` can quantize on ``device``;
+``build_model`` raises ``Unsupported`` otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from validation.records import Scenario
+    from vramcalc.specs import EstimateRequest
+
+__all__ = [
+    "Setup",
+    "Unsupported",
+    "build_model",
+    "build_optimizer",
+    "build_setup",
+    "materialize",
+    "model_config",
+    "torch_dtype",
+]
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class Unsupported(RuntimeError):
+    """The scenario cannot be built on this device/stack (the message says why)."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``fp32``/``bf16``/``fp16`` -> the torch dtype."""
+    import torch
+
+    return getattr(torch, _DTYPES[str(name)])  # type: ignore[no-any-return]
+
+
+def _config_fields(model: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return dict(model)
+    with contextlib.suppress(ImportError, AttributeError):
+        from vramcalc import hf  # a colleague's module; may not exist yet
+
+        resolved = hf.resolve_model(model)  # type: ignore[attr-defined]
+        cfg = getattr(resolved, "config", None) or (
+            resolved.get("config") if isinstance(resolved, dict) else None
+        )
+        if isinstance(cfg, dict):
+            return dict(cfg)
+    from vramcalc.catalog import model_row
+
+    return dict(model_row(model)["config"])
+
+
+def model_config(request: EstimateRequest) -> Any:
+    """The transformers config of ``request.model`` (inline dict or catalog name)."""
+    from transformers import AutoConfig
+
+    fields = _config_fields(request.model)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise Unsupported(f"model config needs a 'model_type', got keys {sorted(fields)}")
+    for key in ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"):
+        fields.pop(key, None)
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def _lora_config(request: EstimateRequest, model_type: str) -> Any:
+    from peft import LoraConfig
+
+    opts = request.lora or request.qlora
+    assert opts is not None
+    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout, "task_type": "CAUSAL_LM"}
+    if opts.alpha is not None:
+        kwargs["lora_alpha"] = opts.alpha
+    if opts.targets is not None:
+        kwargs["target_modules"] = list(opts.targets)
+    if model_type == "gpt2":  # Conv1D weights are stored (in, out); PEFT asks for this flag
+        kwargs["fan_in_fan_out"] = True
+    return LoraConfig(**kwargs)
+
+
+def build_model(
+    scenario: Scenario,
+    device: str | torch.device | None = None,
+    *,
+    on_meta: bool = False,
+    attn_implementation: str | None = None,
+) -> Any:
+    """The model of a scenario, as a Trainer run holds it (see the module docstring)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    req = scenario.request
+    if req.qlora is not None or req.quant is not None:
+        raise Unsupported(
+            "QLoRA/quantized bases need bitsandbytes kernels on a real CUDA device; "
+            "they cannot be built on fake tensors or on CPU here"
+        )
+    if req.adapter or req.prefix or req.prompt_tuning or req.ia3:
+        raise Unsupported("only full fine-tuning and LoRA are built by validation.build")
+    cfg = model_config(req)
+    attn = attn_implementation or str(req.attn.value)
+    dtype = torch_dtype(req.dtype.value)
+    target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
+    ctx = target if target is not None else contextlib.nullcontext()
+    with ctx:
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    if req.lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config(req, cfg.model_type))
+    if req.grad_ckpt:
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is None:
+            enable = model.gradient_checkpointing_enable
+        enable()
+    model.train()
+    return model
+
+
+def _base_model(model: Any) -> Any:
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def materialize(model: Any, device: str | torch.device) -> Any:
+    """Allocate a meta-built model on ``device`` (uninitialised) and re-tie its weights."""
+    model.to_empty(device=device)
+    base = _base_model(model)
+    tie = getattr(base, "tie_weights", None)
+    if callable(tie):
+        tie()
+    return model
+
+
+def build_optimizer(scenario: Scenario, model: Any) -> Any:
+    """The optimizer a ``Trainer`` would create, with the pinned torch implementation."""
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir="/tmp/vramcalc-validation", optim=scenario.request.optim, report_to=[]
+    )
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    kwargs = dict(kwargs)
+    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and (
+        cls.__module__.startswith("torch.optim")
+    ):
+        impl = scenario.optim_impl
+        if impl == "default":
+            impl = "fused" if kwargs.get("fused") else "foreach"
+        kwargs.pop("fused", None)
+        kwargs.pop("foreach", None)
+        if impl == "fused":
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = impl == "foreach"
+    decay = set(Trainer.get_decay_parameter_names(None, model))  # type: ignore[arg-type]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+    ]
+    return cls([g for g in groups if g["params"]], **kwargs)
+
+
+def _to_fp32(obj: Any) -> Any:
+    """What accelerate's ``convert_outputs_to_fp32`` does to a model's outputs under AMP."""
+    try:
+        from accelerate.utils import convert_to_fp32
+    except ImportError:  # pragma: no cover - accelerate is a dependency of the extra
+        return obj
+    return convert_to_fp32(obj)
+
+
+@dataclass
+class Setup:
+    """A ready-to-run training step; see the module docstring."""
+
+    scenario: Scenario
+    device: Any
+    model: Any
+    optimizer: Any
+    scaler: Any
+    autocast_dtype: Any
+    vocab_size: int
+    on_phase: Callable[[str], None] = field(default=lambda _phase: None)
+
+    def make_batch(self) -> dict[str, Any]:
+        """An unpadded causal-LM batch (no attention mask, as a packed/unpadded Trainer batch)."""
+        import torch
+
+        req = self.scenario.request
+        ids = torch.randint(
+            0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device
+        )
+        return {"input_ids": ids, "labels": ids.clone()}
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype)
+
+    def step(self, batch: dict[str, Any]) -> None:
+        """forward -> loss -> backward -> optimizer.step -> zero_grad(set_to_none=True)."""
+        self.on_phase("forward")
+        with self._autocast():
+            out = self.model(**batch)
+        if self.autocast_dtype is not None:
+            out = _to_fp32(out)
+        loss = out["loss"] if isinstance(out, dict) else out.loss
+        del out
+        self.on_phase("backward")
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        del loss
+        self.on_phase("optimizer")
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def build_setup(scenario: Scenario, device: Any, *, model: Any = None) -> Setup:
+    """Model, optimizer, scaler and step of a scenario on ``device`` (see module docstring)."""
+    import torch
+
+    req = scenario.request
+    if model is None:
+        model = build_model(scenario, device)
+    mp = str(req.mixed_precision.value)
+    autocast_dtype = None if mp == "no" else torch_dtype(mp)
+    scaler = None
+    if mp == "fp16":
+        scaler = torch.amp.GradScaler(torch.device(device).type)
+    optimizer = build_optimizer(scenario, model)
+    base = _base_model(model)
+    setup = Setup(
+        scenario=scenario,
+        device=device,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        autocast_dtype=autocast_dtype,
+        vocab_size=int(base.config.vocab_size),
+    )
+    original = base.loss_function
+
+    def loss_function(*args: Any, **kwargs: Any) -> Any:
+        setup.on_phase("loss")
+        return original(*args, **kwargs)
+
+    base.loss_function = loss_function
+    return setup

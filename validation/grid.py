@@ -1,0 +1,146 @@
+"""The traced validation grid: small models of seven families, a covering design of settings.
+
+Each family has a small inline config (hidden 256, 2-4 layers, vocab 8k-32k) so a trace takes
+about a second. Settings vary over {full, LoRA, QLoRA} x {fp32, bf16, AMP bf16, AMP fp16} x
+{checkpointing on/off} x {eager, sdpa, flash_attention_2} x {adamw_torch foreach/fused/
+for-loop, sgd, adafactor} x batch/sequence: not the full cross product, but every value of
+each axis appears with several families, and the pairs that interact (LoRA x checkpointing,
+AMP x attention, bf16 x optimizer implementation) are each covered. QLoRA scenarios are in the
+grid but are skipped by the tracer (see ``validation.trace``).
+
+``scenarios()`` lists them all, ``scenario(id)`` finds one; ``FAMILIES`` holds the configs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from validation.records import Scenario
+from vramcalc.specs import EstimateRequest
+
+__all__ = ["FAMILIES", "scenario", "scenarios"]
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    "gpt2": {
+        "model_type": "gpt2", "n_embd": 256, "n_layer": 2, "n_head": 4,
+        "vocab_size": 8000, "n_positions": 512,
+    },
+    "llama": {
+        "model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "vocab_size": 16000, "max_position_embeddings": 512, "tie_word_embeddings": False,
+    },
+    "mistral": {  # GQA: 8 query heads share 2 key/value heads
+        "model_type": "mistral", "hidden_size": 256, "intermediate_size": 896,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "head_dim": 32, "vocab_size": 16000, "max_position_embeddings": 512,
+        "sliding_window": None,
+    },
+    "qwen2": {
+        "model_type": "qwen2", "hidden_size": 256, "intermediate_size": 704,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 32000, "max_position_embeddings": 512, "tie_word_embeddings": True,
+    },
+    "phi": {
+        "model_type": "phi", "hidden_size": 256, "intermediate_size": 1024,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "partial_rotary_factor": 0.5, "vocab_size": 12000, "max_position_embeddings": 512,
+    },
+    "gemma": {
+        "model_type": "gemma", "hidden_size": 256, "intermediate_size": 1024,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 1,
+        "head_dim": 64, "vocab_size": 24000, "max_position_embeddings": 512,
+    },
+    "opt": {
+        "model_type": "opt", "hidden_size": 256, "ffn_dim": 1024, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "word_embed_proj_dim": 256, "vocab_size": 8000,
+        "max_position_embeddings": 512,
+    },
+}  # fmt: skip
+
+# (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
+_ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
+    ("gpt2", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("gpt2", "full", "fp32", "no", False, "eager", "adamw_torch", "for-loop", 2, 256),
+    ("gpt2", "full", "fp32", "bf16", True, "sdpa", "adamw_torch_fused", "fused", 2, 256),
+    ("gpt2", "lora", "fp32", "no", False, "eager", "adamw_torch", "foreach", 4, 128),
+    ("gpt2", "lora", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("gpt2", "full", "bf16", "no", False, "flash_attention_2", "sgd", "foreach", 2, 256),
+    ("gpt2", "full", "fp32", "fp16", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("gpt2", "full", "fp32", "no", True, "eager", "adafactor", "default", 2, 256),
+    ("gpt2", "qlora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("llama", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("llama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "fused", 2, 256),
+    ("llama", "full", "fp32", "bf16", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("llama", "full", "fp32", "bf16", True, "flash_attention_2", "adamw_torch", "fused", 2, 256),
+    ("llama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("llama", "lora", "fp32", "no", True, "eager", "adamw_torch", "foreach", 1, 256),
+    ("llama", "lora", "bf16", "no", True, "flash_attention_2", "adamw_torch", "foreach", 4, 128),
+    ("llama", "full", "bf16", "no", True, "sdpa", "sgd", "foreach", 2, 256),
+    ("llama", "full", "fp32", "no", False, "sdpa", "adafactor", "default", 1, 256),
+    ("llama", "qlora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mistral", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mistral", "full", "bf16", "no", False, "flash_attention_2", "adamw_torch", "fused", 2, 256),
+    ("mistral", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mistral", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("mistral", "lora", "fp32", "bf16", True, "sdpa", "adamw_torch", "fused", 2, 256),
+    ("mistral", "full", "fp32", "no", True, "eager", "sgd", "foreach", 2, 256),
+    ("qwen2", "full", "fp32", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("qwen2", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen2", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "for-loop", 2, 256),
+    ("qwen2", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen2", "lora", "fp32", "no", False, "flash_attention_2", "adamw_torch", "foreach", 2, 256),
+    ("qwen2", "full", "bf16", "no", False, "eager", "adafactor", "default", 2, 128),
+    ("phi", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("phi", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "fused", 2, 256),
+    ("phi", "lora", "fp32", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
+    ("phi", "full", "bf16", "no", True, "eager", "sgd", "foreach", 2, 128),
+    ("phi", "lora", "bf16", "no", False, "flash_attention_2", "adamw_torch", "foreach", 2, 256),
+    ("gemma", "full", "fp32", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("gemma", "full", "bf16", "no", False, "sdpa", "adamw_torch", "fused", 2, 256),
+    ("gemma", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 1, 256),
+    ("gemma", "lora", "bf16", "no", True, "eager", "adamw_torch", "foreach", 2, 256),
+    ("gemma", "lora", "fp32", "fp16", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("opt", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("opt", "full", "fp32", "no", True, "eager", "adamw_torch", "for-loop", 2, 256),
+    ("opt", "full", "fp32", "bf16", False, "sdpa", "adafactor", "default", 2, 256),
+    ("opt", "lora", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
+    ("opt", "full", "bf16", "no", False, "flash_attention_2", "sgd", "foreach", 2, 256),
+]
+
+_ABBR = {
+    "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "fa2",
+    "adamw_torch": "adamw", "adamw_torch_fused": "adamwfused", "sgd": "sgd",
+    "adafactor": "adafactor",
+}  # fmt: skip
+
+
+def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scenario:
+    family, method, dtype, mp, ckpt, attn, optim, impl, batch, seq = row
+    parts = [family, method, dtype if mp == "no" else f"amp{mp}", "ckpt" if ckpt else "nockpt",
+             _ABBR[attn], _ABBR[optim] + ("" if impl in ("default", "fused") else f"-{impl}"),
+             f"b{batch}s{seq}"]  # fmt: skip
+    extra: dict[str, Any] = {}
+    if method == "lora":
+        extra["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
+    elif method == "qlora":
+        extra["qlora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
+        extra["quant"] = "nf4"
+    request = EstimateRequest(
+        model=dict(FAMILIES[family]), batch_size=batch, seq_len=seq, dtype=dtype,
+        mixed_precision=mp, optim=optim, grad_ckpt=ckpt, attn=attn, **extra,
+    )  # fmt: skip
+    return Scenario(id="-".join(parts), request=request, steps=2, optim_impl=impl)  # type: ignore[arg-type]
+
+
+def scenarios() -> list[Scenario]:
+    """Every scenario of the traced grid, in a fixed order."""
+    return [_make(row) for row in _ROWS]
+
+
+def scenario(scenario_id: str) -> Scenario:
+    """The grid scenario with this id (``KeyError`` lists the ids when it is not found)."""
+    for s in scenarios():
+        if s.id == scenario_id:
+            return s
+    raise KeyError(f"no grid scenario {scenario_id!r}; ids: {', '.join(s.id for s in scenarios())}")

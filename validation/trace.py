@@ -1,0 +1,587 @@
+"""Trace backend: the real transformers/peft training step, run on fake tensors, no GPU needed.
+
+A scenario (``validation.records.Scenario``) is built by ``validation.build`` and stepped
+``scenario.steps`` times under ``FakeTensorMode`` on the **cuda** device of a CPU-only torch,
+in a dedicated subprocess that first loads a small C++ extension (``validation/_fakecuda``).
+A ``TorchDispatchMode`` records every tensor storage of the traced device when an op first
+returns it and its release through a weakref on the storage, each rounded up to 512 bytes as
+the CUDA caching allocator rounds blocks; ``max_memory_allocated`` is the running maximum.
+
+Output (``validation.records.Measured``): the allocated peak, the step and phase of the peak
+(``forward``/``loss``/``backward``/``optimizer``), the peak of each ``'<step>/<phase>'`` and the
+bytes at the peak by category:
+
+- ``params``: parameter and buffer storages;
+- ``gradients``: storages that are (or become) a parameter's ``.grad``;
+- ``optimizer``: optimizer-state storages (and the ``GradScaler``'s);
+- ``activations``: other storages allocated in the forward/loss phases (what autograd saved,
+  the checkpointed layer inputs, autocast's 16-bit weight copies, model inputs) and what the
+  checkpoint recomputation allocates during backward;
+- ``temporaries``: the rest (activation gradients, foreach/fused optimizer work lists, ...).
+
+Fidelity to a real GPU run (the traps found while checking feasibility):
+
+- the optimizer implementation is passed explicitly (``scenario.optim_impl``; fake tensors
+  would otherwise get the for-loop path where a GPU gets foreach);
+- fake CUDA SDPA always takes the math kernel; a mask-free call is routed to the kernel a
+  GPU picks for ``attn`` sdpa/flash_attention_2 (``_scaled_dot_product_flash_attention`` for
+  16-bit inputs, ``_scaled_dot_product_efficient_attention`` for fp32; fp32 with GQA and other
+  unsupported shapes stay on math, as on a GPU). ``eager`` stays eager. ``flash_attention_2``
+  models are built with ``sdpa`` (the flash-attn package needs a GPU) and routed to flash;
+- transformers' packed-sequence detection cannot read fake values and would build a full mask:
+  for our unpadded, unpacked batches the real decision (no packed sequences) is returned;
+- the model (and its peft wrapping) is built on meta outside the fake mode, then
+  ``to_empty`` on the fake device and re-tied;
+- autocast/GradScaler availability checks are answered as on a GPU and the scaler's
+  "found inf?" check (a data-dependent ``.item()``) takes the finite branch.
+
+Modes: ``fake-cuda`` (the measurement), ``fake-cpu`` and ``cpu`` (a REAL CPU step with the same
+tracker; the self-test requires it to record the same bytes as ``fake-cpu``). QLoRA/quantized
+bases are not traced (bitsandbytes quantizes with real kernels): those scenarios are skipped
+with ``TraceSkipped``.
+
+CLI::
+
+    python -m validation.trace --scenario-id ID [--mode fake-cuda] [--out FILE]
+    python -m validation.trace --grid [--out validation/measurements/trace.jsonl]
+
+Python: ``trace_scenario(scenario) -> Measurement`` (runs the subprocess),
+``trace_scenarios([...])``, ``load_measurements(path)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from validation.records import Fingerprint, Measured, Measurement, Scenario
+
+__all__ = [
+    "ROUND_BYTES",
+    "TraceSkipped",
+    "TraceUnavailable",
+    "load_measurements",
+    "run_trace",
+    "trace_scenario",
+    "trace_scenarios",
+]
+
+Mode = Literal["fake-cuda", "fake-cpu", "cpu"]
+ROUND_BYTES = 512  # CUDA caching allocator block rounding (c10/cuda/CUDACachingAllocator.cpp)
+REPO = Path(__file__).resolve().parents[1]
+EXIT_UNAVAILABLE = 3
+CATEGORIES = ("params", "gradients", "optimizer", "activations", "temporaries")
+
+
+class TraceUnavailable(RuntimeError):
+    """Tracing cannot run here (no torch, or the fake-CUDA extension cannot be built)."""
+
+
+class TraceSkipped(RuntimeError):
+    """This scenario cannot be traced (e.g. QLoRA needs real bitsandbytes kernels)."""
+
+
+# ----------------------------------------------------------------------------- tracker
+
+
+class _Rec:
+    __slots__ = ("cat", "nbytes", "phase", "recompute", "step")
+
+    def __init__(self, nbytes: int, step: int, phase: str, recompute: bool) -> None:
+        self.nbytes = nbytes
+        self.step = step
+        self.phase = phase
+        self.recompute = recompute
+        self.cat: str | None = None
+
+
+def _make_tracker(device_type: str, round_to: int) -> Any:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    import torch
+
+    class Tracker(TorchDispatchMode):  # type: ignore[misc]
+        """Live storage bytes of one device type, by allocation and weakref release."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[int, _Rec] = {}
+            self.refs: dict[int, Any] = {}
+            self.log: list[tuple[bool, _Rec]] = []
+            self.current = 0
+            self.peak = 0
+            self.peak_at = -1
+            self.step = 0
+            self.phase = "setup"
+            self.recompute = 0
+            self.per_phase: dict[str, int] = {}
+
+        def set_phase(self, step: int, phase: str) -> None:
+            self.step, self.phase = step, phase
+            key = f"{step}/{phase}"
+            self.per_phase[key] = max(self.per_phase.get(key, 0), self.current)
+
+        def _release(self, key: int, rec: _Rec, _ref: Any) -> None:
+            if self.live.get(key) is rec:
+                del self.live[key]
+                self.refs.pop(key, None)
+                self.current -= rec.nbytes
+                self.log.append((False, rec))
+
+        def track(self, t: Any) -> _Rec | None:
+            if not isinstance(t, torch.Tensor) or t.device.type != device_type:
+                return None
+            st = t.untyped_storage()
+            key = st._cdata
+            rec = self.live.get(key)
+            if rec is not None:
+                return rec
+            n = st.nbytes()
+            nbytes = -(-n // round_to) * round_to
+            rec = _Rec(nbytes, self.step, self.phase, self.recompute > 0)
+            self.live[key] = rec
+            self.refs[key] = weakref.ref(st, lambda r, k=key, rc=rec: self._release(k, rc, r))
+            self.current += nbytes
+            self.log.append((True, rec))
+            if self.current > self.peak:
+                self.peak = self.current
+                self.peak_at = len(self.log)
+            k = f"{self.step}/{self.phase}"
+            if self.current > self.per_phase.get(k, 0):
+                self.per_phase[k] = self.current
+            return rec
+
+        def mark(self, tensors: Iterable[Any], cat: str) -> None:
+            for t in tensors:
+                rec = self.track(t)
+                if rec is not None and rec.cat is None:
+                    rec.cat = cat
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                self.track(t)
+            return out
+
+        def at_peak(self) -> dict[str, int]:
+            alive: dict[int, _Rec] = {}
+            for is_alloc, rec in self.log[: self.peak_at]:
+                if is_alloc:
+                    alive[id(rec)] = rec
+                else:
+                    alive.pop(id(rec), None)
+            out = dict.fromkeys(CATEGORIES, 0)
+            for rec in alive.values():
+                cat = rec.cat
+                if cat is None:
+                    forward = rec.phase in ("forward", "loss", "input")
+                    cat = "activations" if forward or rec.recompute else "temporaries"
+                out[cat] += rec.nbytes
+            return out
+
+        def peak_rec(self) -> _Rec:
+            return self.log[self.peak_at - 1][1]
+
+    return Tracker()
+
+
+# ----------------------------------------------------------------------------- patches
+
+
+def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]:
+    """Monkeypatches that make a fake trace take a real GPU's decisions; returns undo list."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import masking_utils
+
+    undo: list[tuple[Any, str, Any]] = []
+
+    def patch(obj: Any, name: str, value: Any) -> None:
+        undo.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    if fake:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        find = masking_utils.find_packed_sequence_indices
+
+        def find_packed_sequence_indices(position_ids: Any) -> Any:
+            # Same ops as transformers runs (same temporaries), and the decision a real
+            # unpadded, unpacked batch gets: no packed sequences.
+            result = find(position_ids)
+            return None if isinstance(position_ids, FakeTensor) else result
+
+        patch(masking_utils, "find_packed_sequence_indices", find_packed_sequence_indices)
+
+    if route_sdpa:
+        sdpa = F.scaled_dot_product_attention
+        aten = torch.ops.aten
+
+        def scaled_dot_product_attention(
+            query: Any,
+            key: Any,
+            value: Any,
+            attn_mask: Any = None,
+            dropout_p: float = 0.0,
+            is_causal: bool = False,
+            scale: float | None = None,
+            enable_gqa: bool = False,
+        ) -> Any:
+            head_dim = query.shape[-1]
+            gqa = key.shape[-3] != query.shape[-3]
+            usable = (
+                attn_mask is None
+                and query.device.type == "cuda"
+                and query.dim() == 4
+                and head_dim == value.shape[-1]
+                and head_dim % 8 == 0
+            )
+            if usable and query.dtype in (torch.float16, torch.bfloat16) and head_dim <= 256:
+                out = aten._scaled_dot_product_flash_attention(
+                    query, key, value, dropout_p, is_causal, False, scale=scale
+                )
+                return out[0]
+            if usable and query.dtype == torch.float32 and not gqa:
+                lse = torch.is_grad_enabled() and any(
+                    t.requires_grad for t in (query, key, value)
+                )
+                out = aten._scaled_dot_product_efficient_attention(
+                    query, key, value, None, lse, dropout_p, is_causal, scale=scale
+                )
+                return out[0]
+            return sdpa(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+            )  # fmt: skip
+
+        patch(F, "scaled_dot_product_attention", scaled_dot_product_attention)
+        patch(torch.nn.functional, "scaled_dot_product_attention", scaled_dot_product_attention)
+
+    if fake:
+        from torch.amp import grad_scaler
+
+        def _maybe_opt_step(self: Any, optimizer: Any, state: Any, *a: Any, **k: Any) -> Any:
+            for v in state["found_inf_per_device"].values():  # keep the ops, skip .item()
+                v.sum()
+            return optimizer.step(*a, **k)
+
+        patch(grad_scaler.GradScaler, "_maybe_opt_step", _maybe_opt_step)
+    return undo
+
+
+def _patch_cuda_availability() -> None:
+    """Answer autocast/GradScaler's CUDA checks as a GPU would (fake-cuda process only)."""
+    import torch
+    import torch.cuda.amp.common as amp_common
+
+    amp_common.amp_definitely_not_available = lambda: False
+    torch.cuda.is_bf16_supported = lambda including_emulation=True: True
+
+
+# ----------------------------------------------------------------------------- one trace
+
+
+def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool = True) -> Measured:
+    """Trace ``scenario`` in THIS process (``fake-cuda`` needs the extension loaded first).
+
+    ``route_sdpa=False`` keeps fake CUDA SDPA on the math kernel (for comparisons).
+    """
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils import checkpoint as ckpt
+
+    from validation import build
+
+    req = scenario.request
+    if req.qlora is not None or req.quant is not None:
+        raise TraceSkipped(
+            "QLoRA/quantized bases are not traced: bitsandbytes quantizes with real kernels "
+            "that do not run on fake tensors (measure them with the CUDA backend)"
+        )
+    fake = mode != "cpu"
+    device = "cuda" if mode == "fake-cuda" else "cpu"
+    attn = str(req.attn.value)
+    route = route_sdpa and mode == "fake-cuda" and attn in ("sdpa", "flash_attention_2")
+    build_attn = "sdpa" if attn == "flash_attention_2" else attn
+    torch.manual_seed(0)
+    tracker = _make_tracker(device, ROUND_BYTES)
+
+    # Checkpoint recomputation (non-reentrant, transformers' default) runs forward code during
+    # backward under this hook; what it allocates is recomputed activations.
+    hook_cls = ckpt._recomputation_hook
+    enter, exit_ = hook_cls.__enter__, hook_cls.__exit__
+
+    def _enter(self: Any) -> Any:
+        tracker.recompute += 1
+        return enter(self)
+
+    def _exit(self: Any, *exc: Any) -> Any:
+        tracker.recompute -= 1
+        return exit_(self, *exc)
+
+    undo = _patch_for_trace(fake, route)
+    undo += [(hook_cls, "__enter__", enter), (hook_cls, "__exit__", exit_)]
+    hook_cls.__enter__, hook_cls.__exit__ = _enter, _exit
+    try:
+        if fake:
+            model = build.build_model(scenario, on_meta=True, attn_implementation=build_attn)
+            mode_ctx: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        else:
+            model = build.build_model(scenario, device, attn_implementation=build_attn)
+            mode_ctx = contextlib.nullcontext()
+        with mode_ctx:
+            if fake:
+                build.materialize(model, device)
+            setup = build.build_setup(scenario, device, model=model)
+            with tracker:
+                tracker.mark(model.parameters(), "params")
+                tracker.mark(model.buffers(), "params")
+                setup.on_phase = lambda ph: _on_phase(tracker, setup, ph)
+                for step in range(1, scenario.steps + 1):
+                    tracker.set_phase(step, "input")
+                    batch = setup.make_batch()
+                    setup.step(batch)
+                    del batch
+                    _classify(tracker, setup)
+                measured = _measured(tracker)
+            del setup, model
+    finally:
+        for obj, name, value in reversed(undo):
+            setattr(obj, name, value)
+        gc.collect()
+    return measured
+
+
+def _classify(tracker: Any, setup: Any) -> None:
+    params = [p for p in setup.model.parameters()]
+    tracker.mark([p.grad for p in params if p.grad is not None], "gradients")
+    states = [
+        v for s in setup.optimizer.state.values() for v in s.values() if hasattr(v, "device")
+    ]
+    scaler = setup.scaler
+    if scaler is not None:
+        states += [getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None)]
+    tracker.mark([s for s in states if s is not None], "optimizer")
+
+
+def _on_phase(tracker: Any, setup: Any, phase: str) -> None:
+    _classify(tracker, setup)
+    tracker.set_phase(tracker.step, phase)
+
+
+def _measured(tracker: Any) -> Measured:
+    rec = tracker.peak_rec()
+    phase = "optimizer" if rec.phase == "input" and rec.step > 1 else rec.phase
+    return Measured(
+        allocated_bytes=tracker.peak,
+        phase=phase,
+        step=rec.step,
+        per_phase_peak={k: v for k, v in tracker.per_phase.items() if not k.startswith("0/")},
+        by_category=tracker.at_peak(),
+    )
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def _fingerprint(mode: Mode) -> Fingerprint:
+    import importlib.metadata as md
+
+    def ver(name: str) -> str | None:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return None
+
+    device = {"fake-cuda": "fake-cuda (CPU trace)", "fake-cpu": "fake-cpu (CPU trace)"}.get(
+        mode, f"cpu ({platform.processor() or platform.machine()})"
+    )
+    return Fingerprint(
+        backend="trace",
+        device=device,
+        torch=ver("torch") or "?",
+        transformers=ver("transformers") or "?",
+        peft=ver("peft"),
+        bitsandbytes=ver("bitsandbytes"),
+        python=platform.python_version(),
+        host=platform.node() or None,
+    )
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def _child(mode: Mode, route_sdpa: bool = True) -> int:
+    """Subprocess entry: scenarios as JSON lines on stdin, one result line each on stdout."""
+    if mode == "fake-cuda":
+        from validation import _fakecuda
+
+        try:
+            _fakecuda.load()
+        except _fakecuda.ExtensionUnavailable as exc:
+            print(json.dumps({"unavailable": str(exc)}), flush=True)
+            return EXIT_UNAVAILABLE
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        print(json.dumps({"unavailable": f"torch is not installed: {exc}"}), flush=True)
+        return EXIT_UNAVAILABLE
+    if mode == "fake-cuda":
+        _patch_cuda_availability()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        scenario = Scenario.model_validate_json(line)
+        t0 = time.perf_counter()
+        try:
+            measured = run_trace(scenario, mode, route_sdpa=route_sdpa)
+            result: dict[str, Any] = {"measured": measured.model_dump()}
+        except TraceSkipped as exc:
+            result = {"skipped": str(exc)}
+        except Exception as exc:  # reported per scenario, the batch goes on
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        result["wall_s"] = round(time.perf_counter() - t0, 3)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+def trace_scenarios(
+    scenarios: Sequence[Scenario],
+    mode: Mode = "fake-cuda",
+    timeout_s: float = 3600,
+    *,
+    route_sdpa: bool = True,
+) -> list[Measurement | TraceSkipped]:
+    """Trace scenarios in one subprocess; a ``TraceSkipped`` stands for each untraceable one.
+
+    Raises:
+        TraceUnavailable: torch is missing or the fake-CUDA extension cannot be built.
+        RuntimeError: a scenario failed to trace (the message carries the child's error).
+    """
+    if not scenarios:
+        return []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    stdin = "".join(s.model_dump_json() + "\n" for s in scenarios)
+    proc = subprocess.run(
+        [sys.executable, "-m", "validation.trace", "--child", "--mode", mode]
+        + ([] if route_sdpa else ["--math-sdpa"]),
+        input=stdin, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout_s,
+        check=False,
+    )  # fmt: skip
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    if lines and "unavailable" in lines[0]:
+        raise TraceUnavailable(lines[0]["unavailable"])
+    if proc.returncode != 0 or len(lines) != len(scenarios):
+        raise RuntimeError(f"trace subprocess failed (rc={proc.returncode}): {proc.stderr[-3000:]}")
+    fp = _fingerprint(mode)
+    out: list[Measurement | TraceSkipped] = []
+    for scenario, res in zip(scenarios, lines, strict=True):
+        if "skipped" in res:
+            out.append(TraceSkipped(f"{scenario.id}: {res['skipped']}"))
+        elif "error" in res:
+            raise RuntimeError(f"tracing {scenario.id} failed: {res['error']}")
+        else:
+            out.append(
+                Measurement(
+                    scenario=scenario,
+                    fingerprint=fp,
+                    measured=Measured.model_validate(res["measured"]),
+                    created=_now(),
+                    wall_s=res["wall_s"],
+                )
+            )
+    return out
+
+
+def trace_scenario(scenario: Scenario, mode: Mode = "fake-cuda") -> Measurement:
+    """Trace one scenario in a subprocess (fake CUDA by default) and return its measurement.
+
+    Raises:
+        TraceSkipped: the scenario cannot be traced (QLoRA).
+        TraceUnavailable: tracing cannot run on this machine.
+    """
+    (result,) = trace_scenarios([scenario], mode)
+    if isinstance(result, TraceSkipped):
+        raise result
+    return result
+
+
+def load_measurements(path: str | Path) -> list[Measurement]:
+    """Read a ``validation/measurements/*.jsonl`` file."""
+    text = Path(path).read_text("utf-8")
+    return [Measurement.model_validate_json(x) for x in text.splitlines() if x.strip()]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m validation.trace", description=__doc__)
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--scenario-id", action="append", help="a grid scenario id (repeatable)")
+    what.add_argument("--grid", action="store_true", help="every scenario of validation.grid")
+    what.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=["fake-cuda", "fake-cpu", "cpu"], default="fake-cuda")
+    parser.add_argument(
+        "--math-sdpa", action="store_true", help="keep fake-cuda SDPA on the math kernel"
+    )
+    parser.add_argument("--out", type=Path, help="append Measurement JSON lines to this file")
+    args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.mode, route_sdpa=not args.math_sdpa)
+    from validation import grid
+
+    scenarios = grid.scenarios() if args.grid else [grid.scenario(i) for i in args.scenario_id]
+    try:
+        results = trace_scenarios(scenarios, args.mode, route_sdpa=not args.math_sdpa)
+    except TraceUnavailable as exc:
+        print(f"trace unavailable: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    lines = []
+    for res in results:
+        if isinstance(res, TraceSkipped):
+            print(f"SKIP {res}", file=sys.stderr)
+            continue
+        m = res.measured
+        cats = " ".join(f"{k}={_mib(v)}" for k, v in m.by_category.items())
+        print(f"{res.scenario.id}: peak {_mib(m.allocated_bytes)} step {m.step} {m.phase} "
+              f"[{cats}] {res.wall_s:.1f}s")  # fmt: skip
+        lines.append(res.model_dump_json())
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a", encoding="utf-8") as fh:
+            fh.writelines(x + "\n" for x in lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -284,13 +284,18 @@ def _nvml_handle(torch: Any) -> Any | None:
     try:
         if torch is not None and torch.cuda.is_available():
             props = torch.cuda.get_device_properties(torch.cuda.current_device())
+            uuid = getattr(props, "uuid", None)
+            if uuid is not None:
+                with contextlib.suppress(Exception):
+                    return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
             bus = getattr(props, "pci_bus_id", None)
             if bus is not None:
                 with contextlib.suppress(Exception):
                     domain = getattr(props, "pci_domain_id", 0)
                     dev = getattr(props, "pci_device_id", 0)
-                    pci = f"{domain:08x}:{bus:02x}:{dev:02x}.0"
-                    return pynvml.nvmlDeviceGetHandleByPciBusId(pci)
+                    return pynvml.nvmlDeviceGetHandleByPciBusId(
+                        f"{domain:08X}:{bus:02X}:{dev:02X}.0"
+                    )
         index = int(os.environ.get("LOCAL_RANK", "0"))
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         if visible:
@@ -623,7 +628,7 @@ def apply_peft(model: Any, plan: RunPlan, *, quantized: bool) -> Any:
         model = peft.prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=plan.grad_ckpt,
-            auto_clear_cache=False,
+            auto_clear_cache=True,  # the recipe's default: empties the allocator cache
         )
     elif plan.grad_ckpt:
         model.enable_input_require_grads()
@@ -1083,6 +1088,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", required=True, type=Path, help="Scenario JSON file")
     ap.add_argument("--result", required=True, type=Path, help="where to write one JSON line")
     ap.add_argument("--dry-run", action="store_true", help="validate on the meta device")
+    ap.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: smoke-run the same step pipeline on the CPU (memory figures are 0)",
+    )
     args = ap.parse_args(argv)
     scenario = Scenario.model_validate_json(args.scenario.read_text(encoding="utf-8"))
     t0 = time.perf_counter()
@@ -1099,7 +1110,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_result(args.result, m)
         return 0
     try:
-        m = run_scenario(scenario)
+        m = run_scenario(scenario, device_type=args.device)
     except Exception as exc:
         fp: Fingerprint | None = None
         with contextlib.suppress(Exception):

@@ -278,13 +278,14 @@ def _group3() -> list[Case]:
 def _group4() -> list[Case]:
     m = GPT2_MEDIUM
     ds: dict[str, Any] = {"batch_size": 1, "seq_len": 512, "mixed_precision": "fp16"}
+    seed: dict[str, Any] = {"grad_ckpt": True, "grad_accum": 4}  # the seed's DeepSpeed runs
     rows: list[tuple[dict[str, Any], float, str | None]] = [
-        (_sc("ds-gpt2m-zero1-fp16-ga4-b1s512", m, zero=1, grad_accum=4, **ds), 35.0,
+        (_sc("ds-gpt2m-zero1-fp16-ckpt-ga4-b1s512", m, zero=1, **seed, **ds), 35.0,
          "seed-gpt2m-dsbench-zero1"),
-        (_sc("ds-gpt2m-zero2-offloadopt-fp16-ga4-b1s512", m, zero=2, offload_optimizer="cpu",
-             grad_accum=4, **ds), 45.0, "seed-gpt2m-dsbench-zero2-offload-opt"),
-        (_sc("ds-gpt2m-zero3-offloadall-fp16-ga4-b1s512", m, zero=3, offload_optimizer="cpu",
-             offload_param="cpu", grad_accum=4, **ds), 50.0,
+        (_sc("ds-gpt2m-zero2-offloadopt-fp16-ckpt-ga4-b1s512", m, zero=2,
+             offload_optimizer="cpu", **seed, **ds), 45.0, "seed-gpt2m-dsbench-zero2-offload-opt"),
+        (_sc("ds-gpt2m-zero3-offloadall-fp16-ckpt-ga4-b1s512", m, zero=3,
+             offload_optimizer="cpu", offload_param="cpu", **seed, **ds), 50.0,
          "seed-gpt2m-dsbench-zero3-full-offload"),
         (_sc("ds-gpt2m-zero2-fp16-b1s512", m, zero=2, **ds), 35.0, None),
         (_sc("ds-gpt2m-zero3-fp16-b1s512", m, zero=3, **ds), 40.0, None),
@@ -436,13 +437,15 @@ def _tail(path: Path, n: int = 4000) -> str:
     return ""
 
 
-def _fork_child(scenario_file: str, result_file: str, log_file: str, dry_run: bool) -> None:
+def _fork_child(
+    scenario_file: str, result_file: str, log_file: str, dry_run: bool, device: str
+) -> None:
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     from validation import cuda
 
-    args = ["--scenario", scenario_file, "--result", result_file]
+    args = ["--scenario", scenario_file, "--result", result_file, "--device", device]
     code = cuda.main([*args, "--dry-run"] if dry_run else args)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -470,7 +473,7 @@ def _preimport(dry_run: bool) -> bool:
 
 
 def _run_case_fork(
-    case: Case, work: Path, timeout_s: float, dry_run: bool
+    case: Case, work: Path, timeout_s: float, dry_run: bool, device: str = "cuda"
 ) -> tuple[str | None, str, int | None]:
     import multiprocessing as mp
 
@@ -479,7 +482,7 @@ def _run_case_fork(
     log = work / f"{case.id}.log"
     sc.write_text(json.dumps(case.scenario), encoding="utf-8")
     ctx = mp.get_context("fork")
-    proc = ctx.Process(target=_fork_child, args=(str(sc), str(res), str(log), dry_run))
+    proc = ctx.Process(target=_fork_child, args=(str(sc), str(res), str(log), dry_run, device))
     proc.start()
     proc.join(timeout_s)
     if proc.is_alive():
@@ -491,7 +494,7 @@ def _run_case_fork(
 
 
 def _run_case_subprocess(
-    case: Case, work: Path, timeout_s: float, dry_run: bool
+    case: Case, work: Path, timeout_s: float, dry_run: bool, device: str = "cuda"
 ) -> tuple[str | None, str, int | None]:
     sc = work / f"{case.id}.scenario.json"
     res = work / f"{case.id}.result.json"
@@ -512,7 +515,7 @@ def _run_case_subprocess(
             env.setdefault("DS_ACCELERATOR", "cuda")
     else:
         cmd = [sys.executable, "-m", "validation.cuda", "--scenario", str(sc), "--result",
-               str(res)] + (["--dry-run"] if dry_run else [])  # fmt: skip
+               str(res), "--device", device] + (["--dry-run"] if dry_run else [])  # fmt: skip
     with log.open("w", encoding="utf-8") as fh:
         try:
             proc = subprocess.run(
@@ -579,6 +582,7 @@ def run_matrix(
     dry_run: bool = False,
     spawn: bool = False,
     log_path: Path | None = None,
+    device: str = "cuda",
 ) -> tuple[list[Measurement], list[str], Path]:
     """Run the cases in order within ``budget_s`` and append one JSON line per case.
 
@@ -612,7 +616,7 @@ def run_matrix(
                 timeout = min(timeout, max(30.0, budget_s + 60.0 - elapsed))
             started = time.monotonic()
             runner = _run_case_fork if (can_fork and case.kind == "cuda") else _run_case_subprocess
-            line, tail, code = runner(case, work, timeout, dry_run)
+            line, tail, code = runner(case, work, timeout, dry_run, device)
             wall = round(time.monotonic() - started, 2)
             m = _finalize_line(case, line, tail, code, wall)
             with out.open("a", encoding="utf-8") as fh:
@@ -667,6 +671,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="validate everything without CUDA")
     ap.add_argument("--spawn", action="store_true", help="fresh interpreter per case, no fork")
     ap.add_argument("--list", action="store_true", help="print the plan and exit")
+    ap.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: smoke-run the cases' step pipeline on the CPU (figures are 0)",
+    )
     ap.add_argument("--wheels", type=Path, help="install carried wheels from this folder first")
     ap.add_argument("--prepare-wheels", type=Path, help="download the wheels into this folder")
     args = ap.parse_args(argv)
@@ -695,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     done, skipped, out = run_matrix(
         selected, args.out, out_dir=args.out_dir, budget_s=budget, dry_run=args.dry_run,
-        spawn=args.spawn,
+        spawn=args.spawn, device=args.device,
     )  # fmt: skip
     print(summary_table(done))
     if skipped:

@@ -144,3 +144,20 @@ def test_errors_are_shown(browser: Any, live_server: str) -> None:
     page.wait_for_selector("body[data-state=error]")
     assert "Did you mean 'gpt2-medium'" in page.inner_text("#form-error")
     page.close()
+
+
+def test_example_links_give_results(browser: Any, live_server: str) -> None:
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    hrefs = [a.get_attribute("href") for a in page.locator(".examples a").all()]
+    assert len(hrefs) >= 3
+    for href in hrefs:
+        page.goto(live_server + href)
+        page.wait_for_selector("body[data-state=done], body[data-state=error]")
+        assert page.get_attribute("body", "data-state") == "done", (
+            href,
+            page.inner_text("#form-error"),
+        )
+        assert page.locator("#peak-device .v").inner_text().endswith("GiB")
+    page.close()

@@ -706,9 +706,10 @@ def compute_loss(model: Any, logits: Any, labels: Any) -> Any:
     over the logits, as their ``forward`` does.
     """
     import torch  # noqa: TID251
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     base = _base_model(model)
-    if "CausalLM" in type(base).__name__:
+    if type(base).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
         return base.loss_function(
             logits=logits, labels=labels, vocab_size=int(base.config.vocab_size)
         )

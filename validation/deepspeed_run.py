@@ -156,10 +156,10 @@ def run_deepspeed(scenario: Scenario) -> Measurement | None:
 
     deepspeed: Any = importlib.import_module("deepspeed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    handle = _nvml_handle(None)  # before set_device, which creates the context
+    used_before = nvml_used(handle)
     torch.cuda.set_device(local_rank)
     dev = torch.device("cuda", local_rank)
-    handle = _nvml_handle(None)
-    used_before = nvml_used(handle)
     torch.cuda.init()  # type: ignore[no-untyped-call]
     handle = _nvml_handle(torch) or handle
     torch.ones(1, device=dev)

@@ -469,7 +469,33 @@ def _preimport(dry_run: bool) -> bool:
         transformers.AutoConfig  # noqa: B018 - resolve the lazy attribute
     except Exception:
         return False
-    return not torch.cuda.is_initialized()  # type: ignore[no-untyped-call]
+    if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        return False
+    if dry_run or not torch.cuda.is_available():
+        return True
+    return _fork_probe()
+
+
+def _probe_child() -> None:
+    import torch  # noqa: TID251
+
+    torch.ones(1, device="cuda").add_(1)
+    torch.cuda.synchronize()
+    os._exit(0)
+
+
+def _fork_probe() -> bool:
+    """Check that a forked child can create a CUDA context (nothing here touched CUDA)."""
+    import multiprocessing as mp
+
+    proc = mp.get_context("fork").Process(target=_probe_child)
+    proc.start()
+    proc.join(120)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(10)
+        return False
+    return proc.exitcode == 0
 
 
 def _run_case_fork(
@@ -592,6 +618,7 @@ def run_matrix(
     """
     t0 = time.monotonic()
     can_fork = not spawn and _preimport(dry_run)
+    print(f"case processes: {'fork' if can_fork else 'fresh interpreter'}", flush=True)
     if out is None and dry_run:
         out = (out_dir or Path(tempfile.gettempdir())) / "vramcalc-matrix-dry-run.jsonl"
     elif out is None:

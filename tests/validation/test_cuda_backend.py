@@ -403,3 +403,28 @@ def test_gpu_run_orders_the_three_peaks() -> None:
         assert r.device_bytes >= r.reserved_bytes
     if r.context_bytes is not None:
         assert r.context_bytes > 0
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
+def test_separate_loss_phase_equals_the_models_own_loss(model_type: str) -> None:
+    import torch  # noqa: TID251
+    import transformers
+
+    small = {
+        "gpt2": {"n_layer": 1, "n_embd": 32, "n_head": 2, "vocab_size": 50},
+        "llama": {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "vocab_size": 50,
+        },
+    }
+    config = transformers.AutoConfig.for_model(model_type, **small[model_type])
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own = model(input_ids=ids, labels=ids).loss
+        split = cuda.compute_loss(model, model(input_ids=ids).logits, ids)
+    assert torch.equal(own, split)

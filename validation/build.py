@@ -8,8 +8,8 @@ API (all imports of torch/transformers/peft are lazy, inside the functions):
 
 ``model_config(request) -> transformers.PretrainedConfig``
     The HF config of ``request.model``: an inline ``config.json`` dict (needs ``model_type``) or
-    a catalog name (``vramcalc.hf.resolve_model`` when available, else the catalog row's
-    ``config``), built with ``AutoConfig.for_model(model_type, **fields)``.
+    a catalog name (the catalog row's ``config``) or a path to a ``config.json``, built with
+    ``AutoConfig.for_model(model_type, **fields)``.
 
 ``build_model(scenario, device=None, *, on_meta=False, attn_implementation=None) -> nn.Module``
     The model as a Trainer run would hold it: storage dtype ``request.dtype``, the attention
@@ -43,12 +43,14 @@ QLoRA (bitsandbytes 4-bit) is built only when ``bitsandbytes`` can quantize on `
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import torch
+    import torch  # noqa: TID251
 
     from validation.records import Scenario
     from vramcalc.specs import EstimateRequest
@@ -73,30 +75,32 @@ class Unsupported(RuntimeError):
 
 def torch_dtype(name: str) -> torch.dtype:
     """``fp32``/``bf16``/``fp16`` -> the torch dtype."""
-    import torch
+    import torch  # noqa: TID251
 
     return getattr(torch, _DTYPES[str(name)])  # type: ignore[no-any-return]
 
 
 def _config_fields(model: str | dict[str, Any]) -> dict[str, Any]:
+    """Config fields of an inline dict, a catalog model (its row's ``config``) or a path."""
     if isinstance(model, dict):
         return dict(model)
-    with contextlib.suppress(ImportError, AttributeError):
-        from vramcalc import hf  # a colleague's module; may not exist yet
-
-        resolved = hf.resolve_model(model)  # type: ignore[attr-defined]
-        cfg = getattr(resolved, "config", None) or (
-            resolved.get("config") if isinstance(resolved, dict) else None
-        )
-        if isinstance(cfg, dict):
-            return dict(cfg)
     from vramcalc.catalog import model_row
+    from vramcalc.errors import UnknownNameError
 
-    return dict(model_row(model)["config"])
+    try:
+        return dict(model_row(model)["config"])
+    except UnknownNameError:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise
+        fields: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        return fields
 
 
 def model_config(request: EstimateRequest) -> Any:
-    """The transformers config of ``request.model`` (inline dict or catalog name)."""
+    """Return the transformers config of ``request.model`` (inline dict or catalog name)."""
     from transformers import AutoConfig
 
     fields = _config_fields(request.model)
@@ -130,8 +134,8 @@ def build_model(
     on_meta: bool = False,
     attn_implementation: str | None = None,
 ) -> Any:
-    """The model of a scenario, as a Trainer run holds it (see the module docstring)."""
-    import torch
+    """Build the model of a scenario as a Trainer run holds it (see the module docstring)."""
+    import torch  # noqa: TID251
     from transformers import AutoModelForCausalLM
 
     req = scenario.request
@@ -148,7 +152,9 @@ def build_model(
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()
     with ctx:
-        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+            cfg, dtype=dtype, attn_implementation=attn
+        )
     if req.lora is not None:
         from peft import get_peft_model
 
@@ -178,8 +184,8 @@ def materialize(model: Any, device: str | torch.device) -> Any:
 
 
 def build_optimizer(scenario: Scenario, model: Any) -> Any:
-    """The optimizer a ``Trainer`` would create, with the pinned torch implementation."""
-    import torch
+    """Create the optimizer a ``Trainer`` would create, with the pinned torch implementation."""
+    import torch  # noqa: TID251
     from transformers import Trainer, TrainingArguments
 
     args = TrainingArguments(
@@ -187,8 +193,10 @@ def build_optimizer(scenario: Scenario, model: Any) -> Any:
     )
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     kwargs = dict(kwargs)
-    if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and (
-        cls.__module__.startswith("torch.optim")
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, torch.optim.Optimizer)
+        and (cls.__module__.startswith("torch.optim"))
     ):
         impl = scenario.optim_impl
         if impl == "default":
@@ -209,7 +217,7 @@ def build_optimizer(scenario: Scenario, model: Any) -> Any:
 
 
 def _to_fp32(obj: Any) -> Any:
-    """What accelerate's ``convert_outputs_to_fp32`` does to a model's outputs under AMP."""
+    """Convert outputs as accelerate's ``convert_outputs_to_fp32`` does under AMP."""
     try:
         from accelerate.utils import convert_to_fp32
     except ImportError:  # pragma: no cover - accelerate is a dependency of the extra
@@ -231,24 +239,22 @@ class Setup:
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
 
     def make_batch(self) -> dict[str, Any]:
-        """An unpadded causal-LM batch (no attention mask, as a packed/unpadded Trainer batch)."""
-        import torch
+        """Make an unpadded causal-LM batch (no attention mask, as an unpadded Trainer batch)."""
+        import torch  # noqa: TID251
 
         req = self.scenario.request
-        ids = torch.randint(
-            0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device
-        )
+        ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
         return {"input_ids": ids, "labels": ids.clone()}
 
     def _autocast(self) -> Any:
-        import torch
+        import torch  # noqa: TID251
 
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=torch.device(self.device).type, dtype=self.autocast_dtype)
 
     def step(self, batch: dict[str, Any]) -> None:
-        """forward -> loss -> backward -> optimizer.step -> zero_grad(set_to_none=True)."""
+        """Forward -> loss -> backward -> optimizer.step -> zero_grad(set_to_none=True)."""
         self.on_phase("forward")
         with self._autocast():
             out = self.model(**batch)
@@ -273,7 +279,7 @@ class Setup:
 
 def build_setup(scenario: Scenario, device: Any, *, model: Any = None) -> Setup:
     """Model, optimizer, scaler and step of a scenario on ``device`` (see module docstring)."""
-    import torch
+    import torch  # noqa: TID251
 
     req = scenario.request
     if model is None:

@@ -130,7 +130,7 @@ def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scen
         model=dict(FAMILIES[family]), batch_size=batch, seq_len=seq, dtype=dtype,
         mixed_precision=mp, optim=optim, grad_ckpt=ckpt, attn=attn, **extra,
     )  # fmt: skip
-    return Scenario(id="-".join(parts), request=request, steps=2, optim_impl=impl)  # type: ignore[arg-type]
+    return Scenario(id="-".join(parts), request=request, steps=2, optim_impl=impl)
 
 
 def scenarios() -> list[Scenario]:
@@ -139,7 +139,7 @@ def scenarios() -> list[Scenario]:
 
 
 def scenario(scenario_id: str) -> Scenario:
-    """The grid scenario with this id (``KeyError`` lists the ids when it is not found)."""
+    """Find the grid scenario with this id (``KeyError`` lists the ids when it is not found)."""
     for s in scenarios():
         if s.id == scenario_id:
             return s

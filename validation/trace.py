@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import gc
 import json
 import os
@@ -90,7 +91,7 @@ class TraceUnavailable(RuntimeError):
 
 
 class TraceSkipped(RuntimeError):
-    """This scenario cannot be traced (e.g. QLoRA needs real bitsandbytes kernels)."""
+    """A scenario cannot be traced (e.g. QLoRA needs real bitsandbytes kernels)."""
 
 
 # ----------------------------------------------------------------------------- tracker
@@ -108,16 +109,15 @@ class _Rec:
 
 
 def _make_tracker(device_type: str, round_to: int) -> Any:
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
+    import torch  # noqa: TID251
+    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: TID251
+    from torch.utils._pytree import tree_leaves  # noqa: TID251
 
-    import torch
-
-    class Tracker(TorchDispatchMode):  # type: ignore[misc]
+    class Tracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
         """Live storage bytes of one device type, by allocation and weakref release."""
 
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__()  # type: ignore[no-untyped-call]
             self.live: dict[int, _Rec] = {}
             self.refs: dict[int, Any] = {}
             self.log: list[tuple[bool, _Rec]] = []
@@ -153,7 +153,7 @@ def _make_tracker(device_type: str, round_to: int) -> Any:
             nbytes = -(-n // round_to) * round_to
             rec = _Rec(nbytes, self.step, self.phase, self.recompute > 0)
             self.live[key] = rec
-            self.refs[key] = weakref.ref(st, lambda r, k=key, rc=rec: self._release(k, rc, r))
+            self.refs[key] = weakref.ref(st, functools.partial(self._release, key, rec))
             self.current += nbytes
             self.log.append((True, rec))
             if self.current > self.peak:
@@ -203,8 +203,8 @@ def _make_tracker(device_type: str, round_to: int) -> Any:
 
 def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]:
     """Monkeypatches that make a fake trace take a real GPU's decisions; returns undo list."""
-    import torch
-    import torch.nn.functional as F
+    import torch  # noqa: TID251
+    import torch.nn.functional as F  # noqa: TID251
     from transformers import masking_utils
 
     undo: list[tuple[Any, str, Any]] = []
@@ -214,7 +214,7 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
         setattr(obj, name, value)
 
     if fake:
-        from torch._subclasses.fake_tensor import FakeTensor
+        from torch._subclasses.fake_tensor import FakeTensor  # noqa: TID251
 
         find = masking_utils.find_packed_sequence_indices
 
@@ -255,9 +255,7 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
                 )
                 return out[0]
             if usable and query.dtype == torch.float32 and not gqa:
-                lse = torch.is_grad_enabled() and any(
-                    t.requires_grad for t in (query, key, value)
-                )
+                lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
                 out = aten._scaled_dot_product_efficient_attention(
                     query, key, value, None, lse, dropout_p, is_causal, scale=scale
                 )
@@ -271,7 +269,7 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
         patch(torch.nn.functional, "scaled_dot_product_attention", scaled_dot_product_attention)
 
     if fake:
-        from torch.amp import grad_scaler
+        from torch.amp import grad_scaler  # noqa: TID251
 
         def _maybe_opt_step(self: Any, optimizer: Any, state: Any, *a: Any, **k: Any) -> Any:
             for v in state["found_inf_per_device"].values():  # keep the ops, skip .item()
@@ -284,8 +282,8 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
 
 def _patch_cuda_availability() -> None:
     """Answer autocast/GradScaler's CUDA checks as a GPU would (fake-cuda process only)."""
-    import torch
-    import torch.cuda.amp.common as amp_common
+    import torch  # noqa: TID251
+    import torch.cuda.amp.common as amp_common  # noqa: TID251
 
     amp_common.amp_definitely_not_available = lambda: False
     torch.cuda.is_bf16_supported = lambda including_emulation=True: True
@@ -299,9 +297,9 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
 
     ``route_sdpa=False`` keeps fake CUDA SDPA on the math kernel (for comparisons).
     """
-    import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils import checkpoint as ckpt
+    import torch  # noqa: TID251
+    from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: TID251
+    from torch.utils import checkpoint as ckpt  # noqa: TID251
 
     from validation import build
 
@@ -334,7 +332,8 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
 
     undo = _patch_for_trace(fake, route)
     undo += [(hook_cls, "__enter__", enter), (hook_cls, "__exit__", exit_)]
-    hook_cls.__enter__, hook_cls.__exit__ = _enter, _exit
+    setattr(hook_cls, "__enter__", _enter)  # noqa: B010
+    setattr(hook_cls, "__exit__", _exit)  # noqa: B010
     try:
         if fake:
             model = build.build_model(scenario, on_meta=True, attn_implementation=build_attn)
@@ -349,7 +348,7 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
             with tracker:
                 tracker.mark(model.parameters(), "params")
                 tracker.mark(model.buffers(), "params")
-                setup.on_phase = lambda ph: _on_phase(tracker, setup, ph)
+                setup.on_phase = functools.partial(_on_phase, tracker, setup)
                 for step in range(1, scenario.steps + 1):
                     tracker.set_phase(step, "input")
                     batch = setup.make_batch()
@@ -368,9 +367,7 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
 def _classify(tracker: Any, setup: Any) -> None:
     params = [p for p in setup.model.parameters()]
     tracker.mark([p.grad for p in params if p.grad is not None], "gradients")
-    states = [
-        v for s in setup.optimizer.state.values() for v in s.values() if hasattr(v, "device")
-    ]
+    states = [v for s in setup.optimizer.state.values() for v in s.values() if hasattr(v, "device")]
     scaler = setup.scaler
     if scaler is not None:
         states += [getattr(scaler, "_scale", None), getattr(scaler, "_growth_tracker", None)]
@@ -442,7 +439,7 @@ def _child(mode: Mode, route_sdpa: bool = True) -> int:
     logging.disable(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
-        import torch  # noqa: F401
+        import torch  # noqa: TID251, F401
     except ImportError as exc:
         print(json.dumps({"unavailable": f"torch is not installed: {exc}"}), flush=True)
         return EXIT_UNAVAILABLE
@@ -450,7 +447,7 @@ def _child(mode: Mode, route_sdpa: bool = True) -> int:
         _patch_cuda_availability()
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     for line in sys.stdin:
         if not line.strip():
             continue
@@ -480,6 +477,7 @@ def trace_scenarios(
     Raises:
         TraceUnavailable: torch is missing or the fake-CUDA extension cannot be built.
         RuntimeError: a scenario failed to trace (the message carries the child's error).
+
     """
     if not scenarios:
         return []
@@ -524,6 +522,7 @@ def trace_scenario(scenario: Scenario, mode: Mode = "fake-cuda") -> Measurement:
     Raises:
         TraceSkipped: the scenario cannot be traced (QLoRA).
         TraceUnavailable: tracing cannot run on this machine.
+
     """
     (result,) = trace_scenarios([scenario], mode)
     if isinstance(result, TraceSkipped):

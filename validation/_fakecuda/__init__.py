@@ -65,7 +65,9 @@ def build(force: bool = False) -> Path:
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise ExtensionUnavailable(f"g++ failed ({proc.returncode}): {proc.stderr[-2000:]}")
+        raise ExtensionUnavailable(
+            f"C++ build failed ({cxx}, exit {proc.returncode}): {proc.stderr[-2000:]}"
+        )
     tmp.replace(target)
     return target
 

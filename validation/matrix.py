@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Case",
     "cases",
+    "compare",
+    "compare_rows",
     "default_out_name",
     "main",
     "plan_table",
@@ -687,6 +689,75 @@ def summary_table(measurements: Iterable[Measurement]) -> str:
     return "\n".join(rows)
 
 
+def compare_rows(
+    real: Sequence[Measurement], traced: dict[str, Measurement | str]
+) -> list[dict[str, Any]]:
+    """Pair real CUDA measurements with fake-cuda traces of the same scenarios.
+
+    ``traced`` maps a scenario id to its trace, or to the reason it has none. Each row has
+    the real and traced allocated peaks (bytes), the signed error of the trace in percent of
+    the real peak, and both peaks' ``step/phase``.
+    """
+    rows: list[dict[str, Any]] = []
+    for m in real:
+        t = traced.get(m.scenario.id, "not traced")
+        row: dict[str, Any] = {
+            "id": m.scenario.id,
+            "real_allocated_bytes": m.measured.allocated_bytes,
+            "real_peak": f"{m.measured.step}/{m.measured.phase}",
+            "traced_allocated_bytes": None,
+            "traced_peak": None,
+            "error_pct": None,
+            "note": t if isinstance(t, str) else None,
+        }
+        if not isinstance(t, str):
+            row["traced_allocated_bytes"] = t.measured.allocated_bytes
+            row["traced_peak"] = f"{t.measured.step}/{t.measured.phase}"
+            if m.measured.allocated_bytes:
+                diff = t.measured.allocated_bytes - m.measured.allocated_bytes
+                row["error_pct"] = round(100.0 * diff / m.measured.allocated_bytes, 3)
+        rows.append(row)
+    return rows
+
+
+def compare(path: Path, only: str | None = None) -> list[dict[str, Any]]:
+    """Trace (fake cuda, on this CPU) every successful single-GPU case of a GPU JSONL file.
+
+    Uses ``validation.trace.trace_scenarios``; QLoRA cases come back as skipped.
+    """
+    from validation import trace
+    from validation.records import Measurement
+
+    real = [
+        m
+        for m in trace.load_measurements(path)
+        if m.error is None
+        and m.fingerprint.backend == "cuda"
+        and (m.fingerprint.model_extra or {}).get("matrix_kind", "cuda") == "cuda"
+        and (not only or any(fnmatch.fnmatchcase(m.scenario.id, p) for p in only.split(",")))
+    ]
+    traced: dict[str, Measurement | str] = {}
+    for m in real:
+        try:
+            (res,) = trace.trace_scenarios([m.scenario])
+        except Exception as exc:  # one failing trace must not hide the others
+            traced[m.scenario.id] = f"trace failed: {exc}"[:300]
+            continue
+        traced[m.scenario.id] = res if isinstance(res, Measurement) else str(res)
+    return compare_rows(real, traced)
+
+
+def _print_compare(rows: Sequence[dict[str, Any]]) -> None:
+    mib = 2**20
+    print(f"{'id':<48} {'real MiB':>9} {'trace MiB':>9} {'err %':>7}  real/trace peak")
+    for r in rows:
+        t = r["traced_allocated_bytes"]
+        tr = f"{t / mib:9.1f}" if t is not None else f"{'-':>9}"
+        err = f"{r['error_pct']:7.2f}" if r["error_pct"] is not None else f"{'-':>7}"
+        tail = f"{r['real_peak']} / {r['traced_peak']}" if t is not None else str(r["note"])
+        print(f"{r['id']:<48} {r['real_allocated_bytes'] / mib:9.1f} {tr} {err}  {tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line of the matrix (see the module docstring)."""
     ap = argparse.ArgumentParser(prog="python -m validation.matrix", description=__doc__,
@@ -706,7 +777,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--wheels", type=Path, help="install carried wheels from this folder first")
     ap.add_argument("--prepare-wheels", type=Path, help="download the wheels into this folder")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        help="trace (fake cuda, CPU) the cases of a GPU JSONL file and print real vs traced",
+    )
     args = ap.parse_args(argv)
+
+    if args.compare:
+        rows = compare(args.compare, args.only)
+        _print_compare(rows)
+        if args.out:
+            args.out.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return 0
 
     if args.prepare_wheels:
         for w in prepare_wheels(args.prepare_wheels):

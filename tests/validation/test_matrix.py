@@ -196,3 +196,29 @@ def test_full_dry_run_passes(tmp_path: Path) -> None:
     lines = out.read_text().splitlines()
     assert len(lines) == len(matrix.cases())
     assert all(Measurement.model_validate_json(x).error == "dry-run" for x in lines)
+
+
+def test_compare_rows_pairs_real_and_traced() -> None:
+    from validation.cuda import failure_measurement, fingerprint, measured_from_phases
+
+    sc = Scenario.model_validate(matrix.cases()[0].scenario)
+    real = failure_measurement(sc, "x").model_copy(
+        update={
+            "error": None,
+            "measured": measured_from_phases(
+                {"1/optimizer": 1000, "2/backward": 800}, {}, {}, context_bytes=None
+            ),
+        }
+    )
+    traced = real.model_copy(
+        update={
+            "fingerprint": fingerprint(None, dry_run=True),
+            "measured": measured_from_phases({"1/optimizer": 970}, {}, {}, context_bytes=None),
+        }
+    )
+    (row,) = matrix.compare_rows([real], {sc.id: traced})
+    assert row["real_allocated_bytes"] == 1000 and row["traced_allocated_bytes"] == 970
+    assert row["error_pct"] == -3.0  # (970 - 1000) / 1000
+    assert (row["real_peak"], row["traced_peak"]) == ("1/optimizer", "1/optimizer")
+    (skipped,) = matrix.compare_rows([real], {sc.id: "QLoRA is not traced"})
+    assert skipped["traced_allocated_bytes"] is None and skipped["note"] == "QLoRA is not traced"

@@ -1,7 +1,7 @@
 """The traced validation grid: small models of seven families, a covering design of settings.
 
 Each family has a small inline config (hidden 256, 2-4 layers, vocab 8k-32k) so a trace takes
-about a second. Settings vary over {full, LoRA, QLoRA} x {fp32, bf16, AMP bf16, AMP fp16} x
+about a second. Settings vary over {full, LoRA, QLoRA} x {fp32, bf16, fp16, AMP bf16, AMP fp16} x
 {checkpointing on/off} x {eager, sdpa, flash_attention_2} x {adamw_torch foreach/fused/
 for-loop, sgd, adafactor} x batch/sequence: not the full cross product, but every value of
 each axis appears with several families, and the pairs that interact (LoRA x checkpointing,
@@ -106,6 +106,13 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("opt", "full", "fp32", "bf16", False, "sdpa", "adafactor", "default", 2, 256),
     ("opt", "lora", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
     ("opt", "full", "bf16", "no", False, "flash_attention_2", "sgd", "foreach", 2, 256),
+    # few tokens: the optimizer step holds the peak; long sequences: attention dominates
+    ("llama", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 1, 64),
+    ("mistral", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 64),
+    ("qwen2", "full", "fp32", "no", True, "sdpa", "adamw_torch", "fused", 1, 64),
+    ("gemma", "full", "fp16", "no", False, "eager", "adamw_torch", "foreach", 1, 128),
+    ("gpt2", "full", "fp32", "no", False, "eager", "adamw_torch", "foreach", 1, 512),
+    ("opt", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 512),
 ]
 
 _ABBR = {

@@ -559,7 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _child(args.mode, route_sdpa=not args.math_sdpa)
     from validation import grid
 
-    scenarios = grid.scenarios() if args.grid else [grid.scenario(i) for i in args.scenario_id]
+    try:
+        scenarios = grid.scenarios() if args.grid else [grid.scenario(i) for i in args.scenario_id]
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 2
     try:
         results = trace_scenarios(scenarios, args.mode, route_sdpa=not args.math_sdpa)
     except TraceUnavailable as exc:

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -545,11 +546,17 @@ def _run_case_subprocess(
         cmd = [sys.executable, "-m", "validation.cuda", "--scenario", str(sc), "--result",
                str(res), "--device", device] + (["--dry-run"] if dry_run else [])  # fmt: skip
     with log.open("w", encoding="utf-8") as fh:
+        # A session of its own, so that a timeout ends the launcher's ranks too (they hold
+        # the GPU), not only the launcher.
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
-            proc = subprocess.run(
-                cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout_s
-            )
+            proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
             return None, f"timeout after {timeout_s:.0f} s\n{_tail(log)}", None
     line = res.read_text(encoding="utf-8").strip() if res.exists() else None
     if dry_run and case.kind == "deepspeed" and proc.returncode == 0:

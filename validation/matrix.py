@@ -278,18 +278,50 @@ def _group3() -> list[Case]:
     ]  # fmt: skip
 
 
+def _seed_deepspeed(stage: int, offload_optimizer: bool, offload_param: bool) -> dict[str, Any]:
+    """Return the DeepSpeed config of the seed's gpt2-medium runs (``seed-gpt2m-dsbench-*``).
+
+    Source: shared/reference/published_measurements.json, ``extra_settings.ds_common``:
+    micro-batch 1, accumulation 4, fp16 with auto_cast and dynamic loss scale (initial scale
+    power 16), contiguous gradients, overlapped communication, reduce-scatter, 2e8-element
+    reduce and all-gather buckets, no optimizer block (the Trainer's AdamW is the client).
+    """
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "contiguous_gradients": True,
+        "overlap_comm": True,
+        "reduce_scatter": True,
+        "reduce_bucket_size": 200_000_000,
+        "allgather_bucket_size": 200_000_000,
+    }
+    if offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if offload_param:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 4,
+        "fp16": {"enabled": True, "auto_cast": True, "loss_scale": 0, "initial_scale_power": 16},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+    }
+
+
 def _group4() -> list[Case]:
     m = GPT2_MEDIUM
     ds: dict[str, Any] = {"batch_size": 1, "seq_len": 512, "mixed_precision": "fp16"}
-    seed: dict[str, Any] = {"grad_ckpt": True, "grad_accum": 4}  # the seed's DeepSpeed runs
+    seed: dict[str, Any] = {"grad_ckpt": True, "grad_accum": 4, **ds}  # the seed's runs
     rows: list[tuple[dict[str, Any], float, str | None]] = [
-        (_sc("ds-gpt2m-zero1-fp16-ckpt-ga4-b1s512", m, zero=1, **seed, **ds), 35.0,
+        (_sc("ds-gpt2m-zero1-fp16-ckpt-ga4-b1s512", m, zero=1,
+             deepspeed=_seed_deepspeed(1, False, False), **seed), 35.0,
          "seed-gpt2m-dsbench-zero1"),
         (_sc("ds-gpt2m-zero2-offloadopt-fp16-ckpt-ga4-b1s512", m, zero=2,
-             offload_optimizer="cpu", **seed, **ds), 45.0, "seed-gpt2m-dsbench-zero2-offload-opt"),
+             offload_optimizer="cpu", deepspeed=_seed_deepspeed(2, True, False), **seed), 45.0,
+         "seed-gpt2m-dsbench-zero2-offload-opt"),
         (_sc("ds-gpt2m-zero3-offloadall-fp16-ckpt-ga4-b1s512", m, zero=3,
-             offload_optimizer="cpu", offload_param="cpu", **seed, **ds), 50.0,
-         "seed-gpt2m-dsbench-zero3-full-offload"),
+             offload_optimizer="cpu", offload_param="cpu", deepspeed=_seed_deepspeed(3, True, True),
+             **seed), 50.0, "seed-gpt2m-dsbench-zero3-full-offload"),
         (_sc("ds-gpt2m-zero2-fp16-b1s512", m, zero=2, **ds), 35.0, None),
         (_sc("ds-gpt2m-zero3-fp16-b1s512", m, zero=3, **ds), 40.0, None),
     ]  # fmt: skip

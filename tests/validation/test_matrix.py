@@ -173,7 +173,11 @@ def test_dry_run_plumbing_and_schema(tmp_path: Path) -> None:
     assert extra["reference_id"] == "litgpt-rt-llama2-7b-qlora-nf4dq-mb1"
     ds: dict[str, Any] = lines[2].fingerprint.model_extra or {}
     assert ds["deepspeed_config"]["zero_optimization"]["stage"] == 1
-    assert ds["deepspeed_config"]["fp16"] == {"enabled": True}
+    # the seed's own config (published_measurements.json, extra_settings.ds_common)
+    assert ds["deepspeed_config"]["fp16"]["enabled"] is True
+    assert ds["deepspeed_config"]["fp16"]["auto_cast"] is True
+    assert ds["deepspeed_config"]["zero_optimization"]["reduce_bucket_size"] == 2e8
+    assert ds["deepspeed_config"]["gradient_accumulation_steps"] == 4
     assert ds["matrix_kind"] == "deepspeed"
     assert "3 cases" in proc.stdout
 

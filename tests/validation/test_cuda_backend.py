@@ -422,7 +422,7 @@ def test_separate_loss_phase_equals_the_models_own_loss(model_type: str) -> None
         },
     }
     config = transformers.AutoConfig.for_model(model_type, **small[model_type])
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()  # type: ignore[no-untyped-call]
     ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         own = model(input_ids=ids, labels=ids).loss

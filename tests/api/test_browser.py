@@ -95,8 +95,11 @@ def test_fill_form_and_compare_with_api(browser: Any, live_server: str, tmp_path
     for component, n_bytes in api["breakdown"].items():
         item = page.locator(f"#legend li[data-component={component}]")
         assert int(item.get_attribute("data-bytes")) == n_bytes
+    fit = httpx.post(live_server + "/v1/fit", json=expected_request, timeout=10).json()
     verdict = page.locator("#verdict")
-    assert verdict.get_attribute("data-fits") == str(api["fit"]["fits"]).lower()
+    assert verdict.get_attribute("data-fits") == str(fit["fits"]).lower()
+    if fit["max_batch_size"] is not None:
+        assert f"Largest micro-batch that fits: {fit['max_batch_size']}." in verdict.inner_text()
     assert page.locator("#timeline svg circle").count() == len(api["timeline"])
     assert page.locator("#timeline svg circle.peak").count() == 1
 

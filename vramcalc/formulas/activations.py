@@ -1,0 +1,436 @@
+"""Activations: the tensors autograd saves for backward, layer by layer, and the transients.
+
+The model is a ledger of the tensors a transformers layer creates in forward, in the order the
+code creates them, each marked *saved* (kept by an autograd node until that node's backward)
+or *transient*. Saved tensors are de-duplicated by identity (``q_proj``, ``k_proj`` and
+``v_proj`` save the same input once), and each is rounded to the allocator's 512-byte block.
+
+Facts the rules encode (each was checked against fake-CUDA traces of transformers 5.24 /
+PyTorch 2.13 with ``validation.trace``; grid results in
+``validation/measurements/trace-grid.jsonl``):
+
+* ``nn.Linear`` saves its input only when its weight trains; a frozen base layer (LoRA) saves
+  nothing for its own backward. Under autocast each linear casts its fp32 input to 16-bit
+  itself, so q/k/v save three copies where pure 16-bit saves one shared tensor, and every
+  linear weight whose input needs a gradient gets a 16-bit copy that lives until backward.
+  Source: ``tools/autograd/derivatives.yaml`` (``mm``/``addmm``), ``aten/src/ATen/autocast_mode.cpp``.
+* LayerNorm saves its input, mean and rstd (fp32, B*S each); Llama RMSNorm saves an fp32 copy
+  of a 16-bit input, ``rsqrt`` (B*S fp32) and, if its weight trains, the normalised tensor;
+  Gemma's keeps the normalised tensor in fp32. Source: ``modeling_llama.py``/``modeling_gemma.py``.
+* SDPA flash (16-bit) and memory-efficient (fp32) kernels save q, k, v, the output and a
+  B*heads*S fp32 log-sum-exp (padded to 32 rows for the efficient kernel); masks, fp32 with
+  GQA, or unsupported head sizes fall back to the math path, which saves the B*heads*S*S
+  probabilities like eager. Source: ``aten/src/ATen/native/transformers/attention.cpp``,
+  ``torch/_meta_registrations.py``.
+* Eager attention saves q, k (repeated for GQA), the fp32 softmax output, its 16-bit cast, the
+  dropout mask (1 byte per element on CUDA) and the dropped probabilities, v, and the
+  contiguous output. Source: ``transformers/models/llama/modeling_llama.py``
+  (``eager_attention_forward``).
+* Gated MLPs save gate, up, act(gate) and the product; GPT-2's ``gelu_new`` (python tanh
+  formula) saves its input, tanh output, ``0.5*x`` and ``1+tanh``; ``F.gelu``/``relu``/``silu``
+  save their input (relu its output).
+* Dropout keeps a 1-byte mask on CUDA (``native_dropout``); its output is saved only when the
+  next op needs it.
+* The causal-LM loss upcasts logits to fp32 (a copy unless already fp32); ``log_softmax``
+  saves its fp32 output; backward creates two more B*S*V fp32 buffers (``nll_loss`` and
+  ``log_softmax`` backward). Source: ``transformers/loss/loss_utils.py`` (``ForCausalLMLoss``).
+* Gradient checkpointing (non-reentrant, per decoder layer) keeps each layer's input and
+  recomputes one layer at a time in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vramcalc.enums import Attention, MixedPrecision
+from vramcalc.formulas.counts import ParamGroup
+from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
+from vramcalc.specs import ModelSpec, TrainingSpec
+
+__all__ = ["ActivationProfile", "Ledger", "activation_profile"]
+
+
+class Ledger:
+    """Tensors of one region of the forward pass: saved (for backward) and transient."""
+
+    def __init__(self) -> None:
+        self.saved: dict[str, tuple[str, int]] = {}
+        self.live_peak = 0
+        self._transient = 0
+
+    def save(self, name: str, detail: str, nbytes: int | float) -> None:
+        """Record a tensor kept for backward (first writer wins; ``name`` de-duplicates)."""
+        if nbytes > 0 and name not in self.saved:
+            self.saved[name] = (detail, block(nbytes))
+
+    def transient(self, *nbytes: int | float) -> None:
+        """Note a moment where these extra (unsaved) tensors are alive on top of the saved."""
+        extra = sum(block(n) for n in nbytes)
+        self.live_peak = max(self.live_peak, self.total + extra)
+
+    @property
+    def total(self) -> int:
+        """Saved bytes so far."""
+        return sum(b for _, b in self.saved.values())
+
+    def by_detail(self) -> dict[str, int]:
+        """Saved bytes by ``activations/<detail>`` key."""
+        out: dict[str, int] = {}
+        for detail, b in self.saved.values():
+            out[f"activations/{detail}"] = out.get(f"activations/{detail}", 0) + b
+        return out
+
+
+@dataclass
+class ActivationProfile:
+    """Activation bytes of one micro-batch, as the step walk needs them.
+
+    Attributes:
+        embed_saved: saved by the embedding stage (dropout mask, scaled embeddings).
+        layer_saved: saved per block, in order (encoder blocks then decoder blocks).
+        layer_fwd_extra: per block, the transient peak above its saved bytes in forward.
+        layer_bwd_extra: per block, the transient peak of its backward (gradients of its
+            activations and of its weights before they are accumulated).
+        head_saved: final norm and the LM head's saved input.
+        logits_fwd: extra bytes alive at the loss in forward (logits, fp32 copy).
+        loss_saved: saved by the loss (``log_softmax`` output).
+        loss_bwd_extra: transient bytes of the loss backward (two B*S*V fp32 buffers, ...).
+        head_bwd_extra: transient bytes of the LM-head backward.
+        amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
+        ckpt_input: with checkpointing, bytes kept per block (its input).
+        details: ``activations/...`` -> bytes at the end of forward.
+
+    """
+
+    embed_saved: int = 0
+    layer_saved: list[int] = field(default_factory=list)
+    layer_fwd_extra: list[int] = field(default_factory=list)
+    layer_bwd_extra: list[int] = field(default_factory=list)
+    head_saved: int = 0
+    logits_fwd: int = 0
+    loss_saved: int = 0
+    loss_bwd_extra: int = 0
+    head_bwd_extra: int = 0
+    amp_weight_copies: int = 0
+    amp_copy_per_layer: list[int] = field(default_factory=list)
+    amp_head_copy: int = 0
+    ckpt_input: list[int] = field(default_factory=list)
+    details: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def forward_total(self) -> int:
+        """Saved bytes at the end of forward (checkpointing applied), loss excluded."""
+        layers = sum(self.ckpt_input) if self.ckpt_input else sum(self.layer_saved)
+        return self.embed_saved + layers + self.head_saved + self.amp_weight_copies
+
+
+def _layer_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamGroup]:
+    return [g for g in inventory if g.stack == stack and g.kind == "linear" and not g.expert]
+
+
+@dataclass
+class _Ctx:
+    spec: ModelSpec
+    tr: TrainingSpec
+    plan: ParamPlan
+    T: int
+    B: int
+    S: int
+    pb: int
+    cb: int
+    amp: bool
+    full: bool
+    lora: set[str]
+    lora_r: int
+    lora_dropout: float
+    attn: Attention
+
+
+def activation_profile(
+    spec: ModelSpec, inventory: tuple[ParamGroup, ...], tr: TrainingSpec, plan: ParamPlan
+) -> ActivationProfile:
+    """Activation bytes of one forward/backward of ``tr.batch_size`` x ``tr.seq_len`` tokens.
+
+    Source: the ledger rules in this module's docstring, checked against the traced grid.
+    """
+    B, S = tr.batch_size, tr.seq_len
+    pb = dtype_bytes(tr.param_dtype)
+    amp = tr.mixed_precision != MixedPrecision.NO
+    cb = 2 if amp else pb
+    peft = tr.peft
+    ctx = _Ctx(
+        spec=spec, tr=tr, plan=plan, T=B * S, B=B, S=S, pb=pb, cb=cb, amp=amp,
+        full=peft is None, lora=set(plan.lora_modules),
+        lora_r=peft.r if peft is not None else 0,
+        lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
+    )  # fmt: skip
+    prof = ActivationProfile()
+    rb = 4 if amp else pb  # residual stream: fp32 under autocast (fp32 embeddings + casts)
+    if tr.quant is not None:
+        rb = 4 if amp else pb
+    # ---------------------------------------------------------------- embeddings
+    emb = Ledger()
+    if spec.embedding_dropout > 0:
+        emb.save("emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+    if spec.model_type.startswith("gemma"):
+        pass  # embeddings * normalizer: a new tensor, saved by the first norm as its input
+    prof.embed_saved = emb.total
+    details: dict[str, int] = dict(emb.by_detail())
+    # ---------------------------------------------------------------- blocks
+    grad_flows = ctx.full or tr.grad_ckpt
+    stacks = ["encoder", "decoder"] if spec.is_encoder_decoder else [
+        "encoder" if any(g.stack == "encoder" for g in inventory) else "decoder"
+    ]
+    n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
+    if spec.is_encoder_decoder:
+        n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
+    for stack in stacks:
+        groups = _layer_groups(inventory, stack)
+        for i in range(n_layers[stack]):
+            led, extra_f, extra_b, needs_grad_after, amp_copy = _block(
+                ctx, groups, rb, x_requires_grad=grad_flows, first=(i == 0 and stack == stacks[0])
+            )
+            grad_flows = grad_flows or needs_grad_after
+            prof.layer_saved.append(led.total)
+            prof.layer_fwd_extra.append(extra_f)
+            prof.layer_bwd_extra.append(extra_b)
+            prof.amp_copy_per_layer.append(amp_copy)
+            prof.ckpt_input.append(block(ctx.T * spec.hidden_size * rb)) if tr.grad_ckpt else None
+            for k, v in led.by_detail().items():
+                details[k] = details.get(k, 0) + v
+    if tr.grad_ckpt:
+        ck = sum(prof.ckpt_input)
+        details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
+        details.pop("activations/dropout_masks", None)
+        details["activations/checkpoints"] = ck
+    # ---------------------------------------------------------------- head and loss
+    head = Ledger()
+    H, V = spec.hidden_size, spec.vocab_size
+    head_trainable = ctx.full
+    if spec.norm == "layernorm":
+        head.save("fnorm_in", "norms", ctx.T * H * rb)
+        head.save("fnorm_stats", "norms", ctx.T * 4)
+        head.save("fnorm_stats2", "norms", ctx.T * 4)
+        fn_out = 4 if amp else pb
+    else:
+        _rmsnorm(head, ctx, "fnorm", ctx.T * H, rb, trainable=ctx.full)
+        fn_out = rb
+    if spec.has_lm_head:
+        if head_trainable:
+            head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
+        logits_b = ctx.T * V * cb
+        prof.logits_fwd = block(logits_b) + (block(ctx.T * V * 4) if cb != 4 else 0)
+        prof.loss_saved = block(ctx.T * V * 4)
+        # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
+        prof.loss_bwd_extra = 2 * block(ctx.T * V * 4)
+        # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
+        wgrad = block(V * H * (2 if amp else pb)) if head_trainable else 0
+        prof.head_bwd_extra = (block(ctx.T * V * cb) if cb != 4 else block(ctx.T * V * 4)) + (
+            block(ctx.T * H * cb) + wgrad
+        )
+        if amp:
+            prof.amp_head_copy = block(V * H * 2)
+        details["activations/logits"] = prof.loss_saved
+    prof.head_saved = head.total
+    for k, v in head.by_detail().items():
+        details[k] = details.get(k, 0) + v
+    if amp:
+        prof.amp_weight_copies = sum(prof.amp_copy_per_layer) + prof.amp_head_copy
+        details["activations/amp_weight_copies"] = prof.amp_weight_copies
+    prof.details = {k: v for k, v in details.items() if v > 0}
+    return prof
+
+
+def _rmsnorm(
+    led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool
+) -> None:
+    """Llama/Gemma RMSNorm saved tensors for an input of ``numel`` elements of ``xb`` bytes.
+
+    ``pow`` saves the fp32 input (the input itself when fp32, else a copy), the product saves
+    ``rsqrt`` (one fp32 per token), and the weight product saves the normalised tensor when
+    the weight trains (fp32 for Gemma, else in the input dtype).
+    """
+    gemma = ctx.spec.model_type.startswith("gemma")
+    led.save(f"{name}_x32", "norms", numel * 4)
+    led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
+    if trainable:
+        led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
+
+
+def _act_saved(led: Ledger, ctx: _Ctx, n: int, nb: int, prefix: str) -> None:
+    """Saved tensors of a plain MLP's activation over ``n`` elements of ``nb`` bytes."""
+    act = ctx.spec.hidden_act
+    if act in ("gelu_new", "gelu_fast"):
+        if ctx.amp:  # pow runs in fp32 under autocast: fp32 copy, tanh fp32, 0.5x 16-bit, 1+t
+            for part, b in (("in32", 4), ("tanh", 4), ("half", nb), ("onep", 4)):
+                led.save(f"{prefix}_{part}", "mlp", n * b)
+        else:
+            for part in ("in", "tanh", "half", "onep"):
+                led.save(f"{prefix}_{part}", "mlp", n * nb)
+    else:
+        led.save(f"{prefix}_in", "mlp", n * nb)
+
+
+def _is_attention(g: ParamGroup) -> bool:
+    seg = g.key.split("/")[1] if "/" in g.key else g.key
+    return "attn" in seg.lower() or "attention" in seg.lower()
+
+
+def _sub_blocks(groups: list[ParamGroup]) -> list[tuple[bool, list[ParamGroup]]]:
+    """Split a block's linears into (is_attention, linears) runs in module order."""
+    out: list[tuple[bool, list[ParamGroup]]] = []
+    for g in groups:
+        attn = _is_attention(g)
+        seg = g.key.split("/")[1] if "/" in g.key else g.key
+        if out and out[-1][0] == attn and (not attn or out[-1][1][0].key.split("/")[1] == seg):
+            out[-1][1].append(g)
+        else:
+            out.append((attn, [g]))
+    return out
+
+
+def _block(
+    ctx: _Ctx, groups: list[ParamGroup], rb: int, *, x_requires_grad: bool, first: bool
+) -> tuple[Ledger, int, int, bool, int]:
+    """One transformer block: (ledger, fwd extra, bwd extra, grad flows after, amp copies).
+
+    ``groups`` are the block's linear groups in module order.
+    """
+    spec = ctx.spec
+    T, H = ctx.T, spec.hidden_size
+    cb, amp, pb = ctx.cb, ctx.amp, ctx.pb
+    led = Ledger()
+    rg = x_requires_grad
+    amp_copy = 0
+    fwd_extra = 0
+    bwd_extra = 0
+    norm_out_b = (4 if amp else pb) if spec.norm == "layernorm" else rb
+    heads, kvh, hd = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    Hq, Hkv = heads * hd, kvh * hd
+    S, B = ctx.S, ctx.B
+
+    def norm(name: str) -> None:
+        if not (rg or ctx.full):
+            return
+        if spec.norm == "layernorm":
+            led.save(f"{name}_in", "residual", T * H * rb)
+            led.save(f"{name}_mean", "norms", T * 4)
+            led.save(f"{name}_rstd", "norms", T * 4)
+        else:
+            _rmsnorm(led, ctx, name, T * H, rb, trainable=ctx.full)
+
+    def linear(g: ParamGroup, xname: str, x_bytes: int) -> None:
+        nonlocal amp_copy, rg
+        if ctx.full:
+            if amp and x_bytes == 4:
+                led.save(f"{xname}_cast_{g.module}", "linear_inputs", T * g.in_features * 2)
+            else:
+                led.save(xname, "linear_inputs", T * g.in_features * x_bytes)
+        if amp and (rg or ctx.full):
+            amp_copy += block(g.weight_numel * 2)
+        if g.module in ctx.lora:
+            n_in = T * g.in_features
+            lb = 2 if amp else 4
+            if ctx.lora_dropout > 0:
+                if rg:
+                    led.save(f"{xname}_lmask_{g.module}", "dropout_masks", n_in)
+                led.save(f"{xname}_ldrop_{g.module}", "lora", n_in * lb)
+            elif amp or x_bytes != 4:
+                led.save(f"{xname}_l_{g.module}", "lora", n_in * lb)
+            else:
+                led.save(xname, "lora", n_in * 4)
+            led.save(f"{xname}_lA_{g.module}", "lora", T * ctx.lora_r * lb)
+            if amp:
+                amp_copy += block(g.in_features * ctx.lora_r * 2)
+                amp_copy += block(g.out_features * ctx.lora_r * 2)
+            rg = True
+
+    for si, (is_attn, sub) in enumerate(_sub_blocks(groups)):
+        if not (spec.parallel_residual and si == 1):
+            norm(f"n{si}")
+        x_in = f"n{si}_out"
+        ins, out = sub[:-1], sub[-1]
+        for g in ins:
+            linear(g, x_in, norm_out_b)
+        if is_attn:
+            fused = len(ins) == 1
+            use_eager = ctx.attn == Attention.EAGER
+            rope = spec.position_embedding == "rotary"
+            # under autocast, rotary embeddings come out fp32 (fp32 cos/sin), and SDPA is not
+            # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
+            ab = 4 if amp and rope and not use_eager else cb
+            o_b = cb
+            flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads)
+            if rg or ctx.full:
+                if use_eager or not flash_ok:
+                    rep = T * Hq * ab
+                    probs = B * heads * S * S
+                    led.save("q", "attention", rep)
+                    led.save("k", "attention", rep)
+                    led.save("probs32", "attention", probs * 4)
+                    if use_eager and cb != 4:
+                        led.save("probs_c", "attention", probs * cb)
+                    if spec.attention_dropout > 0:
+                        led.save("probs_mask", "dropout_masks", probs)
+                        led.save("probs_drop", "attention", probs * (cb if use_eager else ab))
+                    led.save("v", "attention", rep)
+                    if use_eager:
+                        led.save("o_in", "attention", T * Hq * cb)
+                    fwd_extra = max(fwd_extra, 2 * block(probs * 4))
+                    bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                else:
+                    if fused and not rope:
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
+                        led.save("q", "attention", T * Hq * ab)
+                        led.save("v", "attention", T * Hkv * ab)
+                    else:
+                        led.save("q", "attention", T * Hq * ab)
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("v", "attention", T * Hkv * ab)
+                    rows = S if ab != 4 else -(-S // 32) * 32
+                    led.save("lse", "attention", B * heads * rows * 4)
+                    led.save("attn_out", "attention", T * Hq * ab)
+                    led.save("rng_seed", "attention", 8)
+                    led.save("rng_off", "attention", 8)
+                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
+            o_name = "o_in" if (use_eager or ab == cb and flash_ok) else "attn_out_c"
+            if o_name == "o_in" and not use_eager and flash_ok:
+                o_name = "attn_out"
+            o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
+            if ctx.full or out.module in ctx.lora:
+                linear(out, o_name, o_b)
+            elif amp and rg:
+                amp_copy += block(out.weight_numel * 2)
+            if spec.attention_dropout > 0 or spec.hidden_dropout > 0:
+                pass
+        else:
+            gated = spec.mlp == "gated"
+            inter = sum(g.out_features for g in ins)
+            n_i = T * (inter // 2 if gated else inter)
+            if rg or ctx.full:
+                if gated:
+                    if len(ins) == 1:
+                        led.save("gate_up", "mlp", 2 * n_i * cb)
+                    else:
+                        led.save("gate", "mlp", n_i * cb)
+                        led.save("up", "mlp", n_i * cb)
+                    led.save("act", "mlp", n_i * cb)
+                    prod_b = cb
+                elif spec.hidden_act == "relu":  # relu saves its output: fc2's input
+                    led.save("prod", "mlp", n_i * cb)
+                    prod_b = cb
+                else:
+                    _act_saved(led, ctx, n_i, cb, "act")
+                    prod_b = 4 if amp and spec.hidden_act in ("gelu_new", "gelu_fast") else cb
+                if ctx.full or out.module in ctx.lora:
+                    linear(out, "prod", prod_b)
+                elif amp:
+                    amp_copy += block(out.weight_numel * 2)
+            fwd_extra = max(fwd_extra, 2 * block(n_i * 4))
+            bwd_extra = max(bwd_extra, 3 * block(n_i * cb))
+        if spec.hidden_dropout > 0 and (rg or ctx.full):
+            led.save(f"resid_mask{si}", "dropout_masks", T * H)
+    bwd_extra += 2 * block(T * H * rb)
+    return led, fwd_extra, bwd_extra, rg, amp_copy
+
+

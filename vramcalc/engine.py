@@ -111,11 +111,13 @@ def _peft(req: EstimateRequest, spec: ModelSpec) -> PeftSpec | None:
 def ia3_targets(spec: ModelSpec) -> tuple[str, ...]:
     """PEFT's default IA3 targets: key, value and the MLP down projection (by module name).
 
-    Source: peft 0.21 ``utils/constants.py`` (``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING``).
+    Source: peft 0.21 ``utils/constants.py``
+    (``TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING``).
     """
     names = {g.module for g in param_inventory(spec) if g.kind == "linear"}
-    wanted = [n for n in ("k_proj", "v_proj", "down_proj", "key", "value", "c_attn", "c_proj",
-                          "query_key_value", "fc2", "dense_4h_to_h", "wo", "k", "v") if n in names]  # fmt: skip
+    candidates: tuple[str, ...] = ("k_proj", "v_proj", "down_proj", "key", "value", "c_attn")
+    candidates += ("c_proj", "query_key_value", "fc2", "dense_4h_to_h", "wo", "k", "v")
+    wanted = [n for n in candidates if n in names]
     return tuple(wanted) or tuple(sorted(names))
 
 
@@ -158,20 +160,27 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         from vramcalc.dsconfig import parallel_from_deepspeed
 
         ds = parallel_from_deepspeed(
-            req.deepspeed, gpus_per_node=req.gpus, nodes=req.nodes,
-            hidden_size=spec.hidden_size, mixed_precision=mp.value,
-            batch_size=req.batch_size, grad_accum=req.grad_accum,
-        )  # fmt: skip
+            req.deepspeed,
+            gpus_per_node=req.gpus,
+            nodes=req.nodes,
+            hidden_size=spec.hidden_size,
+            mixed_precision=mp.value,
+            batch_size=req.batch_size,
+            grad_accum=req.grad_accum,
+        )
         parallel = ParallelSpec(
-            zero_stage=ds.zero_stage, offload_optimizer=ds.offload_optimizer,
-            offload_param=ds.offload_param, gpus_per_node=req.gpus, nodes=req.nodes,
+            zero_stage=ds.zero_stage,
+            offload_optimizer=ds.offload_optimizer,
+            offload_param=ds.offload_param,
+            gpus_per_node=req.gpus,
+            nodes=req.nodes,
             reduce_bucket_size=ds.reduce_bucket_size,
             allgather_bucket_size=ds.allgather_bucket_size,
             stage3_prefetch_bucket_size=ds.stage3_prefetch_bucket_size,
             stage3_max_live_parameters=ds.stage3_max_live_parameters,
             stage3_param_persistence_threshold=ds.stage3_param_persistence_threshold,
             deepspeed_precision=ds.precision,
-        )  # fmt: skip
+        )
         notes.extend(ds.notes)
     else:
         if req.offload_param != Offload.NONE and req.zero != ZeroStage.PARAMETERS:
@@ -187,8 +196,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         if req.zero != ZeroStage.DISABLED:
             ds_prec = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[mp.value]
         parallel = ParallelSpec(
-            zero_stage=req.zero, offload_optimizer=req.offload_optimizer,
-            offload_param=req.offload_param, gpus_per_node=req.gpus, nodes=req.nodes,
+            zero_stage=req.zero,
+            offload_optimizer=req.offload_optimizer,
+            offload_param=req.offload_param,
+            gpus_per_node=req.gpus,
+            nodes=req.nodes,
             reduce_bucket_size=int(catalog.constant("deepspeed_reduce_bucket_size")),
             allgather_bucket_size=int(catalog.constant("deepspeed_allgather_bucket_size")),
             stage3_prefetch_bucket_size=int(
@@ -201,19 +213,32 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
                 catalog.constant("deepspeed_stage3_param_persistence_threshold")
             ),
             deepspeed_precision=ds_prec,
-        )  # fmt: skip
-    if parallel.zero_stage != ZeroStage.DISABLED and parallel.deepspeed_precision in ("fp16", "bf16"):
+        )
+    if parallel.zero_stage != ZeroStage.DISABLED and parallel.deepspeed_precision in (
+        "fp16",
+        "bf16",
+    ):
         # DeepSpeed's fp16/bf16 engines cast the module to 16 bit (no autocast) and keep the
         # fp32 master copy inside the optimizer.
         dtype = DType.BF16 if parallel.deepspeed_precision == "bf16" else DType.FP16
         mp = MixedPrecision.NO
     training = TrainingSpec(
-        task=req.task, batch_size=req.batch_size, seq_len=req.seq_len,
-        grad_accum=req.grad_accum, param_dtype=dtype, mixed_precision=mp, optim=req.optim,
-        peft=peft, quant=quant, grad_ckpt=req.grad_ckpt, attn=req.attn,
-    )  # fmt: skip
-    if spec.max_position_embeddings and req.seq_len > spec.max_position_embeddings and (
-        spec.position_embedding == "learned"
+        task=req.task,
+        batch_size=req.batch_size,
+        seq_len=req.seq_len,
+        grad_accum=req.grad_accum,
+        param_dtype=dtype,
+        mixed_precision=mp,
+        optim=req.optim,
+        peft=peft,
+        quant=quant,
+        grad_ckpt=req.grad_ckpt,
+        attn=req.attn,
+    )
+    if (
+        spec.max_position_embeddings
+        and req.seq_len > spec.max_position_embeddings
+        and (spec.position_embedding == "learned")
     ):
         raise InvalidConfigError(
             f"--seq-len {req.seq_len} exceeds {spec.name}'s learned position table "
@@ -221,9 +246,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         )
     gpu = catalog.gpu(req.gpu) if req.gpu else None
     cost = CostSpec(
-        tokens=req.tokens, epochs=req.epochs, mfu=req.mfu,
+        tokens=req.tokens,
+        epochs=req.epochs,
+        mfu=req.mfu,
         price_usd_per_gpu_hour=req.price_per_gpu_hour,
-    )  # fmt: skip
+    )
     return Resolved(spec, training, parallel, HardwareSpec(gpu=gpu), cost, tuple(notes))
 
 
@@ -242,9 +269,12 @@ class _Walk:
         clean = {k: int(v) for k, v in comps.items()}
         self.events.append(
             TimelineEvent(
-                step=step, phase=phase, event=event,
-                allocated_bytes=sum(clean.values()), components=clean,
-            )  # fmt: skip
+                step=step,
+                phase=phase,
+                event=event,
+                allocated_bytes=sum(clean.values()),
+                components=clean,
+            )
         )
 
 
@@ -257,7 +287,9 @@ def _grad_split(
         if g.key not in plan.trainable_keys:
             continue
         pb = plan.trainable_elements[0][2] if plan.trainable_elements else 4
-        b = (block(g.weight_numel * pb) + (block(g.bias_numel * pb) if g.bias_numel else 0)) * g.count
+        b = (
+            block(g.weight_numel * pb) + (block(g.bias_numel * pb) if g.bias_numel else 0)
+        ) * g.count
         if g.stack == "head":
             head += b
         elif g.stack == "embed":
@@ -266,8 +298,10 @@ def _grad_split(
             blocks += b
     for a in plan.adapters:
         blocks += a.tensor_bytes
-    if spec.tie_word_embeddings and spec.has_lm_head and not any(
-        g.kind == "lm_head" for g in inventory
+    if (
+        spec.tie_word_embeddings
+        and spec.has_lm_head
+        and not any(g.kind == "lm_head" for g in inventory)
     ):
         # a tied head's weight gradient is created at the LM-head backward; the embedding's
         # backward later adds a second V x H buffer that is accumulated into it
@@ -302,7 +336,7 @@ def _model_states(
     notes: list[str] = []
     P = plan.param_bytes
     G = sum(b * c for b, c, _ in plan.grad_tensors) if opt.stores_grads else 0
-    O = opt.state_bytes
+    opt_b = opt.state_bytes
     temp = opt.step_temp_bytes
     cpu = 0
     stage = par.zero_stage
@@ -314,12 +348,12 @@ def _model_states(
                 "(gradient_as_bucket_view=False, the Trainer default)"
             )
             G += G
-        return P, G, O, temp, 0, details, notes
+        return P, G, opt_b, temp, 0, details, notes
     psi_t = plan.n_trainable
     sixteen = par.deepspeed_precision in ("fp16", "bf16")
     master = 4 * psi_t if sixteen else 0
     fp32_grads = 4 * psi_t if sixteen else 0
-    opt_side = master + O + fp32_grads
+    opt_side = master + opt_b + fp32_grads
     if stage >= ZeroStage.OPTIMIZER_STATES:
         opt_side = -(-opt_side // n)
         temp = -(-temp // n)
@@ -346,7 +380,9 @@ def _model_states(
             f"optimizer states, fp32 master weights and fp32 gradients are in "
             f"{par.offload_optimizer.value} memory ({cpu} bytes)"
         )
-    details["optimizer/master_fp32"] = -(-master // n) if par.offload_optimizer == Offload.NONE else 0
+    details["optimizer/master_fp32"] = (
+        -(-master // n) if par.offload_optimizer == Offload.NONE else 0
+    )
     details["gradients/zero_buckets"] = buckets
     return params, grads + buckets, opt_side, temp, cpu, details, notes
 
@@ -364,7 +400,7 @@ def _walk(
     inputs = 2 * block(tr.batch_size * tr.seq_len * 8)
     if tr.task == Task.INFERENCE or prof is None or opt is None:
         return _inference_walk(res, plan, inputs, w)
-    params, G, O, temp, cpu, zdetails, notes = _model_states(res, plan, opt)
+    params, G, opt_b, temp, cpu, zdetails, notes = _model_states(res, plan, opt)
     head_g, layer_g, embed_g, other_g = _grad_split(res.model, inventory, plan)
     zero = res.parallel.zero_stage
     n = res.parallel.world_size
@@ -374,7 +410,12 @@ def _walk(
         grad_scale = G / base_g if zero < ZeroStage.GRADIENTS else 1.0 / n
     hg, lg, eg = int(head_g * grad_scale), int(layer_g * grad_scale), int(embed_g * grad_scale)
     embed_tr = 0
-    if res.model.tie_word_embeddings and head_g and opt.stores_grads and "embed/tokens" in plan.trainable_keys:
+    if (
+        res.model.tie_word_embeddings
+        and head_g
+        and opt.stores_grads
+        and "embed/tokens" in plan.trainable_keys
+    ):
         tok = next(g for g in inventory if g.key == "embed/tokens")
         embed_tr = emb_buffers * block(tok.weight_numel * plan.trainable_elements[0][2])
     elif eg and emb_buffers > 1:
@@ -386,7 +427,7 @@ def _walk(
     L = len(prof.layer_saved)
     ckpt = tr.grad_ckpt
     for step in (1, 2):
-        states = O if step == 2 else 0
+        states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
 
         def comps(act: int, grads: int, st: int = states, extra_opt: int = 0) -> dict[str, int]:
@@ -406,41 +447,66 @@ def _walk(
             layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
             transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
             amp_live += prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
-            w.add(step, Phase.FORWARD, f"block {i} forward", comps(act + amp_live + layer + transient, g_fwd))
+            w.add(
+                step,
+                Phase.FORWARD,
+                f"block {i} forward",
+                comps(act + amp_live + layer + transient, g_fwd),
+            )
             act += layer
         act += prof.head_saved + amp_live + prof.amp_head_copy
         w.add(step, Phase.FORWARD, "final norm and LM head", comps(act, g_fwd))
-        w.add(step, Phase.LOSS, "loss (fp32 logits, log-softmax)",
-              comps(act + prof.logits_fwd + prof.loss_saved, g_fwd))  # fmt: skip
+        w.add(
+            step,
+            Phase.LOSS,
+            "loss (fp32 logits, log-softmax)",
+            comps(act + prof.logits_fwd + prof.loss_saved, g_fwd),
+        )
         # backward
         if ckpt:  # autocast's weight cache was cleared when forward left autocast
             act -= amp_live
-        w.add(step, Phase.BACKWARD, "loss backward",
-              comps(act + prof.loss_saved + prof.loss_bwd_extra, g_fwd))  # fmt: skip
+        w.add(
+            step,
+            Phase.BACKWARD,
+            "loss backward",
+            comps(act + prof.loss_saved + prof.loss_bwd_extra, g_fwd),
+        )
         grads = hg if not accum or step == 1 else G
         if accum and step == 2:
             grads = G
         act -= prof.head_saved + prof.amp_head_copy
-        w.add(step, Phase.BACKWARD, "LM head backward", comps(act + prof.head_saved + prof.head_bwd_extra, grads))
+        w.add(
+            step,
+            Phase.BACKWARD,
+            "LM head backward",
+            comps(act + prof.head_saved + prof.head_bwd_extra, grads),
+        )
         for i in reversed(range(L)):
             layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
             amp_i = prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if not (accum and step == 2):
                 grads += lg
-            w.add(step, Phase.BACKWARD, f"block {i} backward",
-                  comps(act + recompute + prof.layer_bwd_extra[i], grads))  # fmt: skip
+            w.add(
+                step,
+                Phase.BACKWARD,
+                f"block {i} backward",
+                comps(act + recompute + prof.layer_bwd_extra[i], grads),
+            )
             act -= layer + (0 if ckpt else amp_i)
         if not (accum and step == 2):
             grads += eg
         grads = max(grads, G) if not (accum and step == 2) else G
-        w.add(step, Phase.BACKWARD, "embedding backward",
-              comps(max(act, 0) + embed_tr, grads))  # fmt: skip
+        w.add(step, Phase.BACKWARD, "embedding backward", comps(max(act, 0) + embed_tr, grads))
         # optimizer
         clip = block(4) * plan.n_trainable_tensors  # foreach norms in clip_grad_norm_
-        w.add(step, Phase.OPTIMIZER, "optimizer step" + (" (states created)" if step == 1 else ""),
-              comps(0, G, O, temp + clip))  # fmt: skip
-        w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, O))
+        w.add(
+            step,
+            Phase.OPTIMIZER,
+            "optimizer step" + (" (states created)" if step == 1 else ""),
+            comps(0, G, opt_b, temp + clip),
+        )
+        w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
     details = dict(zdetails)
     return w.events, cpu, details, notes
 
@@ -460,14 +526,21 @@ def _inference_walk(
     logits = block(tokens * spec.vocab_size * cb) + block(tokens * spec.vocab_size * 4)
     comps = {"params": plan.param_bytes + inputs, "activations": 0, "gradients": 0, "optimizer": 0}
     w.add(1, Phase.LOAD, "model loaded", comps)
-    w.add(1, Phase.FORWARD, "prefill (KV cache + logits)", {**comps, "activations": block(kv) + logits})
+    w.add(
+        1,
+        Phase.FORWARD,
+        "prefill (KV cache + logits)",
+        {**comps, "activations": block(kv) + logits},
+    )
     return w.events, 0, {"activations/kv_cache": block(kv), "activations/logits": logits}, []
 
 
 # ----------------------------------------------------------------------------- overheads
 
 
-def _overheads(res: Resolved, allocated: int, paged: int) -> tuple[int, int, dict[str, int], dict[str, Any]]:
+def _overheads(
+    res: Resolved, allocated: int, paged: int
+) -> tuple[int, int, dict[str, int], dict[str, Any]]:
     """Reserved and device bytes from the allocated peak.
 
     reserved = allocated x allocator reserve factor, rounded to the 2 MiB segment, plus the
@@ -479,12 +552,16 @@ def _overheads(res: Resolved, allocated: int, paged: int) -> tuple[int, int, dic
     cal = catalog.calibration().get("families", {})
     fam = cal.get(gpu.family) if gpu is not None else None
     src = "calibration" if fam else "prior"
-    factor = float(fam["allocator_reserve_factor"]) if fam else float(
-        catalog.constant("allocator_reserve_factor")
+    factor = (
+        float(fam["allocator_reserve_factor"])
+        if fam
+        else float(catalog.constant("allocator_reserve_factor"))
     )
     context = int(fam["cuda_context_bytes"]) if fam else int(catalog.constant("cuda_context_bytes"))
     hopper = gpu is not None and gpu.family.lower() in ("hopper", "blackwell")
-    ws = int(catalog.constant("cublas_workspace_bytes_sm90" if hopper else "cublas_workspace_bytes"))
+    ws = int(
+        catalog.constant("cublas_workspace_bytes_sm90" if hopper else "cublas_workspace_bytes")
+    )
     seg = int(catalog.constant("alloc_small_segment_bytes"))
     reserved = round_up(int(allocated * factor), seg) + ws
     other = int(catalog.constant("nvml_other_bytes"))
@@ -507,7 +584,9 @@ def _overheads(res: Resolved, allocated: int, paged: int) -> tuple[int, int, dic
 # ----------------------------------------------------------------------------- estimate
 
 
-def estimate(request: EstimateRequest | Mapping[str, Any] | None = None, /, **kwargs: Any) -> MemoryReport:
+def estimate(
+    request: EstimateRequest | Mapping[str, Any] | None = None, /, **kwargs: Any
+) -> MemoryReport:
     """Estimate peak GPU memory (and time/cost) of one training or inference job.
 
     Accepts an ``EstimateRequest``, a mapping of its fields, or its fields as keywords:
@@ -525,7 +604,7 @@ def estimate(request: EstimateRequest | Mapping[str, Any] | None = None, /, **kw
 def _estimate(
     req: EstimateRequest, *, optim_impl: str | None = None, embedding_backward_buffers: int = 1
 ) -> MemoryReport:
-    """The estimate, with two switches for validation harnesses.
+    """Estimate one request, with two switches for validation harnesses.
 
     Args:
         req: the request.
@@ -548,7 +627,9 @@ def _estimate(
             raise InvalidConfigError("nothing is trainable with these options")
         prof = activation_profile(spec, inventory, tr, plan)
         opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
-    events, cpu, zdetails, znotes = _walk(res, inventory, plan, prof, opt, embedding_backward_buffers)
+    events, cpu, zdetails, znotes = _walk(
+        res, inventory, plan, prof, opt, embedding_backward_buffers
+    )
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
     peak_ev = max(events, key=lambda e: e.allocated_bytes)
@@ -565,7 +646,11 @@ def _estimate(
     )
     details: dict[str, int] = {}
     details.update({k: v for k, v in plan.details.items()})
-    details["params/inputs"] = comps.get("params", 0) - plan.param_bytes if comps.get("params", 0) > plan.param_bytes else 0
+    details["params/inputs"] = (
+        comps.get("params", 0) - plan.param_bytes
+        if comps.get("params", 0) > plan.param_bytes
+        else 0
+    )
     if prof is not None:
         details.update(prof.details)
     if opt is not None:
@@ -577,10 +662,15 @@ def _estimate(
     details = {k: int(v) for k, v in details.items() if v > 0}
     trainable = plan.n_trainable
     summary = ModelSummary(
-        name=spec.name, hf_id=spec.hf_id, model_type=spec.model_type,
-        n_params=spec.n_params or plan.n_params - sum(a.numel for a in plan.adapters)
-        + sum(a.numel for a in plan.adapters), n_trainable_params=trainable,
-    )  # fmt: skip
+        name=spec.name,
+        hf_id=spec.hf_id,
+        model_type=spec.model_type,
+        n_params=spec.n_params
+        or plan.n_params
+        - sum(a.numel for a in plan.adapters)
+        + sum(a.numel for a in plan.adapters),
+        n_trainable_params=trainable,
+    )
     fit_report = _fit_report(res, device) if res.hardware.gpu is not None else None
     cost_report = _cost(res, inventory, plan, notes)
     notes += _not_modelled(res)
@@ -601,9 +691,13 @@ def _estimate(
         version=__version__,
         model=summary,
         peak=Peak(
-            allocated_bytes=allocated, reserved_bytes=reserved, device_bytes=device,
-            phase=peak_ev.phase, event=peak_ev.event, step=peak_ev.step,
-        ),  # fmt: skip
+            allocated_bytes=allocated,
+            reserved_bytes=reserved,
+            device_bytes=device,
+            phase=peak_ev.phase,
+            event=peak_ev.event,
+            step=peak_ev.step,
+        ),
         breakdown=breakdown,
         details=details,
         timeline=events,
@@ -618,10 +712,17 @@ def _estimate(
 def _not_modelled(res: Resolved) -> list[str]:
     out = []
     tr = res.training
-    if tr.attn == Attention_FLASH and tr.param_dtype == DType.FP32 and tr.mixed_precision == MixedPrecision.NO:
+    if (
+        tr.attn == Attention_FLASH
+        and tr.param_dtype == DType.FP32
+        and tr.mixed_precision == MixedPrecision.NO
+    ):
         out.append("flash_attention_2 needs fp16/bf16 inputs; fp32 runs use the sdpa kernels")
     if res.parallel.world_size > 1:
-        out.append("activation memory is per GPU (data parallel); tensor/pipeline parallelism are not modelled")
+        out.append(
+            "activation memory is per GPU (data parallel); tensor and pipeline parallelism "
+            "are not modelled"
+        )
     if tr.quant is not None:
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "
@@ -630,7 +731,9 @@ def _not_modelled(res: Resolved) -> list[str]:
     return out
 
 
-def _cost(res: Resolved, inventory: tuple[ParamGroup, ...], plan: ParamPlan, notes: list[str]) -> CostReport | None:
+def _cost(
+    res: Resolved, inventory: tuple[ParamGroup, ...], plan: ParamPlan, notes: list[str]
+) -> CostReport | None:
     if res.cost.tokens is None:
         return None
     gpu = res.hardware.gpu
@@ -643,26 +746,39 @@ def _cost(res: Resolved, inventory: tuple[ParamGroup, ...], plan: ParamPlan, not
     for a in plan.adapters:
         inv.append(
             ParamGroup(
-                key=a.key, module=a.module, kind="linear", in_features=a.shape[1],
-                out_features=a.shape[0], weight_numel=a.shape[0] * a.shape[1], count=a.count,
-            )  # fmt: skip
+                key=a.key,
+                module=a.module,
+                kind="linear",
+                in_features=a.shape[1],
+                out_features=a.shape[0],
+                weight_numel=a.shape[0] * a.shape[1],
+                count=a.count,
+            )
         )
     return estimate_cost(
         res.model, res.training, res.parallel, gpu, res.cost, tuple(inv), plan.trainable_keys
     )
 
 
-def _fit_report(res: Resolved, device: int, max_batch: int | None = None, accum: int | None = None) -> FitReport:
+def _fit_report(
+    res: Resolved, device: int, max_batch: int | None = None, accum: int | None = None
+) -> FitReport:
     gpu = res.hardware.gpu
     assert gpu is not None
     return FitReport(
-        gpu=gpu.name, gpu_memory_bytes=gpu.memory_bytes, usable_bytes=gpu.memory_bytes,
-        fits=device <= gpu.memory_bytes, headroom_bytes=gpu.memory_bytes - device,
-        max_batch_size=max_batch, suggested_grad_accum=accum,
-    )  # fmt: skip
+        gpu=gpu.name,
+        gpu_memory_bytes=gpu.memory_bytes,
+        usable_bytes=gpu.memory_bytes,
+        fits=device <= gpu.memory_bytes,
+        headroom_bytes=gpu.memory_bytes - device,
+        max_batch_size=max_batch,
+        suggested_grad_accum=accum,
+    )
 
 
-def fit(request: EstimateRequest | Mapping[str, Any], *, target_global_batch: int | None = None) -> FitReport:
+def fit(
+    request: EstimateRequest | Mapping[str, Any], *, target_global_batch: int | None = None
+) -> FitReport:
     """Largest micro-batch that fits ``request.gpu`` (device peak <= the GPU's memory).
 
     Doubling then bisection over ``batch_size`` (the device peak grows with the batch);

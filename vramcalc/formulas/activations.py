@@ -13,7 +13,8 @@ PyTorch 2.13 with ``validation.trace``; grid results in
   nothing for its own backward. Under autocast each linear casts its fp32 input to 16-bit
   itself, so q/k/v save three copies where pure 16-bit saves one shared tensor, and every
   linear weight whose input needs a gradient gets a 16-bit copy that lives until backward.
-  Source: ``tools/autograd/derivatives.yaml`` (``mm``/``addmm``), ``aten/src/ATen/autocast_mode.cpp``.
+  Source: ``tools/autograd/derivatives.yaml`` (``mm``/``addmm``),
+  ``aten/src/ATen/autocast_mode.cpp``.
 * LayerNorm saves its input, mean and rstd (fp32, B*S each); Llama RMSNorm saves an fp32 copy
   of a 16-bit input, ``rsqrt`` (B*S fp32) and, if its weight trains, the normalised tensor;
   Gemma's keeps the normalised tensor in fp32. Source: ``modeling_llama.py``/``modeling_gemma.py``.
@@ -74,7 +75,7 @@ class Ledger:
         return sum(b for _, b in self.saved.values())
 
     def by_detail(self) -> dict[str, int]:
-        """Saved bytes by ``activations/<detail>`` key."""
+        """Return saved bytes by ``activations/<detail>`` key."""
         out: dict[str, int] = {}
         for detail, b in self.saved.values():
             out[f"activations/{detail}"] = out.get(f"activations/{detail}", 0) + b
@@ -178,9 +179,11 @@ def activation_profile(
     details: dict[str, int] = dict(emb.by_detail())
     # ---------------------------------------------------------------- blocks
     grad_flows = ctx.full or tr.grad_ckpt
-    stacks = ["encoder", "decoder"] if spec.is_encoder_decoder else [
-        "encoder" if any(g.stack == "encoder" for g in inventory) else "decoder"
-    ]
+    stacks = (
+        ["encoder", "decoder"]
+        if spec.is_encoder_decoder
+        else ["encoder" if any(g.stack == "encoder" for g in inventory) else "decoder"]
+    )
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
@@ -241,9 +244,7 @@ def activation_profile(
     return prof
 
 
-def _rmsnorm(
-    led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool
-) -> None:
+def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool) -> None:
     """Llama/Gemma RMSNorm saved tensors for an input of ``numel`` elements of ``xb`` bytes.
 
     ``pow`` saves the fp32 input (the input itself when fp32, else a copy), the product saves
@@ -258,7 +259,7 @@ def _rmsnorm(
 
 
 def _act_saved(led: Ledger, ctx: _Ctx, n: int, nb: int, prefix: str) -> None:
-    """Saved tensors of a plain MLP's activation over ``n`` elements of ``nb`` bytes."""
+    """Record the saved tensors of a plain MLP's activation over ``n`` elements of ``nb`` bytes."""
     act = ctx.spec.hidden_act
     if act in ("gelu_new", "gelu_fast"):
         if ctx.amp:  # pow runs in fp32 under autocast: fp32 copy, tanh fp32, 0.5x 16-bit, 1+t
@@ -393,7 +394,7 @@ def _block(
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
                     bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
-            o_name = "o_in" if (use_eager or ab == cb and flash_ok) else "attn_out_c"
+            o_name = "o_in" if (use_eager or (ab == cb and flash_ok)) else "attn_out_c"
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
@@ -432,5 +433,3 @@ def _block(
             led.save(f"resid_mask{si}", "dropout_masks", T * H)
     bwd_extra += 2 * block(T * H * rb)
     return led, fwd_extra, bwd_extra, rg, amp_copy
-
-

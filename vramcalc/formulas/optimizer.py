@@ -49,7 +49,11 @@ def _state_bytes(numel: int, param_b: int, st: dict[str, Any], eight: dict[str, 
         bs = int(eight.get("block_size", 256))
         n_abs = -(-numel // bs)
         absmax_b = int(eight.get("absmax_bits", 32)) // 8
-        return block(numel) + block(n_abs * absmax_b) + block(int(eight.get("qmap_bytes_per_state", 1024)))
+        return (
+            block(numel)
+            + block(n_abs * absmax_b)
+            + block(int(eight.get("qmap_bytes_per_state", 1024)))
+        )
     width = param_b if bits == "param" else int(bits) // 8
     return block(numel * width)
 

@@ -216,7 +216,7 @@ def plan_params(
             plan.grad_tensors.append((one, a.count, 1))
             plan.trainable_elements.append((a.shape[0] * a.shape[1], a.count, a.bytes_per_elt))
             plan.largest_trainable = max(plan.largest_trainable, one)
-            if a.shape[1] == 1 or a.shape[0] == 1 and a.module.endswith("bias"):
+            if a.shape[1] == 1 or (a.shape[0] == 1 and a.module.endswith("bias")):
                 plan.nodecay_bytes += a.tensor_bytes
             else:
                 plan.decay_bytes += a.tensor_bytes
@@ -255,7 +255,7 @@ def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
 def _adapters(
     spec: ModelSpec, inventory: tuple[ParamGroup, ...], peft: PeftSpec, lora_keys: set[str]
 ) -> list[Adapter]:
-    """The trainable groups a PEFT method adds (fp32, PEFT's default)."""
+    """List the trainable groups a PEFT method adds (fp32, PEFT's default)."""
     out: list[Adapter] = []
     if peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
         for g in inventory:
@@ -270,7 +270,7 @@ def _adapters(
                 )
     elif peft.method == PeftMethod.IA3:
         for g in lora_target_groups(inventory, peft.targets, spec.model_type):
-            is_ff = "mlp" in g.key or g.out_features == spec.hidden_size and "attn" not in g.key
+            is_ff = "mlp" in g.key or (g.out_features == spec.hidden_size and "attn" not in g.key)
             width = g.in_features if is_ff else g.out_features
             out.append(Adapter(f"{g.key}/ia3_l", g.module, (width, 1), g.count, 4, g.key))
     elif peft.method == PeftMethod.ADAPTER:
@@ -283,7 +283,9 @@ def _adapters(
             out.append(Adapter(f"adapter/{name}/up_bias", "up_bias", (h, 1), layers, 4))
     elif peft.method == PeftMethod.PROMPT_TUNING:
         out.append(
-            Adapter("prompt/embeddings", "prompt", (peft.num_virtual_tokens, spec.hidden_size), 1, 4)
+            Adapter(
+                "prompt/embeddings", "prompt", (peft.num_virtual_tokens, spec.hidden_size), 1, 4
+            )
         )
     elif peft.method == PeftMethod.PREFIX:
         layers = spec.num_hidden_layers + spec.num_decoder_layers

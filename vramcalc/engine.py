@@ -263,19 +263,45 @@ def _has_peft(req: EstimateRequest) -> bool:
 
 @dataclass
 class _Walk:
+    """Timeline under construction.
+
+    Per-block events are buffered and only the first, the last and the largest are kept:
+    within a loop over identical blocks the live bytes change linearly, so nothing between
+    the ends can be a peak that those three miss.
+    """
+
     events: list[TimelineEvent]
+    pending: list[tuple[int, Phase, str, dict[str, int]]] | None = None
+
+    @staticmethod
+    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> TimelineEvent:
+        clean = {k: int(v) for k, v in comps.items()}
+        return TimelineEvent.model_construct(
+            step=step,
+            phase=phase,
+            event=event,
+            allocated_bytes=sum(clean.values()),
+            components=clean,
+        )
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
-        clean = {k: int(v) for k, v in comps.items()}
-        self.events.append(
-            TimelineEvent(
-                step=step,
-                phase=phase,
-                event=event,
-                allocated_bytes=sum(clean.values()),
-                components=clean,
-            )
-        )
+        self.flush()
+        self.events.append(self._event(step, phase, event, comps))
+
+    def block(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
+        if self.pending is None:
+            self.pending = []
+        self.pending.append((step, phase, event, comps))
+
+    def flush(self) -> None:
+        if not self.pending:
+            self.pending = None
+            return
+        p = self.pending
+        top = max(range(len(p)), key=lambda i: sum(p[i][3].values()))
+        for i in sorted({0, top, len(p) - 1}):
+            self.events.append(self._event(*p[i]))
+        self.pending = None
 
 
 def _grad_split(
@@ -447,7 +473,7 @@ def _walk(
             layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
             transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
             amp_live += prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
-            w.add(
+            w.block(
                 step,
                 Phase.FORWARD,
                 f"block {i} forward",
@@ -487,7 +513,7 @@ def _walk(
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if not (accum and step == 2):
                 grads += lg
-            w.add(
+            w.block(
                 step,
                 Phase.BACKWARD,
                 f"block {i} backward",

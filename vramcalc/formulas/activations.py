@@ -189,17 +189,28 @@ def activation_profile(
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
+        memo: dict[bool, tuple[Ledger, int, int, bool, int]] = {}
+        detail_cache: dict[int, dict[str, int]] = {}
+        total_cache: dict[int, int] = {}
+        layer_details: list[int] = []
         for i in range(n_layers[stack]):
-            led, extra_f, extra_b, needs_grad_after, amp_copy = _block(
-                ctx, groups, rb, x_requires_grad=grad_flows, first=(i == 0 and stack == stacks[0])
-            )
+            # identical blocks give identical ledgers; only "does the input need a gradient"
+            # differs (the first block under LoRA without checkpointing)
+            if grad_flows not in memo:
+                memo[grad_flows] = _block(ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0)
+            led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows]
             grad_flows = grad_flows or needs_grad_after
-            prof.layer_saved.append(led.total)
+            if id(led) not in total_cache:
+                total_cache[id(led)] = led.total
+            prof.layer_saved.append(total_cache[id(led)])
             prof.layer_fwd_extra.append(extra_f)
             prof.layer_bwd_extra.append(extra_b)
             prof.amp_copy_per_layer.append(amp_copy)
             prof.ckpt_input.append(block(ctx.T * spec.hidden_size * rb)) if tr.grad_ckpt else None
-            for k, v in led.by_detail().items():
+            layer_details.append(id(led))
+            if id(led) not in detail_cache:
+                detail_cache[id(led)] = led.by_detail()
+            for k, v in detail_cache[id(led)].items():
                 details[k] = details.get(k, 0) + v
     if tr.grad_ckpt:
         ck = sum(prof.ckpt_input)

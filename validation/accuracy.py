@@ -1,0 +1,490 @@
+"""Prediction vs measurement: published peaks, the traced grid, committed CUDA measurements.
+
+``python -m validation.accuracy [--write]`` estimates every case and prints the errors;
+``--write`` regenerates ``docs/accuracy.md`` and the block of ``README.md`` between
+``<!-- accuracy:begin -->`` and ``<!-- accuracy:end -->`` (printed instead when the markers are
+missing). Every figure is computed here from data files: the published reference
+(``validation.published``), ``validation/measurements/trace-grid.jsonl`` and any
+``validation/measurements/cuda-*.jsonl``.
+
+Comparisons are like for like: a published NVML figure is compared with the report's
+``peak.device_bytes``, a ``max_memory_allocated`` figure with ``peak.allocated_bytes``, a
+``max_memory_reserved`` one with ``peak.reserved_bytes``. The error is
+``(predicted - measured) / measured``. Summary statistics use the high- and medium-confidence
+published cases that map to a request; the 90th percentile is the nearest-rank one
+(the ceil(0.9 n)-th smallest absolute error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from validation.compare import error_pct, measured_components, predict
+from validation.published import PublishedCase, load_cases, reference_path
+from validation.records import Measurement
+from vramcalc.errors import VramcalcError
+from vramcalc.report import COMPONENTS
+
+__all__ = [
+    "GridRow",
+    "PublishedRow",
+    "Summary",
+    "grid_rows",
+    "main",
+    "nearest_rank",
+    "published_rows",
+    "summarize",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = REPO / "validation" / "measurements" / "trace-grid.jsonl"
+DOC = REPO / "docs" / "accuracy.md"
+README = REPO / "README.md"
+BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
+MIB = 2**20
+GIB = 2**30
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """One published case with its prediction (``None`` when not expressible or refused)."""
+
+    case: PublishedCase
+    predicted_bytes: int | None
+    predicted_phase: str | None
+    engine_error: str | None = None
+
+    @property
+    def error_pct(self) -> float | None:
+        """``100 * (predicted - measured) / measured``."""
+        return error_pct(self.predicted_bytes, self.case.measured_bytes)
+
+    @property
+    def counted(self) -> bool:
+        """Whether the row enters the summary (high/medium confidence, predicted)."""
+        return self.case.confidence in ("high", "medium") and self.error_pct is not None
+
+
+@dataclass(frozen=True)
+class GridRow:
+    """One traced scenario: traced and predicted allocated peak and the peak's phase."""
+
+    id: str
+    traced_bytes: int
+    predicted_bytes: int | None
+    traced_phase: str
+    traced_step: int
+    predicted_phase: str | None
+    predicted_step: int | None
+    component_errors: dict[str, float | None]
+    engine_error: str | None = None
+
+    @property
+    def error_pct(self) -> float | None:
+        """``100 * (predicted - traced) / traced``."""
+        return error_pct(self.predicted_bytes, self.traced_bytes)
+
+    @property
+    def phase_agrees(self) -> bool:
+        """Whether the predicted peak falls in the traced peak's phase."""
+        return self.predicted_phase == self.traced_phase
+
+
+@dataclass(frozen=True)
+class CudaRow:
+    """One committed CUDA measurement against the prediction, for all three peaks."""
+
+    id: str
+    device: str
+    measured: dict[str, int | None]
+    predicted: dict[str, int | None]
+    engine_error: str | None = None
+
+
+def published_rows(cases: Sequence[PublishedCase] | None = None) -> list[PublishedRow]:
+    """Estimate every published case (an engine refusal is recorded, not raised)."""
+    out: list[PublishedRow] = []
+    for case in load_cases() if cases is None else cases:
+        if case.request is None:
+            out.append(PublishedRow(case, None, None))
+            continue
+        try:
+            report = predict(case.request)
+        except VramcalcError as exc:
+            out.append(PublishedRow(case, None, None, engine_error=str(exc)))
+            continue
+        kind = case.metric
+        value = getattr(report.peak, f"{kind}_bytes")
+        out.append(PublishedRow(case, int(value), f"{report.peak.step}/{report.peak.phase}"))
+    return out
+
+
+def load_jsonl(path: Path) -> list[Measurement]:
+    """Read a measurements file (one ``Measurement`` per line)."""
+    text = path.read_text("utf-8")
+    return [Measurement.model_validate_json(x) for x in text.splitlines() if x.strip()]
+
+
+def grid_row(m: Measurement) -> GridRow:
+    """Compare one traced measurement with the engine's estimate of its scenario."""
+    got = m.measured
+    try:
+        report = predict(m.scenario.request, m.scenario.optim_impl)
+    except VramcalcError as exc:
+        return GridRow(m.scenario.id, got.allocated_bytes, None, got.phase, got.step, None,
+                       None, {}, engine_error=str(exc))  # fmt: skip
+    comps = measured_components(got, "trace")
+    breakdown = report.breakdown.model_dump()
+    cerr = {c: error_pct(breakdown[c], comps[c]) for c in COMPONENTS if c != "base"}
+    return GridRow(
+        id=m.scenario.id,
+        traced_bytes=got.allocated_bytes,
+        predicted_bytes=report.peak.allocated_bytes,
+        traced_phase=got.phase,
+        traced_step=got.step,
+        predicted_phase=str(report.peak.phase.value),
+        predicted_step=report.peak.step,
+        component_errors=cerr,
+    )
+
+
+def grid_rows(path: Path = GRID) -> list[GridRow]:
+    """Every traced scenario of ``path`` against the engine."""
+    return [grid_row(m) for m in load_jsonl(path) if not m.error]
+
+
+def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
+    """Every committed CUDA measurement (``cuda-*.jsonl``) against the engine."""
+    out: list[CudaRow] = []
+    for path in sorted(directory.glob("cuda-*.jsonl")):
+        for m in load_jsonl(path):
+            if m.error or m.fingerprint.backend != "cuda":
+                continue
+            got = m.measured
+            measured = {
+                "allocated": got.allocated_bytes,
+                "reserved": got.reserved_bytes,
+                "device": got.device_bytes,
+            }
+            try:
+                report = predict(m.scenario.request, m.scenario.optim_impl)
+            except VramcalcError as exc:
+                out.append(CudaRow(m.scenario.id, m.fingerprint.device, measured,
+                                   dict.fromkeys(measured), engine_error=str(exc)))  # fmt: skip
+                continue
+            predicted: dict[str, int | None] = {
+                "allocated": report.peak.allocated_bytes,
+                "reserved": report.peak.reserved_bytes,
+                "device": report.peak.device_bytes,
+            }
+            out.append(CudaRow(m.scenario.id, m.fingerprint.device, measured, predicted))
+    return out
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def nearest_rank(values: Sequence[float], q: float) -> float:
+    """Return the nearest-rank ``q`` quantile: the ceil(q * n)-th smallest value (1-based)."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    k = max(1, math.ceil(q * len(ordered)))
+    return ordered[k - 1]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median, nearest-rank p90 and maximum of absolute errors, and the worst under-prediction."""
+
+    n: int
+    median_abs_pct: float
+    p90_abs_pct: float
+    max_abs_pct: float
+    worst_under_pct: float | None
+    worst_under_id: str | None
+
+
+def summarize(errors: dict[str, float]) -> Summary | None:
+    """Summarize signed errors (percent) keyed by case id; ``None`` when there are none."""
+    if not errors:
+        return None
+    absolute = [abs(e) for e in errors.values()]
+    under = {k: e for k, e in errors.items() if e < 0}
+    worst = min(under, key=lambda k: under[k]) if under else None
+    return Summary(
+        n=len(errors),
+        median_abs_pct=statistics.median(absolute),
+        p90_abs_pct=nearest_rank(absolute, 0.9),
+        max_abs_pct=max(absolute),
+        worst_under_pct=under[worst] if worst else None,
+        worst_under_id=worst,
+    )
+
+
+def published_summary(rows: Sequence[PublishedRow]) -> Summary | None:
+    """Summary over the high/medium-confidence predicted cases."""
+    return summarize(
+        {r.case.id: r.error_pct for r in rows if r.counted and r.error_pct is not None}
+    )
+
+
+def grid_summary(rows: Sequence[GridRow]) -> Summary | None:
+    """Summary over every predicted grid scenario."""
+    return summarize({r.id: r.error_pct for r in rows if r.error_pct is not None})
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _mib(n: int | None) -> str:
+    return "—" if n is None else f"{n / MIB:,.0f}"
+
+
+def _pct(p: float | None) -> str:
+    return "—" if p is None else f"{p:+.1f} %"
+
+
+def _version() -> str:
+    import vramcalc
+
+    return vramcalc.__version__
+
+
+def _summary_line(s: Summary | None, what: str) -> str:
+    if s is None:
+        return f"{what}: no predictions."
+    under = (
+        f"worst under-prediction {s.worst_under_pct:+.1f} % ({s.worst_under_id})"
+        if s.worst_under_id
+        else "no case under-predicted"
+    )
+    return (
+        f"{what}: median absolute error {s.median_abs_pct:.1f} %, 90th percentile "
+        f"{s.p90_abs_pct:.1f} %, max {s.max_abs_pct:.1f} % over {s.n} cases; {under}."
+    )
+
+
+def _grid_line(s: Summary | None, rows: Sequence[GridRow]) -> str:
+    if s is None:
+        return "Traced grid: no predictions."
+    agree = sum(r.phase_agrees for r in rows if r.predicted_phase is not None)
+    within3 = sum(1 for r in rows if r.error_pct is not None and abs(r.error_pct) <= 3.0)
+    return (
+        f"Traced grid ({s.n} scenarios, allocated peak vs fake-CUDA trace): median absolute "
+        f"error {s.median_abs_pct:.2f} %, 90th percentile {s.p90_abs_pct:.2f} %, max "
+        f"{s.max_abs_pct:.2f} %; {within3}/{s.n} within 3 %; peak phase agrees in "
+        f"{agree}/{s.n}."
+    )
+
+
+def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequence[CudaRow],
+             reference: str) -> str:  # fmt: skip
+    """Render the whole of ``docs/accuracy.md``."""
+    ps, gs = published_summary(pub), grid_summary(grid)
+    lines = [
+        "# Accuracy",
+        "",
+        f"Generated by `python -m validation.accuracy --write` with vramcalc {_version()}; "
+        "do not edit by hand.",
+        "",
+        "## Summary",
+        "",
+        "- " + _summary_line(ps, "Published measurements (high and medium confidence)"),
+        "- " + _grid_line(gs, grid),
+        f"- Committed CUDA measurements: {len(cuda)} cases"
+        + ("." if cuda else " (none committed yet)."),
+        "",
+        "## How measured",
+        "",
+        "**Published** figures come from `" + reference + "`: peaks that others measured and "
+        "published, with the settings of each run and the metric it used. Each case is mapped "
+        "to an estimate request by `validation/published.py` (its approximations are listed "
+        "below) and compared like for like: NVML / nvidia-smi figures with the predicted "
+        "device peak, `max_memory_allocated` (and torchtune's active-bytes peak) with the "
+        'predicted allocated peak. Units follow each source (MiB printed as "MB", decimal '
+        "GB, GiB); all figures here are MiB (2^20 bytes). **Traced** figures are the real "
+        "transformers/peft training step (two steps) run on fake CUDA tensors "
+        "(`validation/trace.py`), recording every storage allocation and release with the "
+        "CUDA allocator's 512-byte rounding: an exact `max_memory_allocated` for the CUDA "
+        "kernels a GPU would pick, without a GPU. **CUDA** figures are real runs "
+        "(`validation/cuda.py`). Error = (predicted - measured) / measured; the 90th "
+        "percentile is nearest-rank.",
+        "",
+        "## Published measurements",
+        "",
+        "| id | model | settings | metric | GPU | measured MiB | predicted MiB | error | "
+        "confidence |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in pub:
+        c = r.case
+        err = _pct(r.error_pct)
+        if c.request is None:
+            err = "not expressible"
+        elif r.engine_error:
+            err = "engine refused"
+        lines.append(
+            f"| {c.id} | {c.model} | {c.settings} | {c.metric} | {c.gpu or '—'} | "
+            f"{_mib(c.measured_bytes)} | {_mib(r.predicted_bytes)} | {err} | {c.confidence} |"
+        )
+    lines += ["", "### Cases not expressible as a request", ""]
+    lines += [f"- **{r.case.id}**: {r.case.reason}." for r in pub if r.case.request is None]
+    refused = [r for r in pub if r.engine_error]
+    if refused:
+        lines += ["", "### Cases the engine refused", ""]
+        lines += [f"- **{r.case.id}**: {r.engine_error}" for r in refused]
+    lines += ["", "### Approximations in the mapping", ""]
+    for r in pub:
+        if r.case.approximations:
+            lines.append(f"- **{r.case.id}**: " + "; ".join(r.case.approximations) + ".")
+    lines += [
+        "",
+        "## Traced grid",
+        "",
+        "Allocated peak of `validation/measurements/trace-grid.jsonl` (fake-CUDA traces) vs "
+        "the predicted allocated peak; step/phase of each peak; per-component errors at the "
+        "peak (measured activations include temporaries such as activation gradients and "
+        "optimizer work lists).",
+        "",
+        "| id | traced MiB | predicted MiB | error | traced peak | predicted peak | params | "
+        "activations | gradients | optimizer |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for g in grid:
+        pred_peak = "—" if g.predicted_phase is None else f"{g.predicted_step}/{g.predicted_phase}"
+        mark = "" if g.phase_agrees else " ✗"
+        ce = g.component_errors
+        lines.append(
+            f"| {g.id} | {g.traced_bytes / MIB:,.2f} | "
+            f"{'—' if g.predicted_bytes is None else f'{g.predicted_bytes / MIB:,.2f}'} | "
+            f"{_pct(g.error_pct) if g.engine_error is None else 'engine refused'} | "
+            f"{g.traced_step}/{g.traced_phase} | {pred_peak}{mark} | "
+            + " | ".join(
+                _pct(ce.get(k)) for k in ("params", "activations", "gradients", "optimizer")
+            )
+            + " |"
+        )
+    lines += ["", "## CUDA measurements", ""]
+    if not cuda:
+        lines.append("None committed yet (see `validation/README.md` for the GPU matrix).")
+    else:
+        lines += [
+            "| id | device | allocated MiB (pred / meas, error) | reserved | device |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for cr in cuda:
+            cells = []
+            for k in ("allocated", "reserved", "device"):
+                p, m = cr.predicted[k], cr.measured[k]
+                cells.append(f"{_mib(p)} / {_mib(m)} ({_pct(error_pct(p, m))})")
+            lines.append(f"| {cr.id} | {cr.device} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_block(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> str:
+    """Render the README's accuracy block (between the markers, markers excluded)."""
+    ps, gs = published_summary(pub), grid_summary(grid)
+    lines = [
+        "",
+        f"Computed by `python -m validation.accuracy` with vramcalc {_version()}:",
+        "",
+        "- "
+        + _summary_line(
+            ps, "Published measured peaks, like-for-like metric, high and medium confidence"
+        ),
+        "- " + _grid_line(gs, grid),
+        "",
+        "| id | metric | measured MiB | predicted MiB | error | confidence |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for r in pub:
+        c = r.case
+        if c.request is None:
+            err = "not expressible"
+        elif r.engine_error:
+            err = "engine refused"
+        else:
+            err = _pct(r.error_pct)
+        lines.append(
+            f"| {c.id} | {c.metric} | {_mib(c.measured_bytes)} | {_mib(r.predicted_bytes)} | "
+            f"{err} | {c.confidence} |"
+        )
+    lines += ["", "Every case, its settings and the traced grid: [docs/accuracy.md]"
+              "(docs/accuracy.md).", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def replace_block(text: str, block: str) -> str | None:
+    """``text`` with the marked block replaced; ``None`` when a marker is missing."""
+    i, j = text.find(BEGIN), text.find(END)
+    if i < 0 or j < i:
+        return None
+    return text[: i + len(BEGIN)] + "\n" + block.strip("\n") + "\n" + text[j:]
+
+
+def _print_table(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> None:
+    print(f"vramcalc {_version()}: published measurements (MiB; error = (pred - meas) / meas)")
+    print(f"{'id':<52} {'conf':<6} {'metric':<9} {'meas':>8} {'pred':>8} {'error':>9}")
+    for r in pub:
+        c = r.case
+        if c.request is None:
+            tail = "not expressible"
+        elif r.engine_error:
+            tail = f"engine refused: {r.engine_error[:60]}"
+        else:
+            tail = f"{_mib(r.predicted_bytes):>8} {_pct(r.error_pct):>9}"
+        print(f"{c.id:<52} {c.confidence:<6} {c.metric:<9} {_mib(c.measured_bytes):>8} {tail}")
+    print(_summary_line(published_summary(pub), "high+medium"))
+    print()
+    print(f"traced grid: {len(grid)} scenarios (allocated peak, MiB)")
+    for g in grid:
+        flag = "" if g.phase_agrees else f"  PHASE {g.traced_phase} vs {g.predicted_phase}"
+        pred = "engine refused" if g.engine_error else _pct(g.error_pct)
+        print(f"{g.id:<60} {g.traced_bytes / MIB:9.2f} {pred:>9}{flag}")
+    print(_grid_line(grid_summary(grid), grid))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m validation.accuracy [--write]``."""
+    ap = argparse.ArgumentParser(prog="python -m validation.accuracy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--write", action="store_true", help="regenerate docs/accuracy.md and README")
+    args = ap.parse_args(list(argv) if argv is not None else None)
+    ref = reference_path()
+    pub = published_rows()
+    grid = grid_rows()
+    cuda = cuda_rows()
+    _print_table(pub, grid)
+    if not args.write:
+        return 0
+    shown = (
+        f"../shared/reference/{ref.name}" if ref.parent.parent.parent == REPO.parent else ref.name
+    )
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(markdown(pub, grid, cuda, shown), encoding="utf-8")
+    print(f"wrote {DOC.relative_to(REPO)}")
+    block = readme_block(pub, grid)
+    text = README.read_text("utf-8") if README.exists() else ""
+    new = replace_block(text, block)
+    if new is None:
+        print(f"README.md has no {BEGIN} ... {END} markers; the block to paste:\n", file=sys.stderr)
+        print(f"{BEGIN}\n{block.strip()}\n{END}", file=sys.stderr)
+        return 0
+    if new != text:
+        README.write_text(new, encoding="utf-8")
+        print("updated the accuracy block of README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -398,6 +398,12 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             )
             if peft["method"] == "qlora":
                 fields["qlora"] = opts
+                if group == "litgpt-resource-tables":
+                    notes.append(
+                        "LitGPT keeps the unquantized weights (embeddings, lm_head, norms) in "
+                        "bf16, where the HF QLoRA recipe (prepare_model_for_kbit_training) "
+                        "casts them to fp32"
+                    )
                 if "dq" not in str(peft.get("quant")):
                     notes.append(
                         "bnb.nf4 without double quantization; the request's QLoRA base is nf4 "

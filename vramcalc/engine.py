@@ -565,12 +565,15 @@ def _inference_walk(
 
 
 def _overheads(
-    res: Resolved, allocated: int, paged: int
-) -> tuple[int, int, dict[str, int], dict[str, Any]]:
-    """Reserved and device bytes from the allocated peak.
+    res: Resolved, tensors: int, paged: int, *, workspaces: int
+) -> tuple[int, int, int, dict[str, int], dict[str, Any]]:
+    """Allocated, reserved and device bytes from the live-tensor peak.
 
-    reserved = allocated x allocator reserve factor, rounded to the 2 MiB segment, plus the
-    cuBLAS workspace; device = reserved + CUDA context + paged (unified-memory) states + other.
+    allocated = tensors + cuBLAS workspaces (PyTorch allocates one per handle and stream
+    through its caching allocator, so ``max_memory_allocated`` counts them; training uses two
+    threads: forward and autograd's backward); reserved = tensors x allocator reserve factor,
+    rounded to the 2 MiB segment, plus the workspaces; device = reserved + CUDA context + paged
+    (unified-memory) states + other.
     Constants: per GPU family from ``data/calibration.json`` when measured, else the priors in
     ``data/constants.json`` (each with its source).
     """
@@ -588,14 +591,16 @@ def _overheads(
     ws = int(
         catalog.constant("cublas_workspace_bytes_sm90" if hopper else "cublas_workspace_bytes")
     )
+    ws *= workspaces
     seg = int(catalog.constant("alloc_small_segment_bytes"))
-    reserved = round_up(int(allocated * factor), seg) + ws
+    allocated = tensors + ws
+    reserved = round_up(int(tensors * factor), seg) + ws
     other = int(catalog.constant("nvml_other_bytes"))
     device = reserved + context + paged + other
     details = {
         "base/cuda_context": context,
         "base/cublas_workspace": ws,
-        "base/allocator_reserve": reserved - ws - allocated,
+        "base/allocator_reserve": reserved - allocated,
     }
     if paged:
         details["optimizer/paged_unified_memory"] = paged
@@ -604,7 +609,7 @@ def _overheads(
         "cuda_context_bytes": context,
         "gpu_constants": src,
     }
-    return reserved, device, details, assumptions
+    return allocated, reserved, device, details, assumptions
 
 
 # ----------------------------------------------------------------------------- estimate
@@ -628,19 +633,31 @@ def estimate(
 
 
 def _estimate(
-    req: EstimateRequest, *, optim_impl: str | None = None, embedding_backward_buffers: int = 1
+    req: EstimateRequest,
+    *,
+    optim_impl: str | None = None,
+    target: str = "cuda",
+    embedding_backward_buffers: int | None = None,
 ) -> MemoryReport:
-    """Estimate one request, with two switches for validation harnesses.
+    """Estimate one request, with switches for validation harnesses.
 
     Args:
         req: the request.
         optim_impl: force the optimizer implementation (``foreach``, ``fused``, ``for_loop``)
             a traced scenario pinned; users get the library default.
+        target: ``cuda`` (a real GPU, the default) or ``trace`` (what a fake-tensor trace
+            records: no cuBLAS workspaces, and the embedding backward's decomposition).
         embedding_backward_buffers: V x H buffers the embedding backward holds. The CUDA
             kernel (``embedding_dense_backward_cuda``) allocates one; fake-tensor traces run
             the Python decomposition (zeros + out-of-place ``index_put``), which holds two.
+            Default: by ``target``.
 
     """
+    if target not in ("cuda", "trace"):
+        raise InvalidConfigError(f"target must be cuda or trace, got {target!r}")
+    trace = target == "trace"
+    if embedding_backward_buffers is None:
+        embedding_backward_buffers = 2 if trace else 1
     res = resolve(req)
     spec, tr = res.model, res.training
     inventory = param_inventory(spec)
@@ -659,12 +676,15 @@ def _estimate(
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
     peak_ev = max(events, key=lambda e: e.allocated_bytes)
-    allocated = peak_ev.allocated_bytes
+    tensors = peak_ev.allocated_bytes
     paged = opt.paged_bytes if opt is not None else 0
-    reserved, device, base_details, assumptions = _overheads(res, allocated, paged)
+    n_ws = 0 if trace else (2 if tr.task == Task.TRAIN else 1)
+    allocated, reserved, device, base_details, assumptions = _overheads(
+        res, tensors, paged, workspaces=n_ws
+    )
     comps = peak_ev.components
     breakdown = Breakdown(
-        base=device - allocated - paged,
+        base=device - tensors - paged,
         params=comps.get("params", 0),
         activations=comps.get("activations", 0),
         gradients=comps.get("gradients", 0),
@@ -691,10 +711,7 @@ def _estimate(
         name=spec.name,
         hf_id=spec.hf_id,
         model_type=spec.model_type,
-        n_params=spec.n_params
-        or plan.n_params
-        - sum(a.numel for a in plan.adapters)
-        + sum(a.numel for a in plan.adapters),
+        n_params=spec.n_params or plan.n_params - sum(a.numel for a in plan.adapters),
         n_trainable_params=trainable,
     )
     fit_report = _fit_report(res, device) if res.hardware.gpu is not None else None

@@ -138,7 +138,7 @@ def grid_row(m: Measurement) -> GridRow:
     """Compare one traced measurement with the engine's estimate of its scenario."""
     got = m.measured
     try:
-        report = predict(m.scenario.request, m.scenario.optim_impl)
+        report = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
     except VramcalcError as exc:
         return GridRow(m.scenario.id, got.allocated_bytes, None, got.phase, got.step, None,
                        None, {}, engine_error=str(exc))  # fmt: skip
@@ -352,7 +352,10 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "## Traced grid",
         "",
         "Allocated peak of `validation/measurements/trace-grid.jsonl` (fake-CUDA traces) vs "
-        "the predicted allocated peak; step/phase of each peak; per-component errors at the "
+        "the predicted allocated peak for what a trace records (the engine's "
+        '`target="trace"`: no cuBLAS workspaces, which fake tensors never allocate, and the '
+        "embedding backward as its Python decomposition runs; each scenario's pinned "
+        "optimizer implementation); step/phase of each peak; per-component errors at the "
         "peak (measured activations include temporaries such as activation gradients and "
         "optimizer work lists).",
         "",

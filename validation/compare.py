@@ -15,7 +15,9 @@ Measured categories map onto the report's five components: ``params``, ``gradien
 (activation gradients, optimizer work lists), or the CUDA backend's ``other`` (everything
 allocated that is not a parameter, gradient or state); ``base`` (context, workspaces, allocator
 reserve) = device - allocated on a GPU and unknown in a trace. ``error_pct`` is
-``100 * (estimate - measured) / measured``.
+``100 * (estimate - measured) / measured``. Against a trace the estimate is the engine's
+``target="trace"`` variant (no cuBLAS workspaces, which fake tensors never allocate, and the
+embedding backward as its Python decomposition runs); against a GPU it is the user's estimate.
 
 Exit codes: 0 compared; 2 bad input (an unknown name, or a request this backend cannot run);
 3 backend unavailable (no torch, the fake-CUDA extension cannot build, no CUDA device);
@@ -64,20 +66,27 @@ MIB = 2**20
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def predict(request: EstimateRequest, optim_impl: str = "default") -> MemoryReport:
-    """Estimate ``request`` with the optimizer implementation a measured scenario pinned.
+def predict(
+    request: EstimateRequest, optim_impl: str = "default", *, target: str = "cuda"
+) -> MemoryReport:
+    """Estimate ``request`` as a measured scenario ran it.
 
-    ``default`` and ``foreach`` are what a CUDA run picks (torch's multi-tensor path), i.e.
-    the engine's own default; ``for-loop`` and ``fused`` pins are passed to the engine.
+    Args:
+        request: the request.
+        optim_impl: the optimizer implementation the scenario pinned. ``default`` and
+            ``foreach`` are what a CUDA run picks (torch's multi-tensor path), i.e. the
+            engine's own default; ``for-loop`` and ``fused`` pins are passed to the engine.
+        target: ``cuda`` (a real GPU: what users get) or ``trace`` (what a fake-tensor trace
+            records: no cuBLAS workspaces, the embedding backward's Python decomposition).
+
     """
     from vramcalc import engine
 
     impl = None if optim_impl in ("default", "foreach") else optim_impl
-    private = getattr(engine, "_estimate", None)
-    if impl is not None and private is not None:
-        report: MemoryReport = private(request, optim_impl=impl)
-        return report
-    return engine.estimate(request)
+    if impl is None and target == "cuda":
+        return engine.estimate(request)
+    report: MemoryReport = engine._estimate(request, optim_impl=impl, target=target)
+    return report
 
 
 def error_pct(estimate: int | None, measured: int | None) -> float | None:
@@ -237,6 +246,7 @@ def comparison(report: MemoryReport, m: Measurement) -> dict[str, Any]:
     return {
         "backend": backend,
         "scenario_id": m.scenario.id,
+        "estimate_target": "trace" if backend == "trace" else "cuda",
         "estimate": report.model_dump(mode="json"),
         "measured": {
             "allocated_bytes": got.allocated_bytes,
@@ -285,8 +295,8 @@ def render(report: MemoryReport, cmp: dict[str, Any]) -> str:
             f"  {c:<16}{_mib(breakdown[c]):>16}{_mib(meas['components'][c]):>16}{_pct(err[c]):>11}"
         )
     head = (
-        f"{report.model.name}: estimate (vramcalc {report.version}) vs {cmp['backend']} "
-        f"measurement on {meas['device']}"
+        f"{report.model.name}: estimate (vramcalc {report.version}, target "
+        f"{cmp['estimate_target']}) vs {cmp['backend']} measurement on {meas['device']}"
     )
     return "\n".join([head, *rows])
 
@@ -306,7 +316,7 @@ def validate_main(request: EstimateRequest, backend: str, as_json: bool) -> int:
         print(f"error: unknown backend '{backend}'; accepted: trace, cuda", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        report = engine_report = predict(request)
+        report = predict(request, target="trace" if backend == "trace" else "cuda")
         if backend == "trace":
             why = trace_limitations(request)
             if why is not None:
@@ -329,7 +339,7 @@ def validate_main(request: EstimateRequest, backend: str, as_json: bool) -> int:
     except RuntimeError as exc:
         print(f"error: the {backend} measurement failed: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    cmp = comparison(engine_report, m)
+    cmp = comparison(report, m)
     if as_json:
         print(json.dumps(cmp, indent=2))
     else:

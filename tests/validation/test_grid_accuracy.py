@@ -4,7 +4,9 @@ Each committed line is a fake-CUDA trace of the real transformers/peft training 
 independent oracle). Per scenario: the predicted allocated peak must be within 5 % of the traced
 one (issue 3's target is 3 %; the distribution is printed at the end of the module) and the peak
 must fall in the same phase. The pinned optimizer implementation of each scenario
-(``foreach``/``fused``/``for-loop``) is passed to the engine.
+(``foreach``/``fused``/``for-loop``) is passed to the engine, and the engine models what the
+trace records (``target="trace"``: no cuBLAS workspaces, the embedding backward's Python
+decomposition) rather than a GPU.
 
 A second group re-traces three small grid scenarios live and checks that the tracer still
 reproduces the committed lines to the byte (skipped, with the reason, where the fake-CUDA
@@ -52,7 +54,7 @@ def test_grid_is_complete() -> None:
 @pytest.mark.parametrize("sid", list(BY_ID))
 def test_allocated_peak_within_5_percent(sid: str) -> None:
     m = BY_ID[sid]
-    report = predict(m.scenario.request, m.scenario.optim_impl)
+    report = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
     traced = m.measured.allocated_bytes
     predicted = report.peak.allocated_bytes
     err = error_pct(predicted, traced)
@@ -69,7 +71,7 @@ def test_peak_phase_agrees(sid: str) -> None:
     m = BY_ID[sid]
     assert m.measured.phase in TRACE_PHASE, f"unexpected traced phase {m.measured.phase!r}"
     traced = TRACE_PHASE[m.measured.phase]
-    report = predict(m.scenario.request, m.scenario.optim_impl)
+    report = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
     PHASES[sid] = (traced.value, report.peak.phase.value)
     assert report.peak.phase == traced, (
         f"{sid}: predicted peak at {report.peak.step}/{report.peak.phase.value} "

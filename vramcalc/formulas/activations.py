@@ -332,7 +332,13 @@ def _block(
             _rmsnorm(led, ctx, name, T * H, rb, trainable=ctx.full)
 
     def linear(g: ParamGroup, xname: str, x_bytes: int) -> None:
-        nonlocal amp_copy, rg
+        nonlocal amp_copy, rg, fwd_extra, bwd_extra
+        if ctx.tr.quant is not None:
+            # bitsandbytes dequantizes the whole weight to the compute dtype in forward and
+            # again for the input gradient (MatMul4Bit / MatMul8bitLt): a transient buffer
+            deq = block(g.weight_numel * cb)
+            fwd_extra = max(fwd_extra, deq)
+            bwd_extra = max(bwd_extra, deq + block(T * g.out_features * cb))
         if ctx.full:
             if amp and x_bytes == 4:
                 led.save(f"{xname}_cast_{g.module}", "linear_inputs", T * g.in_features * 2)

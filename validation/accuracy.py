@@ -54,6 +54,13 @@ GIB = 2**30
 # ----------------------------------------------------------------------------- rows
 
 
+def _describe(exc: Exception) -> str:
+    """Describe an engine failure for the tables: a refusal (bad input) or an engine error."""
+    if isinstance(exc, VramcalcError):
+        return f"refused: {exc}"
+    return f"engine error: {type(exc).__name__}: {exc}"
+
+
 @dataclass(frozen=True)
 class PublishedRow:
     """One published case with its prediction (``None`` when not expressible or refused)."""
@@ -119,8 +126,8 @@ def published_rows(cases: Sequence[PublishedCase] | None = None) -> list[Publish
             continue
         try:
             report = predict(case.request)
-        except VramcalcError as exc:
-            out.append(PublishedRow(case, None, None, engine_error=str(exc)))
+        except Exception as exc:  # recorded per case; one failure must not hide the rest
+            out.append(PublishedRow(case, None, None, engine_error=_describe(exc)))
             continue
         kind = case.metric
         value = getattr(report.peak, f"{kind}_bytes")
@@ -139,9 +146,9 @@ def grid_row(m: Measurement) -> GridRow:
     got = m.measured
     try:
         report = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
-    except VramcalcError as exc:
+    except Exception as exc:  # recorded per case; one failure must not hide the rest
         return GridRow(m.scenario.id, got.allocated_bytes, None, got.phase, got.step, None,
-                       None, {}, engine_error=str(exc))  # fmt: skip
+                       None, {}, engine_error=_describe(exc))  # fmt: skip
     comps = measured_components(got, "trace")
     breakdown = report.breakdown.model_dump()
     cerr = {c: error_pct(breakdown[c], comps[c]) for c in COMPONENTS if c != "base"}
@@ -177,9 +184,10 @@ def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
             }
             try:
                 report = predict(m.scenario.request, m.scenario.optim_impl)
-            except VramcalcError as exc:
-                out.append(CudaRow(m.scenario.id, m.fingerprint.device, measured,
-                                   dict.fromkeys(measured), engine_error=str(exc)))  # fmt: skip
+            except Exception as exc:  # recorded per case; one failure must not hide the rest
+                none = dict.fromkeys(measured)
+                why = _describe(exc)
+                out.append(CudaRow(m.scenario.id, m.fingerprint.device, measured, none, why))
                 continue
             predicted: dict[str, int | None] = {
                 "allocated": report.peak.allocated_bytes,
@@ -332,7 +340,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         if c.request is None:
             err = "not expressible"
         elif r.engine_error:
-            err = "engine refused"
+            err = "no estimate"
         lines.append(
             f"| {c.id} | {c.model} | {c.settings} | {c.metric} | {c.gpu or '—'} | "
             f"{_mib(c.measured_bytes)} | {_mib(r.predicted_bytes)} | {err} | {c.confidence} |"
@@ -341,7 +349,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
     lines += [f"- **{r.case.id}**: {r.case.reason}." for r in pub if r.case.request is None]
     refused = [r for r in pub if r.engine_error]
     if refused:
-        lines += ["", "### Cases the engine refused", ""]
+        lines += ["", "### Cases without an estimate", ""]
         lines += [f"- **{r.case.id}**: {r.engine_error}" for r in refused]
     lines += ["", "### Approximations in the mapping", ""]
     for r in pub:
@@ -370,7 +378,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         lines.append(
             f"| {g.id} | {g.traced_bytes / MIB:,.2f} | "
             f"{'—' if g.predicted_bytes is None else f'{g.predicted_bytes / MIB:,.2f}'} | "
-            f"{_pct(g.error_pct) if g.engine_error is None else 'engine refused'} | "
+            f"{_pct(g.error_pct) if g.engine_error is None else 'no estimate'} | "
             f"{g.traced_step}/{g.traced_phase} | {pred_peak}{mark} | "
             + " | ".join(
                 _pct(ce.get(k)) for k in ("params", "activations", "gradients", "optimizer")
@@ -415,7 +423,7 @@ def readme_block(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> str:
         if c.request is None:
             err = "not expressible"
         elif r.engine_error:
-            err = "engine refused"
+            err = "no estimate"
         else:
             err = _pct(r.error_pct)
         lines.append(
@@ -443,7 +451,7 @@ def _print_table(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> None:
         if c.request is None:
             tail = "not expressible"
         elif r.engine_error:
-            tail = f"engine refused: {r.engine_error[:60]}"
+            tail = r.engine_error[:70]
         else:
             tail = f"{_mib(r.predicted_bytes):>8} {_pct(r.error_pct):>9}"
         print(f"{c.id:<52} {c.confidence:<6} {c.metric:<9} {_mib(c.measured_bytes):>8} {tail}")
@@ -452,7 +460,7 @@ def _print_table(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> None:
     print(f"traced grid: {len(grid)} scenarios (allocated peak, MiB)")
     for g in grid:
         flag = "" if g.phase_agrees else f"  PHASE {g.traced_phase} vs {g.predicted_phase}"
-        pred = "engine refused" if g.engine_error else _pct(g.error_pct)
+        pred = "no estimate" if g.engine_error else _pct(g.error_pct)
         print(f"{g.id:<60} {g.traced_bytes / MIB:9.2f} {pred:>9}{flag}")
     print(_grid_line(grid_summary(grid), grid))
 

@@ -422,20 +422,17 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         if str(zero.get("offload_param") or "").startswith("cpu"):
             fields["offload_param"] = "cpu"
         fields["deepspeed"] = _deepspeed_config(raw)
-    fsdp = raw.get("fsdp")
-    if fsdp:
-        fields["zero"] = 3
-        notes.append(
-            "FSDP FULL_SHARD (parameters, gradients and states sharded, one Block gathered at a "
-            "time) expressed as ZeRO-3 over the same GPUs; LitGPT's bf16-true keeps no fp32 "
-            "master copy of the trainable weights where ZeRO-3 keeps one"
-        )
-
     # source-specific settings the request cannot carry but that change the peak little
     if group == "litgpt-resource-tables" and raw["task"] == "train":
+        from vramcalc.hf import resolve_model
+
+        vocab = resolve_model(model).vocab_size
+        logits = int(raw["batch_size"]) * int(raw["seq_len"]) * vocab * 4
         notes.append(
             "LitGPT's own model code and chunked cross-entropy (lm_head_chunk_size=128): the "
-            "request models transformers' full fp32 logits, a few percent of this peak"
+            "request models transformers' loss, whose fp32 logits are B x S x V x 4 = "
+            f"{raw['batch_size']} x {raw['seq_len']} x {vocab:,} x 4 B = {logits / MIB:,.0f} MiB "
+            "per buffer, never materialised whole by LitGPT"
         )
     if group == "litgpt-resource-tables" and raw["task"] == "inference":
         notes.append("LitGPT's generate/base.py: prompt + 50 new tokens, a KV cache of 56")
@@ -482,6 +479,14 @@ def case_to_published(raw: Mapping[str, Any]) -> PublishedCase:
     }
     model = _CATALOG_MODELS.get(str(raw["model"]))
     reason: str | None = _NOT_EXPRESSIBLE.get(cid)
+    if reason is None and raw.get("fsdp"):
+        reason = (
+            "FSDP has no request field: PyTorch FSDP (FULL_SHARD, flat parameters gathered per "
+            "Block, bf16-true without an fp32 master) is not DeepSpeed ZeRO-3, the nearest "
+            "request; in the same table the 2-GPU Llama-2-7B rank-0 peak (22.18 GB, with "
+            "activation checkpointing) exceeds the 1-GPU run without it (21.30 GB), which "
+            "parameter sharding as ZeRO-3 models it cannot explain"
+        )
     if reason is None and model is None:
         reason = f"model {raw['model']} is not in the vramcalc catalog"
     if reason is None and kind == "unknown":

@@ -246,6 +246,17 @@ def published_summary(rows: Sequence[PublishedRow]) -> Summary | None:
     )
 
 
+def coverage(rows: Sequence[PublishedRow]) -> str:
+    """Say how many high/medium cases the summary leaves out, and why."""
+    hm = [r for r in rows if r.case.confidence in ("high", "medium")]
+    unmapped = sum(r.case.request is None for r in hm)
+    failed = sum(r.case.request is not None and r.error_pct is None for r in hm)
+    return (
+        f"{len(hm)} high/medium cases: {len(hm) - unmapped - failed} estimated, "
+        f"{unmapped} not expressible as a request, {failed} without an estimate from the engine"
+    )
+
+
 def grid_summary(rows: Sequence[GridRow]) -> Summary | None:
     """Summary over every predicted grid scenario."""
     return summarize({r.id: r.error_pct for r in rows if r.error_pct is not None})
@@ -308,6 +319,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "## Summary",
         "",
         "- " + _summary_line(ps, "Published measurements (high and medium confidence)"),
+        "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
         f"- Committed CUDA measurements: {len(cuda)} cases"
         + ("." if cuda else " (none committed yet)."),
@@ -412,7 +424,8 @@ def readme_block(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> str:
         "- "
         + _summary_line(
             ps, "Published measured peaks, like-for-like metric, high and medium confidence"
-        ),
+        )
+        + f" ({coverage(pub)})",
         "- " + _grid_line(gs, grid),
         "",
         "| id | metric | measured MiB | predicted MiB | error | confidence |",
@@ -456,6 +469,7 @@ def _print_table(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> None:
             tail = f"{_mib(r.predicted_bytes):>8} {_pct(r.error_pct):>9}"
         print(f"{c.id:<52} {c.confidence:<6} {c.metric:<9} {_mib(c.measured_bytes):>8} {tail}")
     print(_summary_line(published_summary(pub), "high+medium"))
+    print(coverage(pub))
     print()
     print(f"traced grid: {len(grid)} scenarios (allocated peak, MiB)")
     for g in grid:

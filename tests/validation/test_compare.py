@@ -86,7 +86,9 @@ def test_trace_accepts_a_causal_lm_and_refuses_bert() -> None:
 
 
 def test_unknown_backend_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
-    assert validate_main(EstimateRequest(model=TINY_GPT2), "nvml", False) == EXIT_BAD_INPUT
+    assert (
+        validate_main(EstimateRequest(model=TINY_GPT2, seq_len=64), "nvml", False) == EXIT_BAD_INPUT
+    )
     assert "accepted: trace, cuda" in capsys.readouterr().err
 
 
@@ -106,7 +108,8 @@ def test_cuda_backend_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")
-    assert validate_main(EstimateRequest(model=TINY_GPT2), "cuda", False) == EXIT_UNAVAILABLE
+    req = EstimateRequest(model=TINY_GPT2, seq_len=64)
+    assert validate_main(req, "cuda", False) == EXIT_UNAVAILABLE
     assert "no CUDA device" in capsys.readouterr().err
 
 

@@ -45,7 +45,7 @@ def _norm(name: str) -> str:
 
 
 def constant(key: str) -> int | float:
-    """A named constant from ``data/constants.json`` (each has a ``value`` and ``source``)."""
+    """Return a named constant from ``data/constants.json`` (each has ``value`` and ``source``)."""
     table: dict[str, dict[str, Any]] = load("constants")["constants"]
     if key not in table:
         raise KeyError(f"constant '{key}' missing from data/constants.json")
@@ -66,12 +66,12 @@ def dtype_bits(dtype: str) -> int:
 
 
 def optimizer_names() -> list[str]:
-    """Accepted ``--optim`` values (transformers ``OptimizerNames`` values)."""
+    """Return the accepted ``--optim`` values (transformers ``OptimizerNames`` values)."""
     return sorted(load("optimizers")["optimizers"])
 
 
 def optimizer(name: str) -> dict[str, Any]:
-    """The memory description of an optimizer (aliases resolved)."""
+    """Return the memory description of an optimizer (aliases resolved)."""
     table: dict[str, dict[str, Any]] = load("optimizers")["optimizers"]
     key = name.strip().lower()
     if key not in table:
@@ -145,7 +145,7 @@ def architecture_types() -> list[str]:
 
 
 def architecture(model_type: str) -> dict[str, Any]:
-    """The architecture template of one ``model_type``."""
+    """Return the architecture template of one ``model_type``."""
     table: dict[str, dict[str, Any]] = load("architectures")
     if model_type not in table or model_type.startswith("_"):
         raise UnknownNameError("model_type", model_type, architecture_types())

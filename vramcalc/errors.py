@@ -44,6 +44,7 @@ class UnknownNameError(VramcalcError):
         self.name = name
         self.choices = pool
         self.suggestion = closest_match(name, pool)
-        listed = ", ".join(pool[:show]) + (f", ... ({len(pool)} in all)" if len(pool) > show else "")
+        more = f", ... ({len(pool)} in all)" if len(pool) > show else ""
+        listed = ", ".join(pool[:show]) + more
         hint = f" Did you mean '{self.suggestion}'?" if self.suggestion else ""
         super().__init__(f"unknown {kind} '{name}'.{hint} Accepted: {listed}")

@@ -1,0 +1,189 @@
+"""Read the memory-relevant settings out of a real DeepSpeed config.
+
+``"auto"`` values are resolved as transformers' ``HfTrainerDeepSpeedConfig`` does
+(``trainer_config_process`` and ``trainer_config_finalize`` in
+``transformers/integrations/deepspeed.py``): precision from the mixed-precision flag, micro
+batch and accumulation from the command line, ``reduce_bucket_size = hidden^2``,
+``stage3_prefetch_bucket_size = int(0.9 * hidden^2)``,
+``stage3_param_persistence_threshold = 10 * hidden``. Absent keys take DeepSpeed's defaults
+(``data/constants.json``, read from ``deepspeed/runtime/zero/config.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vramcalc import catalog
+from vramcalc.enums import Offload, ZeroStage
+from vramcalc.errors import InvalidConfigError
+
+__all__ = ["DeepSpeedSettings", "parallel_from_deepspeed"]
+
+
+class DeepSpeedSettings(BaseModel):
+    """What a DeepSpeed config decides about memory."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    zero_stage: ZeroStage
+    offload_optimizer: Offload = Offload.NONE
+    offload_param: Offload = Offload.NONE
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+    stage3_prefetch_bucket_size: int
+    stage3_max_live_parameters: int
+    stage3_param_persistence_threshold: int
+    precision: Literal["fp16", "bf16", "fp32"]
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    notes: list[str] = Field(default_factory=list)
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def _int(section: dict[str, Any], key: str, auto: int, default: int) -> int:
+    value = section.get(key, default)
+    if _is_auto(value):
+        return auto
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError):
+        raise InvalidConfigError(
+            f'DeepSpeed zero_optimization.{key} must be a number or "auto", got {value!r}'
+        ) from None
+    if number < 0:
+        raise InvalidConfigError(f"DeepSpeed zero_optimization.{key} must be >= 0, got {number}")
+    return number
+
+
+def _enabled(config: dict[str, Any], key: str, flag: bool) -> bool:
+    section = config.get(key)
+    if not isinstance(section, dict):
+        return False
+    value = section.get("enabled", False)
+    if _is_auto(value):
+        return flag
+    if bool(value) != flag and flag:
+        return True
+    return bool(value)
+
+
+def _offload(section: dict[str, Any], key: str) -> Offload:
+    sub = section.get(key)
+    if sub is None:
+        return Offload.NONE
+    if not isinstance(sub, dict):
+        raise InvalidConfigError(f"DeepSpeed zero_optimization.{key} must be an object")
+    device = str(sub.get("device", "none")).lower()
+    try:
+        return Offload(device)
+    except ValueError:
+        raise InvalidConfigError(
+            f"DeepSpeed zero_optimization.{key}.device {device!r} is not supported; "
+            "accepted: none, cpu, nvme"
+        ) from None
+
+
+def _match(config: dict[str, Any], key: str, value: int, flag: str) -> None:
+    given = config.get(key)
+    if given is None or _is_auto(given):
+        return
+    if int(given) != value:
+        raise InvalidConfigError(
+            f"DeepSpeed {key}={given} disagrees with {flag}={value}; set one of them to match "
+            'or use "auto" in the config'
+        )
+
+
+def parallel_from_deepspeed(
+    config: dict[str, Any],
+    *,
+    gpus_per_node: int,
+    nodes: int,
+    hidden_size: int,
+    mixed_precision: str,
+    batch_size: int,
+    grad_accum: int,
+) -> DeepSpeedSettings:
+    """Resolve a DeepSpeed config (a parsed JSON object) into memory settings.
+
+    Raises:
+        InvalidConfigError: unknown stage or offload device, a malformed value, or a concrete
+            value that contradicts the command line (as the HF integration refuses it).
+
+    """
+    if not isinstance(config, dict):
+        raise InvalidConfigError("a DeepSpeed config must be a JSON object")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise InvalidConfigError("DeepSpeed zero_optimization must be an object")
+    raw_stage = zero.get("stage", 0)
+    try:
+        stage = ZeroStage(int(raw_stage))
+    except (TypeError, ValueError):
+        raise InvalidConfigError(
+            f"DeepSpeed zero_optimization.stage {raw_stage!r} is not supported; accepted: 0-3"
+        ) from None
+    _match(config, "train_micro_batch_size_per_gpu", batch_size, "--batch-size")
+    _match(config, "gradient_accumulation_steps", grad_accum, "--grad-accum")
+    world = gpus_per_node * nodes
+    _match(config, "train_batch_size", batch_size * grad_accum * world, "batch x accum x GPUs")
+    fp16 = _enabled(config, "fp16", mixed_precision == "fp16")
+    bf16 = _enabled(config, "bf16", mixed_precision == "bf16")
+    if fp16 and bf16:
+        raise InvalidConfigError("DeepSpeed config enables both fp16 and bf16; choose one")
+    precision: Literal["fp16", "bf16", "fp32"] = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+    h2 = hidden_size * hidden_size
+    off_opt = _offload(zero, "offload_optimizer")
+    off_param = _offload(zero, "offload_param")
+    notes: list[str] = []
+    if off_param != Offload.NONE and stage != ZeroStage.PARAMETERS:
+        notes.append("offload_param is ignored below ZeRO stage 3 (DeepSpeed ignores it too)")
+        off_param = Offload.NONE
+    if off_opt != Offload.NONE and stage == ZeroStage.DISABLED:
+        notes.append("offload_optimizer is ignored at ZeRO stage 0")
+        off_opt = Offload.NONE
+
+    def default(key: str) -> int:
+        return int(catalog.constant(f"deepspeed_{key}"))
+
+    return DeepSpeedSettings(
+        zero_stage=stage,
+        offload_optimizer=off_opt,
+        offload_param=off_param,
+        reduce_bucket_size=_int(zero, "reduce_bucket_size", h2, default("reduce_bucket_size")),
+        allgather_bucket_size=_int(
+            zero,
+            "allgather_bucket_size",
+            default("allgather_bucket_size"),
+            default("allgather_bucket_size"),
+        ),
+        stage3_prefetch_bucket_size=_int(
+            zero,
+            "stage3_prefetch_bucket_size",
+            int(0.9 * h2),
+            default("stage3_prefetch_bucket_size"),
+        ),
+        stage3_max_live_parameters=_int(
+            zero,
+            "stage3_max_live_parameters",
+            default("stage3_max_live_parameters"),
+            default("stage3_max_live_parameters"),
+        ),
+        stage3_param_persistence_threshold=_int(
+            zero,
+            "stage3_param_persistence_threshold",
+            10 * hidden_size,
+            default("stage3_param_persistence_threshold"),
+        ),
+        precision=precision,
+        overlap_comm=bool(zero.get("overlap_comm", False))
+        if not _is_auto(zero.get("overlap_comm"))
+        else True,
+        contiguous_gradients=bool(zero.get("contiguous_gradients", True)),
+        notes=notes,
+    )

@@ -143,7 +143,13 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
                 f"{quant.value}; accepted with --qlora: nf4, fp4 (or use --lora with --quant int8)"
             )
         quant = quant or Quant.NF4
-    if quant is not None and req.lora is None and req.qlora is None and not _has_peft(req):
+    if (
+        quant is not None
+        and req.task == Task.TRAIN
+        and req.lora is None
+        and req.qlora is None
+        and not _has_peft(req)
+    ):
         raise InvalidConfigError(
             f"--quant {quant.value} freezes the base in bitsandbytes storage, which cannot be "
             "fully fine-tuned; add a PEFT method (--lora/--qlora/--ia3/...)"
@@ -581,12 +587,11 @@ def _overheads(
     cal = catalog.calibration().get("families", {})
     fam = cal.get(gpu.family) if gpu is not None else None
     src = "calibration" if fam else "prior"
-    factor = (
-        float(fam["allocator_reserve_factor"])
-        if fam
-        else float(catalog.constant("allocator_reserve_factor"))
+    fam = fam or {}
+    factor = float(
+        fam.get("allocator_reserve_factor", catalog.constant("allocator_reserve_factor"))
     )
-    context = int(fam["cuda_context_bytes"]) if fam else int(catalog.constant("cuda_context_bytes"))
+    context = int(fam.get("cuda_context_bytes", catalog.constant("cuda_context_bytes")))
     hopper = gpu is not None and gpu.family.lower() in ("hopper", "blackwell")
     ws = int(
         catalog.constant("cublas_workspace_bytes_sm90" if hopper else "cublas_workspace_bytes")

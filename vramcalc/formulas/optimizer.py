@@ -49,11 +49,10 @@ def _state_bytes(numel: int, param_b: int, st: dict[str, Any], eight: dict[str, 
         bs = int(eight.get("block_size", 256))
         n_abs = -(-numel // bs)
         absmax_b = int(eight.get("absmax_bits", 32)) // 8
-        return (
-            block(numel)
-            + block(n_abs * absmax_b)
-            + block(int(eight.get("qmap_bytes_per_state", 1024)))
+        qmap = (
+            0 if eight.get("qmap_shared") else block(int(eight.get("qmap_bytes_per_state", 1024)))
         )
+        return block(numel) + block(n_abs * absmax_b) + qmap
     width = param_b if bits == "param" else int(bits) // 8
     return block(numel * width)
 
@@ -85,7 +84,16 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
     factored = bool(row.get("factored", False))
     states: list[dict[str, Any]] = list(row.get("states", []))
     total = 0
+    paged_total = 0
+    paged = bool(row.get("paged"))
+    paged_min = int(row.get("paged_min_numel", 0))
+    if eight is not None and eight.get("qmap_shared") and plan.trainable_elements:
+        shared = sum(1 for st in states if st.get("bits") == 8)
+        b = shared * block(int(eight.get("qmap_bytes_per_state", 1024)))
+        out.details["optimizer/qmaps"] = b
+        total += b
     for numel, count, pb in plan.trainable_elements:
+        before = total
         for st in states:
             sname = str(st.get("name", "state"))
             if factored and sname in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col"):
@@ -95,14 +103,14 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
             total += b
         if factored:
             # Adafactor: matrices keep row+col fp32-ish vectors; vectors keep a full one.
-            b = _factored_bytes(numel, pb) * count
+            b = _factored_bytes(numel, 4) * count  # states follow the fp32 grad
             out.details["optimizer/exp_avg_sq"] = out.details.get("optimizer/exp_avg_sq", 0) + b
             total += b
-    if row.get("paged"):
-        out.paged_bytes = total
-        out.details = {f"{k}_paged": v for k, v in out.details.items()}
-    else:
-        out.state_bytes = total
+        if paged and numel >= paged_min:
+            # bitsandbytes pages only tensors of at least ``paged_min_numel`` elements
+            paged_total += total - before
+    out.paged_bytes = paged_total
+    out.state_bytes = total - paged_total
     temps = impl or str(row.get("temporaries", "none"))
     if temps == "foreach":
         out.step_temp_bytes = max(plan.decay_bytes, plan.nodecay_bytes)

@@ -33,6 +33,9 @@ _E404: dict[int | str, dict[str, Any]] = {
 _E422: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorResponse, "description": "Invalid request or impossible combination"}
 }
+_E400: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Request body is not valid JSON"}
+}
 _E413: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Request body above the size limit"}
 }
@@ -51,7 +54,7 @@ def healthz() -> Health:
 @router.post(
     "/v1/estimate",
     response_model=MemoryReport,
-    responses={**_E404, **_E422, **_E413},
+    responses={**_E400, **_E404, **_E422, **_E413},
     tags=["estimate"],
 )
 async def estimate(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
@@ -71,7 +74,7 @@ async def estimate(request: EstimateRequest, settings: SettingsDep, engine: Engi
 @router.post(
     "/v1/fit",
     response_model=FitReport,
-    responses={**_E404, **_E422, **_E413},
+    responses={**_E400, **_E404, **_E422, **_E413},
     tags=["estimate"],
 )
 def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:

@@ -291,10 +291,13 @@ def test_calibration_schema() -> None:
     data = catalog.calibration()
     assert data["source"].strip() and data["schema"].strip()
     for family, row in data["families"].items():
-        for key in (
-            "cuda_context_bytes",
-            "allocator_reserve_factor",
-            "n_measurements",
-            "loo_error_pct",
-        ):
-            assert key in row, (family, key)
+        # each fitted constant is optional (the prior applies where it is missing), but a
+        # row names its evidence and carries at least one constant
+        assert row.get("source", "").strip(), family
+        assert row.get("n_measurements", 0) >= 1, family
+        constants = {"cuda_context_bytes", "allocator_reserve_factor"} & set(row)
+        assert constants, family
+        if "cuda_context_bytes" in row:
+            assert isinstance(row["cuda_context_bytes"], int) and row["cuda_context_bytes"] > 0
+        if "allocator_reserve_factor" in row:
+            assert 1.0 <= row["allocator_reserve_factor"] < 2.0

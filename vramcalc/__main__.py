@@ -1,0 +1,5 @@
+"""``python -m vramcalc``: the command line."""
+
+from vramcalc.cli import main
+
+main()

@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -115,9 +115,9 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="attention implementation (default sdpa)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
-                   help="LoRA: r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip
+                   help="r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip
     g.add_argument("--qlora", metavar="SPEC", nargs="?", const="",
-                   help="LoRA over a 4-bit nf4 double-quant base (same SPEC as --lora)")  # fmt: skip
+                   help="LoRA over a 4-bit nf4 double-quant base (SPEC as --lora)")  # fmt: skip
     g.add_argument("--quant", metavar="{nf4,fp4,int8}",
                    help="bitsandbytes quantization of the frozen base")  # fmt: skip
     g.add_argument("--adapter", metavar="SPEC", nargs="?", const="",
@@ -142,7 +142,7 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch", action="store_true",
                    help="find the largest micro-batch that fits --gpu")  # fmt: skip
     g.add_argument("--global-batch", type=int, metavar="N",
-                   help="with --max-batch: suggest grad-accum to reach this global batch")  # fmt: skip
+                   help="with --max-batch: grad-accum to reach this global batch")  # fmt: skip
     g.add_argument("--tokens", type=int, metavar="N", help="training tokens per epoch")
     g.add_argument("--epochs", type=float, default=1.0, metavar="X", help="epochs (default 1)")
     g.add_argument("--mfu", type=float, metavar="X", help="model FLOPs utilisation, 0-1")
@@ -154,8 +154,7 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
 def _estimate_parser() -> _Parser:
     p = _Parser(
         prog=PROG,
-        description="Predict peak GPU memory, time and cost of an LLM training or "
-        "fine-tuning job.",
+        description="Predict peak GPU memory, time and cost of an LLM training or fine-tuning job.",
         epilog="subcommands: vramcalc models [QUERY] | gpus | optimizers | "
         "serve [--host H --port P --workers N] | validate MODEL [options] --backend "
         "{trace,cuda} | calibrate [--help]",
@@ -233,10 +232,13 @@ def _validation_message(exc: Any) -> str:
     parts = []
     for err in exc.errors():
         loc = [str(x) for x in err.get("loc", ()) if not str(x).isdigit()]
-        option = "--" + loc[0].replace("_", "-") if loc else "input"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc:  # a whole-request rule (e.g. one PEFT method at a time)
+            parts.append(msg)
+            continue
+        option = "--" + loc[0].replace("_", "-")
         if len(loc) > 1:
             option += " " + ".".join(loc[1:])
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         parts.append(f"{option}: {msg}{shown}")
@@ -295,8 +297,7 @@ def render_report(report: MemoryReport, console: Console) -> None:
     title = m.name + (f" ({m.hf_id})" if m.hf_id and m.hf_id != m.name else "")
     console.print(f"[bold]{title}[/] · {m.model_type}")
     console.print(
-        f"{_count(m.n_params)} parameters, {_count(m.n_trainable_params)} trainable "
-        f"({pct:.2f}%)"
+        f"{_count(m.n_params)} parameters, {_count(m.n_trainable_params)} trainable ({pct:.2f}%)"
     )
     pk = report.peak
     peaks = Table(title="Peak GPU memory per GPU", title_justify="left", show_header=False,
@@ -440,8 +441,11 @@ def _cmd_models(argv: Sequence[str]) -> int:
     for r in rows:
         table.add_row(r["name"], r.get("hf_id") or "", _count(int(r.get("n_params") or 0)),
                       str(r["config"].get("model_type", "")))  # fmt: skip
+    if not rows:
+        print(f"no model matches '{ns.query}'; `vramcalc models` lists all", file=sys.stderr)
+        return 1
     _console().print(table)
-    return 0 if rows else 1
+    return 0
 
 
 def _cmd_gpus(argv: Sequence[str]) -> int:
@@ -560,7 +564,7 @@ def _cmd_validate(argv: Sequence[str]) -> int:
     return code
 
 
-class _Backend(str, Enum):
+class _Backend(StrEnum):
     TRACE = "trace"
     CUDA = "cuda"
 

@@ -12,7 +12,8 @@ the same training step with a backend, and prints both with the error of each fi
 
 Measured categories map onto the report's five components: ``params``, ``gradients`` and
 ``optimizer`` one to one; ``activations`` = the trace's ``activations`` + ``temporaries``
-(activation gradients, optimizer work lists), or the CUDA backend's ``other`` (everything
+(activation gradients; at an optimizer-step peak they are the step's work lists and count
+as ``optimizer``, as the report counts them), or the CUDA backend's ``other`` (everything
 allocated that is not a parameter, gradient or state); ``base`` (context, workspaces, allocator
 reserve) = device - allocated on a GPU and unknown in a trace. ``error_pct`` is
 ``100 * (estimate - measured) / measured``. Against a trace the estimate is the engine's
@@ -103,9 +104,15 @@ def measured_components(m: Measured, backend: str) -> dict[str, int | None]:
     cat = m.by_category
     if not cat:
         return dict.fromkeys(COMPONENTS)
+    optimizer = cat.get("optimizer")
     if backend == "trace":
         acts: int | None = cat.get("activations", 0) + cat.get("temporaries", 0)
         base: int | None = None
+        if m.phase == "optimizer" and optimizer is not None:
+            # at the optimizer step the live non-state tensors are the step's work lists
+            # (foreach temporaries, clipping norms): the report counts those as optimizer
+            optimizer += cat.get("temporaries", 0) + cat.get("activations", 0)
+            acts = 0
     else:
         acts = cat.get("other")
         base = (
@@ -118,7 +125,7 @@ def measured_components(m: Measured, backend: str) -> dict[str, int | None]:
         "params": cat.get("params"),
         "activations": acts,
         "gradients": cat.get("gradients"),
-        "optimizer": cat.get("optimizer"),
+        "optimizer": optimizer,
     }
 
 

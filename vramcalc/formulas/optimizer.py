@@ -43,16 +43,17 @@ class OptimizerPlan:
 def _state_bytes(numel: int, param_b: int, st: dict[str, Any], eight: dict[str, Any] | None) -> int:
     """Bytes of one state tensor (and its quantization statistics) for one parameter."""
     bits = st.get("bits", "param")
-    if eight is not None and bits == 8:
-        if numel < int(eight.get("min_numel", 4096)):
-            return block(numel * 4)
+    if eight is not None and bits in (4, 8):
         bs = int(eight.get("block_size", 256))
+        small = numel < int(eight.get("min_numel", 4096))
+        if small or (eight.get("requires_block_multiple") and numel % bs):
+            return block(numel * 4)
         n_abs = -(-numel // bs)
         absmax_b = int(eight.get("absmax_bits", 32)) // 8
         qmap = (
             0 if eight.get("qmap_shared") else block(int(eight.get("qmap_bytes_per_state", 1024)))
         )
-        return block(numel) + block(n_abs * absmax_b) + qmap
+        return block(-(-numel * int(bits) // 8)) + block(n_abs * absmax_b) + qmap
     width = param_b if bits == "param" else int(bits) // 8
     return block(numel * width)
 
@@ -88,7 +89,7 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
     paged = bool(row.get("paged"))
     paged_min = int(row.get("paged_min_numel", 0))
     if eight is not None and eight.get("qmap_shared") and plan.trainable_elements:
-        shared = sum(1 for st in states if st.get("bits") == 8)
+        shared = sum(1 for st in states if st.get("bits") in (4, 8))
         b = shared * block(int(eight.get("qmap_bytes_per_state", 1024)))
         out.details["optimizer/qmaps"] = b
         total += b
@@ -111,9 +112,15 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
             paged_total += total - before
     out.paged_bytes = paged_total
     out.state_bytes = total - paged_total
+    scalars = int(row.get("device_scalars_per_tensor", 0))
+    if scalars:  # fused/capturable Adam keeps its step counters on the GPU
+        b = scalars * block(4) * plan.n_trainable_tensors
+        out.details["optimizer/step"] = b
+        out.state_bytes += b
     temps = impl or str(row.get("temporaries", "none"))
     if temps == "foreach":
-        out.step_temp_bytes = max(plan.decay_bytes, plan.nodecay_bytes)
+        copies = int(row.get("temp_param_copies", 1)) if impl is None else 1
+        out.step_temp_bytes = copies * max(plan.decay_bytes, plan.nodecay_bytes)
     elif temps in ("for_loop", "for-loop"):
         out.step_temp_bytes = 2 * plan.largest_trainable
     elif temps == "adafactor":

@@ -92,7 +92,13 @@ def _match(config: dict[str, Any], key: str, value: int, flag: str) -> None:
     given = config.get(key)
     if given is None or _is_auto(given):
         return
-    if int(given) != value:
+    try:
+        number = int(given)
+    except (TypeError, ValueError):
+        raise InvalidConfigError(
+            f'DeepSpeed {key} must be an integer or "auto", got {given!r}'
+        ) from None
+    if number != value:
         raise InvalidConfigError(
             f"DeepSpeed {key}={given} disagrees with {flag}={value}; set one of them to match "
             'or use "auto" in the config'
@@ -119,8 +125,17 @@ def parallel_from_deepspeed(
     if not isinstance(config, dict):
         raise InvalidConfigError("a DeepSpeed config must be a JSON object")
     zero = config.get("zero_optimization", {})
+    if isinstance(zero, bool):
+        # deprecated boolean form: deepspeed/runtime/zero/config.py read_zero_config_deprecated
+        zero = {"stage": 1 if zero else 0}
     if not isinstance(zero, dict):
         raise InvalidConfigError("DeepSpeed zero_optimization must be an object")
+    zero = dict(zero)
+    # legacy booleans (DeepSpeedZeroConfig cpu_offload / cpu_offload_param, deprecated aliases)
+    if zero.get("cpu_offload") is True and "offload_optimizer" not in zero:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if zero.get("cpu_offload_param") is True and "offload_param" not in zero:
+        zero["offload_param"] = {"device": "cpu"}
     raw_stage = zero.get("stage", 0)
     try:
         stage = ZeroStage(int(raw_stage))
@@ -133,7 +148,9 @@ def parallel_from_deepspeed(
     world = gpus_per_node * nodes
     _match(config, "train_batch_size", batch_size * grad_accum * world, "batch x accum x GPUs")
     fp16 = _enabled(config, "fp16", mixed_precision == "fp16")
-    bf16 = _enabled(config, "bf16", mixed_precision == "bf16")
+    # "bfloat16" is DeepSpeed's older spelling (runtime/precision_config.py BFLOAT16_OLD)
+    bf16_key = "bf16" if "bf16" in config or "bfloat16" not in config else "bfloat16"
+    bf16 = _enabled(config, bf16_key, mixed_precision == "bf16")
     if fp16 and bf16:
         raise InvalidConfigError("DeepSpeed config enables both fp16 and bf16; choose one")
     precision: Literal["fp16", "bf16", "fp32"] = "bf16" if bf16 else "fp16" if fp16 else "fp32"
@@ -181,9 +198,10 @@ def parallel_from_deepspeed(
             default("stage3_param_persistence_threshold"),
         ),
         precision=precision,
-        overlap_comm=bool(zero.get("overlap_comm", False))
-        if not _is_auto(zero.get("overlap_comm"))
-        else True,
+        # DeepSpeedZeroConfig.overlap_comm_valid: absent (None) means True at stage 3 only
+        overlap_comm=bool(zero["overlap_comm"])
+        if zero.get("overlap_comm") is not None and not _is_auto(zero.get("overlap_comm"))
+        else stage == ZeroStage.PARAMETERS,
         contiguous_gradients=bool(zero.get("contiguous_gradients", True)),
         notes=notes,
     )

@@ -479,7 +479,8 @@ def _optimizer_summary(row: dict[str, Any]) -> str:
     if row.get("alias_of"):
         return f"alias of {row['alias_of']}"
     if row.get("unsupported"):
-        return "not modelled: " + str(row["unsupported"])[:48]
+        reason = str(row["unsupported"]).split(";")[0]
+        return "not modelled: " + (reason if len(reason) <= 60 else reason[:57] + "...")
     states = row.get("states") or []
     if not states:
         text = "no states"

@@ -447,3 +447,17 @@ def test_process_exit_codes_and_no_torch() -> None:
     for option in ("--batch-size", "--seq-len", "--qlora", "--deepspeed", "--max-batch",
                    "--price-per-gpu-hour", "--json"):  # fmt: skip
         assert option in helped.stdout
+
+
+def test_max_batch_rendering_when_it_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["llama-2-7b", "--qlora", "r=8", "--gpu", "a10g-24gb", "--max-batch"]
+    code, text, _ = run(capsys, *args, "--global-batch", "64")
+    assert code == 0
+    fit = run_json(capsys, *args, "--global-batch", "64")
+    b = fit["max_batch_size"]
+    assert b >= 1 and f"a10g-24gb at seq-len 512: {b}" in text
+    # ceil(64 / (b x 1 GPU)) accumulation steps reach the global batch
+    assert f"suggested --grad-accum: {-(-64 // b)}" in text
+    assert f"headroom at that batch: {fit['headroom_bytes'] / 2**30:.2f} GiB" in text
+    _assert_fits_80(text)
+    _golden("llama2_7b_qlora_max_batch_a10g.txt", text)

@@ -710,7 +710,9 @@ def _estimate(
             details["optimizer/step_temporaries"] = opt.step_temp_bytes
     details.update(zdetails)
     details.update(base_details)
-    details = {k: int(v) for k, v in details.items() if v > 0}
+    if peak_ev.phase != Phase.OPTIMIZER:
+        details.pop("optimizer/step_temporaries", None)
+    details = _details_at_peak(details, breakdown)
     trainable = plan.n_trainable
     summary = ModelSummary(
         name=spec.name,
@@ -755,6 +757,42 @@ def _estimate(
         assumptions=assumptions,
         notes=notes,
     )
+
+
+_REST = {
+    "base": "base/other",
+    "params": "params/other",
+    "activations": "activations/temporaries",
+    "gradients": "gradients/other",
+    "optimizer": "optimizer/other",
+}
+
+
+def _details_at_peak(details: dict[str, int], breakdown: Breakdown) -> dict[str, int]:
+    """Make each component's detail rows sum exactly to that component at the peak.
+
+    The rows are computed as totals (every saved activation, every state); at the peak part
+    of a component may already be freed (backward) or not yet exist (states before step 1),
+    and part may be an operation's temporaries with no row of its own. Where the rows fall
+    short the rest becomes ``<component>/temporaries`` (activations) or ``<component>/other``;
+    where they exceed the live bytes they are scaled to the live share (identical blocks free
+    their activations at the same rate), largest row taking the integer rounding.
+    """
+    out: dict[str, int] = {}
+    for comp in ("base", "params", "activations", "gradients", "optimizer"):
+        live = int(getattr(breakdown, comp))
+        rows = {k: int(v) for k, v in details.items() if k.split("/", 1)[0] == comp and v > 0}
+        total = sum(rows.values())
+        if total > live:
+            scaled = {k: v * live // total for k, v in rows.items()} if total else {}
+            if scaled:
+                top = max(scaled, key=lambda k: rows[k])
+                scaled[top] += live - sum(scaled.values())
+            rows = scaled
+        elif live > total:
+            rows[_REST[comp]] = rows.get(_REST[comp], 0) + live - total
+        out.update({k: v for k, v in rows.items() if v > 0})
+    return out
 
 
 def _not_modelled(res: Resolved) -> list[str]:

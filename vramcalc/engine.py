@@ -12,7 +12,7 @@ context + workspaces + memory outside PyTorch's allocator such as paged optimize
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from vramcalc import __version__, catalog
@@ -383,6 +383,13 @@ def _model_states(
         return P, G, opt_b, temp, 0, details, notes
     psi_t = plan.n_trainable
     sixteen = par.deepspeed_precision in ("fp16", "bf16")
+    if sixteen:
+        # the optimizer steps the fp32 master partition: its states and work lists are fp32
+        plan32 = replace(
+            plan, trainable_elements=[(n, c, 4) for n, c, _ in plan.trainable_elements]
+        )
+        opt32 = plan_optimizer(opt.name, plan32)
+        opt_b, temp = opt32.state_bytes + opt32.paged_bytes, opt32.step_temp_bytes
     master = 4 * psi_t if sixteen else 0
     fp32_grads = 4 * psi_t if sixteen else 0
     opt_side = master + opt_b + fp32_grads

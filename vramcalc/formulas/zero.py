@@ -36,13 +36,14 @@ def model_state_bytes(psi: int, stage: int, n: int, k: int = 12) -> int:
 def deepspeed_zero2_gpu_bytes(psi: int, n_gpus: int, *, cpu_offload: bool = False) -> int:
     """GPU bytes DeepSpeed's ZeRO-2 estimator prints (model states only).
 
-    Source: DeepSpeed ``runtime/zero/stage_1_and_2.py``
+    Source: DeepSpeed 0.19 ``runtime/zero/stage_1_and_2.py``
     ``estimate_zero2_model_states_mem_needs``: ``2 * total_params`` with CPU offload, else
-    ``4 * total_params + int(16 * total_params / total_gpus)``.
+    ``2 * total_params + int(18 * total_params / total_gpus)`` (16-bit params; 16-bit and fp32
+    gradients, fp32 master and two Adam states partitioned).
     """
     if cpu_offload:
         return 2 * psi
-    return 4 * psi + int(16 * psi / n_gpus)
+    return 2 * psi + int(18 * psi / n_gpus)
 
 
 def deepspeed_zero3_gpu_bytes(

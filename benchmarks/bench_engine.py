@@ -1,0 +1,68 @@
+"""Speed of the Python API: one estimate, a sweep, and fit(). Prints figures; no asserts.
+
+    python benchmarks/bench_engine.py
+
+Targets (issue 2): one estimate under 1 ms.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+
+import vramcalc
+from vramcalc.specs import EstimateRequest
+
+CASES = {
+    "gpt2-medium LoRA r=16, adamw_8bit": EstimateRequest(
+        model="gpt2-medium", optim="adamw_8bit", lora={"r": 16}
+    ),
+    "llama-2-7b QLoRA r=64 all-linear, ckpt, 4096": EstimateRequest(
+        model="llama-2-7b",
+        dtype="bf16",
+        qlora={"r": 64, "targets": "all-linear"},
+        grad_ckpt=True,
+        seq_len=4096,
+    ),
+    "Llama-3.1-70B ZeRO-3 x 64 GPUs": EstimateRequest(
+        model="meta-llama/Llama-3.1-70B", zero=3, gpus=8, nodes=8, mixed_precision="bf16"
+    ),
+}
+
+
+def one_estimate(req: EstimateRequest, n: int = 200) -> float:
+    vramcalc.estimate(req)
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        vramcalc.estimate(req)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    print("one estimate through vramcalc.estimate (median of 200 after warm-up; target < 1 ms)")
+    for name, req in CASES.items():
+        print(f"  {name:48s} {one_estimate(req) * 1e3:7.3f} ms")
+    grid = list(
+        itertools.product(
+            [1, 2, 4, 8], [256, 1024, 4096], ["adamw_torch", "adamw_bnb_8bit", "adafactor"]
+        )
+    )
+    t = time.perf_counter()
+    for b, s, o in grid:
+        vramcalc.estimate(model="mistral-7b", batch_size=b, seq_len=s, optim=o, lora={"r": 16})
+    dt = time.perf_counter() - t
+    print(f"sweep: {len(grid)} estimates in {dt:.3f} s = {len(grid) / dt:,.0f} estimates/s")
+    req = EstimateRequest(model="llama-2-7b", dtype="bf16", lora={"r": 8}, gpu="a10g-24gb")
+    t = time.perf_counter()
+    report = vramcalc.fit(req)
+    print(
+        f"fit (llama-2-7b bf16 LoRA on a10g): max batch {report.max_batch_size} "
+        f"in {(time.perf_counter() - t) * 1e3:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -14,7 +14,9 @@ lint:
 test:
 	ruff check . && mypy && $(PYTHON) -m pytest -q -p no:cacheprovider
 
-bench:  ## API latency/throughput benchmark (benchmarks/bench_api.py)
+bench:  ## speed figures: engine, CLI cold start, API latency/throughput
+	$(PYTHON) benchmarks/bench_engine.py
+	$(PYTHON) benchmarks/bench_cli.py
 	$(PYTHON) benchmarks/bench_api.py
 
 accuracy:  ## rewrite the accuracy report (validation/accuracy.py)

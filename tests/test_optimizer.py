@@ -9,7 +9,7 @@ import pytest
 import vramcalc
 from vramcalc.errors import InvalidConfigError
 
-H, V, P, I, L = 768, 50257, 1024, 3072, 12  # GPT-2 small config.json
+H, V, P, FF, L = 768, 50257, 1024, 3072, 12  # GPT-2 small config.json
 
 
 def _r512(nbytes: int) -> int:
@@ -19,7 +19,7 @@ def _r512(nbytes: int) -> int:
 def _gpt2_tensors() -> list[int]:
     # wte (tied with lm_head, counted once), wpe, 12 x (ln_1 w/b, c_attn w/b, attn c_proj w/b,
     # ln_2 w/b, c_fc w/b, mlp c_proj w/b), ln_f w/b -- GPT2Model.named_parameters()
-    layer = [H, H, H * 3 * H, 3 * H, H * H, H, H, H, H * I, I, I * H, H]
+    layer = [H, H, H * 3 * H, 3 * H, H * H, H, H, H, H * FF, FF, FF * H, H]
     return [V * H, P * H, *(layer * L), H, H]
 
 
@@ -58,9 +58,10 @@ def test_paged_states_count_in_device_not_allocated() -> None:
     # paged states live in CUDA unified memory: invisible to max_memory_allocated, seen by NVML
     assert paged.peak.allocated_bytes < plain.peak.allocated_bytes
     assert paged.details.get("optimizer/paged_unified_memory", 0) > 0
-    assert paged.peak.device_bytes >= paged.peak.reserved_bytes + paged.details[
-        "optimizer/paged_unified_memory"
-    ]
+    assert (
+        paged.peak.device_bytes
+        >= paged.peak.reserved_bytes + paged.details["optimizer/paged_unified_memory"]
+    )
 
 
 def test_sgd_has_no_state_and_adafactor_is_small() -> None:

@@ -11,10 +11,13 @@ from enum import IntEnum, StrEnum
 __all__ = [
     "Attention",
     "DType",
+    "FsdpBackwardPrefetch",
+    "FsdpStrategy",
     "MixedPrecision",
     "Offload",
     "PeftMethod",
     "Phase",
+    "PipelineSchedule",
     "Quant",
     "Task",
     "ZeroStage",
@@ -83,6 +86,41 @@ class ZeroStage(IntEnum):
     OPTIMIZER_STATES = 1
     GRADIENTS = 2
     PARAMETERS = 3
+
+
+class FsdpStrategy(StrEnum):
+    """PyTorch FSDP sharding strategy (``--fsdp``), ``torch.distributed.fsdp.ShardingStrategy``.
+
+    FSDP2 (``fully_shard``) expresses the same choices through its mesh and
+    ``reshard_after_forward``: full_shard = reshard True, shard_grad_op = reshard False,
+    hybrid_shard = a 2-D (replicate, shard) mesh with shards inside a node, no_shard = DDP.
+    Source: torch 2.13 ``distributed/fsdp/api.py`` (``ShardingStrategy``),
+    ``distributed/fsdp/_fully_shard/_fully_shard.py``.
+    """
+
+    FULL_SHARD = "full_shard"
+    SHARD_GRAD_OP = "shard_grad_op"
+    HYBRID_SHARD = "hybrid_shard"
+    NO_SHARD = "no_shard"
+
+
+class FsdpBackwardPrefetch(StrEnum):
+    """FSDP1 ``BackwardPrefetch`` (``--fsdp-backward-prefetch``); FSDP2 always prefetches one."""
+
+    BACKWARD_PRE = "backward_pre"
+    BACKWARD_POST = "backward_post"
+    NONE = "none"
+
+
+class PipelineSchedule(StrEnum):
+    """Pipeline-parallel schedule (``--pp-schedule``).
+
+    Source: Narayanan et al. 2021, "Efficient Large-Scale Language Model Training on GPU
+    Clusters Using Megatron-LM", Section 2.2 (1F1B and the interleaved schedule).
+    """
+
+    ONE_F_ONE_B = "1f1b"
+    INTERLEAVED = "interleaved"
 
 
 class Task(StrEnum):

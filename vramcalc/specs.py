@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from vramcalc.enums import (
     Attention,
     DType,
+    FsdpBackwardPrefetch,
+    FsdpStrategy,
     MixedPrecision,
     Offload,
     PeftMethod,
+    PipelineSchedule,
     Quant,
     Task,
     ZeroStage,
@@ -156,6 +159,47 @@ class EstimateRequest(_Frozen):
     nodes: int = Field(default=1, gt=0, le=MAX_GPUS)
     deepspeed: dict[str, Any] | None = Field(
         default=None, description="contents of a DeepSpeed config (overrides zero/offload)"
+    )
+    fsdp: FsdpStrategy | None = Field(
+        default=None, description="PyTorch FSDP sharding strategy (exclusive with zero)"
+    )
+    fsdp_version: Literal[1, 2] = Field(
+        default=2, description="1 = FullyShardedDataParallel (flat parameters), 2 = fully_shard"
+    )
+    fsdp_offload: bool = Field(
+        default=False,
+        description="FSDP CPUOffload / CPUOffloadPolicy: sharded parameters, gradients and "
+        "optimizer states live in CPU memory",
+    )
+    fsdp_reshard_after_forward: bool | None = Field(
+        default=None,
+        description="free the unsharded parameters after each layer's forward (default: "
+        "true for full_shard/hybrid_shard, false for shard_grad_op)",
+    )
+    fsdp_use_orig_params: bool = Field(
+        default=True, description="FSDP1 use_orig_params (accelerate's default: true)"
+    )
+    fsdp_limit_all_gathers: bool = Field(
+        default=True, description="FSDP1 limit_all_gathers (at most two in-flight all-gathers)"
+    )
+    fsdp_backward_prefetch: FsdpBackwardPrefetch = Field(
+        default=FsdpBackwardPrefetch.BACKWARD_PRE, description="FSDP1 backward_prefetch"
+    )
+    tp: int = Field(default=1, gt=0, le=MAX_GPUS, description="tensor-parallel degree")
+    sequence_parallel: bool = Field(
+        default=False, description="Megatron sequence parallelism (needs tp > 1)"
+    )
+    cp: int = Field(default=1, gt=0, le=MAX_GPUS, description="context-parallel degree")
+    pp: int = Field(default=1, gt=0, le=MAX_GPUS, description="pipeline-parallel stages")
+    pp_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
+    pp_virtual_stages: int = Field(
+        default=2, gt=0, le=1024, description="model chunks per rank (interleaved schedule)"
+    )
+    ep: int = Field(default=1, gt=0, le=MAX_GPUS, description="expert-parallel degree")
+    accelerate_config: dict[str, Any] | None = Field(
+        default=None,
+        description="contents of an accelerate config YAML (distributed_type, fsdp_config, "
+        "deepspeed_config, mixed_precision, num_processes, num_machines)",
     )
     gpu: str | None = None
     tokens: int | None = Field(default=None, gt=0, le=10**15)

@@ -17,6 +17,7 @@ __all__ = [
     "Breakdown",
     "CostReport",
     "FitReport",
+    "Layout",
     "MemoryReport",
     "ModelSummary",
     "Peak",
@@ -106,6 +107,30 @@ class CostReport(_Out):
     notes: list[str] = Field(default_factory=list)
 
 
+class Layout(_Out):
+    """The parallel layout the estimate is for, and which rank's peak is reported.
+
+    The mesh dimensions multiply to ``world_size``: ``dp_replicate * dp_shard * tp * cp * pp``
+    (expert parallelism re-uses the data-parallel and context ranks for the experts, as
+    Megatron and torchtitan do, so ``ep`` divides ``dp_shard * cp`` and is not a factor).
+    """
+
+    world_size: int
+    dp_replicate: int = Field(description="replicas holding the same shard (DDP, HSDP)")
+    dp_shard: int = Field(description="ranks a sharded state is split over (ZeRO, FSDP)")
+    tp: int = 1
+    sequence_parallel: bool = False
+    cp: int = 1
+    pp: int = 1
+    pp_schedule: str | None = None
+    ep: int = 1
+    engine: str = Field(description="none, ddp, zero, fsdp1 or fsdp2")
+    options: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    peak_rank: int = Field(default=0, description="global rank whose peak is reported")
+    peak_stage: int = Field(default=0, description="pipeline stage of that rank")
+    summary: str = Field(description="the layout in one line, as the CLI table shows it")
+
+
 class MemoryReport(_Out):
     """An estimate: the step timeline, the peaks and the breakdown at the peak."""
 
@@ -116,6 +141,7 @@ class MemoryReport(_Out):
     details: dict[str, int]
     timeline: list[TimelineEvent]
     cpu_bytes: int = Field(description="host memory held for offloaded states/params")
+    layout: Layout | None = None
     fit: FitReport | None = None
     cost: CostReport | None = None
     assumptions: dict[str, str | int | float | bool | None] = Field(default_factory=dict)

@@ -23,6 +23,9 @@ Semantics of a group (what the formulas downstream rely on):
 * ``kind="norm"``: LayerNorm/RMSNorm weights (and biases).
 * ``kind="other"``: everything else: T5 ``relative_attention_bias``, the MoE router.
 
+``role`` says how tensor and expert parallelism shard a group (``column``, ``row``, ``vocab``,
+``replicated``, ``expert_column``, ``expert_row``; see ``_meta.roles`` in the data file).
+
 Source: the module constructors of transformers 5.24 (``models/<type>/modeling_<type>.py``),
 checked against meta-device builds for every catalog row (``tests/test_counts.py``).
 """
@@ -60,6 +63,10 @@ class ParamGroup(BaseModel):
     count: int = 1
     """Instances in the whole model (layers x experts)."""
     stack: Literal["embed", "encoder", "decoder", "head"] = "decoder"
+    role: Literal[
+        "column", "row", "vocab", "replicated", "expert_column", "expert_row"
+    ] = "replicated"
+    """How tensor/expert parallelism shard this group (Megatron-LM / torch ``parallelize_module``)."""
     expert: bool = False
     """MoE expert weight: one slice of a 3-D ``nn.Parameter`` (transformers >= 5), not an
     ``nn.Linear``; bitsandbytes leaves it unquantized and PEFT ``target_modules`` cannot
@@ -219,6 +226,7 @@ def _group(module: Mapping[str, Any], names: Mapping[str, Any]) -> ParamGroup | 
         count=count,
         stack=module["stack"],
         expert=bool(module.get("expert", False)),
+        role=module["role"],
     )
 
 

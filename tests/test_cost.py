@@ -28,7 +28,7 @@ from vramcalc.enums import (
 )
 from vramcalc.errors import InvalidConfigError, VramcalcError
 from vramcalc.formulas.counts import ParamGroup
-from vramcalc.specs import CostSpec, ModelSpec, ParallelSpec, PeftSpec, TrainingSpec
+from vramcalc.specs import CostSpec, ModelSpec, ParallelSpec, PeftSpec, TrainingSpec, ZeroSpec
 
 DAY = 86400.0
 
@@ -154,7 +154,7 @@ def test_offload_is_flagged() -> None:
     r = estimate_cost(
         spec,
         TrainingSpec(param_dtype=DType.BF16),
-        ParallelSpec(zero_stage=ZeroStage.GRADIENTS, offload_optimizer=Offload.CPU),
+        ParallelSpec(zero=ZeroSpec(zero_stage=ZeroStage.GRADIENTS, offload_optimizer=Offload.CPU)),
         catalog.gpu("a100-80gb"),
         CostSpec(tokens=1000),
         inv,
@@ -204,7 +204,8 @@ def test_compute_dtype(
     param_dtype: DType, amp: MixedPrecision, ds: str | None, expected: str
 ) -> None:
     t = TrainingSpec(param_dtype=param_dtype, mixed_precision=amp)
-    p = ParallelSpec(deepspeed_precision=ds)  # type: ignore[arg-type]
+    zero = ZeroSpec(zero_stage=ZeroStage.GRADIENTS, precision=ds) if ds else None  # type: ignore[arg-type]
+    p = ParallelSpec(zero=zero)
     assert compute_dtype(t, p) == expected
 
 

@@ -56,8 +56,8 @@ def compute_dtype(training: TrainingSpec, parallel: ParallelSpec | None = None) 
 
     Source: accelerate ``mixed_precision``; DeepSpeed config ``bf16.enabled``/``fp16.enabled``.
     """
-    if parallel is not None and parallel.deepspeed_precision is not None:
-        return parallel.deepspeed_precision
+    if parallel is not None and parallel.zero is not None and parallel.zero.zero_stage:
+        return parallel.zero.precision
     if training.mixed_precision != MixedPrecision.NO:
         return training.mixed_precision.value
     return training.param_dtype.value if training.param_dtype != DType.FP32 else "fp32"
@@ -100,7 +100,7 @@ def default_mfu(training: TrainingSpec) -> float:
 
 def tokens_per_step(training: TrainingSpec, parallel: ParallelSpec) -> int:
     """Tokens in one optimizer step over all GPUs: batch x seq x grad_accum x world size."""
-    return training.batch_size * training.seq_len * training.grad_accum * parallel.world_size
+    return training.batch_size * training.seq_len * training.grad_accum * parallel.dp
 
 
 def training_time_s(
@@ -283,10 +283,20 @@ def estimate_step_time(
         )
     if n_gpus > 1:
         notes.append("communication is not modelled separately: it is part of the MFU")
-    if parallel.offload_optimizer != Offload.NONE or parallel.offload_param != Offload.NONE:
+    z = parallel.zero
+    if z is not None and (z.offload_optimizer != Offload.NONE or z.offload_param != Offload.NONE):
         notes.append(
             "ZeRO offload slows steps (host optimizer step, PCIe transfers); not modelled: "
             "lower --mfu to account for it"
+        )
+    if parallel.fsdp is not None and parallel.fsdp.offload:
+        notes.append(
+            "FSDP CPU offload steps the optimizer on the CPU and moves shards over PCIe; not "
+            "modelled: lower --mfu to account for it"
+        )
+    if parallel.pp > 1:
+        notes.append(
+            "pipeline bubble (pp - 1) / (micro-batches + pp - 1) of each step is part of the MFU"
         )
     return StepTiming(
         flops=flops,

@@ -13,32 +13,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from vramcalc import catalog
 from vramcalc.enums import Offload, ZeroStage
 from vramcalc.errors import InvalidConfigError
+from vramcalc.specs import ZeroSpec
 
 __all__ = ["DeepSpeedSettings", "parallel_from_deepspeed"]
 
 
-class DeepSpeedSettings(BaseModel):
-    """What a DeepSpeed config decides about memory."""
+class DeepSpeedSettings(ZeroSpec):
+    """What a DeepSpeed config decides about memory: the ZeRO spec and notes on what it read."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    zero_stage: ZeroStage
-    offload_optimizer: Offload = Offload.NONE
-    offload_param: Offload = Offload.NONE
-    reduce_bucket_size: int
-    allgather_bucket_size: int
-    stage3_prefetch_bucket_size: int
-    stage3_max_live_parameters: int
-    stage3_param_persistence_threshold: int
-    precision: Literal["fp16", "bf16", "fp32"]
-    overlap_comm: bool = False
-    contiguous_gradients: bool = True
     notes: list[str] = Field(default_factory=list)
+
+    def spec(self) -> ZeroSpec:
+        """Return the ZeRO spec the engine reads (without the notes)."""
+        return ZeroSpec(**self.model_dump(exclude={"notes"}))
 
 
 def _is_auto(value: Any) -> bool:

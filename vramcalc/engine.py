@@ -12,14 +12,13 @@ context + workspaces + memory outside PyTorch's allocator such as paged optimize
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from vramcalc import __version__, catalog
 from vramcalc.enums import (
     DType,
     MixedPrecision,
-    Offload,
     PeftMethod,
     Phase,
     Quant,
@@ -29,12 +28,21 @@ from vramcalc.enums import (
 from vramcalc.errors import InvalidConfigError, VramcalcError
 from vramcalc.formulas.activations import ActivationProfile, activation_profile
 from vramcalc.formulas.counts import ParamGroup, param_inventory
+from vramcalc.formulas.layout import (
+    Stage,
+    rank_inventory,
+    rank_spec,
+    resolve_parallel,
+    stages,
+)
 from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
+from vramcalc.formulas.sharding import RankStates, rank_states
 from vramcalc.report import (
     Breakdown,
     CostReport,
     FitReport,
+    Layout,
     MemoryReport,
     ModelSummary,
     Peak,
@@ -162,6 +170,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
             f"--mixed-precision {mp.value} over {dtype.value} weights: autocast computes in "
             f"{mp.value}; weights stay {dtype.value}"
         )
+    ds_spec = None
     if req.deepspeed is not None:
         from vramcalc.dsconfig import parallel_from_deepspeed
 
@@ -174,59 +183,14 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
             batch_size=req.batch_size,
             grad_accum=req.grad_accum,
         )
-        parallel = ParallelSpec(
-            zero_stage=ds.zero_stage,
-            offload_optimizer=ds.offload_optimizer,
-            offload_param=ds.offload_param,
-            gpus_per_node=req.gpus,
-            nodes=req.nodes,
-            reduce_bucket_size=ds.reduce_bucket_size,
-            allgather_bucket_size=ds.allgather_bucket_size,
-            stage3_prefetch_bucket_size=ds.stage3_prefetch_bucket_size,
-            stage3_max_live_parameters=ds.stage3_max_live_parameters,
-            stage3_param_persistence_threshold=ds.stage3_param_persistence_threshold,
-            deepspeed_precision=ds.precision,
-        )
+        ds_spec = ds.spec()
         notes.extend(ds.notes)
-    else:
-        if req.offload_param != Offload.NONE and req.zero != ZeroStage.PARAMETERS:
-            raise InvalidConfigError(
-                f"--offload-param {req.offload_param.value} needs --zero 3 (got --zero "
-                f"{int(req.zero)}); DeepSpeed offloads parameters only in stage 3"
-            )
-        if req.offload_optimizer != Offload.NONE and req.zero == ZeroStage.DISABLED:
-            raise InvalidConfigError(
-                f"--offload-optimizer {req.offload_optimizer.value} needs --zero 1, 2 or 3"
-            )
-        ds_prec: Any = None
-        if req.zero != ZeroStage.DISABLED:
-            ds_prec = {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[mp.value]
-        parallel = ParallelSpec(
-            zero_stage=req.zero,
-            offload_optimizer=req.offload_optimizer,
-            offload_param=req.offload_param,
-            gpus_per_node=req.gpus,
-            nodes=req.nodes,
-            reduce_bucket_size=int(catalog.constant("deepspeed_reduce_bucket_size")),
-            allgather_bucket_size=int(catalog.constant("deepspeed_allgather_bucket_size")),
-            stage3_prefetch_bucket_size=int(
-                catalog.constant("deepspeed_stage3_prefetch_bucket_size")
-            ),
-            stage3_max_live_parameters=int(
-                catalog.constant("deepspeed_stage3_max_live_parameters")
-            ),
-            stage3_param_persistence_threshold=int(
-                catalog.constant("deepspeed_stage3_param_persistence_threshold")
-            ),
-            deepspeed_precision=ds_prec,
-        )
-    if parallel.zero_stage != ZeroStage.DISABLED and parallel.deepspeed_precision in (
-        "fp16",
-        "bf16",
-    ):
+    parallel = resolve_parallel(req, spec, ds_spec)
+    zp = parallel.zero.precision if parallel.zero is not None else None
+    if parallel.zero_stage != ZeroStage.DISABLED and zp in ("fp16", "bf16"):
         # DeepSpeed's fp16/bf16 engines cast the module to 16 bit (no autocast) and keep the
         # fp32 master copy inside the optimizer.
-        dtype = DType.BF16 if parallel.deepspeed_precision == "bf16" else DType.FP16
+        dtype = DType.BF16 if zp == "bf16" else DType.FP16
         mp = MixedPrecision.NO
     training = TrainingSpec(
         task=req.task,
@@ -347,110 +311,54 @@ def _grad_split(
     return head, blocks // max(n_blocks, 1), embed, blocks - (blocks // max(n_blocks, 1)) * n_blocks
 
 
-def _model_states(
-    res: Resolved, plan: ParamPlan, opt: OptimizerPlan
-) -> tuple[int, int, int, int, int, dict[str, int], list[str]]:
-    """Per-GPU (params, grads, states, step temps, cpu bytes, details, notes) after ZeRO.
+@dataclass(frozen=True)
+class _Rank:
+    """One rank's slice of the job: what the walk of its step reads."""
 
-    DeepSpeed ZeRO with fp16/bf16 keeps 16-bit parameters and gradients on the GPU and an fp32
-    master copy, the optimizer states and an fp32 gradient partition inside the optimizer;
-    stage 1 partitions the optimizer side over the data-parallel group, stage 2 also the
-    16-bit gradients, stage 3 also the parameters (plus live/prefetched parameters). Offload
-    moves the optimizer side (and, in stage 3, parameters) to pinned CPU memory.
-
-    Source: Rajbhandari et al. 2020 (ZeRO), Section 5 and Figure 1; DeepSpeed 0.19
-    ``runtime/zero/stage_1_and_2.py`` and ``stage3.py``; its estimators
-    ``estimate_zero2_model_states_mem_needs`` / ``estimate_zero3_model_states_mem_needs``.
-    """
-    par = res.parallel
-    n = par.world_size
-    details: dict[str, int] = {}
-    notes: list[str] = []
-    P = plan.param_bytes
-    G = sum(b * c for b, c, _ in plan.grad_tensors) if opt.stores_grads else 0
-    opt_b = opt.state_bytes
-    temp = opt.step_temp_bytes
-    cpu = 0
-    stage = par.zero_stage
-    if stage == ZeroStage.DISABLED:
-        if n > 1:
-            details["gradients/ddp_buckets"] = G
-            notes.append(
-                "DDP keeps a second copy of the gradients in its buckets "
-                "(gradient_as_bucket_view=False, the Trainer default)"
-            )
-            G += G
-        return P, G, opt_b, temp, 0, details, notes
-    psi_t = plan.n_trainable
-    sixteen = par.deepspeed_precision in ("fp16", "bf16")
-    if sixteen:
-        # the optimizer steps the fp32 master partition: its states and work lists are fp32
-        plan32 = replace(
-            plan, trainable_elements=[(n, c, 4) for n, c, _ in plan.trainable_elements]
-        )
-        opt32 = plan_optimizer(opt.name, plan32)
-        opt_b, temp = opt32.state_bytes + opt32.paged_bytes, opt32.step_temp_bytes
-    master = 4 * psi_t if sixteen else 0
-    fp32_grads = 4 * psi_t if sixteen else 0
-    opt_side = master + opt_b + fp32_grads
-    if stage >= ZeroStage.OPTIMIZER_STATES:
-        opt_side = -(-opt_side // n)
-        temp = -(-temp // n)
-    grads = G
-    if stage >= ZeroStage.GRADIENTS:
-        grads = -(-G // n)
-    bucket_b = 2 if sixteen else 4
-    buckets = block(par.reduce_bucket_size * bucket_b) if stage in (1, 2) else 0
-    params = P
-    if stage == ZeroStage.PARAMETERS:
-        live = min(par.stage3_prefetch_bucket_size, plan.n_params) * bucket_b
-        params = -(-P // n) + live
-        buckets = block(min(par.reduce_bucket_size, psi_t) * bucket_b)
-        details["params/zero3_prefetch"] = live
-        if par.offload_param != Offload.NONE:
-            cpu += P
-            params = live
-    if par.offload_optimizer != Offload.NONE:
-        cpu += opt_side
-        details["optimizer/offloaded_to_cpu"] = 0
-        opt_side = 0
-        temp = 0
-        notes.append(
-            f"optimizer states, fp32 master weights and fp32 gradients are in "
-            f"{par.offload_optimizer.value} memory ({cpu} bytes)"
-        )
-    details["optimizer/master_fp32"] = (
-        -(-master // n) if par.offload_optimizer == Offload.NONE else 0
-    )
-    details["gradients/zero_buckets"] = buckets
-    return params, grads + buckets, opt_side, temp, cpu, details, notes
+    stage: Stage
+    spec: ModelSpec
+    inventory: tuple[ParamGroup, ...]
+    plan: ParamPlan
+    prof: ActivationProfile | None
+    opt: OptimizerPlan | None
+    states: RankStates | None
+    extra_act: int = 0
+    """Per-block transient of the layout (context-parallel K/V exchange, expert all-to-all)."""
 
 
 def _walk(
-    res: Resolved,
-    inventory: tuple[ParamGroup, ...],
-    plan: ParamPlan,
-    prof: ActivationProfile | None,
-    opt: OptimizerPlan | None,
-    emb_buffers: int = 1,
+    res: Resolved, rank: _Rank, emb_buffers: int = 1
 ) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+    """Walk one rank's training step (first step and steady state) and record live bytes.
+
+    The sharding engine's buffers come from ``rank.states`` (``formulas/sharding.py``): the
+    running block's gathered parameters (and the prefetched next one in backward), the
+    root's gathered parameters (FSDP: from the forward to the end of backward; ZeRO-3: around
+    the embedding and LM-head uses), a block's full gradients until its reduce-scatter. A
+    pipeline stage holding ``in_flight`` micro-batches keeps the saved activations of the
+    ``in_flight - 1`` earlier ones throughout.
+    """
     tr = res.training
     w = _Walk([])
     inputs = 2 * block(tr.batch_size * tr.seq_len * 8)
-    if tr.task == Task.INFERENCE or prof is None or opt is None:
+    prof, opt, rs, plan, inventory = rank.prof, rank.opt, rank.states, rank.plan, rank.inventory
+    if tr.task == Task.INFERENCE or prof is None or opt is None or rs is None:
         return _inference_walk(res, plan, inputs, w)
-    params, G, opt_b, temp, cpu, zdetails, notes = _model_states(res, plan, opt)
-    head_g, layer_g, embed_g, other_g = _grad_split(res.model, inventory, plan)
-    zero = res.parallel.zero_stage
-    n = res.parallel.world_size
-    grad_scale = 1.0
-    if G and (head_g + layer_g * len(prof.layer_saved) + embed_g + other_g):
-        base_g = head_g + layer_g * len(prof.layer_saved) + embed_g + other_g
-        grad_scale = G / base_g if zero < ZeroStage.GRADIENTS else 1.0 / n
+    spec = rank.spec
+    stage = rank.stage
+    params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
+    zdetails, notes = dict(rs.details), list(rs.notes)
+    head_g, layer_g, embed_g, other_g = _grad_split(spec, inventory, plan)
+    L = len(prof.layer_saved)
+    base_g = head_g + layer_g * L + embed_g + other_g
+    grad_scale = 0.0
+    if G and base_g:
+        zero2 = res.parallel.zero_stage >= ZeroStage.GRADIENTS
+        grad_scale = 1.0 / res.parallel.dp_shard if zero2 else G / base_g
     hg, lg, eg = int(head_g * grad_scale), int(layer_g * grad_scale), int(embed_g * grad_scale)
     embed_tr = 0
     if (
-        res.model.tie_word_embeddings
+        spec.tie_word_embeddings
         and head_g
         and opt.stores_grads
         and "embed/tokens" in plan.trainable_keys
@@ -462,17 +370,24 @@ def _walk(
         embed_tr = (emb_buffers - 1) * block(tok.weight_numel * plan.trainable_elements[0][2])
     if not opt.stores_grads:
         hg = lg = eg = 0
+    # gradients stay alive across micro-batches (accumulation, or a pipeline's micro-batches)
     accum = tr.grad_accum > 1
-    L = len(prof.layer_saved)
     ckpt = tr.grad_ckpt
+    fsdp = res.parallel.fsdp
+    held_root = rs.gather_root if fsdp is not None else 0
+    zero_root = rs.gather_root if fsdp is None else 0
+    keep_gathered = fsdp is not None and not fsdp.reshard_after_forward and rs.sharded
+    earlier = (stage.in_flight - 1) * prof.forward_total
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
 
-        def comps(act: int, grads: int, st: int = states, extra_opt: int = 0) -> dict[str, int]:
+        def comps(
+            act: int, grads: int, st: int = states, extra_opt: int = 0, gathered: int = 0
+        ) -> dict[str, int]:
             return {
-                "params": params + inputs,
-                "activations": act,
+                "params": params + inputs + gathered,
+                "activations": act + earlier,
                 "gradients": grads,
                 "optimizer": st + extra_opt,
             }
@@ -486,57 +401,105 @@ def _walk(
             layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
             transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
             amp_live += prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
+            before = rs.gather_block * (i if keep_gathered else 0) + held_root
+            if rs.gather_buffer:
+                w.block(
+                    step,
+                    Phase.FORWARD,
+                    f"block {i} all-gather",
+                    comps(
+                        act + amp_live, g_fwd, gathered=before + rs.gather_block + rs.gather_buffer
+                    ),
+                )
             w.block(
                 step,
                 Phase.FORWARD,
                 f"block {i} forward",
-                comps(act + amp_live + layer + transient, g_fwd),
+                comps(
+                    act + amp_live + layer + transient + rank.extra_act,
+                    g_fwd,
+                    gathered=before
+                    + rs.gather_block
+                    + rs.gather_prefetch * (rs.gather_buffer == 0),
+                ),
             )
             act += layer
+        fwd_gathered = held_root + (rs.gather_block * L if keep_gathered else 0)
         act += prof.head_saved + amp_live + prof.amp_head_copy
-        w.add(step, Phase.FORWARD, "final norm and LM head", comps(act, g_fwd))
+        w.add(
+            step,
+            Phase.FORWARD,
+            "final norm and LM head",
+            comps(act, g_fwd, gathered=fwd_gathered + zero_root),
+        )
         w.add(
             step,
             Phase.LOSS,
             "loss (fp32 logits, log-softmax)",
-            comps(act + prof.logits_fwd + prof.loss_saved, g_fwd),
+            comps(
+                act + prof.logits_fwd + prof.loss_saved, g_fwd, gathered=fwd_gathered + zero_root
+            ),
         )
-        # backward
+        # backward: the root's pre-backward hook prefetches the last block
         if ckpt:  # autocast's weight cache was cleared when forward left autocast
             act -= amp_live
+        bwd_pref = rs.gather_block if (rs.sharded and not keep_gathered) else 0
         w.add(
             step,
             Phase.BACKWARD,
             "loss backward",
-            comps(act + prof.loss_saved + prof.loss_bwd_extra, g_fwd),
+            comps(
+                act + prof.loss_saved + prof.loss_bwd_extra,
+                g_fwd,
+                gathered=fwd_gathered + zero_root + bwd_pref,
+            ),
         )
         grads = hg if not accum or step == 1 else G
         if accum and step == 2:
             grads = G
+        root_full = rs.grad_root_full if rs.sharded and fsdp is not None else 0
+        head_full = root_full * head_g // max(head_g + embed_g + other_g, 1) if root_full else 0
         act -= prof.head_saved + prof.amp_head_copy
         w.add(
             step,
             Phase.BACKWARD,
             "LM head backward",
-            comps(act + prof.head_saved + prof.head_bwd_extra, grads),
+            comps(
+                act + prof.head_saved + prof.head_bwd_extra,
+                grads + head_full,
+                gathered=fwd_gathered + zero_root + bwd_pref,
+            ),
         )
         for i in reversed(range(L)):
             layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
             amp_i = prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
+            if keep_gathered:
+                gathered = held_root + rs.gather_block * (i + 1)
+            else:
+                gathered = held_root + rs.gather_block + (rs.gather_prefetch if i > 0 else 0)
             if not (accum and step == 2):
                 grads += lg
             w.block(
                 step,
                 Phase.BACKWARD,
                 f"block {i} backward",
-                comps(act + recompute + prof.layer_bwd_extra[i], grads),
+                comps(
+                    act + recompute + prof.layer_bwd_extra[i] + rank.extra_act,
+                    grads + head_full + rs.grad_block_full,
+                    gathered=gathered,
+                ),
             )
             act -= layer + (0 if ckpt else amp_i)
         if not (accum and step == 2):
             grads += eg
         grads = max(grads, G) if not (accum and step == 2) else G
-        w.add(step, Phase.BACKWARD, "embedding backward", comps(max(act, 0) + embed_tr, grads))
+        w.add(
+            step,
+            Phase.BACKWARD,
+            "embedding backward",
+            comps(max(act, 0) + embed_tr, grads + root_full, gathered=held_root + zero_root),
+        )
         # optimizer
         clip = block(4) * plan.n_trainable_tensors  # foreach norms in clip_grad_norm_
         w.add(
@@ -546,8 +509,109 @@ def _walk(
             comps(0, G, opt_b, temp + clip),
         )
         w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
-    details = dict(zdetails)
-    return w.events, cpu, details, notes
+    return w.events, cpu, zdetails, notes
+
+
+def _rank(
+    res: Resolved, stage: Stage, inventory: tuple[ParamGroup, ...], optim_impl: str | None
+) -> _Rank:
+    """Build one rank's slice: local model, parameters, activations, optimizer, states."""
+    par, tr = res.parallel, res.training
+    spec = rank_spec(res.model, par, stage)
+    sliced = par.tp > 1 or par.pp > 1 or par.ep > 1
+    inv = rank_inventory(inventory, res.model, par, stage) if sliced else inventory
+    plan = plan_params(spec, inv, tr)
+    if tr.task != Task.TRAIN:
+        return _Rank(stage, spec, inv, plan, None, None, None)
+    if plan.n_trainable == 0:
+        raise InvalidConfigError("nothing is trainable with these options")
+    act_tr = tr if par.cp == 1 else tr.model_copy(update={"seq_len": tr.seq_len // par.cp})
+    prof = activation_profile(
+        spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
+    )
+    opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
+    cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
+    states = rank_states(
+        spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
+    )
+    extra = 0
+    tokens = tr.batch_size * act_tr.seq_len
+    if par.cp > 1:
+        # ring attention: the K/V chunk being sent and the one being received, for k and v
+        # Source: torch 2.13 distributed/tensor/experimental/_attention.py (_RingRotater)
+        kv = tokens * spec.num_key_value_heads * spec.head_dim * cb
+        extra += 2 * 2 * block(kv)
+    if par.ep > 1 and spec.num_experts_per_tok:
+        # all-to-all dispatch: routed token copies sent and received (top-k per token)
+        # Source: Megatron-core transformer/moe/token_dispatcher.py (MoEAlltoAllTokenDispatcher)
+        extra += 2 * block(tokens * spec.num_experts_per_tok * spec.hidden_size * cb)
+    return _Rank(stage, spec, inv, plan, prof, opt, states, extra)
+
+
+def _layout(par: ParallelSpec, stage: Stage) -> Layout:
+    """Build the report's ``layout`` (mesh, engine, options, the rank of the peak)."""
+    options: dict[str, str | int | float | bool | None] = {}
+    if par.fsdp is not None:
+        f = par.fsdp
+        options.update(
+            strategy=f.strategy.value,
+            reshard_after_forward=f.reshard_after_forward,
+            offload=f.offload,
+        )
+        if f.version == 1:
+            options.update(
+                use_orig_params=f.use_orig_params,
+                limit_all_gathers=f.limit_all_gathers,
+                backward_prefetch=f.backward_prefetch.value,
+            )
+    elif par.zero is not None:
+        z = par.zero
+        options.update(
+            stage=int(z.zero_stage),
+            offload_optimizer=z.offload_optimizer.value,
+            offload_param=z.offload_param.value,
+            precision=z.precision,
+        )
+    engine = par.engine
+    parts = []
+    if engine.startswith("fsdp"):
+        assert par.fsdp is not None
+        parts.append(f"FSDP{par.fsdp.version} {par.fsdp.strategy.value} over {par.dp_shard}")
+    elif engine == "zero":
+        assert par.zero is not None
+        parts.append(f"ZeRO-{int(par.zero.zero_stage)} over {par.dp_shard}")
+    elif engine == "ddp":
+        parts.append(f"DDP x{par.dp}")
+    if par.dp_replicate > 1 and engine not in ("ddp", "none"):
+        parts.append(f"{par.dp_replicate} replicas")
+    if par.tp > 1:
+        parts.append(f"TP {par.tp}" + (" + SP" if par.sequence_parallel else ""))
+    if par.cp > 1:
+        parts.append(f"CP {par.cp}")
+    if par.pp > 1:
+        parts.append(f"PP {par.pp} ({par.pp_schedule.value}, stage {stage.index})")
+    if par.ep > 1:
+        parts.append(f"EP {par.ep}")
+    gpus = f"{par.world_size} GPU" + ("s" if par.world_size > 1 else "")
+    if par.nodes > 1:
+        gpus += f" ({par.nodes} nodes x {par.gpus_per_node})"
+    summary = " · ".join([*parts, gpus]) if parts else gpus
+    return Layout(
+        world_size=par.world_size,
+        dp_replicate=par.dp_replicate,
+        dp_shard=par.dp_shard,
+        tp=par.tp,
+        sequence_parallel=par.sequence_parallel,
+        cp=par.cp,
+        pp=par.pp,
+        pp_schedule=par.pp_schedule.value if par.pp > 1 else None,
+        ep=par.ep,
+        engine=engine,
+        options=options,
+        peak_rank=stage.index * (par.world_size // par.pp),
+        peak_stage=stage.index,
+        summary=summary,
+    )
 
 
 def _inference_walk(
@@ -673,18 +737,16 @@ def _estimate(
     res = resolve(req)
     spec, tr = res.model, res.training
     inventory = param_inventory(spec)
-    plan = plan_params(spec, inventory, tr)
-    prof: ActivationProfile | None = None
-    opt: OptimizerPlan | None = None
     notes = list(res.notes)
-    if tr.task == Task.TRAIN:
-        if plan.n_trainable == 0:
-            raise InvalidConfigError("nothing is trainable with these options")
-        prof = activation_profile(spec, inventory, tr, plan)
-        opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
-    events, cpu, zdetails, znotes = _walk(
-        res, inventory, plan, prof, opt, embedding_backward_buffers
-    )
+    walked = []
+    for stage in stages(spec, res.parallel, tr.grad_accum):
+        rank = _rank(res, stage, inventory, optim_impl)
+        events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
+        # the first event among equal maxima, as max_memory_allocated records it
+        top = max(events, key=lambda e: e.allocated_bytes)
+        walked.append((top.allocated_bytes, -stage.index, rank, events, cpu, zdetails, znotes))
+    _, _, rank, events, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+    plan, prof, opt = rank.plan, rank.prof, rank.opt
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
     peak_ev = max(events, key=lambda e: e.allocated_bytes)
@@ -720,16 +782,16 @@ def _estimate(
     if peak_ev.phase != Phase.OPTIMIZER:
         details.pop("optimizer/step_temporaries", None)
     details = _details_at_peak(details, breakdown)
-    trainable = plan.n_trainable
+    full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
     summary = ModelSummary(
         name=spec.name,
         hf_id=spec.hf_id,
         model_type=spec.model_type,
-        n_params=spec.n_params or plan.n_params - sum(a.numel for a in plan.adapters),
-        n_trainable_params=trainable,
+        n_params=spec.n_params or full_plan.n_params - sum(a.numel for a in full_plan.adapters),
+        n_trainable_params=full_plan.n_trainable,
     )
     fit_report = _fit_report(res, device) if res.hardware.gpu is not None else None
-    cost_report = _cost(res, inventory, plan, notes)
+    cost_report = _cost(res, inventory, full_plan, notes)
     notes += _not_modelled(res)
     assumptions.update(
         {
@@ -741,6 +803,7 @@ def _estimate(
             "grad_ckpt": tr.grad_ckpt,
             "zero_stage": int(res.parallel.zero_stage),
             "world_size": res.parallel.world_size,
+            "sharding": res.parallel.engine,
             "hf_trainer_param_groups": 2,
         }
     )
@@ -759,6 +822,7 @@ def _estimate(
         details=details,
         timeline=events,
         cpu_bytes=cpu,
+        layout=_layout(res.parallel, rank.stage),
         fit=fit_report,
         cost=cost_report,
         assumptions=assumptions,

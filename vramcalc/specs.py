@@ -30,6 +30,7 @@ __all__ = [
     "AdapterOptions",
     "CostSpec",
     "EstimateRequest",
+    "FsdpSpec",
     "GpuSpec",
     "HardwareSpec",
     "LoraOptions",
@@ -38,6 +39,7 @@ __all__ = [
     "PeftSpec",
     "PromptOptions",
     "TrainingSpec",
+    "ZeroSpec",
 ]
 
 # Upper bounds keep any single request cheap to compute (REST service hardening) while
@@ -250,25 +252,105 @@ class TrainingSpec(_Frozen):
     attn: Attention = Attention.SDPA
 
 
-class ParallelSpec(_Frozen):
-    """Data parallelism and DeepSpeed ZeRO settings (bucket sizes in elements)."""
+class ZeroSpec(_Frozen):
+    """DeepSpeed ZeRO as the sharding engine (bucket sizes in elements).
 
-    zero_stage: ZeroStage = ZeroStage.DISABLED
+    Source: DeepSpeed 0.19 ``runtime/zero/config.py`` (``DeepSpeedZeroConfig``); defaults in
+    ``data/constants.json``, "auto" values resolved in ``dsconfig.py``.
+    """
+
+    zero_stage: ZeroStage
     offload_optimizer: Offload = Offload.NONE
     offload_param: Offload = Offload.NONE
-    gpus_per_node: int = Field(default=1, gt=0)
-    nodes: int = Field(default=1, gt=0)
     reduce_bucket_size: int = Field(default=500_000_000, ge=0)
     allgather_bucket_size: int = Field(default=500_000_000, ge=0)
     stage3_prefetch_bucket_size: int = Field(default=50_000_000, ge=0)
     stage3_max_live_parameters: int = Field(default=1_000_000_000, ge=0)
     stage3_param_persistence_threshold: int = Field(default=100_000, ge=0)
-    deepspeed_precision: Literal["fp16", "bf16", "fp32"] | None = None
+    precision: Literal["fp16", "bf16", "fp32"] = "fp32"
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+
+
+class FsdpSpec(_Frozen):
+    """PyTorch FSDP as the sharding engine (resolved from the ``fsdp*`` request fields).
+
+    Source: torch 2.13 ``distributed/fsdp/fully_sharded_data_parallel.py`` (FSDP1) and
+    ``distributed/fsdp/_fully_shard/`` (FSDP2).
+    """
+
+    version: Literal[1, 2] = 2
+    strategy: FsdpStrategy = FsdpStrategy.FULL_SHARD
+    reshard_after_forward: bool = True
+    offload: bool = False
+    use_orig_params: bool = True
+    limit_all_gathers: bool = True
+    backward_prefetch: FsdpBackwardPrefetch = FsdpBackwardPrefetch.BACKWARD_PRE
+
+
+class ParallelSpec(_Frozen):
+    """The parallel layout: the device mesh and the sharding engine over data parallelism.
+
+    World size = ``gpus_per_node * nodes`` = ``dp * tp * cp * pp``; data parallelism takes
+    what the other dimensions leave. ``ep`` splits MoE experts over ``ep`` of the data-parallel
+    (x context) ranks, as Megatron-core and torchtitan do, so it is not a factor of the world.
+    The sharding engine (DeepSpeed ZeRO, FSDP1/2, or none = DDP) acts over the data-parallel
+    ranks: ``dp_shard`` ranks split a sharded state, ``dp_replicate`` groups hold copies.
+    """
+
+    gpus_per_node: int = Field(default=1, gt=0)
+    nodes: int = Field(default=1, gt=0)
+    tp: int = Field(default=1, gt=0)
+    sequence_parallel: bool = False
+    cp: int = Field(default=1, gt=0)
+    pp: int = Field(default=1, gt=0)
+    pp_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
+    pp_virtual_stages: int = Field(default=1, gt=0)
+    ep: int = Field(default=1, gt=0)
+    zero: ZeroSpec | None = None
+    fsdp: FsdpSpec | None = None
 
     @property
     def world_size(self) -> int:
-        """Data-parallel degree: GPUs per node times nodes."""
+        """GPUs in the job: GPUs per node times nodes."""
         return self.gpus_per_node * self.nodes
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: the world over tensor, context and pipeline parallelism."""
+        return self.world_size // (self.tp * self.cp * self.pp)
+
+    @property
+    def dp_shard(self) -> int:
+        """Ranks a sharded model state is split over (1 when nothing is sharded)."""
+        if self.fsdp is not None:
+            if self.fsdp.strategy == FsdpStrategy.NO_SHARD:
+                return 1
+            if self.fsdp.strategy == FsdpStrategy.HYBRID_SHARD:
+                return self.dp // self.nodes if self.dp % self.nodes == 0 else self.dp
+            return self.dp
+        if self.zero is not None and self.zero.zero_stage != ZeroStage.DISABLED:
+            return self.dp
+        return 1
+
+    @property
+    def dp_replicate(self) -> int:
+        """Data-parallel groups holding the same shard."""
+        return self.dp // self.dp_shard
+
+    @property
+    def zero_stage(self) -> ZeroStage:
+        """The DeepSpeed ZeRO stage (DISABLED without DeepSpeed)."""
+        return self.zero.zero_stage if self.zero is not None else ZeroStage.DISABLED
+
+    @property
+    def engine(self) -> str:
+        """The sharding engine: none, ddp, zero, fsdp1 or fsdp2."""
+        if self.fsdp is not None:
+            return f"fsdp{self.fsdp.version}"
+        if self.zero is not None and self.zero.zero_stage != ZeroStage.DISABLED:
+            return "zero"
+        return "ddp" if self.dp > 1 else "none"
 
 
 class GpuSpec(_Frozen):

@@ -145,14 +145,31 @@ class _Ctx:
     lora_r: int
     lora_dropout: float
     attn: Attention
+    seq_shard: int = 1
 
 
 def activation_profile(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], tr: TrainingSpec, plan: ParamPlan
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    tr: TrainingSpec,
+    plan: ParamPlan,
+    *,
+    seq_shard: int = 1,
 ) -> ActivationProfile:
     """Activation bytes of one forward/backward of ``tr.batch_size`` x ``tr.seq_len`` tokens.
 
-    Source: the ledger rules in this module's docstring, checked against the traced grid.
+    ``spec`` and ``inventory`` are one rank's (``layout.rank_spec``): under tensor
+    parallelism they carry the local heads and MLP width, so everything inside attention and
+    the MLP is per rank while the hidden-size tensors (norm inputs and statistics, residual
+    dropout masks) are whole -- Korthikanti et al. 2022 Table 2's ``10 + 24/t`` split. With
+    sequence parallelism (``seq_shard = tp``) those hidden-size tensors are split over the
+    sequence as torch's ``SequenceParallel`` does for the norms and dropouts; the column
+    linears' inputs are all-gathered and saved whole (torch ``ColwiseParallel`` with
+    ``input_layouts=Shard(1)``), unlike Megatron-LM, which saves them sharded and gathers again
+    in backward.
+
+    Source: the ledger rules in this module's docstring, checked against the traced grid;
+    torch 2.13 ``distributed/tensor/parallel/style.py``.
     """
     B, S = tr.batch_size, tr.seq_len
     pb = dtype_bytes(tr.param_dtype)
@@ -164,6 +181,7 @@ def activation_profile(
         full=peft is None, lora=set(plan.lora_modules),
         lora_r=peft.r if peft is not None else 0,
         lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
+        seq_shard=seq_shard,
     )  # fmt: skip
     prof = ActivationProfile()
     rb = 4 if amp else pb  # residual stream: fp32 under autocast (fp32 embeddings + casts)
@@ -321,15 +339,17 @@ def _block(
     Hq, Hkv = heads * hd, kvh * hd
     S, B = ctx.S, ctx.B
 
+    Ts = -(-T // ctx.seq_shard)  # tokens of a sequence-parallel shard
+
     def norm(name: str) -> None:
         if not (rg or ctx.full):
             return
         if spec.norm == "layernorm":
-            led.save(f"{name}_in", "residual", T * H * rb)
-            led.save(f"{name}_mean", "norms", T * 4)
-            led.save(f"{name}_rstd", "norms", T * 4)
+            led.save(f"{name}_in", "residual", Ts * H * rb)
+            led.save(f"{name}_mean", "norms", Ts * 4)
+            led.save(f"{name}_rstd", "norms", Ts * 4)
         else:
-            _rmsnorm(led, ctx, name, T * H, rb, trainable=ctx.full)
+            _rmsnorm(led, ctx, name, Ts * H, rb, trainable=ctx.full)
 
     def linear(g: ParamGroup, xname: str, x_bytes: int) -> None:
         nonlocal amp_copy, rg, fwd_extra, bwd_extra
@@ -447,6 +467,6 @@ def _block(
             fwd_extra = max(fwd_extra, 2 * block(n_i * 4))
             bwd_extra = max(bwd_extra, 3 * block(n_i * cb))
         if spec.hidden_dropout > 0 and (rg or ctx.full):
-            led.save(f"resid_mask{si}", "dropout_masks", T * H)
+            led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
     bwd_extra += 2 * block(T * H * rb)
     return led, fwd_extra, bwd_extra, rg, amp_copy

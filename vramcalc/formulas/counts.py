@@ -66,7 +66,7 @@ class ParamGroup(BaseModel):
     role: Literal[
         "column", "row", "vocab", "replicated", "expert_column", "expert_row"
     ] = "replicated"
-    """How tensor/expert parallelism shard this group (Megatron-LM / torch ``parallelize_module``)."""
+    """How tensor/expert parallelism shard this group (Megatron / ``parallelize_module``)."""
     expert: bool = False
     """MoE expert weight: one slice of a 3-D ``nn.Parameter`` (transformers >= 5), not an
     ``nn.Linear``; bitsandbytes leaves it unquantized and PEFT ``target_modules`` cannot

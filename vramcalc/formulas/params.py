@@ -102,6 +102,10 @@ class ParamPlan:
     lora_modules: set[str] = field(default_factory=set)
     trainable_elements: list[tuple[int, int, int]] = field(default_factory=list)
     """(elements of one tensor, count, bytes per element) of every trainable tensor kind."""
+    tensors: list[tuple[str, int, int, int]] = field(default_factory=list)
+    """(group key, bytes of one instance before block rounding, count, bytes per element; 0
+    for quantized storage) of every parameter tensor (weights, biases, quantized weights with
+    their state, adapters): what a sharding engine splits and gathers."""
 
 
 def lora_target_groups(
@@ -177,7 +181,11 @@ def plan_params(
             key = f"params/{_dtype_name(other_bytes)}"
         plan.details[key] = plan.details.get(key, 0) + wbytes * g.count
         plan.param_bytes += wbytes * g.count
+        plan.tensors.append(
+            (g.key, wbytes if quant_this else n_w * other_bytes, g.count, 0 if quant_this else other_bytes)
+        )
         if n_b:
+            plan.tensors.append((g.key, n_b * other_bytes, g.count, other_bytes))
             bb = block(n_b * other_bytes)
             bkey = f"params/{_dtype_name(other_bytes)}"
             plan.details[bkey] = plan.details.get(bkey, 0) + bb * g.count
@@ -207,6 +215,9 @@ def plan_params(
     if peft is not None:
         plan.adapters = _adapters(spec, inventory, peft, lora_keys)
         for a in plan.adapters:
+            plan.tensors.append(
+                (a.key, a.shape[0] * a.shape[1] * a.bytes_per_elt, a.count, a.bytes_per_elt)
+            )
             plan.param_bytes += a.tensor_bytes
             plan.details["params/adapters_fp32"] = (
                 plan.details.get("params/adapters_fp32", 0) + a.tensor_bytes

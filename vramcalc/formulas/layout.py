@@ -1,0 +1,389 @@
+"""The parallel layout: check the mesh, and cut the model into the slice one rank holds.
+
+Tensor, pipeline and expert parallelism change *which* tensors a rank holds; the sharding
+engine (``formulas/sharding.py``) then splits that slice's model states over the data-parallel
+ranks. This module does the first part, reading each parameter group's ``role``:
+
+* ``column`` (q/k/v, gate/up, fc1): output features split over ``tp`` (bias split too);
+* ``row`` (o, down, fc2): input features split over ``tp`` (bias replicated);
+* ``vocab`` (token embedding rows, LM-head outputs): split over ``tp``;
+* ``replicated`` (norms, position tables, routers): whole on every rank;
+* ``expert_column`` / ``expert_row``: experts split over ``ep`` ranks, then like column/row
+  over ``tp`` (Megatron-core's default ``expert_tensor_parallel_size = tp``).
+
+Pipeline stage ``s`` of ``pp`` holds its share of the blocks (the first stages take one more
+when they do not divide evenly), the first stage the embeddings, the last the final norm and
+LM head -- and, with tied embeddings, its own copy of the embedding for the head.
+
+Source: Shoeybi et al. 2019 "Megatron-LM", Section 3 (column/row-parallel MLP and attention,
+vocab-parallel embedding); Narayanan et al. 2021 Section 2.2 (pipeline stages); Megatron-LM
+``megatron/core/tensor_parallel/layers.py`` and ``core/transformer/moe/experts.py``; torch 2.13
+``distributed/tensor/parallel/style.py`` (``ColwiseParallel``/``RowwiseParallel``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vramcalc import catalog
+from vramcalc.enums import FsdpStrategy, MixedPrecision, Offload, ZeroStage
+from vramcalc.errors import InvalidConfigError
+from vramcalc.formulas.counts import ParamGroup
+from vramcalc.specs import EstimateRequest, FsdpSpec, ModelSpec, ParallelSpec, ZeroSpec
+
+__all__ = [
+    "Stage",
+    "in_flight_microbatches",
+    "rank_inventory",
+    "rank_spec",
+    "resolve_parallel",
+    "stage_layers",
+    "stages",
+]
+
+
+def _zero_from_flags(req: EstimateRequest) -> ZeroSpec | None:
+    if req.offload_param != Offload.NONE and req.zero != ZeroStage.PARAMETERS:
+        raise InvalidConfigError(
+            f"--offload-param {req.offload_param.value} needs --zero 3 (got --zero "
+            f"{int(req.zero)}); DeepSpeed offloads parameters only in stage 3"
+        )
+    if req.offload_optimizer != Offload.NONE and req.zero == ZeroStage.DISABLED:
+        raise InvalidConfigError(
+            f"--offload-optimizer {req.offload_optimizer.value} needs --zero 1, 2 or 3"
+        )
+    if req.zero == ZeroStage.DISABLED:
+        return None
+
+    def c(key: str) -> int:
+        return int(catalog.constant(f"deepspeed_{key}"))
+
+    return ZeroSpec(
+        zero_stage=req.zero,
+        offload_optimizer=req.offload_optimizer,
+        offload_param=req.offload_param,
+        reduce_bucket_size=c("reduce_bucket_size"),
+        allgather_bucket_size=c("allgather_bucket_size"),
+        stage3_prefetch_bucket_size=c("stage3_prefetch_bucket_size"),
+        stage3_max_live_parameters=c("stage3_max_live_parameters"),
+        stage3_param_persistence_threshold=c("stage3_param_persistence_threshold"),
+        precision={"no": "fp32", "fp16": "fp16", "bf16": "bf16"}[req.mixed_precision.value],
+        overlap_comm=req.zero == ZeroStage.PARAMETERS,
+    )
+
+
+def _fsdp_from_flags(req: EstimateRequest) -> FsdpSpec | None:
+    if req.fsdp is None:
+        return None
+    reshard = req.fsdp_reshard_after_forward
+    if reshard is None:
+        reshard = req.fsdp != FsdpStrategy.SHARD_GRAD_OP
+    elif req.fsdp == FsdpStrategy.SHARD_GRAD_OP and reshard:
+        raise InvalidConfigError(
+            "--fsdp shard_grad_op keeps parameters unsharded after forward; it contradicts "
+            "--fsdp-reshard-after-forward true (use --fsdp full_shard for that)"
+        )
+    return FsdpSpec(
+        version=req.fsdp_version,
+        strategy=req.fsdp,
+        reshard_after_forward=reshard,
+        offload=req.fsdp_offload,
+        use_orig_params=req.fsdp_use_orig_params,
+        limit_all_gathers=req.fsdp_limit_all_gathers,
+        backward_prefetch=req.fsdp_backward_prefetch,
+    )
+
+
+def resolve_parallel(
+    req: EstimateRequest, spec: ModelSpec, deepspeed: ZeroSpec | None = None
+) -> ParallelSpec:
+    """Check the requested mesh against the model and build the ``ParallelSpec``.
+
+    Raises:
+        InvalidConfigError: a mesh that does not multiply to the world size, a degree that
+            does not divide what it splits (heads, KV heads, layers, experts, sequence), two
+            sharding engines at once, or an option without the engine it belongs to.
+
+    """
+    world = req.gpus * req.nodes
+    tp, cp, pp, ep = req.tp, req.cp, req.pp, req.ep
+    model_par = tp * cp * pp
+    if world % model_par:
+        raise InvalidConfigError(
+            f"--tp {tp} x --cp {cp} x --pp {pp} = {model_par} does not divide the world size "
+            f"{world} (--gpus {req.gpus} x --nodes {req.nodes}); data parallelism takes "
+            "world / (tp x cp x pp) ranks"
+        )
+    dp = world // model_par
+    if tp > 1:
+        for what, n in (
+            ("num_attention_heads", spec.num_attention_heads),
+            ("num_key_value_heads", spec.num_key_value_heads),
+        ):
+            if n % tp:
+                raise InvalidConfigError(
+                    f"--tp {tp} does not divide {spec.name}'s {what}={n}; accepted --tp: "
+                    f"{', '.join(str(d) for d in _divisors(n))}"
+                )
+    if req.sequence_parallel and tp == 1:
+        raise InvalidConfigError(
+            "--sequence-parallel shards activations over --tp; it needs --tp > 1"
+        )
+    n_layers = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
+    if pp > 1:
+        if spec.is_encoder_decoder:
+            raise InvalidConfigError(
+                f"--pp {pp} with an encoder-decoder model ({spec.model_type}) is not modelled"
+            )
+        if pp > n_layers:
+            raise InvalidConfigError(
+                f"--pp {pp} exceeds {spec.name}'s {n_layers} layers; at most one stage per layer"
+            )
+    if req.pp_schedule == "interleaved":
+        if pp == 1:
+            raise InvalidConfigError("--pp-schedule interleaved needs --pp > 1")
+        if n_layers % (pp * req.pp_virtual_stages):
+            raise InvalidConfigError(
+                f"--pp-schedule interleaved splits {n_layers} layers into pp x virtual stages = "
+                f"{pp} x {req.pp_virtual_stages} chunks; that must divide the layer count"
+            )
+    if cp > 1 and req.seq_len % (2 * cp):
+        raise InvalidConfigError(
+            f"--cp {cp} splits the sequence into 2 x cp load-balanced chunks; --seq-len "
+            f"{req.seq_len} is not a multiple of {2 * cp}"
+        )
+    if ep > 1:
+        experts = spec.num_local_experts
+        if not experts:
+            raise InvalidConfigError(
+                f"--ep {ep} needs a mixture-of-experts model; {spec.name} has none"
+            )
+        if experts % ep:
+            raise InvalidConfigError(
+                f"--ep {ep} does not divide {spec.name}'s {experts} experts; accepted --ep: "
+                f"{', '.join(str(d) for d in _divisors(experts))}"
+            )
+        if (dp * cp) % ep:
+            raise InvalidConfigError(
+                f"--ep {ep} must divide the data-parallel x context-parallel ranks "
+                f"({dp} x {cp} = {dp * cp}) it reuses for experts"
+            )
+    fsdp = _fsdp_from_flags(req)
+    zero = deepspeed if deepspeed is not None else _zero_from_flags(req)
+    if fsdp is not None and zero is not None and zero.zero_stage != ZeroStage.DISABLED:
+        raise InvalidConfigError(
+            f"--fsdp {fsdp.strategy.value} and DeepSpeed ZeRO stage {int(zero.zero_stage)} are two "
+            "sharding engines; choose one"
+        )
+    if fsdp is None:
+        _no_fsdp_options(req)
+    if fsdp is not None and fsdp.strategy == FsdpStrategy.HYBRID_SHARD and dp % req.nodes:
+        raise InvalidConfigError(
+            f"--fsdp hybrid_shard shards within a node and replicates across --nodes "
+            f"{req.nodes}; the {dp} data-parallel ranks must divide evenly over the nodes"
+        )
+    if fsdp is not None and fsdp.strategy == FsdpStrategy.HYBRID_SHARD and req.nodes == 1:
+        raise InvalidConfigError(
+            "--fsdp hybrid_shard replicates across nodes; with --nodes 1 it is full_shard"
+        )
+    return ParallelSpec(
+        gpus_per_node=req.gpus,
+        nodes=req.nodes,
+        tp=tp,
+        sequence_parallel=req.sequence_parallel,
+        cp=cp,
+        pp=pp,
+        pp_schedule=req.pp_schedule,
+        pp_virtual_stages=req.pp_virtual_stages if req.pp_schedule == "interleaved" else 1,
+        ep=ep,
+        zero=zero,
+        fsdp=fsdp,
+    )
+
+
+def _no_fsdp_options(req: EstimateRequest) -> None:
+    defaults = EstimateRequest.model_fields
+    for name in (
+        "fsdp_offload",
+        "fsdp_reshard_after_forward",
+        "fsdp_use_orig_params",
+        "fsdp_limit_all_gathers",
+        "fsdp_backward_prefetch",
+    ):
+        if getattr(req, name) != defaults[name].default:
+            raise InvalidConfigError(
+                f"--{name.replace('_', '-')} is an FSDP option; add --fsdp "
+                "{full_shard,shard_grad_op,hybrid_shard,no_shard}"
+            )
+    if req.fsdp_version != defaults["fsdp_version"].default:
+        raise InvalidConfigError("--fsdp-version needs --fsdp")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0][:12]
+
+
+def compute_dtype_bytes(mixed_precision: MixedPrecision, param_bytes: int) -> int:
+    """Bytes per element the forward runs in: 2 under fp16/bf16 autocast, else the storage."""
+    return 2 if mixed_precision != MixedPrecision.NO else param_bytes
+
+
+_: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as the step walk needs it.
+
+    Attributes:
+        index: stage number (0 = first).
+        layers: blocks on this stage.
+        first: holds the embeddings (and receives the batch).
+        last: holds the final norm, the LM head and the loss.
+        in_flight: micro-batches whose activations the stage holds at its peak.
+
+    """
+
+    index: int
+    layers: int
+    first: bool
+    last: bool
+    in_flight: int = 1
+
+
+def stage_layers(n_layers: int, pp: int, stage: int) -> int:
+    """Blocks on pipeline stage ``stage``: an even split, earlier stages take the remainder."""
+    base, extra = divmod(n_layers, pp)
+    return base + (1 if stage < extra else 0)
+
+
+def in_flight_microbatches(parallel: ParallelSpec, stage: int, microbatches: int) -> int:
+    """Micro-batches whose activations stage ``stage`` holds at once.
+
+    1F1B: stage ``s`` runs ``pp - s`` warm-up forwards before its first backward, so the
+    first stage holds ``pp`` micro-batches (never more than the step has). Interleaved with
+    ``v`` chunks per rank: Megatron's penalty ``1 + (pp - 1) / (pp * v)`` on the first stage's
+    activations, i.e. ``ceil(pp * penalty)`` chunk-sized micro-batches.
+
+    Source: Narayanan et al. 2021, Section 2.2.1-2.2.2; Megatron-LM
+    ``megatron/training/theoretical_memory_usage.py`` (``compute_activation_memory``).
+    """
+    pp = parallel.pp
+    if pp == 1:
+        return 1
+    if parallel.pp_schedule == "interleaved":
+        v = parallel.pp_virtual_stages
+        # ceil(pp * (1 + (pp - 1) / (pp * v))) in integers, scaled by the stage's position
+        held = -(-(pp * pp * v + (pp - 1) * pp) // (pp * v)) - stage
+        return max(1, min(held, microbatches * v))
+    return max(1, min(pp - stage, microbatches))
+
+
+def stages(spec: ModelSpec, parallel: ParallelSpec, microbatches: int) -> list[Stage]:
+    """List the distinct pipeline stages worth walking: first, last and one middle stage.
+
+    Middle stages differ from each other only by one block of remainder and their in-flight
+    count, which falls with the stage index; the second stage is the largest of them.
+    """
+    n = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
+    pp = parallel.pp
+    picks = sorted({0, pp - 1} | ({1} if pp > 2 else set()))
+    return [
+        Stage(
+            index=s,
+            layers=stage_layers(n, pp, s),
+            first=s == 0,
+            last=s == pp - 1,
+            in_flight=in_flight_microbatches(parallel, s, microbatches),
+        )
+        for s in picks
+    ]
+
+
+def _split(n: int, parts: int) -> int:
+    return -(-n // parts)
+
+
+def rank_spec(spec: ModelSpec, parallel: ParallelSpec, stage: Stage) -> ModelSpec:
+    """Describe the model as one rank computes it: local heads, MLP width, vocab, blocks.
+
+    Under tensor parallelism each rank runs ``heads / tp`` attention heads, ``intermediate /
+    tp`` MLP columns and (vocab-parallel head and loss) ``vocab / tp`` logits per token; the
+    hidden size is whole. A pipeline stage runs its own blocks only; the LM head and loss only
+    on the last stage.
+    """
+    tp = parallel.tp
+    n_layers = stage.layers
+    update: dict[str, object] = {}
+    if tp > 1:
+        update.update(
+            num_attention_heads=spec.num_attention_heads // tp,
+            num_key_value_heads=max(1, spec.num_key_value_heads // tp),
+            intermediate_size=_split(spec.intermediate_size, tp),
+            vocab_size=_split(spec.vocab_size, tp),
+        )
+    if parallel.pp > 1:
+        update.update(
+            num_hidden_layers=max(n_layers, 1), has_lm_head=spec.has_lm_head and stage.last
+        )
+    return spec.model_copy(update=update) if update else spec
+
+
+def rank_inventory(
+    inventory: tuple[ParamGroup, ...], spec: ModelSpec, parallel: ParallelSpec, stage: Stage
+) -> tuple[ParamGroup, ...]:
+    """The parameter groups one rank of ``stage`` holds, with their local shapes and counts.
+
+    Tied embeddings: the last stage keeps a copy of the token embedding for its LM head
+    (Megatron ``shared_embedding``); with one stage it is the same tensor, counted once.
+    """
+    tp, ep, pp = parallel.tp, parallel.ep, parallel.pp
+    n_total = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
+    out: list[ParamGroup] = []
+    for g in inventory:
+        count = g.count
+        if pp > 1:
+            if g.stack == "embed":
+                keep_tied = stage.last and spec.tie_word_embeddings and g.key == "embed/tokens"
+                if not stage.first and not keep_tied:
+                    continue
+            elif g.stack == "head" or (g.count == 1 and g.stack in ("encoder", "decoder")):
+                # the LM head, and the stack's final norm (one instance, not per block)
+                if not stage.last:
+                    continue
+            elif g.count % n_total == 0:
+                count = g.count // n_total * stage.layers
+        if count == 0:
+            continue
+        in_f, out_f, w, b = g.in_features, g.out_features, g.weight_numel, g.bias_numel
+        role = g.role
+        if role.startswith("expert"):
+            count = _split(count, ep) if ep > 1 else count
+            role = "column" if role == "expert_column" else "row"
+        if tp > 1:
+            if role == "column":
+                out_f = _split(out_f, tp)
+                w, b = in_f * out_f, (out_f if b else 0)
+            elif role == "row":
+                in_f = _split(in_f, tp)
+                w = in_f * out_f
+            elif role == "vocab":
+                if g.kind == "embedding":
+                    in_f = _split(in_f, tp)
+                else:
+                    out_f = _split(out_f, tp)
+                    b = out_f if b else 0
+                w = in_f * out_f
+        out.append(
+            g.model_copy(
+                update={
+                    "count": count,
+                    "in_features": in_f,
+                    "out_features": out_f,
+                    "weight_numel": w,
+                    "bias_numel": b,
+                }
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,381 @@
+"""Per-rank model states under a sharding engine, and the transient buffers it needs.
+
+One module for every engine that acts over the data-parallel ranks (``ParallelSpec.engine``):
+
+* ``none`` / ``ddp``: whole parameters, gradients and states on every rank; DDP adds its
+  gradient buckets (a second copy of the gradients unless ``gradient_as_bucket_view``).
+* ``zero`` (DeepSpeed ZeRO 1/2/3): 16-bit parameters and gradients on the GPU and, inside the
+  optimizer, an fp32 master copy, fp32 gradient partition and the states; stage 1 partitions
+  the optimizer side, stage 2 also the 16-bit gradients, stage 3 also the parameters, which
+  are gathered module by module around each use (``stage3_prefetch_bucket_size`` ahead, the
+  tied embedding whole for the LM head); offload moves the optimizer side (and in stage 3 the
+  parameter partitions) to pinned CPU memory.
+* ``fsdp1`` / ``fsdp2`` (PyTorch FSDP, one unit per decoder block plus the root): each rank
+  keeps a ``1/dp_shard`` slice of every parameter (FSDP2: dim-0 rows of each tensor, padded to
+  a multiple of the shard count; FSDP1: one flat parameter per unit padded likewise), the
+  matching gradient slice and optimizer states; the unit that runs is all-gathered (in the
+  mixed-precision ``param_dtype``), the next one prefetched in backward, the root's
+  parameters stay unsharded from forward to the end of backward; a block's full gradients
+  live until its reduce-scatter. ``CPUOffload`` keeps the shards, their gradients and the
+  states in CPU memory.
+
+The result is a ``RankStates``: persistent bytes (params, gradients at the step, optimizer
+states, step temporaries, CPU bytes) and the transient bytes the step walk adds at each event.
+
+Source: Rajbhandari et al. 2020 (ZeRO), Section 5 and Figure 1; DeepSpeed 0.19
+``runtime/zero/stage_1_and_2.py``, ``stage3.py``, ``partitioned_param_coordinator.py``; torch
+2.13 ``distributed/fsdp/_flat_param.py`` (FSDP1 flat parameters and padding),
+``distributed/fsdp/_fully_shard/_fsdp_param.py`` (dim-0 shards), ``_fsdp_collectives.py``
+(``foreach_all_gather``, ``foreach_reduce``), ``_fsdp_state.py`` (the root is not resharded
+after forward); Zhao et al. 2023, "PyTorch FSDP: Experiences on Scaling Fully Sharded Data
+Parallel", Section 3-4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from vramcalc.enums import FsdpStrategy, Offload, ZeroStage
+from vramcalc.formulas.counts import ParamGroup
+from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
+from vramcalc.formulas.params import ParamPlan, block
+from vramcalc.specs import ModelSpec, ParallelSpec
+
+__all__ = ["RankStates", "Units", "rank_states", "units"]
+
+FP32_BYTES = 4  # fp32 master copies and fp32 gradient partitions
+HALF_BYTES = 2  # fp16/bf16
+
+
+@dataclass(frozen=True)
+class Units:
+    """A rank's parameter tensors cut into the units a gathering engine handles one at a time.
+
+    Attributes:
+        n_blocks: decoder (and encoder) blocks on this rank.
+        block: ``(bytes of one instance, instances per block, bytes per element)`` of each
+            tensor kind inside a block (bytes per element 0: quantized storage).
+        root: ``(bytes of one instance, count, bytes per element)`` outside the blocks
+            (embeddings, final norms, LM head, prompt tables).
+        block_trainable_elements: trainable elements of one block (adapters included).
+        root_trainable_elements: trainable elements of the root.
+
+    """
+
+    n_blocks: int
+    block: tuple[tuple[int, int, int], ...]
+    root: tuple[tuple[int, int, int], ...]
+    block_trainable_elements: int
+    root_trainable_elements: int
+
+    @property
+    def block_bytes(self) -> int:
+        """Stored bytes of one block's parameters (before block rounding)."""
+        return sum(nb * c for nb, c, _ in self.block)
+
+    @property
+    def root_bytes(self) -> int:
+        """Stored bytes of the root's parameters (before block rounding)."""
+        return sum(nb * c for nb, c, _ in self.root)
+
+
+_ROOT_PREFIXES = ("embed/", "head/", "prompt/", "prefix/")
+
+
+def _in_block(key: str, count: int, n_blocks: int) -> bool:
+    if key.startswith(_ROOT_PREFIXES) or "final_norm" in key or n_blocks <= 0:
+        return False
+    return count % n_blocks == 0
+
+
+def units(plan: ParamPlan, n_blocks: int) -> Units:
+    """Split a rank's parameter tensors into per-block and root units.
+
+    A tensor belongs to the blocks when it has one instance (or one per expert) in every
+    block; the rest -- embeddings, final norms, the LM head -- is the root, as
+    ``fully_shard(block)`` for each block then ``fully_shard(model)`` (or FSDP1's
+    transformer auto-wrap policy) wrap them.
+    """
+    blk: list[tuple[int, int, int]] = []
+    root: list[tuple[int, int, int]] = []
+    b_tr = r_tr = 0
+    trainable = plan.trainable_keys
+    for key, nb, count, eb in plan.tensors:
+        trains = key in trainable
+        if _in_block(key, count, n_blocks):
+            per = count // n_blocks
+            blk.append((nb, per, eb))
+            b_tr += (nb // eb) * per if trains and eb else 0
+        else:
+            root.append((nb, count, eb))
+            r_tr += (nb // eb) * count if trains and eb else 0
+    return Units(n_blocks, tuple(blk), tuple(root), b_tr, r_tr)
+
+
+@dataclass
+class RankStates:
+    """Model states of one rank and the transient buffers of its sharding engine (bytes).
+
+    Persistent: ``params`` (on the GPU at rest), ``gradients`` (alive at the optimizer
+    step, buckets included), ``optimizer`` (states on the GPU), ``step_temps``, ``cpu``
+    (offloaded). Transient (added by the step walk at the events where they are alive):
+    ``gather_block`` (one block's unsharded parameters while it runs), ``gather_prefetch``
+    (the next block, prefetched in backward), ``gather_root`` (the root's unsharded
+    parameters, from the embedding forward to the end of backward), ``gather_buffer`` (an
+    all-gather output while its block's parameters are copied out), ``grad_block_full`` (a
+    block's full gradients before its reduce-scatter, with the reduce-scatter input),
+    ``grad_block`` / ``grad_head`` / ``grad_embed`` / ``grad_other`` (gradient bytes each part
+    of backward leaves behind on this rank), ``grad_root_full`` (the root's full gradients,
+    kept until its reduce-scatter at the end of backward).
+    """
+
+    params: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    step_temps: int = 0
+    cpu: int = 0
+    details: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    gather_block: int = 0
+    gather_prefetch: int = 0
+    gather_root: int = 0
+    gather_buffer: int = 0
+    grad_block_full: int = 0
+    grad_root_full: int = 0
+    sharded: bool = False
+
+
+def _shard(n: int, parts: int) -> int:
+    """Elements of one rank's slice of an ``n``-element tensor split over ``parts`` ranks."""
+    return -(-n // parts)
+
+
+def _sharded_plan(plan: ParamPlan, ratio_num: int, ratio_den: int) -> ParamPlan:
+    """Return the trainable tensors of ``plan`` as one rank's shards (``num/den`` each)."""
+
+    def part(n: int) -> int:
+        return -(-n * ratio_num // ratio_den)
+
+    elems = [(part(n), c, b) for n, c, b in plan.trainable_elements]
+    return replace(
+        plan,
+        trainable_elements=elems,
+        grad_tensors=[(block(part(n) * b), c, 0) for n, c, b in elems],
+        decay_bytes=-(-plan.decay_bytes * ratio_num // ratio_den),
+        nodecay_bytes=-(-plan.nodecay_bytes * ratio_num // ratio_den),
+        largest_trainable=-(-plan.largest_trainable * ratio_num // ratio_den),
+    )
+
+
+def rank_states(
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    plan: ParamPlan,
+    opt: OptimizerPlan,
+    parallel: ParallelSpec,
+    *,
+    compute_bytes: int,
+    n_blocks: int,
+) -> RankStates:
+    """Per-rank model states and engine buffers for ``parallel.engine``.
+
+    Args:
+        spec: the rank's model (``layout.rank_spec``).
+        inventory: the rank's parameter groups (``layout.rank_inventory``).
+        plan: parameter bytes and trainable tensors of that slice.
+        opt: the optimizer over the whole slice (states before sharding).
+        parallel: the layout.
+        compute_bytes: bytes per element of the dtype the forward runs in (gathered
+            parameters under FSDP mixed precision).
+        n_blocks: blocks on this rank.
+
+    """
+    engine = parallel.engine
+    if engine.startswith("fsdp"):
+        return _fsdp(spec, inventory, plan, opt, parallel, compute_bytes, n_blocks)
+    if engine == "zero":
+        return _zero(plan, opt, parallel, n_blocks)
+    return _replicated(plan, opt, parallel)
+
+
+def _grads_bytes(plan: ParamPlan, opt: OptimizerPlan) -> int:
+    return sum(b * c for b, c, _ in plan.grad_tensors) if opt.stores_grads else 0
+
+
+def _replicated(plan: ParamPlan, opt: OptimizerPlan, parallel: ParallelSpec) -> RankStates:
+    """Whole states on every rank; DDP's buckets hold a second copy of the gradients.
+
+    Source: torch ``nn.parallel.DistributedDataParallel`` (``bucket_cap_mb=25``,
+    ``gradient_as_bucket_view=False`` as the HF Trainer leaves it): the reducer allocates
+    bucket storage for every gradient.
+    """
+    grads = _grads_bytes(plan, opt)
+    out = RankStates(
+        params=plan.param_bytes,
+        gradients=grads,
+        optimizer=opt.state_bytes,
+        step_temps=opt.step_temp_bytes,
+    )
+    if parallel.dp > 1 and grads:
+        out.details["gradients/ddp_buckets"] = grads
+        out.notes.append(
+            "DDP keeps a second copy of the gradients in its buckets "
+            "(gradient_as_bucket_view=False, the Trainer default)"
+        )
+        out.gradients += grads
+    return out
+
+
+def _zero(
+    plan: ParamPlan,
+    opt: OptimizerPlan,
+    parallel: ParallelSpec,
+    n_blocks: int,
+) -> RankStates:
+    """DeepSpeed ZeRO 1/2/3 on one rank.
+
+    Source: DeepSpeed 0.19 ``runtime/zero/stage_1_and_2.py`` (fp32 master partition
+    ``single_partition_of_fp32_groups``, its gradient, ``reduce_bucket_size`` IPG buckets),
+    ``stage3.py`` and ``partitioned_param_coordinator.py`` (fetch a module's parameters before
+    its forward/backward, prefetch up to ``stage3_prefetch_bucket_size`` elements in trace
+    order, keep parameters under ``stage3_param_persistence_threshold`` elements whole, release
+    after use); ZeRO paper Section 5.
+    """
+    z = parallel.zero
+    assert z is not None
+    n = parallel.dp_shard
+    out = RankStates()
+    P = plan.param_bytes
+    G = _grads_bytes(plan, opt)
+    opt_b, temp = opt.state_bytes, opt.step_temp_bytes
+    psi_t = plan.n_trainable
+    sixteen = z.precision in ("fp16", "bf16")
+    if sixteen:
+        # the optimizer steps the fp32 master partition: its states and work lists are fp32
+        plan32 = replace(
+            plan, trainable_elements=[(e, c, FP32_BYTES) for e, c, _ in plan.trainable_elements]
+        )
+        opt32 = plan_optimizer(opt.name, plan32)
+        opt_b, temp = opt32.state_bytes + opt32.paged_bytes, opt32.step_temp_bytes
+    master = FP32_BYTES * psi_t if sixteen else 0
+    fp32_grads = FP32_BYTES * psi_t if sixteen else 0
+    opt_side = -(-(master + opt_b + fp32_grads) // n)
+    temp = -(-temp // n)
+    stage = z.zero_stage
+    grads = -(-G // n) if stage >= ZeroStage.GRADIENTS else G
+    bucket_b = HALF_BYTES if sixteen else FP32_BYTES
+    buckets = block(z.reduce_bucket_size * bucket_b) if stage in (1, 2) else 0
+    params = P
+    if stage == ZeroStage.PARAMETERS:
+        u = units(plan, n_blocks)
+        elems = [(nb // eb if eb else nb, c) for nb, c, eb in u.block]
+        persist = sum(e * c for e, c in elems if e <= z.stage3_param_persistence_threshold)
+        block_elems = sum(e * c for e, c in elems)
+        gathered = max(block_elems - persist, 0)
+        # the fetched module plus what the coordinator prefetches ahead of it, capped by
+        # max_live_parameters; the tied embedding / LM head is fetched whole for the loss
+        ahead = min(z.stage3_prefetch_bucket_size, block_elems)
+        live = min(gathered + ahead, max(z.stage3_max_live_parameters, gathered))
+        out.gather_block = block(gathered * bucket_b)
+        out.gather_prefetch = block(max(live - gathered, 0) * bucket_b)
+        out.gather_root = _gathered(u.root, bucket_b)
+        params = -(-P // n) + block(persist * n_blocks * bucket_b)
+        buckets = block(min(z.reduce_bucket_size, psi_t) * bucket_b)
+        out.sharded = True
+        if z.offload_param != Offload.NONE:
+            out.cpu += P
+            params = block(persist * n_blocks * bucket_b)
+    if z.offload_optimizer != Offload.NONE:
+        out.cpu += opt_side
+        out.details["optimizer/offloaded_to_cpu"] = 0
+        out.notes.append(
+            f"optimizer states, fp32 master weights and fp32 gradients are in "
+            f"{z.offload_optimizer.value} memory ({opt_side} bytes per rank)"
+        )
+        opt_side = 0
+        temp = 0
+    out.details["optimizer/master_fp32"] = (
+        -(-master // n) if z.offload_optimizer == Offload.NONE else 0
+    )
+    out.details["gradients/zero_buckets"] = buckets
+    out.params, out.gradients, out.optimizer, out.step_temps = (
+        params,
+        grads + buckets,
+        opt_side,
+        temp,
+    )
+    return out
+
+
+def _gathered(tensors: tuple[tuple[int, int, int], ...], compute_bytes: int) -> int:
+    """Allocated bytes of unsharded tensors in the forward's dtype (quantized stay packed)."""
+    total = 0
+    for nb, c, eb in tensors:
+        if eb and eb != compute_bytes:
+            nb = nb // eb * compute_bytes
+        total += block(nb) * c
+    return total
+
+
+def _fsdp(
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    plan: ParamPlan,
+    opt: OptimizerPlan,
+    parallel: ParallelSpec,
+    compute_bytes: int,
+    n_blocks: int,
+) -> RankStates:
+    """FSDP1 / FSDP2 with one unit per block plus the root, on one rank.
+
+    Shards: FSDP2 splits each tensor into ``ceil(numel / n)``-element slices (dim-0 rows,
+    padded); FSDP1 concatenates a unit's tensors into one flat parameter padded to a
+    multiple of ``n``. Gradients and optimizer states follow the shards in the storage
+    dtype. The running unit is all-gathered in ``compute_bytes`` per element (the
+    mixed-precision ``param_dtype``); quantized storage is gathered as stored.
+    """
+    f = parallel.fsdp
+    assert f is not None
+    n = parallel.dp_shard
+    out = RankStates(sharded=n > 1)
+    G = _grads_bytes(plan, opt)
+    if n == 1:  # NO_SHARD: DDP semantics inside FSDP (full gradients, all-reduced)
+        out.params, out.gradients = plan.param_bytes, G
+        out.optimizer, out.step_temps = opt.state_bytes, opt.step_temp_bytes
+        return out
+    u = units(plan, n_blocks)
+    if f.version == 2:
+        shard_params = sum(block(_shard(nb, n)) * c for _, nb, c, _ in plan.tensors)
+    else:
+        shard_params = block(_shard(u.block_bytes, n)) * n_blocks + block(_shard(u.root_bytes, n))
+    sharded_plan = _sharded_plan(plan, 1, n)
+    sopt = plan_optimizer(opt.name, sharded_plan)
+    out.params = shard_params
+    out.gradients = _grads_bytes(sharded_plan, sopt) if opt.stores_grads else 0
+    out.optimizer = sopt.state_bytes
+    out.step_temps = sopt.step_temp_bytes
+    out.gather_block = _gathered(u.block, compute_bytes)
+    out.gather_buffer = block(_shard(_gathered(u.block, compute_bytes), n) * n)
+    prefetch = f.version == 2 or f.backward_prefetch != "none"
+    out.gather_prefetch = out.gather_block if prefetch else 0
+    out.gather_root = _gathered(u.root, compute_bytes)
+    if opt.stores_grads and u.block_trainable_elements:
+        full = block(u.block_trainable_elements * compute_bytes)
+        out.grad_block_full = full + block(_shard(full, n) * n)
+    if opt.stores_grads and u.root_trainable_elements:
+        out.grad_root_full = block(u.root_trainable_elements * compute_bytes)
+    out.details["params/sharded"] = shard_params
+    if f.offload:
+        out.cpu = out.params + out.gradients + out.optimizer
+        out.notes.append(
+            "FSDP CPU offload: parameter shards, their gradients and the optimizer states are "
+            f"in CPU memory ({out.cpu} bytes per rank); the optimizer steps on the CPU"
+        )
+        out.params = out.gradients = out.optimizer = out.step_temps = 0
+    if f.strategy == FsdpStrategy.SHARD_GRAD_OP or not f.reshard_after_forward:
+        out.notes.append(
+            "parameters are not resharded after forward: every block's unsharded parameters "
+            "stay alive from its forward to its backward"
+        )
+    _ = spec, inventory
+    return out

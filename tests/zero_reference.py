@@ -1,7 +1,8 @@
-"""ZeRO model-state memory per GPU, as the ZeRO paper and DeepSpeed's estimators state it.
+"""Published ZeRO closed forms, kept as test oracles (the engine has one ZeRO model).
 
-These closed forms are the published reference points; the engine's step walk
-(``engine._model_states``) itemises the same states tensor by tensor and adds buckets.
+The ZeRO paper's Figure 1 formula and DeepSpeed's own estimators: the golden tests check the
+engine's per-rank states (``vramcalc/formulas/sharding.py``), which itemise the same states
+tensor by tensor and add buckets and gathered parameters, against them.
 """
 
 from __future__ import annotations

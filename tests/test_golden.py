@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 import vramcalc
-from vramcalc.enums import Phase
 from tests.zero_reference import (
     deepspeed_zero2_gpu_bytes,
     deepspeed_zero3_gpu_bytes,
     model_state_bytes,
 )
+from vramcalc.enums import Phase
 
 GPT2_MEDIUM = 354_823_168  # HF meta build of openai-community/gpt2-medium, tied head counted once
 GPT2_WTE = 50257 * 1024  # largest layer: the token embedding

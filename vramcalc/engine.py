@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from vramcalc import __version__, catalog
@@ -378,6 +379,12 @@ def _walk(
     zero_root = rs.gather_root if fsdp is None else 0
     keep_gathered = fsdp is not None and not fsdp.reshard_after_forward and rs.sharded
     earlier = (stage.in_flight - 1) * prof.forward_total
+    # Blocks with identical ledgers change the live bytes linearly, so within a run of them
+    # only the run's ends can hold a maximum: walk those, and sum the rest (bounded work for
+    # any depth).
+    reps = _run_ends(prof)
+    saved = prof.ckpt_input if ckpt else prof.layer_saved
+    amp_per = prof.amp_copy_per_layer or [0] * L
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
@@ -395,12 +402,14 @@ def _walk(
         if step == 1:
             w.add(1, Phase.LOAD, "model loaded", comps(0, 0))
         # forward
-        act = prof.embed_saved
-        amp_live = 0
-        for i in range(L):
-            layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
+        act0 = prof.embed_saved
+        cum_act = list(accumulate(saved, initial=0))
+        cum_amp = list(accumulate(amp_per, initial=0))
+        for i in reps:
+            act = act0 + cum_act[i]
+            layer = saved[i]
             transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
-            amp_live += prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
+            amp_live = cum_amp[i + 1]
             before = rs.gather_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:
                 w.block(
@@ -423,7 +432,8 @@ def _walk(
                     + rs.gather_prefetch * (rs.gather_buffer == 0),
                 ),
             )
-            act += layer
+        act = act0 + cum_act[L]
+        amp_live = cum_amp[L]
         fwd_gathered = held_root + (rs.gather_block * L if keep_gathered else 0)
         act += prof.head_saved + amp_live + prof.amp_head_copy
         w.add(
@@ -470,29 +480,35 @@ def _walk(
                 gathered=fwd_gathered + zero_root + bwd_pref,
             ),
         )
-        for i in reversed(range(L)):
-            layer = prof.ckpt_input[i] if ckpt else prof.layer_saved[i]
-            amp_i = prof.amp_copy_per_layer[i] if prof.amp_copy_per_layer else 0
+        act_top = act  # saved activations when the blocks' backward starts
+        freed = list(
+            accumulate((saved[i] + (0 if ckpt else amp_per[i]) for i in range(L)), initial=0)
+        )
+        for i in reversed(reps):
+            # blocks i+1 .. L-1 have run their backward: their activations are freed and
+            # their gradients are in place
+            act = act_top - (freed[L] - freed[i + 1])
+            done = L - 1 - i
+            amp_i = amp_per[i]
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if keep_gathered:
                 gathered = held_root + rs.gather_block * (i + 1)
             else:
                 gathered = held_root + rs.gather_block + (rs.gather_prefetch if i > 0 else 0)
-            if not (accum and step == 2):
-                grads += lg
+            grads_i = grads + (lg * (done + 1) if not (accum and step == 2) else 0)
             w.block(
                 step,
                 Phase.BACKWARD,
                 f"block {i} backward",
                 comps(
                     act + recompute + prof.layer_bwd_extra[i] + rank.extra_act,
-                    grads + head_full + rs.grad_block_full,
+                    grads_i + head_full + rs.grad_block_full,
                     gathered=gathered,
                 ),
             )
-            act -= layer + (0 if ckpt else amp_i)
+        act = act_top - freed[L]
         if not (accum and step == 2):
-            grads += eg
+            grads += lg * L + eg
         grads = max(grads, G) if not (accum and step == 2) else G
         w.add(
             step,
@@ -510,6 +526,29 @@ def _walk(
         )
         w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
     return w.events, cpu, zdetails, notes
+
+
+def _run_ends(prof: ActivationProfile) -> list[int]:
+    """List the first and last block of each run of blocks with identical ledgers."""
+    keys = list(
+        zip(
+            prof.layer_saved,
+            prof.layer_fwd_extra,
+            prof.layer_bwd_extra,
+            prof.amp_copy_per_layer or [0] * len(prof.layer_saved),
+            prof.ckpt_input or [0] * len(prof.layer_saved),
+            strict=True,
+        )
+    )
+    ends: set[int] = set()
+    for i, k in enumerate(keys):
+        if i == 0 or keys[i - 1] != k:
+            ends.add(i)
+            if i:
+                ends.add(i - 1)
+    if keys:
+        ends.add(len(keys) - 1)
+    return sorted(ends)
 
 
 def _rank(

@@ -210,7 +210,7 @@ def activation_profile(
         memo: dict[bool, tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
-        layer_details: list[int] = []
+        uses: dict[int, int] = {}
         for i in range(n_layers[stack]):
             # identical blocks give identical ledgers; only "does the input need a gradient"
             # differs (the first block under LoRA without checkpointing)
@@ -225,11 +225,12 @@ def activation_profile(
             prof.layer_bwd_extra.append(extra_b)
             prof.amp_copy_per_layer.append(amp_copy)
             prof.ckpt_input.append(block(ctx.T * spec.hidden_size * rb)) if tr.grad_ckpt else None
-            layer_details.append(id(led))
             if id(led) not in detail_cache:
                 detail_cache[id(led)] = led.by_detail()
-            for k, v in detail_cache[id(led)].items():
-                details[k] = details.get(k, 0) + v
+            uses[id(led)] = uses.get(id(led), 0) + 1
+        for key, n_uses in uses.items():
+            for k, v in detail_cache[key].items():
+                details[k] = details.get(k, 0) + v * n_uses
     if tr.grad_ckpt:
         ck = sum(prof.ckpt_input)
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}

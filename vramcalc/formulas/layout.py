@@ -24,6 +24,7 @@ vocab-parallel embedding); Narayanan et al. 2021 Section 2.2 (pipeline stages); 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vramcalc import catalog
@@ -330,10 +331,11 @@ def rank_spec(spec: ModelSpec, parallel: ParallelSpec, stage: Stage) -> ModelSpe
     return spec.model_copy(update=update) if update else spec
 
 
+@lru_cache(maxsize=256)
 def rank_inventory(
     inventory: tuple[ParamGroup, ...], spec: ModelSpec, parallel: ParallelSpec, stage: Stage
 ) -> tuple[ParamGroup, ...]:
-    """The parameter groups one rank of ``stage`` holds, with their local shapes and counts.
+    """List the parameter groups one rank of ``stage`` holds, with local shapes and counts.
 
     Tied embeddings: the last stage keeps a copy of the token embedding for its LM head
     (Megatron ``shared_embedding``); with one stage it is the same tensor, counted once.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 
 from vramcalc import catalog
 from vramcalc.enums import PeftMethod, Quant
@@ -35,7 +36,12 @@ def block(nbytes: int | float) -> int:
     n = int(nbytes)
     if n <= 0:
         return 0
-    return round_up(n, int(catalog.constant("alloc_block_bytes")))
+    return round_up(n, _block_bytes())
+
+
+@cache
+def _block_bytes() -> int:
+    return int(catalog.constant("alloc_block_bytes"))
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -181,9 +187,8 @@ def plan_params(
             key = f"params/{_dtype_name(other_bytes)}"
         plan.details[key] = plan.details.get(key, 0) + wbytes * g.count
         plan.param_bytes += wbytes * g.count
-        plan.tensors.append(
-            (g.key, wbytes if quant_this else n_w * other_bytes, g.count, 0 if quant_this else other_bytes)
-        )
+        one = wbytes if quant_this else n_w * other_bytes
+        plan.tensors.append((g.key, one, g.count, 0 if quant_this else other_bytes))
         if n_b:
             plan.tensors.append((g.key, n_b * other_bytes, g.count, other_bytes))
             bb = block(n_b * other_bytes)

@@ -331,7 +331,6 @@ def rank_spec(spec: ModelSpec, parallel: ParallelSpec, stage: Stage) -> ModelSpe
     return spec.model_copy(update=update) if update else spec
 
 
-@lru_cache(maxsize=256)
 def rank_inventory(
     inventory: tuple[ParamGroup, ...], spec: ModelSpec, parallel: ParallelSpec, stage: Stage
 ) -> tuple[ParamGroup, ...]:
@@ -340,8 +339,22 @@ def rank_inventory(
     Tied embeddings: the last stage keeps a copy of the token embedding for its LM head
     (Megatron ``shared_embedding``); with one stage it is the same tensor, counted once.
     """
-    tp, ep, pp = parallel.tp, parallel.ep, parallel.pp
     n_total = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
+    return _slice(
+        inventory, parallel.tp, parallel.ep, parallel.pp, stage, n_total, spec.tie_word_embeddings
+    )
+
+
+@lru_cache(maxsize=256)
+def _slice(
+    inventory: tuple[ParamGroup, ...],
+    tp: int,
+    ep: int,
+    pp: int,
+    stage: Stage,
+    n_total: int,
+    tied: bool,
+) -> tuple[ParamGroup, ...]:
     out: list[ParamGroup] = []
     for g in inventory:
         count = g.count

@@ -360,7 +360,7 @@ def _slice(
         count = g.count
         if pp > 1:
             if g.stack == "embed":
-                keep_tied = stage.last and spec.tie_word_embeddings and g.key == "embed/tokens"
+                keep_tied = stage.last and tied and g.key == "embed/tokens"
                 if not stage.first and not keep_tied:
                     continue
             elif g.stack == "head" or (g.count == 1 and g.stack in ("encoder", "decoder")):

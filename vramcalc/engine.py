@@ -375,8 +375,13 @@ def _walk(
     accum = tr.grad_accum > 1
     ckpt = tr.grad_ckpt
     fsdp = res.parallel.fsdp
-    held_root = rs.gather_root if fsdp is not None else 0
-    zero_root = rs.gather_root if fsdp is None else 0
+    # FSDP1's root unit and the rest of FSDP2's root stay gathered from forward to the end of
+    # backward; ZeRO-3 gathers the embedding and LM head around each use; FSDP2 (as accelerate
+    # wraps it) gathers the embedding around its forward and backward and the [final norm,
+    # LM head] unit from its forward to its backward
+    held_root = rs.gather_root if rs.root_held else 0
+    zero_root = rs.gather_root if not rs.root_held else 0
+    head_unit = rs.gather_head
     keep_gathered = fsdp is not None and not fsdp.reshard_after_forward and rs.sharded
     earlier = (stage.in_flight - 1) * prof.forward_total
     # Blocks with identical ledgers change the live bytes linearly, so within a run of them
@@ -403,6 +408,13 @@ def _walk(
             w.add(1, Phase.LOAD, "model loaded", comps(0, 0))
         # forward
         act0 = prof.embed_saved
+        if rs.gather_embed:
+            w.add(
+                step,
+                Phase.FORWARD,
+                "embedding forward",
+                comps(act0, g_fwd, gathered=held_root + rs.gather_embed),
+            )
         cum_act = list(accumulate(saved, initial=0))
         cum_amp = list(accumulate(amp_per, initial=0))
         for i in reps:
@@ -434,7 +446,7 @@ def _walk(
             )
         act = act0 + cum_act[L]
         amp_live = cum_amp[L]
-        fwd_gathered = held_root + (rs.gather_block * L if keep_gathered else 0)
+        fwd_gathered = held_root + (rs.gather_block * L if keep_gathered else 0) + head_unit
         act += prof.head_saved + amp_live + prof.amp_head_copy
         w.add(
             step,
@@ -468,7 +480,10 @@ def _walk(
         if accum and step == 2:
             grads = G
         root_full = rs.grad_root_full if rs.sharded and fsdp is not None else 0
-        head_full = root_full * head_g // max(head_g + embed_g + other_g, 1) if root_full else 0
+        if fsdp is not None and fsdp.version == 2:
+            head_full = rs.grad_head_full
+        else:
+            head_full = root_full * head_g // max(head_g + embed_g + other_g, 1)
         act -= prof.head_saved + prof.amp_head_copy
         w.add(
             step,
@@ -494,7 +509,8 @@ def _walk(
             if keep_gathered:
                 gathered = held_root + rs.gather_block * (i + 1)
             else:
-                gathered = held_root + rs.gather_block + (rs.gather_prefetch if i > 0 else 0)
+                nxt = rs.gather_prefetch if i > 0 else rs.gather_embed
+                gathered = held_root + rs.gather_block + nxt
             grads_i = grads + (lg * (done + 1) if not (accum and step == 2) else 0)
             w.block(
                 step,
@@ -502,7 +518,7 @@ def _walk(
                 f"block {i} backward",
                 comps(
                     act + recompute + prof.layer_bwd_extra[i] + rank.extra_act,
-                    grads_i + head_full + rs.grad_block_full,
+                    grads_i + (0 if rs.gather_head else head_full) + rs.grad_block_full,
                     gathered=gathered,
                 ),
             )
@@ -514,7 +530,11 @@ def _walk(
             step,
             Phase.BACKWARD,
             "embedding backward",
-            comps(max(act, 0) + embed_tr, grads + root_full, gathered=held_root + zero_root),
+            comps(
+                max(act, 0) + embed_tr,
+                grads + root_full + rs.grad_embed_full,
+                gathered=held_root + zero_root + rs.gather_embed,
+            ),
         )
         # optimizer
         clip = block(4) * plan.n_trainable_tensors  # foreach norms in clip_grad_norm_
@@ -565,6 +585,17 @@ def _rank(
     if plan.n_trainable == 0:
         raise InvalidConfigError("nothing is trainable with these options")
     act_tr = tr if par.cp == 1 else tr.model_copy(update={"seq_len": tr.seq_len // par.cp})
+    if par.fsdp is not None and tr.mixed_precision != MixedPrecision.NO:
+        # FSDP's MixedPrecision(Policy) gathers the parameters in the 16-bit param_dtype, so
+        # the forward runs in 16 bit on 16-bit weights: no autocast weight copies (accelerate
+        # 1.15: fsdp2_prepare_model sets MixedPrecisionPolicy and no autocast; FSDP1 keeps
+        # autocast, which has nothing to cast)
+        act_tr = act_tr.model_copy(
+            update={
+                "param_dtype": DType(tr.mixed_precision.value),
+                "mixed_precision": MixedPrecision.NO,
+            }
+        )
     prof = activation_profile(
         spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
     )

@@ -63,9 +63,9 @@ class ParamGroup(BaseModel):
     count: int = 1
     """Instances in the whole model (layers x experts)."""
     stack: Literal["embed", "encoder", "decoder", "head"] = "decoder"
-    role: Literal[
-        "column", "row", "vocab", "replicated", "expert_column", "expert_row"
-    ] = "replicated"
+    role: Literal["column", "row", "vocab", "replicated", "expert_column", "expert_row"] = (
+        "replicated"
+    )
     """How tensor/expert parallelism shard this group (Megatron / ``parallelize_module``)."""
     expert: bool = False
     """MoE expert weight: one slice of a 3-D ``nn.Parameter`` (transformers >= 5), not an

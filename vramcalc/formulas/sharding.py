@@ -67,6 +67,10 @@ class Units:
     root: tuple[tuple[int, int, int], ...]
     block_trainable_elements: int
     root_trainable_elements: int
+    embed: tuple[tuple[int, int, int], ...] = ()
+    head: tuple[tuple[int, int, int], ...] = ()
+    embed_trainable_elements: int = 0
+    head_trainable_elements: int = 0
 
     @property
     def block_bytes(self) -> int:
@@ -98,18 +102,27 @@ def units(plan: ParamPlan, n_blocks: int) -> Units:
     """
     blk: list[tuple[int, int, int]] = []
     root: list[tuple[int, int, int]] = []
-    b_tr = r_tr = 0
+    emb: list[tuple[int, int, int]] = []
+    head: list[tuple[int, int, int]] = []
+    b_tr = r_tr = e_tr = h_tr = 0
     trainable = plan.trainable_keys
     for key, nb, count, eb in plan.tensors:
         trains = key in trainable
+        el = (nb // eb) * count if trains and eb else 0
         if _in_block(key, count, n_blocks):
             per = count // n_blocks
             blk.append((nb, per, eb))
-            b_tr += (nb // eb) * per if trains and eb else 0
-        else:
-            root.append((nb, count, eb))
-            r_tr += (nb // eb) * count if trains and eb else 0
-    return Units(n_blocks, tuple(blk), tuple(root), b_tr, r_tr)
+            b_tr += el // n_blocks
+            continue
+        root.append((nb, count, eb))
+        r_tr += el
+        if key == "embed/tokens":
+            emb.append((nb, count, eb))
+            e_tr += el
+        elif key.startswith("head/") or "final_norm" in key:
+            head.append((nb, count, eb))
+            h_tr += el
+    return Units(n_blocks, tuple(blk), tuple(root), b_tr, r_tr, tuple(emb), tuple(head), e_tr, h_tr)
 
 
 @dataclass
@@ -142,7 +155,12 @@ class RankStates:
     gather_buffer: int = 0
     grad_block_full: int = 0
     grad_root_full: int = 0
+    gather_embed: int = 0
+    gather_head: int = 0
+    grad_embed_full: int = 0
+    grad_head_full: int = 0
     sharded: bool = False
+    root_held: bool = False
 
 
 def _shard(n: int, parts: int) -> int:
@@ -358,12 +376,31 @@ def _fsdp(
     out.gather_buffer = block(_shard(_gathered(u.block, compute_bytes), n) * n)
     prefetch = f.version == 2 or f.backward_prefetch != "none"
     out.gather_prefetch = out.gather_block if prefetch else 0
-    out.gather_root = _gathered(u.root, compute_bytes)
     if opt.stores_grads and u.block_trainable_elements:
         full = block(u.block_trainable_elements * compute_bytes)
         out.grad_block_full = full + block(_shard(full, n) * n)
-    if opt.stores_grads and u.root_trainable_elements:
-        out.grad_root_full = block(u.root_trainable_elements * compute_bytes)
+    if f.version == 1:
+        # FSDP1's root unit (everything outside the blocks) is not resharded after forward
+        # (_runtime_utils._post_forward_reshard skips the root): held until its backward ends
+        out.gather_root = _gathered(u.root, compute_bytes)
+        out.root_held = True
+        if opt.stores_grads and u.root_trainable_elements:
+            out.grad_root_full = block(u.root_trainable_elements * compute_bytes)
+    else:
+        # accelerate's fsdp2_prepare_model: fully_shard(input embeddings), then
+        # fully_shard([final norm, LM head], reshard_after_forward=False), then the root: the
+        # embedding is gathered around its forward and backward, the head from its forward
+        # to its backward, the root's remainder from the first forward to the end of backward
+        out.gather_embed = _gathered(u.embed, compute_bytes)
+        out.gather_head = _gathered(u.head, compute_bytes)
+        rest = tuple(t for t in u.root if t not in u.embed and t not in u.head)
+        out.gather_root = _gathered(rest, compute_bytes)
+        out.root_held = True
+        if opt.stores_grads:
+            out.grad_embed_full = block(u.embed_trainable_elements * compute_bytes)
+            out.grad_head_full = block(u.head_trainable_elements * compute_bytes)
+            rest_tr = u.root_trainable_elements - u.embed_trainable_elements
+            out.grad_root_full = block(max(rest_tr - u.head_trainable_elements, 0) * compute_bytes)
     out.details["params/sharded"] = shard_params
     if f.offload:
         out.cpu = out.params + out.gradients + out.optimizer

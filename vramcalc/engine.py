@@ -945,11 +945,19 @@ def _not_modelled(res: Resolved) -> list[str]:
         and tr.mixed_precision == MixedPrecision.NO
     ):
         out.append("flash_attention_2 needs fp16/bf16 inputs; fp32 runs use the sdpa kernels")
-    if res.parallel.world_size > 1:
+    par = res.parallel
+    if par.tp > 1:
         out.append(
-            "activation memory is per GPU (data parallel); tensor and pipeline parallelism "
-            "are not modelled"
+            "tensor parallelism as torch parallelize_module / Megatron shard it (column/row/"
+            "vocab-parallel); the TP collectives' buffers are transient and not itemised"
         )
+    if par.pp > 1:
+        out.append(
+            f"pipeline stage {0}..{par.pp - 1}: the reported rank is the worst stage; "
+            "stage-to-stage send/receive buffers are not itemised"
+        )
+    if par.ep > 1 and not res.model.num_local_experts:
+        out.append("expert parallelism has no effect without experts")
     if tr.quant is not None:
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "

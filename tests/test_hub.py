@@ -405,3 +405,41 @@ def test_catalog_estimate_does_not_import_huggingface_hub() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True,
                    timeout=60)  # fmt: skip
+
+
+def test_rest_hub_lookup_is_off_by_default_and_opt_in(
+    fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.settings import Settings
+
+    def post(client: TestClient, model: str) -> tuple[int, Any]:
+        r = client.post("/v1/estimate", json={"model": model})
+        return r.status_code, r.json()
+
+    with TestClient(create_app(Settings(access_log=False)), raise_server_exceptions=False) as c:
+        code, body = post(c, "hubtest/qwen-like")
+        assert code == 404 and "unknown model" in body["detail"]
+    assert fake_hub.requests == []  # off: no network call at all
+
+    # a relative path that exists on the server is never opened, even with hub_lookup on
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    (tmp_path / "org" / "name" / "config.json").write_text(json.dumps(LLAMA["config"]))
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(access_log=False, hub_lookup=True)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        code, body = post(c, "hubtest/qwen-like")
+        assert code == 200, body
+        assert body["model"]["n_params"] == QWEN["n_params"]
+        assert post(c, "hubtest/gated")[0] == 403
+        assert post(c, "hubtest/nope")[0] == 404
+        assert post(c, "hubtest/revs@nope")[0] == 404
+        assert post(c, "hubtest/not-json")[0] == 422
+        assert post(c, "hub test/x")[0] == 422
+        requests_before = len(fake_hub.requests)
+        assert post(c, "org/name")[0] == 404
+        assert post(c, "gpt2")[0] == 200
+        assert len(fake_hub.requests) == requests_before

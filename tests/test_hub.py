@@ -77,6 +77,8 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHu
     remote = {**small, "model_type": "my_custom_lm",
               "auto_map": {"AutoModelForCausalLM": "modeling_my.MyCustomForCausalLM"}}  # fmt: skip
     server.add("hubtest/remote-code", Repo()).add_commit({"config.json": remote}, "main")
+    unknown = {**small, "model_type": "my_new_lm"}
+    server.add("hubtest/unknown-type", Repo()).add_commit({"config.json": unknown}, "main")
     known_remote = {**small, "auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}}
     server.add("hubtest/remote-known", Repo()).add_commit({"config.json": known_remote}, "main")
     server.add("hubtest/hang", Repo(hang=True))
@@ -285,6 +287,7 @@ ERRORS = [
     ("hubtest/json-list", VramcalcError, "must hold a JSON object"),
     ("hubtest/no-config", hub.HubNotFoundError, "has no config.json"),
     ("hubtest/remote-code", hub.RemoteCodeError, "never runs remote code"),
+    ("hubtest/unknown-type", UnknownNameError, "unknown model_type 'my_new_lm'"),
 ]
 
 
@@ -338,16 +341,22 @@ def test_network_error_and_timeout_are_bounded(
     late_500 = r"within 0\.5 s \(VRAMCALC_HUB_TIMEOUT; last: HTTP Error 500"
     with pytest.raises(hub.HubUnavailableError, match=late_500):
         resolve_model("hubtest/broken")
-    # a port where nothing listens: connection refused, then huggingface_hub's retries
+    # a port where nothing listens: one line at once (no back-off), unless the cache has it
+    resolve_model("hubtest/revs@v1")
+    hub.clear_cache()
     dead = "http://127.0.0.1:9"
     monkeypatch.setattr(hf_constants, "ENDPOINT", dead)
     monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         dead + "/{repo_id}/resolve/{revision}/{filename}")  # fmt: skip
+    monkeypatch.setenv(hub.TIMEOUT_ENV, "20")
     start = time.monotonic()
     code, _, err = _cli(capsys, "hubtest/qwen-like")
     assert time.monotonic() - start < 3
     assert code == 2 and err.count("\n") == 1
-    assert "127.0.0.1:9" in err and ("cannot reach" in err or "no answer" in err)
+    assert "cannot reach the Hugging Face Hub at http://127.0.0.1:9" in err
+    assert "not cached" in err
+    assert resolve_model("hubtest/revs@v1").num_hidden_layers == 2
+    assert any("the Hub is unreachable" in n for n in model_notes("hubtest/revs@v1"))
 
 
 @pytest.mark.parametrize(

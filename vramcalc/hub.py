@@ -71,6 +71,7 @@ _SHARD_THREADS = 8
 # packed or quantized weights plus scales, whose counts are not parameters.
 _FLOAT_DTYPES = {"F64": "fp64", "F32": "fp32", "F16": "fp16", "BF16": "bf16"}
 
+_NO_COUNT = "parameter count from the architecture template"
 _INSTALL_HINT = "pip install 'vramcalc[hub]' (or huggingface_hub)"
 _ACCEPTED = (
     "accepted: a catalog name (see `vramcalc models`), a path to a config.json or a model "
@@ -414,22 +415,42 @@ class _Never(Exception):
 
 def _fetch(hh: Any, repo_id: str, revision: str | None, timeout: float) -> HubModel:
     endpoint = hh.constants.ENDPOINT
+    unreachable = None if _offline(hh) else _probe(hh, repo_id, revision, timeout)
     try:
         path = Path(
-            hh.hf_hub_download(repo_id, "config.json", revision=revision, etag_timeout=timeout)
+            hh.hf_hub_download(
+                repo_id,
+                "config.json",
+                revision=revision,
+                etag_timeout=timeout,
+                local_files_only=unreachable is not None,
+            )
         )
     except Exception as exc:
+        if unreachable is not None:
+            raise HubUnavailableError(
+                f"cannot reach the Hugging Face Hub at {endpoint} for '{repo_id}"
+                f"{'@' + revision if revision else ''}' ({unreachable}) and its config.json is "
+                "not cached; check the network or HF_ENDPOINT"
+            ) from None
         raise _translate(hh, exc, repo_id, revision, "config.json") from None
     commit = path.parent.name if _COMMIT.fullmatch(path.parent.name) else None
     config = _read_config(path, repo_id)
     source = f"{endpoint}/{repo_id}/blob/{commit or revision or 'main'}/config.json"
+    where = " from the Hugging Face Hub"
+    if _offline(hh):
+        where += " cache (offline)"
+    elif unreachable is not None:
+        where += f" cache (the Hub is unreachable: {unreachable})"
     notes: list[str] = [
         f"config.json of {repo_id}"
         + (f"@{revision}" if revision else "")
         + (f" (commit {commit[:12]})" if commit else "")
-        + " from the Hugging Face Hub"
-        + (" cache (offline)" if _offline(hh) else "")
+        + where
     ]
+    if unreachable is not None:
+        skipped = "safetensors headers not read (the Hub is unreachable); " + _NO_COUNT
+        return HubModel(repo_id, revision, commit, config, source, notes=(*notes, skipped))
     dtype_params, stored, st_notes = _safetensors(hh, repo_id, commit or revision, timeout)
     notes += st_notes
     return HubModel(
@@ -442,6 +463,24 @@ def _fetch(hh: Any, repo_id: str, revision: str | None, timeout: float) -> HubMo
         stored_params=stored,
         notes=tuple(notes),
     )
+
+
+def _probe(hh: Any, repo_id: str, revision: str | None, timeout: float) -> str | None:
+    """Return why the Hub cannot be reached (None: it answered, whatever the status).
+
+    One HEAD request without retries. ``hf_hub_download`` retries a connection failure with
+    back-off for about 20 s before it falls back to the cache; a lookup with no network
+    should answer at once, from the cache or with an error.
+    """
+    url = hh.hf_hub_url(repo_id, "config.json", revision=revision)
+    try:
+        hh.get_hf_file_metadata(url, timeout=timeout)
+    except Exception as exc:
+        if isinstance(exc, _err(hh, "HfHubHTTPError") | _err(hh, "EntryNotFoundError")):
+            return None  # the server answered: hf_hub_download handles the status
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return f"{type(exc).__name__}: {first}"[:160] if first else type(exc).__name__
+    return None
 
 
 def _read_config(path: Path, repo_id: str) -> dict[str, Any]:
@@ -552,7 +591,7 @@ def _safetensors(
     Never fails the lookup: whatever cannot be read becomes a note and the estimate uses
     the architecture template's count.
     """
-    no_count = "parameter count from the architecture template"
+    no_count = _NO_COUNT
     index: dict[str, Any] | None = None
     try:
         index_path = hh.hf_hub_download(

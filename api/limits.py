@@ -1,7 +1,8 @@
 """Request checks the service adds on top of ``EstimateRequest``'s own bounds.
 
 ``EstimateRequest`` bounds batch, sequence, GPUs and PEFT sizes. Here the service also
-refuses model strings that are not catalog names (it never opens a path a client names) and
+refuses model strings that are not catalog names (it never opens a path a client names, and
+looks Hub ids up only when the ``hub_lookup`` setting is on; off by default) and
 caps the size fields of an inline ``config.json`` so no request makes the engine walk
 thousands of layers or build huge integers.
 """
@@ -9,11 +10,12 @@ thousands of layers or build huge integers.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from api.settings import Settings
 from vramcalc import catalog
-from vramcalc.errors import VramcalcError
+from vramcalc.errors import UnknownNameError, VramcalcError
 from vramcalc.specs import EstimateRequest
 
 __all__ = ["LimitExceededError", "check_request", "config_caps"]
@@ -98,18 +100,33 @@ def _check_number(key: str, value: int | float, where: str, caps: dict[str, int]
         raise LimitExceededError(f"{where}={value} is above the service limit of {cap}{hint}")
 
 
+def _check_model_name(model: str, settings: Settings) -> None:
+    """Accept a catalog name; with ``hub_lookup`` on, also a valid Hub id naming no path."""
+    try:
+        catalog.model_row(model)
+    except UnknownNameError:
+        from vramcalc import hub
+
+        if not (settings.hub_lookup and hub.looks_like_hub_id(model)):
+            raise
+        hub.parse_hub_id(model)  # length and characters, before any network call
+        if Path(model).exists():  # resolve_model would open it: the service never opens paths
+            raise
+
+
 def check_request(request: EstimateRequest, settings: Settings) -> None:
     """Refuse what the service will not compute.
 
     Raises:
         UnknownNameError: ``model`` is a string that is not a catalog name or alias
-            (paths are never opened by the service).
+            (paths are never opened by the service; Hub ids only with ``hub_lookup``).
+        HubIdError: with ``hub_lookup``, a Hub id that is too long or has illegal characters.
         LimitExceededError: an inline config is too large, too deep or has a size field
             above the configured caps.
 
     """
     if isinstance(request.model, str):
-        catalog.model_row(request.model)
+        _check_model_name(request.model, settings)
     else:
         _walk(request.model, "model", 0, config_caps(settings), [settings.max_config_keys])
     if request.deepspeed is not None:

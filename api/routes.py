@@ -16,7 +16,7 @@ from api.limits import check_request
 from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, OptimizerInfo
 from api.settings import Settings, get_settings
 from vramcalc import catalog
-from vramcalc.errors import InvalidConfigError, VramcalcError
+from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.report import FitReport, MemoryReport
 from vramcalc.specs import EstimateRequest, GpuSpec
 
@@ -61,14 +61,36 @@ async def estimate(request: EstimateRequest, settings: SettingsDep, engine: Engi
     """Peak memory (allocated, reserved, device), breakdown and step timeline of a job.
 
     The body uses the CLI's long option names in snake_case; ``model`` is a catalog name or
-    an inline ``config.json`` object. The answer equals ``vramcalc ... --json``.
+    an inline ``config.json`` object (a Hub repo id only when the ``hub_lookup`` setting is
+    on; off by default). The answer equals ``vramcalc ... --json``.
 
     It runs on the event loop: one estimate takes about a millisecond and a worker-thread
     hop would cost a large share of that.
     """
     check_request(request, settings)
+    await _prefetch_hub(request, settings)
     report = _run_engine(engine.estimate, request)
     return Response(report.model_dump_json(), media_type=_JSON)
+
+
+async def _prefetch_hub(request: EstimateRequest, settings: Settings) -> None:
+    """With ``hub_lookup`` on, fetch a Hub id's config in a worker thread, off the event loop.
+
+    The engine then finds it in ``vramcalc.hub``'s in-process cache. A catalog name or an
+    inline config (and every request while ``hub_lookup`` is off) makes no network call.
+    """
+    if not (settings.hub_lookup and isinstance(request.model, str)):
+        return
+    from vramcalc import hub
+
+    if not hub.looks_like_hub_id(request.model):
+        return
+    try:
+        catalog.model_row(request.model)
+    except UnknownNameError:
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(hub.lookup, request.model)
 
 
 @router.post(

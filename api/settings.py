@@ -41,6 +41,12 @@ class Settings(BaseModel):
     max_position_embeddings: int = Field(default=1 << 24, gt=0)
     max_config_keys: int = Field(default=1000, gt=0, description="keys in an inline config")
     max_search_results: int = Field(default=100, gt=0)
+    hub_lookup: bool = Field(
+        default=False,
+        description="accept Hugging Face Hub repo ids (org/name[@revision]) as 'model' and "
+        "fetch their config.json through huggingface_hub (network, HF_TOKEN and cache of the "
+        "server process); off by default: the service then makes no network calls",
+    )
     access_log: bool = Field(default=True, description="one JSON line per request")
     log_level: str = "info"
 

@@ -95,8 +95,10 @@ def _enum_value(option: str, value: str, enum: type[Enum]) -> str:
 
 def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL",
-                   help="catalog name or alias (see `vramcalc models`), or a path to a "
-                        "config.json or a model folder")  # fmt: skip
+                   help="catalog name or alias (see `vramcalc models`), a path to a "
+                        "config.json or a model folder, or a Hugging Face Hub repo id "
+                        "org/name[@revision] (needs huggingface_hub; HF_TOKEN for gated "
+                        "repos, HF_HUB_OFFLINE=1 reads the cache)")  # fmt: skip
     g = p.add_argument_group("training")
     g.add_argument("-b", "--batch-size", type=int, default=1, metavar="N",
                    help="micro-batch per GPU (default 1)")  # fmt: skip
@@ -408,6 +410,7 @@ def _cmd_estimate(argv: Sequence[str]) -> int:
     if ns.global_batch is not None:
         raise InvalidConfigError("--global-batch only applies with --max-batch")
     report = engine.estimate(request)
+    report = _with_model_notes(report, request)
     if ns.json:
         print(json.dumps(report.model_dump(mode="json")))
     else:
@@ -415,8 +418,33 @@ def _cmd_estimate(argv: Sequence[str]) -> int:
     return 0
 
 
+def _with_model_notes(report: MemoryReport, request: EstimateRequest) -> MemoryReport:
+    """Put the notes of a Hub lookup (what was read, from where) first in the report.
+
+    The lookup is cached in-process, so this makes no second network call. Notes the engine
+    already carries are not repeated.
+    """
+    if not isinstance(request.model, str):
+        return report
+    from vramcalc.hf import model_notes
+
+    extra = [n for n in model_notes(request.model) if n not in report.notes]
+    if not extra:
+        return report
+    return report.model_copy(update={"notes": [*extra, *report.notes]})
+
+
+HUB_POINTER = (
+    "Any Hugging Face Hub repo id works too: `vramcalc Qwen/Qwen3-8B` or "
+    "`vramcalc org/name@revision` reads config.json (and safetensors headers, never weights) "
+    "through huggingface_hub and its cache (HF_HOME); HF_TOKEN for gated or private repos; "
+    "HF_HUB_OFFLINE=1 answers from the cache only; a path to a config.json also works."
+)
+
+
 def _cmd_models(argv: Sequence[str]) -> int:
-    p = _Parser(prog=f"{PROG} models", description="List the model catalog.")
+    p = _Parser(prog=f"{PROG} models", description="List the model catalog (any Hugging Face "
+                "Hub repo id works as MODEL too).")  # fmt: skip
     p.add_argument("query", nargs="?", default="", help="substring of a name, alias or HF id")
     p.add_argument("--json", action="store_true")
     ns = p.parse_args(list(argv))
@@ -442,9 +470,12 @@ def _cmd_models(argv: Sequence[str]) -> int:
         table.add_row(r["name"], r.get("hf_id") or "", _count(int(r.get("n_params") or 0)),
                       str(r["config"].get("model_type", "")))  # fmt: skip
     if not rows:
-        print(f"no model matches '{ns.query}'; `vramcalc models` lists all", file=sys.stderr)
+        print(f"no model matches '{ns.query}'; `vramcalc models` lists all. {HUB_POINTER}",
+              file=sys.stderr)  # fmt: skip
         return 1
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(HUB_POINTER, soft_wrap=False)
     return 0
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "default_lora_targets",
     "load_config",
     "meta_param_count",
+    "model_notes",
     "model_spec_from_config",
     "resolve_model",
 ]
@@ -225,36 +226,136 @@ def _catalog_spec(name: str) -> ModelSpec:
     )
 
 
-def resolve_model(model: str | Mapping[str, Any]) -> ModelSpec:
+def resolve_model(model: str | Mapping[str, Any], *, hub: bool = True) -> ModelSpec:
     """Turn what a user typed into a ``ModelSpec``.
 
     Args:
         model: a catalog name, alias or HF id; a path to a ``config.json`` or a model folder;
-            or an inline config (a mapping with ``model_type``).
+            a Hugging Face Hub repo id ``namespace/name[@revision]`` (looked up with
+            ``vramcalc.hub``, which imports huggingface_hub only then); or an inline config
+            (a mapping with ``model_type``).
+        hub: look up Hub ids that are neither catalog names nor existing paths (the REST
+            service refuses them before this point unless its setting allows them).
 
     Raises:
-        UnknownNameError: not in the catalog and not an existing path (names the closest
-            catalog match).
+        UnknownNameError: not in the catalog, not an existing path and not shaped like a Hub
+            id (names the closest catalog match); or a remote-code ``model_type``.
         InvalidConfigError: the config is malformed.
+        vramcalc.hub.HubError: the Hub lookup failed (one line: not found, gated, offline and
+            not cached, network, invalid id).
 
     """
+    return _resolve(model, hub=hub)[0]
+
+
+def model_notes(model: str | Mapping[str, Any]) -> tuple[str, ...]:
+    """Return notes on how ``model`` was resolved: for a Hub id, what was read from the Hub.
+
+    Empty for catalog names, paths and inline configs. A Hub lookup is cached in-process, so
+    calling this after ``resolve_model`` costs no network call.
+    """
+    if isinstance(model, str) and ("/" in model or "@" in model) and _hub_candidate(model):
+        return _resolve(model, hub=True)[1]
+    return ()
+
+
+def _hub_candidate(model: str) -> bool:
+    from vramcalc import hub as hub_mod
+
+    if not hub_mod.looks_like_hub_id(model):
+        return False
+    try:
+        catalog.model_row(model)
+    except UnknownNameError:
+        return not _path_exists(model)
+    return False
+
+
+def _path_exists(model: str) -> bool:
+    """Whether ``model`` names an existing file or folder (a name too long for the OS: no)."""
+    try:
+        return Path(model).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _resolve(model: str | Mapping[str, Any], *, hub: bool) -> tuple[ModelSpec, tuple[str, ...]]:
     if isinstance(model, Mapping):
-        return model_spec_from_config(model, name=str(model.get("_name_or_path") or "") or None)
+        name = str(model.get("_name_or_path") or "") or None
+        return model_spec_from_config(model, name=name), ()
     if not isinstance(model, str) or not model.strip():
         raise InvalidConfigError(
-            "model must be a catalog name, a path to a config.json, or a config object"
+            "model must be a catalog name, a path to a config.json, a Hugging Face Hub repo id, "
+            "or a config object"
         )
     try:
         row = catalog.model_row(model)
     except UnknownNameError as unknown:
         path = Path(model).expanduser()
-        if path.exists():
+        if _path_exists(model):
             config = load_config(path)
+            _refuse_remote_code(config, str(path))
             return model_spec_from_config(
                 config, name=path.parent.name if path.is_file() else path.name, source=str(path)
-            )
+            ), ()
+        if hub:
+            from vramcalc import hub as hub_mod
+
+            if hub_mod.looks_like_hub_id(model):
+                return _hub_spec(model)
         raise unknown from None
-    return _catalog_spec(row["name"])
+    return _catalog_spec(row["name"]), ()
+
+
+def _refuse_remote_code(config: Mapping[str, Any], where: str) -> str | None:
+    """Refuse a custom-code config whose ``model_type`` has no template; else a note or None.
+
+    vramcalc never runs remote code (``trust_remote_code``): an ``auto_map`` config is read
+    as JSON, and estimated from its fields when its ``model_type`` is one we know.
+    """
+    auto_map = config.get("auto_map")
+    model_type = config.get("model_type")
+    if not auto_map or not isinstance(model_type, str):
+        return None
+    if model_type not in catalog.architecture_types():
+        from vramcalc.hub import RemoteCodeError
+
+        raise RemoteCodeError(where, model_type, auto_map, catalog.architecture_types())
+    return (
+        f"config.json has auto_map (custom modelling code); vramcalc never runs remote code "
+        f"and estimates it from its fields as model_type '{model_type}'"
+    )
+
+
+def _hub_spec(text: str) -> tuple[ModelSpec, tuple[str, ...]]:
+    from vramcalc import hub as hub_mod
+
+    found = hub_mod.lookup(text)
+    notes = list(found.notes)
+    try:
+        remote = _refuse_remote_code(found.config, f"Hub repo '{found.repo_id}'")
+        name = found.repo_id + (f"@{found.revision}" if found.revision else "")
+        spec = model_spec_from_config(
+            found.config, name=name, hf_id=found.repo_id, source=found.source
+        )
+    except hub_mod.RemoteCodeError:
+        raise
+    except VramcalcError as exc:
+        exc.args = (f"Hub repo '{found.repo_id}': {exc}",)
+        raise
+    if remote:
+        notes.append(remote)
+    stored = found.stored_params
+    if stored is not None and stored != spec.n_params:
+        notes.append(
+            f"parameter count {stored:,} from the safetensors headers, where the "
+            f"'{spec.model_type}' template counts {spec.n_params:,} ({stored - spec.n_params:+,}); "
+            "memory is estimated from the template's layers"
+        )
+        spec = spec.model_copy(update={"n_params": stored})
+    if found.stored_dtype is not None:
+        notes.append(f"weights stored as {found.stored_dtype} (--dtype sets the training dtype)")
+    return spec, tuple(notes)
 
 
 def meta_param_count(config: Mapping[str, Any]) -> int:

@@ -29,14 +29,27 @@ CASES = {
     # 16 nodes x 8 GPUs, TP 8 + SP, PP 4 (1F1B, 16 micro-batches), FSDP2 over the other 4
     "Llama-3.1-405B TP8 PP4 FSDP2 x 128 GPUs": EstimateRequest(
         model={
-            "model_type": "llama", "hidden_size": 16384, "intermediate_size": 53248,
-            "num_hidden_layers": 126, "num_attention_heads": 128, "num_key_value_heads": 8,
-            "vocab_size": 128256, "max_position_embeddings": 131072,
+            "model_type": "llama",
+            "hidden_size": 16384,
+            "intermediate_size": 53248,
+            "num_hidden_layers": 126,
+            "num_attention_heads": 128,
+            "num_key_value_heads": 8,
+            "vocab_size": 128256,
+            "max_position_embeddings": 131072,
             "tie_word_embeddings": False,
         },
-        dtype="bf16", seq_len=8192, grad_accum=16, gpus=8, nodes=16, tp=8,
-        sequence_parallel=True, pp=4, fsdp="full_shard", grad_ckpt=True,
-    ),  # fmt: skip
+        dtype="bf16",
+        seq_len=8192,
+        grad_accum=16,
+        gpus=8,
+        nodes=16,
+        tp=8,
+        sequence_parallel=True,
+        pp=4,
+        fsdp="full_shard",
+        grad_ckpt=True,
+    ),
     "Llama-3.1-70B ZeRO-3 x 64 GPUs": EstimateRequest(
         model="meta-llama/Llama-3.1-70B", zero=3, gpus=8, nodes=8, mixed_precision="bf16"
     ),

@@ -410,28 +410,11 @@ def _cmd_estimate(argv: Sequence[str]) -> int:
     if ns.global_batch is not None:
         raise InvalidConfigError("--global-batch only applies with --max-batch")
     report = engine.estimate(request)
-    report = _with_model_notes(report, request)
     if ns.json:
         print(json.dumps(report.model_dump(mode="json")))
     else:
         render_report(report, _console())
     return 0
-
-
-def _with_model_notes(report: MemoryReport, request: EstimateRequest) -> MemoryReport:
-    """Put the notes of a Hub lookup (what was read, from where) first in the report.
-
-    The lookup is cached in-process, so this makes no second network call. Notes the engine
-    already carries are not repeated.
-    """
-    if not isinstance(request.model, str):
-        return report
-    from vramcalc.hf import model_notes
-
-    extra = [n for n in model_notes(request.model) if n not in report.notes]
-    if not extra:
-        return report
-    return report.model_copy(update={"notes": [*extra, *report.notes]})
 
 
 HUB_POINTER = (

@@ -139,10 +139,10 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
 
     """
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
-    from vramcalc.hf import resolve_model
+    from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
-    notes: list[str] = []
+    notes: list[str] = list(model_notes(req.model))
     catalog.optimizer(req.optim)  # unknown names fail early with the closest match
     quant = req.quant
     if req.qlora is not None:

@@ -414,6 +414,21 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
                 fields["lora"] = opts
 
     # distributed: DeepSpeed (the seed) or FSDP (LitGPT multi-GPU)
+    fsdp = raw.get("fsdp")
+    if fsdp:
+        strategy = str(fsdp.get("sharding_strategy", "FULL_SHARD")).split()[0].lower()
+        fields["fsdp"] = strategy
+        # Lightning's FSDPStrategy in 2023 (torch 2.1) is FSDP1: FullyShardedDataParallel
+        fields["fsdp_version"] = 1
+        fields["gpus"] = int(raw["n_gpus"])
+        fields["fsdp_offload"] = bool(fsdp.get("cpu_offload"))
+        fields["fsdp_limit_all_gathers"] = bool(fsdp.get("limit_all_gathers", True))
+        if "every" in str(fsdp.get("activation_checkpointing", "")):
+            fields["grad_ckpt"] = True
+        notes.append(
+            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is "
+            "estimated"
+        )
     zero = raw.get("zero")
     if zero:
         fields["zero"] = int(zero["stage"])
@@ -479,14 +494,6 @@ def case_to_published(raw: Mapping[str, Any]) -> PublishedCase:
     }
     model = _CATALOG_MODELS.get(str(raw["model"]))
     reason: str | None = _NOT_EXPRESSIBLE.get(cid)
-    if reason is None and raw.get("fsdp"):
-        reason = (
-            "FSDP has no request field: PyTorch FSDP (FULL_SHARD, flat parameters gathered per "
-            "Block, bf16-true without an fp32 master) is not DeepSpeed ZeRO-3, the nearest "
-            "request; in the same table the 2-GPU Llama-2-7B rank-0 peak (22.18 GB, with "
-            "activation checkpointing) exceeds the 1-GPU run without it (21.30 GB), which "
-            "parameter sharding as ZeRO-3 models it cannot explain"
-        )
     if reason is None and model is None:
         reason = f"model {raw['model']} is not in the vramcalc catalog"
     if reason is None and kind == "unknown":

@@ -65,6 +65,8 @@ from vramcalc.units import round_up
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
 
+INT64_BYTES = 8  # token ids and labels
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -341,7 +343,7 @@ def _walk(
     """
     tr = res.training
     w = _Walk([])
-    inputs = 2 * block(tr.batch_size * tr.seq_len * 8)
+    inputs = _input_bytes(tr)
     prof, opt, rs, plan, inventory = rank.prof, rank.opt, rank.states, rank.plan, rank.inventory
     if tr.task == Task.INFERENCE or prof is None or opt is None or rs is None:
         return _inference_walk(res, plan, inputs, w)
@@ -546,6 +548,11 @@ def _walk(
         )
         w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
     return w.events, cpu, zdetails, notes
+
+
+def _input_bytes(tr: TrainingSpec) -> int:
+    """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S)."""
+    return 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
 
 
 def _run_ends(prof: ActivationProfile) -> list[int]:
@@ -836,14 +843,22 @@ def _estimate(
     )
     details: dict[str, int] = {}
     details.update({k: v for k, v in plan.details.items()})
-    details["params/inputs"] = (
-        comps.get("params", 0) - plan.param_bytes
-        if comps.get("params", 0) > plan.param_bytes
-        else 0
-    )
+    rs = rank.states
+    live_params = comps.get("params", 0)
+    if rs is not None and rs.sharded:
+        # sharded parameters at rest, the units gathered at the peak, the batch
+        inputs = _input_bytes(tr)
+        details = {k: v for k, v in details.items() if not k.startswith("params/")}
+        details["params/inputs"] = inputs
+        details["params/gathered"] = max(live_params - rs.params - inputs, 0)
+        block_bwd = peak_ev.event.startswith("block") and peak_ev.event.endswith("backward")
+        if block_bwd and rs.grad_block_full:
+            details["gradients/reduce_scatter"] = rs.grad_block_full
+    else:
+        details["params/inputs"] = max(live_params - plan.param_bytes, 0)
     if prof is not None:
         details.update(prof.details)
-    if opt is not None:
+    if opt is not None and res.parallel.fsdp is None:
         details.update(opt.details)
         if opt.step_temp_bytes:
             details["optimizer/step_temporaries"] = opt.step_temp_bytes

@@ -402,6 +402,9 @@ def _fsdp(
             rest_tr = u.root_trainable_elements - u.embed_trainable_elements
             out.grad_root_full = block(max(rest_tr - u.head_trainable_elements, 0) * compute_bytes)
     out.details["params/sharded"] = shard_params
+    out.details.update(sopt.details)
+    if sopt.step_temp_bytes:
+        out.details["optimizer/step_temporaries"] = sopt.step_temp_bytes
     if f.offload:
         out.cpu = out.params + out.gradients + out.optimizer
         out.notes.append(

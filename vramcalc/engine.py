@@ -29,6 +29,7 @@ from vramcalc.enums import (
 from vramcalc.errors import InvalidConfigError, VramcalcError
 from vramcalc.formulas.activations import ActivationProfile, activation_profile
 from vramcalc.formulas.counts import ParamGroup, param_inventory
+from vramcalc.formulas.gradients import grad_split
 from vramcalc.formulas.layout import (
     Stage,
     rank_inventory,
@@ -37,6 +38,7 @@ from vramcalc.formulas.layout import (
     stages,
 )
 from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
+from vramcalc.formulas.overhead import overheads
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
 from vramcalc.formulas.sharding import RankStates, rank_states
 from vramcalc.report import (
@@ -61,7 +63,6 @@ from vramcalc.specs import (
     PeftSpec,
     TrainingSpec,
 )
-from vramcalc.units import round_up
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
 
@@ -277,43 +278,6 @@ class _Walk:
         self.pending = None
 
 
-def _grad_split(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], plan: ParamPlan
-) -> tuple[int, int, int, int]:
-    """Gradient bytes by where backward creates them: (head, per block, embeddings, other)."""
-    head = embed = blocks = 0
-    for g in inventory:
-        if g.key not in plan.trainable_keys:
-            continue
-        pb = plan.trainable_elements[0][2] if plan.trainable_elements else 4
-        b = (
-            block(g.weight_numel * pb) + (block(g.bias_numel * pb) if g.bias_numel else 0)
-        ) * g.count
-        if g.stack == "head":
-            head += b
-        elif g.stack == "embed":
-            embed += b
-        else:
-            blocks += b
-    for a in plan.adapters:
-        blocks += a.tensor_bytes
-    if (
-        spec.tie_word_embeddings
-        and spec.has_lm_head
-        and not any(g.kind == "lm_head" for g in inventory)
-    ):
-        # a tied head's weight gradient is created at the LM-head backward; the embedding's
-        # backward later adds a second V x H buffer that is accumulated into it
-        tokens = next((g for g in inventory if g.key == "embed/tokens"), None)
-        if tokens is not None and tokens.key in plan.trainable_keys:
-            pb = plan.trainable_elements[0][2] if plan.trainable_elements else 4
-            tb = block(tokens.weight_numel * pb)
-            head += tb
-            embed -= tb
-    n_blocks = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
-    return head, blocks // max(n_blocks, 1), embed, blocks - (blocks // max(n_blocks, 1)) * n_blocks
-
-
 @dataclass(frozen=True)
 class _Rank:
     """One rank's slice of the job: what the walk of its step reads."""
@@ -351,9 +315,10 @@ def _walk(
     stage = rank.stage
     params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
     zdetails, notes = dict(rs.details), list(rs.notes)
-    head_g, layer_g, embed_g, other_g = _grad_split(spec, inventory, plan)
+    split = grad_split(spec, inventory, plan)
+    head_g, layer_g, embed_g, other_g = split.head, split.per_block, split.embed, split.other
     L = len(prof.layer_saved)
-    base_g = head_g + layer_g * L + embed_g + other_g
+    base_g = split.total(L)
     grad_scale = 0.0
     if G and base_g:
         zero2 = res.parallel.zero_stage >= ZeroStage.GRADIENTS
@@ -367,10 +332,10 @@ def _walk(
         and "embed/tokens" in plan.trainable_keys
     ):
         tok = next(g for g in inventory if g.key == "embed/tokens")
-        embed_tr = emb_buffers * block(tok.weight_numel * plan.trainable_elements[0][2])
+        embed_tr = emb_buffers * block(tok.weight_numel * split.grad_bytes_per_elt)
     elif eg and emb_buffers > 1:
         tok = next(g for g in inventory if g.key == "embed/tokens")
-        embed_tr = (emb_buffers - 1) * block(tok.weight_numel * plan.trainable_elements[0][2])
+        embed_tr = (emb_buffers - 1) * block(tok.weight_numel * split.grad_bytes_per_elt)
     if not opt.stores_grads:
         hg = lg = eg = 0
     # gradients stay alive across micro-batches (accumulation, or a pipeline's micro-batches)
@@ -718,53 +683,6 @@ def _inference_walk(
 # ----------------------------------------------------------------------------- overheads
 
 
-def _overheads(
-    res: Resolved, tensors: int, paged: int, *, workspaces: int
-) -> tuple[int, int, int, dict[str, int], dict[str, Any]]:
-    """Allocated, reserved and device bytes from the live-tensor peak.
-
-    allocated = tensors + cuBLAS workspaces (PyTorch allocates one per handle and stream
-    through its caching allocator, so ``max_memory_allocated`` counts them; training uses two
-    threads: forward and autograd's backward); reserved = tensors x allocator reserve factor,
-    rounded to the 2 MiB segment, plus the workspaces; device = reserved + CUDA context + paged
-    (unified-memory) states + other.
-    Constants: per GPU family from ``data/calibration.json`` when measured, else the priors in
-    ``data/constants.json`` (each with its source).
-    """
-    gpu = res.hardware.gpu
-    cal = catalog.calibration().get("families", {})
-    fam = cal.get(gpu.family) if gpu is not None else None
-    src = "calibration" if fam else "prior"
-    fam = fam or {}
-    factor = float(
-        fam.get("allocator_reserve_factor", catalog.constant("allocator_reserve_factor"))
-    )
-    context = int(fam.get("cuda_context_bytes", catalog.constant("cuda_context_bytes")))
-    hopper = gpu is not None and gpu.family.lower() in ("hopper", "blackwell")
-    ws = int(
-        catalog.constant("cublas_workspace_bytes_sm90" if hopper else "cublas_workspace_bytes")
-    )
-    ws *= workspaces
-    seg = int(catalog.constant("alloc_small_segment_bytes"))
-    allocated = tensors + ws
-    reserved = round_up(int(tensors * factor), seg) + ws
-    other = int(catalog.constant("nvml_other_bytes"))
-    device = reserved + context + paged + other
-    details = {
-        "base/cuda_context": context,
-        "base/cublas_workspace": ws,
-        "base/allocator_reserve": reserved - allocated,
-    }
-    if paged:
-        details["optimizer/paged_unified_memory"] = paged
-    assumptions = {
-        "allocator_reserve_factor": factor,
-        "cuda_context_bytes": context,
-        "gpu_constants": src,
-    }
-    return allocated, reserved, device, details, assumptions
-
-
 # ----------------------------------------------------------------------------- estimate
 
 
@@ -830,9 +748,9 @@ def _estimate(
     tensors = peak_ev.allocated_bytes
     paged = opt.paged_bytes if opt is not None else 0
     n_ws = 0 if trace else (2 if tr.task == Task.TRAIN else 1)
-    allocated, reserved, device, base_details, assumptions = _overheads(
-        res, tensors, paged, workspaces=n_ws
-    )
+    ov = overheads(res.hardware.gpu, tensors, paged, workspaces=n_ws)
+    allocated, reserved, device = ov.allocated, ov.reserved, ov.device
+    base_details, assumptions = ov.details, dict(ov.assumptions)
     comps = peak_ev.components
     breakdown = Breakdown(
         base=device - tensors - paged,

@@ -9,23 +9,26 @@ import vramcalc
 H, A = 768, 12  # GPT-2 small width and heads
 
 
-def _layer_bytes(seq: int, attn: str) -> int:
+def _layer_bytes(seq: int, attn: str, tp: int = 1, sp: bool = False) -> int:
     """Saved bytes of one GPT-2 block: 2-layer minus 1-layer model at the end of forward."""
 
     def saved(n_layer: int) -> int:
         cfg = {"model_type": "gpt2", "n_embd": H, "n_head": A, "n_layer": n_layer,
                "vocab_size": 50257, "n_positions": 4096}  # fmt: skip
-        r = vramcalc.estimate(model=cfg, seq_len=seq, batch_size=1, dtype="bf16", attn=attn)
+        r = vramcalc.estimate(
+            model=cfg, seq_len=seq, batch_size=1, dtype="bf16", attn=attn, gpus=tp, tp=tp,
+            sequence_parallel=sp,
+        )  # fmt: skip
         ev = next(e for e in r.timeline if e.step == 1 and e.event.startswith("final norm"))
         return ev.components["activations"]
 
     return saved(2) - saved(1)
 
 
-def _coefficients(attn: str) -> tuple[float, float]:
+def _coefficients(attn: str, tp: int = 1, sp: bool = False) -> tuple[float, float]:
     """Solve per-layer bytes = x * s*b*h + y * a*s^2*b from two sequence lengths (b = 1)."""
     s1, s2 = 1024, 2048
-    m1, m2 = _layer_bytes(s1, attn), _layer_bytes(s2, attn)
+    m1, m2 = _layer_bytes(s1, attn, tp, sp), _layer_bytes(s2, attn, tp, sp)
     y = (m2 - 2 * m1) / (A * s2 * s2 - 2 * A * s1 * s1)
     x = (m1 - y * A * s1 * s1) / (s1 * H)
     return x, y
@@ -52,3 +55,31 @@ def test_flash_style_kernels_have_no_quadratic_term() -> None:
     # nothing proportional to s^2 (Korthikanti's "5as/h" term vanishes).
     _x, y = _coefficients("sdpa")
     assert y == pytest.approx(0, abs=0.01)
+
+
+@pytest.mark.parametrize("t", [2, 4])
+def test_korthikanti_table2_tensor_parallel(t: int) -> None:
+    # Korthikanti et al. 2022, Table 2, tensor parallel without sequence parallelism:
+    #   per layer = s*b*h*(10 + 24/t + 5*a*s/(h*t)).
+    # The 10 sbh every rank keeps whole: both LayerNorm inputs (4), the attention and MLP
+    # inputs (2 + 2, the replicated LayerNorm outputs) and the two residual dropout masks (2);
+    # the 24 sbh inside attention and the MLP and the a*s^2 terms split over t.
+    # With the GPT-2 differences of the test above: gelu_new's +24 sbh is 4h-wide (split),
+    # LayerNorm statistics (16/768 sbh) are whole, the quadratic term is 9 instead of 5 (split).
+    x, y = _coefficients("eager", tp=t)
+    assert x == pytest.approx(10 + (24 + 24) / t + 16 / 768, abs=0.05)
+    assert y == pytest.approx(9 / t, abs=0.01)
+
+
+@pytest.mark.parametrize("t", [2, 4])
+def test_korthikanti_table2_sequence_parallel(t: int) -> None:
+    # Table 2 with sequence parallelism: s*b*h/t * (34 + 5*a*s/h): Megatron also splits the
+    # 10 sbh over the sequence, saving the column-parallel inputs sharded and gathering them
+    # again in backward. torch's SequenceParallel + ColwiseParallel(input_layouts=Shard(1))
+    # (what the engine models) splits the LayerNorm inputs, statistics and dropout masks but
+    # saves the all-gathered attention and MLP inputs whole: 4 sbh stay unsplit.
+    x, y = _coefficients("eager", tp=t, sp=True)
+    assert x == pytest.approx(4 + (6 + 24 + 24 + 16 / 768) / t, abs=0.05)
+    assert y == pytest.approx(9 / t, abs=0.01)
+    megatron = 34 / t + 24 / t  # Table 2's 34/t plus the split gelu_new extras
+    assert x - megatron == pytest.approx(4 - 4 / t + 16 / 768 / t, abs=0.05)

@@ -184,26 +184,31 @@ def resolve_plan(scenario: Scenario) -> RunPlan:
             )
         autocast = "float16" if req.mixed_precision is MixedPrecision.FP16 else "bfloat16"
 
+    # the engine's own resolution: PEFT targets (PEFT's defaults per model type), the QLoRA
+    # base, the ZeRO stage of a DeepSpeed config -- one set of rules, not a second copy here
+    from vramcalc.engine import resolve
+
+    res = resolve(req)
     peft: dict[str, Any] | None = None
-    quant: str | None = req.quant.value if req.quant is not None else None
-    lora = req.qlora or req.lora
-    if req.qlora is not None and quant is None:
-        quant = Quant.NF4.value
-    if lora is not None:
+    quant: str | None = res.training.quant.value if res.training.quant is not None else None
+    resolved_peft = res.training.peft
+    if resolved_peft is not None and resolved_peft.method in ("lora", "qlora"):
         peft = {
-            "method": "qlora" if req.qlora is not None else "lora",
-            "r": lora.r,
-            "alpha": lora.alpha,
-            "dropout": lora.dropout,
-            "targets": list(lora.targets) if lora.targets else None,
+            "method": resolved_peft.method.value,
+            "r": resolved_peft.r,
+            "alpha": resolved_peft.alpha,
+            "dropout": resolved_peft.dropout,
+            "targets": list(resolved_peft.targets),
         }
-    elif any(x is not None for x in (req.adapter, req.prefix, req.prompt_tuning)) or req.ia3:
+    elif resolved_peft is not None:
         raise InvalidConfigError(
             "the CUDA backend runs full fine-tuning, LoRA and QLoRA; accepted PEFT: lora, qlora"
         )
-    if quant is not None and peft is None and req.task is Task.TRAIN:
+    if res.parallel.fsdp is not None or res.parallel.tp * res.parallel.pp * res.parallel.cp > 1:
         raise InvalidConfigError(
-            f"quant={quant} freezes the base: training needs lora/qlora adapters on top"
+            "the CUDA backend measures one process or DeepSpeed data parallelism; FSDP and "
+            "tensor/pipeline/context-parallel layouts are measured by the rank-0 trace "
+            "(--backend trace)"
         )
 
     attn = req.attn.value
@@ -214,9 +219,7 @@ def resolve_plan(scenario: Scenario) -> RunPlan:
         # The fingerprint records which path the run really took.
         sdpa_backends = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION")
 
-    zero = int(req.zero)
-    if req.deepspeed is not None:
-        zero = int(req.deepspeed.get("zero_optimization", {}).get("stage", zero))
+    zero = int(res.parallel.zero_stage)
     if quant is not None and zero >= int(ZeroStage.PARAMETERS):
         raise InvalidConfigError("QLoRA under ZeRO-3 is not measured; accepted: ZeRO 0-2")
     if req.gpus > 1 and zero == 0 and req.deepspeed is None:

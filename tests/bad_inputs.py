@@ -481,6 +481,22 @@ CASES: list[Case] = [
         argv=("gpt2", "--deepspeed", "{tmp}/absent.json"),
         why="only the CLI reads files",
     ),
+    # ---- accelerate configs (Python/REST field; the CLI has no flag for it yet)
+    _req(
+        "accelerate_nan",
+        None,
+        {"model": "gpt2", "accelerate_config": {"num_processes": float("nan")}},
+        ("accelerate_config.num_processes=nan", *FINITE),
+        rest=raw({"model": "gpt2", "accelerate_config": {"num_processes": float("nan")}}),
+        why="no --accelerate-config option yet",
+    ),
+    _req(
+        "accelerate_deep",
+        None,
+        {"model": "gpt2", "accelerate_config": nested(NEST_REST)},
+        DEPTH,
+        why="no --accelerate-config option yet",
+    ),
     # ---- request numbers: zero, negative, huge, non-finite, wrong types
     _req(
         "batch_zero", ("gpt2", "-b", "0"), {"model": "gpt2", "batch_size": 0}, ("greater than 0",)

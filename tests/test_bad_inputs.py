@@ -95,6 +95,20 @@ def test_python_api(case: Case, tmp: Path) -> None:
         assert needle in text, (needle, text)
 
 
+@pytest.mark.parametrize(
+    "case_id",
+    ["layers_1e9", "config_deep_100k", "ds_infinity", "ds_stage2_vs_zero3_offload",
+     "gpu_empty", "name_5000_chars", "experts_per_tok_100_of_8", "accelerate_nan"],
+)  # fmt: skip
+def test_python_resolve(case_id: str, tmp: Path) -> None:
+    """``vramcalc.resolve`` (not only estimate/fit) passes through the same checks."""
+    case = BY_ID[case_id]
+    with pytest.raises(VramcalcError) as info:
+        vramcalc.resolve(_subst(case.request, tmp))
+    for needle in case.needles:
+        assert needle in str(info.value)
+
+
 def _detail(body: Any) -> str:
     detail = body.get("detail") if isinstance(body, dict) else body
     if isinstance(detail, list):

@@ -91,9 +91,31 @@ def check_outcome(argv: list[str], code: int, out: str, err: str) -> None:
 # ----------------------------------------------------------------------------- CLI argv
 
 HOSTILE = st.sampled_from(
-    ["", " ", "0", "-1", "-5", "1.5", "1e9", "1e400", "nan", "inf", "-inf", "true", "9" * 60,
-     "ä", "ллама", "🙂", "x" * 300, "--json", "=", ",", "r=8,r=16", "targets=zz_proj"]
-)  # fmt: skip
+    [
+        "",
+        " ",
+        "0",
+        "-1",
+        "-5",
+        "1.5",
+        "1e9",
+        "1e400",
+        "nan",
+        "inf",
+        "-inf",
+        "true",
+        "9" * 60,
+        "ä",
+        "ллама",
+        "🙂",
+        "x" * 300,
+        "--json",
+        "=",
+        ",",
+        "r=8,r=16",
+        "targets=zz_proj",
+    ]
+)
 SMALL_INT = st.integers(-3, 70_000).map(str)
 FLOAT = st.floats(allow_nan=True, allow_infinity=True).map(repr)
 
@@ -103,8 +125,9 @@ OPTIONS: dict[str, st.SearchStrategy[str] | None] = {
     "--grad-accum": st.one_of(st.sampled_from(["1", "4"]), SMALL_INT, HOSTILE),
     "--dtype": st.one_of(st.sampled_from(["fp32", "bf16", "fp16", "BF16"]), HOSTILE),
     "--mixed-precision": st.one_of(st.sampled_from(["no", "fp16", "bf16"]), HOSTILE),
-    "--optim": st.one_of(st.sampled_from(["adamw_torch", "adamw_8bit", "sgd", "adafactor"]),
-                         HOSTILE),  # fmt: skip
+    "--optim": st.one_of(
+        st.sampled_from(["adamw_torch", "adamw_8bit", "sgd", "adafactor"]), HOSTILE
+    ),
     "--attn": st.one_of(st.sampled_from(["eager", "sdpa", "flash_attention_2"]), HOSTILE),
     "--lora": st.one_of(
         st.sampled_from(["", "r=16", "r=8,alpha=16,dropout=0.1", "targets=all-linear"]),
@@ -132,8 +155,18 @@ OPTIONS: dict[str, st.SearchStrategy[str] | None] = {
     "--json": None,
 }
 MODELS = st.one_of(
-    st.sampled_from(["gpt2", "opt-125m", "tinyllama-1.1b", "mixtral-8x7b", "bert-base-uncased",
-                     "llama-2-7b", "gpt2-medum", "./no/config.json"]),  # fmt: skip
+    st.sampled_from(
+        [
+            "gpt2",
+            "opt-125m",
+            "tinyllama-1.1b",
+            "mixtral-8x7b",
+            "bert-base-uncased",
+            "llama-2-7b",
+            "gpt2-medum",
+            "./no/config.json",
+        ]
+    ),
     HOSTILE,
     st.text(max_size=40),
 ).filter(lambda m: m not in cli.SUBCOMMANDS and not m.startswith("-"))
@@ -167,16 +200,54 @@ LLAMA: dict[str, Any] = {
     "vocab_size": 8000, "max_position_embeddings": 4096,
 }  # fmt: skip
 MIXTRAL = {**LLAMA, "model_type": "mixtral", "num_local_experts": 8, "num_experts_per_tok": 2}
-CONFIG_KEYS = [*LLAMA, "num_local_experts", "num_experts_per_tok", "head_dim", "rope_theta",
-               "tie_word_embeddings", "n_layer", "n_embd", "rms_norm_eps", "sliding_window",
-               "hidden_act", "rope_scaling", "torch_dtype", "_name_or_path"]  # fmt: skip
+CONFIG_KEYS = [
+    *LLAMA,
+    "num_local_experts",
+    "num_experts_per_tok",
+    "head_dim",
+    "rope_theta",
+    "tie_word_embeddings",
+    "n_layer",
+    "n_embd",
+    "rms_norm_eps",
+    "sliding_window",
+    "hidden_act",
+    "rope_scaling",
+    "torch_dtype",
+    "_name_or_path",
+]
 
 # Raw JSON fragments (as text, so Infinity, NaN, 1e400 and 5000-digit integers are possible).
 SCALARS = st.one_of(
     st.integers(-(2**70), 2**70).map(str),
-    st.sampled_from(["0", "-1", "1", "3", "1024", "1025", "1e9", "1e400", "-1e400", "NaN",
-                     "Infinity", "-Infinity", "2.7", "true", "false", "null", '""', '"auto"',
-                     '"inf"', '"12"', "9" * 5000, "[]", "{}", '"ä🙂"']),  # fmt: skip
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1",
+            "3",
+            "1024",
+            "1025",
+            "1e9",
+            "1e400",
+            "-1e400",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "2.7",
+            "true",
+            "false",
+            "null",
+            '""',
+            '"auto"',
+            '"inf"',
+            '"12"',
+            "9" * 5000,
+            "[]",
+            "{}",
+            '"ä🙂"',
+        ]
+    ),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.text(max_size=10).map(json.dumps),
 )
@@ -212,15 +283,15 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _python_api(request: dict[str, Any]) -> None:
-    try:
+    with contextlib.suppress(VramcalcError, ValidationError):
         vramcalc.estimate(request)
-    except (VramcalcError, ValidationError):
-        pass
 
 
 @FUZZ
-@given(text=json_texts(LLAMA, CONFIG_KEYS) | json_texts(MIXTRAL, CONFIG_KEYS),
-       extra=st.sampled_from([[], ["--json"], ["--lora", "--json"], ["--gpu", "a10g", "--json"]]))  # fmt: skip
+@given(
+    text=json_texts(LLAMA, CONFIG_KEYS) | json_texts(MIXTRAL, CONFIG_KEYS),
+    extra=st.sampled_from([[], ["--json"], ["--lora", "--json"], ["--gpu", "a10g", "--json"]]),
+)
 def test_config_json_file(folder: Path, text: str, extra: list[str]) -> None:
     path = folder / "config.json"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
@@ -230,12 +301,28 @@ def test_config_json_file(folder: Path, text: str, extra: list[str]) -> None:
     _python_api({"model": str(path)})
 
 
-DS_ZERO_KEYS = ["stage", "reduce_bucket_size", "allgather_bucket_size", "overlap_comm",
-                "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
-                "stage3_param_persistence_threshold", "contiguous_gradients", "offload_optimizer",
-                "offload_param", "cpu_offload"]  # fmt: skip
-DS_TOP_KEYS = ["fp16", "bf16", "bfloat16", "train_micro_batch_size_per_gpu",
-               "gradient_accumulation_steps", "train_batch_size", "zero_optimization"]  # fmt: skip
+DS_ZERO_KEYS = [
+    "stage",
+    "reduce_bucket_size",
+    "allgather_bucket_size",
+    "overlap_comm",
+    "stage3_prefetch_bucket_size",
+    "stage3_max_live_parameters",
+    "stage3_param_persistence_threshold",
+    "contiguous_gradients",
+    "offload_optimizer",
+    "offload_param",
+    "cpu_offload",
+]
+DS_TOP_KEYS = [
+    "fp16",
+    "bf16",
+    "bfloat16",
+    "train_micro_batch_size_per_gpu",
+    "gradient_accumulation_steps",
+    "train_batch_size",
+    "zero_optimization",
+]
 
 
 @st.composite
@@ -254,15 +341,26 @@ def ds_texts(draw: st.DrawFn) -> str:
         enabled = draw(st.sampled_from(["true", "false", '"auto"', '"yes"', "1", "null"]))
         top[prec] = '{"enabled": ' + enabled + "}"
     zero_text = "{" + ", ".join(f'"{k}": {v}' for k, v in zero.items()) + "}"
-    body = ", ".join([f'"zero_optimization": {zero_text}', *(f'"{k}": {v}' for k, v in top.items())])
+    body = ", ".join(
+        [f'"zero_optimization": {zero_text}', *(f'"{k}": {v}' for k, v in top.items())]
+    )
     return "{" + body + "}"
 
 
 FLAG_SETS = st.lists(
-    st.sampled_from([["--zero", "3"], ["--zero", "2"], ["--offload-param", "cpu"],
-                     ["--offload-optimizer", "cpu"], ["--mixed-precision", "fp16"],
-                     ["--mixed-precision", "bf16"], ["--gpus", "8"], ["-b", "4"],
-                     ["--json"]]),  # fmt: skip
+    st.sampled_from(
+        [
+            ["--zero", "3"],
+            ["--zero", "2"],
+            ["--offload-param", "cpu"],
+            ["--offload-optimizer", "cpu"],
+            ["--mixed-precision", "fp16"],
+            ["--mixed-precision", "bf16"],
+            ["--gpus", "8"],
+            ["-b", "4"],
+            ["--json"],
+        ]
+    ),
     max_size=3,
     unique_by=lambda f: f[0],
 )

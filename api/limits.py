@@ -1,103 +1,34 @@
-"""Request checks the service adds on top of ``EstimateRequest``'s own bounds.
+"""Request checks the service adds on top of the core's (``vramcalc.checks``).
 
-``EstimateRequest`` bounds batch, sequence, GPUs and PEFT sizes. Here the service also
-refuses model strings that are not catalog names (it never opens a path a client names, and
-looks Hub ids up only when the ``hub_lookup`` setting is on; off by default) and
-caps the size fields of an inline ``config.json`` so no request makes the engine walk
-thousands of layers or build huge integers.
+The bounds themselves live in the core (``vramcalc/limits.py``) and apply to every entry
+point; the service's settings override them (``VRAMCALC_API_MAX_LAYERS``, ...). Here the
+service also refuses model strings that are not catalog names: it never opens a path a
+client names, and looks Hub ids up only when the ``hub_lookup`` setting
+is on (off by default).
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 from api.settings import Settings
 from vramcalc import catalog
-from vramcalc.errors import UnknownNameError, VramcalcError
+from vramcalc.checks import check_request as core_checks
+from vramcalc.errors import UnknownNameError
+from vramcalc.limits import SIZE_LIMITS, LimitExceededError, Limits, set_limits
 from vramcalc.specs import EstimateRequest
 
-__all__ = ["LimitExceededError", "check_request", "config_caps"]
-
-# Integers under keys no category names must still be sane (2**53: exact in JSON doubles).
-GENERIC_INT_CAP = 1 << 53
-MAX_DEPTH = 8
-
-
-class LimitExceededError(VramcalcError):
-    """A request field is above the service's configured limit (HTTP 422)."""
-
-
-def _category(key: str) -> str | None:
-    k = key.lower()
-    if "layers" in k or k in {"n_layer", "num_layer"}:
-        return "max_layers"
-    if "experts" in k:
-        return "max_experts"
-    if "vocab" in k:
-        return "max_vocab_size"
-    if "heads" in k or k in {"n_head", "n_head_kv", "num_head", "num_kv_heads"}:
-        return "max_heads"
-    if "intermediate" in k or "ffn" in k or k in {"n_inner", "d_ff", "ffn_hidden_size"}:
-        return "max_intermediate_size"
-    if "position" in k or k in {"n_positions", "n_ctx", "seq_length", "max_seq_len"}:
-        return "max_position_embeddings"
-    if "hidden_size" in k or k in {"n_embd", "d_model", "dim", "head_dim", "d_kv", "kv_channels"}:
-        return "max_hidden_size"
-    return None
+__all__ = ["LimitExceededError", "check_request", "config_caps", "limits_from_settings"]
 
 
 def config_caps(settings: Settings) -> dict[str, int]:
     """Return the caps applied to inline configs, by setting name."""
-    return {
-        name: int(getattr(settings, name))
-        for name in (
-            "max_layers",
-            "max_experts",
-            "max_vocab_size",
-            "max_heads",
-            "max_intermediate_size",
-            "max_position_embeddings",
-            "max_hidden_size",
-        )
-    }
+    return {name: int(getattr(settings, name)) for name in SIZE_LIMITS}
 
 
-def _walk(node: Any, path: str, depth: int, caps: dict[str, int], budget: list[int]) -> None:
-    if depth > MAX_DEPTH:
-        raise LimitExceededError(f"inline config nested deeper than {MAX_DEPTH} levels at {path}")
-    if isinstance(node, dict):
-        budget[0] -= len(node)
-        if budget[0] < 0:
-            raise LimitExceededError("inline config has too many keys")
-        for key, value in node.items():
-            where = f"{path}.{key}"
-            if isinstance(value, bool):
-                continue
-            if isinstance(value, int | float):
-                _check_number(str(key), value, where, caps)
-            elif isinstance(value, dict | list):
-                _walk(value, where, depth + 1, caps, budget)
-    elif isinstance(node, list):
-        budget[0] -= len(node)
-        if budget[0] < 0:
-            raise LimitExceededError("inline config has too many list items")
-        for i, value in enumerate(node):
-            if isinstance(value, dict | list):
-                _walk(value, f"{path}[{i}]", depth + 1, caps, budget)
-            elif isinstance(value, float) and not math.isfinite(value):
-                raise LimitExceededError(f"{path}[{i}] must be a finite number")
-
-
-def _check_number(key: str, value: int | float, where: str, caps: dict[str, int]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise LimitExceededError(f"{where} must be a finite number, got {value}")
-    category = _category(key)
-    cap = caps[category] if category is not None else GENERIC_INT_CAP
-    if abs(value) > cap:
-        hint = f" (setting VRAMCALC_API_{category.upper()})" if category else ""
-        raise LimitExceededError(f"{where}={value} is above the service limit of {cap}{hint}")
+def limits_from_settings(settings: Settings) -> Limits:
+    """Return the core ``Limits`` with the service's settings in place of the defaults."""
+    return Limits(**config_caps(settings), max_config_keys=settings.max_config_keys)
 
 
 def _check_model_name(model: str, settings: Settings) -> None:
@@ -115,7 +46,11 @@ def _check_model_name(model: str, settings: Settings) -> None:
 
 
 def check_request(request: EstimateRequest, settings: Settings) -> None:
-    """Refuse what the service will not compute.
+    """Refuse what the service will not compute, and put its limits in force for this request.
+
+    The limits are set in the request's context (``vramcalc.limits.set_limits``), so the
+    engine's own checks (``vramcalc.checks.check_request``, run by ``resolve``) use the
+    service's settings, not the core defaults.
 
     Raises:
         UnknownNameError: ``model`` is a string that is not a catalog name or alias
@@ -125,15 +60,7 @@ def check_request(request: EstimateRequest, settings: Settings) -> None:
             above the configured caps.
 
     """
+    set_limits(limits_from_settings(settings))
+    core_checks(request)  # names, config trees, DeepSpeed contradictions: the core's messages
     if isinstance(request.model, str):
         _check_model_name(request.model, settings)
-    else:
-        _walk(request.model, "model", 0, config_caps(settings), [settings.max_config_keys])
-    if request.deepspeed is not None:
-        _walk(
-            request.deepspeed,
-            "deepspeed",
-            0,
-            {k: GENERIC_INT_CAP for k in config_caps(settings)},
-            [settings.max_config_keys],
-        )

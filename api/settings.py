@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from vramcalc.limits import DEFAULT_LIMITS
+
 __all__ = ["ENV_PREFIX", "Settings", "get_settings", "load_settings"]
 
 ENV_PREFIX = "VRAMCALC_API_"
@@ -21,8 +23,11 @@ ENV_PREFIX = "VRAMCALC_API_"
 class Settings(BaseModel):
     """Limits and switches of the REST service.
 
-    Every limit keeps one request cheap: the engine's cost grows with the number of layers
-    (timeline events) and nothing else, and its integers stay small when widths are bounded.
+    The size and config limits default to the core's (``vramcalc.limits.DEFAULT_LIMITS``),
+    which the CLI and the Python API apply too; setting them here overrides them for the
+    service. Every limit keeps one request cheap: the engine's cost grows with the number of
+    layers (timeline events) and nothing else, and its integers stay small when widths are
+    bounded.
     The defaults sit far above the largest published architectures (Llama 3.1 405B: 126
     layers, hidden 16384, intermediate 53248; Gemma: vocab 256000).
     """
@@ -32,14 +37,18 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(
         default=256 * 1024, gt=0, description="largest accepted request body (413 above)"
     )
-    max_hidden_size: int = Field(default=1 << 17, gt=0)
-    max_intermediate_size: int = Field(default=1 << 20, gt=0)
-    max_layers: int = Field(default=1024, gt=0, description="num_hidden_layers and friends")
-    max_heads: int = Field(default=4096, gt=0)
-    max_vocab_size: int = Field(default=1 << 22, gt=0)
-    max_experts: int = Field(default=1024, gt=0)
-    max_position_embeddings: int = Field(default=1 << 24, gt=0)
-    max_config_keys: int = Field(default=1000, gt=0, description="keys in an inline config")
+    max_hidden_size: int = Field(default=DEFAULT_LIMITS.max_hidden_size, gt=0)
+    max_intermediate_size: int = Field(default=DEFAULT_LIMITS.max_intermediate_size, gt=0)
+    max_layers: int = Field(
+        default=DEFAULT_LIMITS.max_layers, gt=0, description="num_hidden_layers and friends"
+    )
+    max_heads: int = Field(default=DEFAULT_LIMITS.max_heads, gt=0)
+    max_vocab_size: int = Field(default=DEFAULT_LIMITS.max_vocab_size, gt=0)
+    max_experts: int = Field(default=DEFAULT_LIMITS.max_experts, gt=0)
+    max_position_embeddings: int = Field(default=DEFAULT_LIMITS.max_position_embeddings, gt=0)
+    max_config_keys: int = Field(
+        default=DEFAULT_LIMITS.max_config_keys, gt=0, description="keys in an inline config"
+    )
     max_search_results: int = Field(default=100, gt=0)
     hub_lookup: bool = Field(
         default=False,

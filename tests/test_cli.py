@@ -109,7 +109,7 @@ def test_request_fields_from_options() -> None:
         ([], ["MODEL"]),
         (["gpt2", "--global-batch", "64"], ["--max-batch"]),
         (["gpt2", "--max-batch"], ["--gpu"]),
-        (["./no/such/config.json"], ["unknown model"]),
+        (["./no/such/config.json"], ["no such file", "./no/such/config.json"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2(
@@ -137,7 +137,7 @@ def test_malformed_local_config_names_missing_key(
 
 def test_deepspeed_file_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "gpt2", "--deepspeed", str(tmp_path / "missing.json"))
-    assert code == 2 and "no file" in err
+    assert code == 2 and "no such file" in err
     bad = tmp_path / "ds.json"
     bad.write_text('{"zero_optimization": {"stage": 3,}}')
     code, _, err = run(capsys, "gpt2", "--deepspeed", str(bad))

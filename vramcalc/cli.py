@@ -46,8 +46,41 @@ class _UsageError(VramcalcError):
     """A command-line usage error (argparse's own complaints)."""
 
 
+def _once(base: type[argparse.Action]) -> type[argparse.Action]:
+    """Wrap an argparse action so that a second occurrence of its option is refused."""
+
+    class Once(base):  # type: ignore[valid-type,misc]
+        def __call__(
+            self,
+            parser: argparse.ArgumentParser,
+            namespace: argparse.Namespace,
+            values: Any,
+            option_string: str | None = None,
+        ) -> None:
+            seen: set[str] = namespace.__dict__.setdefault("_given", set())
+            if self.dest in seen and self.option_strings:
+                parser.error(
+                    f"{'/'.join(self.option_strings)} given twice; give each option once "
+                    "(the last one would silently win)"
+                )
+            seen.add(self.dest)
+            super().__call__(parser, namespace, values, option_string)
+
+    return Once
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so every error takes the same one-line path."""
+    """argparse that raises instead of exiting, so every error takes the same one-line path.
+
+    Options given twice (``-b 4 -b 8``) are refused rather than letting the last one win.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        store = _once(argparse._StoreAction)
+        self.register("action", None, store)
+        self.register("action", "store", store)
+        self.register("action", "store_true", _once(argparse._StoreTrueAction))
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
@@ -66,7 +99,7 @@ def parse_spec(option: str, text: str, keys: dict[str, str]) -> dict[str, Any]:
 
     Raises:
         UnknownNameError: a key that is not accepted (names the closest accepted key).
-        InvalidConfigError: an item without ``=``.
+        InvalidConfigError: an item without ``=``, or a key given twice.
 
     """
     out: dict[str, Any] = {}
@@ -82,7 +115,36 @@ def parse_spec(option: str, text: str, keys: dict[str, str]) -> dict[str, Any]:
         key, value = (s.strip() for s in item.split("=", 1))
         if key.lower() not in keys:
             raise UnknownNameError(f"{option} key", key, keys)
+        if keys[key.lower()] in out:
+            raise InvalidConfigError(
+                f"{option}: key '{key}' given twice ({out[keys[key.lower()]]!r} and {value!r}); "
+                "give each key once"
+            )
         out[keys[key.lower()]] = value
+    return out
+
+
+# the type of each SPEC key: ints and floats are parsed here so the request stays strict
+_SPEC_INTS = {"r", "dim", "tokens"}
+_SPEC_FLOATS = {"alpha", "dropout"}
+
+
+def _typed_spec(option: str, items: dict[str, Any]) -> dict[str, Any]:
+    """Turn the SPEC strings into numbers (``r=16`` -> 16); a bad number names the key."""
+    out: dict[str, Any] = {}
+    for key, text in items.items():
+        if key in _SPEC_INTS:
+            t = text.strip()
+            if not t.lstrip("+-").isdigit() or len(t) > 20:
+                raise InvalidConfigError(f"{option} {key}: '{text}' is not an integer")
+            out[key] = int(t)
+        elif key in _SPEC_FLOATS:
+            try:
+                out[key] = float(text) if len(text) <= 40 else float("nan")
+            except ValueError:
+                raise InvalidConfigError(f"{option} {key}: '{text}' is not a number") from None
+        else:
+            out[key] = text
     return out
 
 
@@ -100,20 +162,20 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                         "org/name[@revision] (needs huggingface_hub; HF_TOKEN for gated "
                         "repos, HF_HUB_OFFLINE=1 reads the cache)")  # fmt: skip
     g = p.add_argument_group("training")
-    g.add_argument("-b", "--batch-size", type=int, default=1, metavar="N",
+    g.add_argument("-b", "--batch-size", type=int, metavar="N",
                    help="micro-batch per GPU (default 1)")  # fmt: skip
-    g.add_argument("-s", "--seq-len", type=int, default=512, metavar="N",
+    g.add_argument("-s", "--seq-len", type=int, metavar="N",
                    help="sequence length in tokens (default 512)")  # fmt: skip
-    g.add_argument("--grad-accum", type=int, default=1, metavar="N",
+    g.add_argument("--grad-accum", type=int, metavar="N",
                    help="gradient accumulation steps (default 1)")  # fmt: skip
-    g.add_argument("--dtype", default="fp32", metavar="{fp32,bf16,fp16}",
+    g.add_argument("--dtype", metavar="{fp32,bf16,fp16}",
                    help="parameter storage dtype (default fp32)")  # fmt: skip
-    g.add_argument("--mixed-precision", default="no", metavar="{no,fp16,bf16}",
+    g.add_argument("--mixed-precision", metavar="{no,fp16,bf16}",
                    help="autocast over fp32 weights (default no)")  # fmt: skip
-    g.add_argument("--optim", default="adamw_torch", metavar="NAME",
+    g.add_argument("--optim", metavar="NAME",
                    help="transformers optimizer name (see `vramcalc optimizers`)")  # fmt: skip
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
-    g.add_argument("--attn", default="sdpa", metavar="{eager,sdpa,flash_attention_2}",
+    g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default sdpa)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
@@ -130,13 +192,13 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="prompt tuning: tokens=20")  # fmt: skip
     g.add_argument("--ia3", action="store_true", help="IA3")
     g = p.add_argument_group("parallelism (DeepSpeed ZeRO)")
-    g.add_argument("--zero", default="0", metavar="{0,1,2,3}", help="ZeRO stage (default 0)")
-    g.add_argument("--offload-optimizer", default="none", metavar="{none,cpu,nvme}",
-                   help="ZeRO optimizer-state offload")  # fmt: skip
-    g.add_argument("--offload-param", default="none", metavar="{none,cpu,nvme}",
-                   help="ZeRO-3 parameter offload")  # fmt: skip
-    g.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs per node")
-    g.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes")
+    g.add_argument("--zero", metavar="{0,1,2,3}", help="ZeRO stage (default 0)")
+    g.add_argument("--offload-optimizer", metavar="{none,cpu,nvme}",
+                   help="ZeRO optimizer-state offload (default none)")  # fmt: skip
+    g.add_argument("--offload-param", metavar="{none,cpu,nvme}",
+                   help="ZeRO-3 parameter offload (default none)")  # fmt: skip
+    g.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default 1)")
+    g.add_argument("--nodes", type=int, metavar="N", help="nodes (default 1)")
     g.add_argument("--deepspeed", metavar="FILE",
                    help="a DeepSpeed config JSON (stage, offload, buckets, precision)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
@@ -146,8 +208,8 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--global-batch", type=int, metavar="N",
                    help="with --max-batch: grad-accum to reach this global batch")  # fmt: skip
     g.add_argument("--tokens", type=int, metavar="N", help="training tokens per epoch")
-    g.add_argument("--epochs", type=float, default=1.0, metavar="X", help="epochs (default 1)")
-    g.add_argument("--mfu", type=float, metavar="X", help="model FLOPs utilisation, 0-1")
+    g.add_argument("--epochs", type=float, metavar="X", help="epochs (default 1)")
+    g.add_argument("--mfu", type=float, metavar="X", help="model FLOPs utilisation, 0.001-1")
     g.add_argument("--price-per-gpu-hour", type=float, metavar="USD",
                    help="override the catalog price")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
@@ -166,51 +228,48 @@ def _estimate_parser() -> _Parser:
 
 
 def _load_deepspeed(path: str) -> dict[str, Any]:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise InvalidConfigError(f"--deepspeed: no file at '{p}'")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"--deepspeed: cannot read '{p}': {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidConfigError(
-            f"--deepspeed: '{p}' is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
-        ) from None
+    from vramcalc.limits import load_json
+
+    data = load_json(path, "--deepspeed")
     if not isinstance(data, dict):
-        raise InvalidConfigError(f"--deepspeed: '{p}' must hold a JSON object")
+        raise InvalidConfigError(f"--deepspeed: '{path}' must hold a JSON object")
     return data
 
 
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
-    """Turn parsed options into an ``EstimateRequest`` (validated by pydantic)."""
+    """Turn parsed options into an ``EstimateRequest`` (validated by pydantic).
+
+    Only the options the user gave become request fields; the rest keep the request's
+    defaults and stay unset, so a flag that contradicts a ``--deepspeed`` file is told apart
+    from a default (``vramcalc.checks``).
+    """
     from vramcalc.enums import Attention, DType, MixedPrecision, Offload, Quant, ZeroStage
     from vramcalc.specs import EstimateRequest
 
-    fields: dict[str, Any] = {
-        "model": ns.model,
-        "batch_size": ns.batch_size,
-        "seq_len": ns.seq_len,
-        "grad_accum": ns.grad_accum,
-        "dtype": _enum_value("--dtype", ns.dtype, DType),
-        "mixed_precision": _enum_value("--mixed-precision", ns.mixed_precision, MixedPrecision),
-        "optim": ns.optim,
-        "ia3": ns.ia3,
-        "grad_ckpt": ns.grad_ckpt,
-        "attn": _enum_value("--attn", ns.attn, Attention),
-        "offload_optimizer": _enum_value("--offload-optimizer", ns.offload_optimizer, Offload),
-        "offload_param": _enum_value("--offload-param", ns.offload_param, Offload),
-        "gpus": ns.gpus,
-        "nodes": ns.nodes,
-        "epochs": ns.epochs,
-    }
-    zero = ns.zero.strip()
-    if zero not in [str(int(z)) for z in ZeroStage]:
-        raise UnknownNameError("--zero stage", zero, [str(int(z)) for z in ZeroStage])
-    fields["zero"] = int(zero)
-    if ns.quant is not None:
-        fields["quant"] = _enum_value("--quant", ns.quant, Quant)
+    fields: dict[str, Any] = {"model": ns.model}
+    for name in ("batch_size", "seq_len", "grad_accum", "optim", "gpus", "nodes", "epochs",
+                 "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
+        if getattr(ns, name) is not None:
+            fields[name] = getattr(ns, name)
+    for name, enum in (
+        ("dtype", DType),
+        ("mixed_precision", MixedPrecision),
+        ("attn", Attention),
+        ("offload_optimizer", Offload),
+        ("offload_param", Offload),
+        ("quant", Quant),
+    ):
+        if getattr(ns, name) is not None:
+            option = "--" + name.replace("_", "-")
+            fields[name] = _enum_value(option, getattr(ns, name), enum)
+    for flag in ("ia3", "grad_ckpt"):
+        if getattr(ns, flag):
+            fields[flag] = True
+    if ns.zero is not None:
+        zero = ns.zero.strip()
+        if zero not in [str(int(z)) for z in ZeroStage]:
+            raise UnknownNameError("--zero stage", zero, [str(int(z)) for z in ZeroStage])
+        fields["zero"] = int(zero)
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),
         ("qlora", "--qlora", _LORA_KEYS),
@@ -220,10 +279,7 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     ):
         text = getattr(ns, name)
         if text is not None:
-            fields[name] = parse_spec(option, text, keys)
-    for name in ("gpu", "tokens", "mfu", "price_per_gpu_hour"):
-        if getattr(ns, name) is not None:
-            fields[name] = getattr(ns, name)
+            fields[name] = _typed_spec(option, parse_spec(option, text, keys))
     if ns.deepspeed is not None:
         fields["deepspeed"] = _load_deepspeed(ns.deepspeed)
     return EstimateRequest(**fields)
@@ -278,6 +334,10 @@ def _bar(n: int, total: int, width: int = 20) -> str:
     return "█" * full + ("▌" if cells - full >= 0.5 else "")
 
 
+def _money(usd: float) -> str:
+    return f"{usd:,.2f}" if usd < 1e12 else f"{usd:.3g}"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
@@ -285,7 +345,9 @@ def _duration(seconds: float) -> str:
         return f"{seconds / 60:.1f} min"
     if seconds < 2 * 86400:
         return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
+    if seconds < 1e9 * 86400:
+        return f"{seconds / 86400:.1f} days"
+    return f"{seconds / 86400:.3g} days"
 
 
 def render_report(report: MemoryReport, console: Console) -> None:
@@ -351,7 +413,7 @@ def render_report(report: MemoryReport, console: Console) -> None:
             f"{c.n_gpus} x {c.gpu}"
         )
         console.print(
-            f"Cost: ${c.cost_usd:,.2f} at ${c.price_usd_per_gpu_hour:g} per GPU-hour "
+            f"Cost: ${_money(c.cost_usd)} at ${c.price_usd_per_gpu_hour:g} per GPU-hour "
             f"(MFU {c.mfu:g}, {c.flops_per_token / 1e9:.2f} GFLOP/token)"
         )
         for note in c.notes:
@@ -385,7 +447,12 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
         f"[bold]{fit.max_batch_size}[/]"
+        + (" or more" if fit.search_cap else "")
     )
+    if fit.search_cap:
+        console.print(
+            f"[yellow]the search stops at {fit.search_cap}[/]: larger micro-batches were not tried"
+        )
     console.print(f"headroom at that batch: {_gib(fit.headroom_bytes)} of "
                   f"{_gib(fit.usable_bytes)} usable")  # fmt: skip
     if fit.suggested_grad_accum is not None:
@@ -403,7 +470,7 @@ def _cmd_estimate(argv: Sequence[str]) -> int:
     if ns.max_batch:
         fit = engine.fit(request, target_global_batch=ns.global_batch)
         if ns.json:
-            print(json.dumps(fit.model_dump(mode="json")))
+            print(json.dumps(fit.model_dump(mode="json"), allow_nan=False))
         else:
             render_fit(fit, request, _console())
         return 0
@@ -411,7 +478,7 @@ def _cmd_estimate(argv: Sequence[str]) -> int:
         raise InvalidConfigError("--global-batch only applies with --max-batch")
     report = engine.estimate(request)
     if ns.json:
-        print(json.dumps(report.model_dump(mode="json")))
+        print(json.dumps(report.model_dump(mode="json"), allow_nan=False))
     else:
         render_report(report, _console())
     return 0
@@ -620,8 +687,16 @@ def run(argv: Sequence[str] | None = None) -> int:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     except KeyboardInterrupt:
         return 130
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _one_line(message: str) -> str:
+    """Escape line breaks and control characters a user's input brought into a message."""
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in message
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

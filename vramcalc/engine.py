@@ -17,6 +17,7 @@ from itertools import accumulate
 from typing import Any
 
 from vramcalc import __version__, catalog
+from vramcalc.checks import check_global_batch, check_request
 from vramcalc.enums import (
     DType,
     MixedPrecision,
@@ -142,6 +143,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
 
     """
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
+    check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
@@ -697,7 +699,13 @@ def estimate(
     if request is None:
         request = EstimateRequest(**kwargs)
     elif kwargs:
-        base = request.model_dump() if isinstance(request, EstimateRequest) else dict(request)
+        # exclude_unset: fields the caller never gave stay unset (checks.py compares only
+        # explicit flags with a DeepSpeed config)
+        base = (
+            request.model_dump(exclude_unset=True)
+            if isinstance(request, EstimateRequest)
+            else dict(request)
+        )
         request = EstimateRequest(**{**base, **kwargs})
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     return _estimate(req)
@@ -954,6 +962,8 @@ def fit(
     suggested gradient accumulation reaches it: ceil(target / (micro-batch x GPUs)).
     """
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
+    check_request(req)
+    check_global_batch(target_global_batch)
     if not req.gpu:
         raise InvalidConfigError("--max-batch needs --gpu NAME (see `vramcalc gpus`)")
     gpu: GpuSpec = catalog.gpu(req.gpu)
@@ -981,7 +991,9 @@ def fit(
     accum = None
     if target_global_batch and best:
         accum = -(-target_global_batch // (best * res.parallel.world_size))
-    return _fit_report(res, report.peak.device_bytes, best, accum)
+    out = _fit_report(res, report.peak.device_bytes, best, accum)
+    # the search stops at MAX_BATCH: say so instead of reporting the cap as the answer
+    return out.model_copy(update={"search_cap": MAX_BATCH if best >= MAX_BATCH else None})
 
 
 from vramcalc.enums import Attention as _Attention  # noqa: E402

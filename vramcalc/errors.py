@@ -43,8 +43,10 @@ class UnknownNameError(VramcalcError):
         self.kind = kind
         self.name = name
         self.choices = pool
-        self.suggestion = closest_match(name, pool)
+        # a huge name cannot be a typo of a short one (and difflib on it is slow)
+        self.suggestion = closest_match(name, pool) if len(name) <= 200 else None
         more = f", ... ({len(pool)} in all)" if len(pool) > show else ""
         listed = ", ".join(pool[:show]) + more
         hint = f" Did you mean '{self.suggestion}'?" if self.suggestion else ""
-        super().__init__(f"unknown {kind} '{name}'.{hint} Accepted: {listed}")
+        shown = name if len(name) <= 80 else f"{name[:77]}... ({len(name)} characters)"
+        super().__init__(f"unknown {kind} '{shown}'.{hint} Accepted: {listed}")

@@ -9,7 +9,6 @@ meta device as an independent oracle of ``count_params``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.formulas.counts import count_params, evaluate
+from vramcalc.limits import check_model_sizes, check_tree, load_json
 from vramcalc.specs import ModelSpec
 
 __all__ = [
@@ -138,6 +138,7 @@ def model_spec_from_config(
                 f"config.json for model_type '{model_type}': {field} is {value!r}; "
                 "accepted: a positive integer"
             )
+    check_model_sizes(fields, f"config.json for model_type '{model_type}'")
     head_dim_key = template.get("head_dim_key")
     explicit_head_dim = head_dim_key is not None and config.get(head_dim_key) is not None
     if not explicit_head_dim and fields["hidden_size"] % fields["num_attention_heads"]:
@@ -153,6 +154,13 @@ def model_spec_from_config(
             f"config.json for model_type '{model_type}': num_key_value_heads "
             f"({fields['num_key_value_heads']}) does not divide num_attention_heads "
             f"({fields['num_attention_heads']})"
+        )
+    experts = fields.get("num_local_experts") or 0
+    per_tok = fields.get("num_experts_per_tok") or 0
+    if _is_int(experts) and _is_int(per_tok) and experts > 0 and per_tok > experts:
+        raise InvalidConfigError(
+            f"config.json for model_type '{model_type}': num_experts_per_tok ({per_tok}) "
+            f"exceeds the number of experts ({experts}); accepted: 1 to {experts}"
         )
     arch: dict[str, _Scalar] = {}
     for key, expr in template.get("arch", {}).items():
@@ -194,28 +202,47 @@ def default_lora_targets(model_type: str) -> tuple[str, ...] | None:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a ``config.json`` file, or the ``config.json`` inside a model folder.
 
+    The file goes through ``limits.load_json`` (size, depth, huge and non-finite numbers)
+    and ``limits.check_tree`` (size fields within the limits, each refusal naming the key).
+
     Raises:
-        InvalidConfigError: the file is missing, unreadable, not JSON, or not an object.
+        InvalidConfigError: the file is missing, unreadable, not JSON, not an object, or
+            outside the limits.
 
     """
     p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "config.json"
-    if not p.is_file():
-        raise InvalidConfigError(
-            f"no config.json at '{p}'; accepted: a config.json file or a folder that holds one"
-        )
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"cannot read '{p}': {exc}") from None
-    except json.JSONDecodeError as exc:
+        if p.is_dir():
+            p = p / "config.json"
+        found = p.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
         raise InvalidConfigError(
-            f"'{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+            f"no such file: '{_clip(str(p))}'; accepted: a config.json file or a folder that "
+            "holds one"
+        )
+    what = f"config.json '{_clip(str(p))}'"
+    data = load_json(p, "config.json")
     if not isinstance(data, dict):
-        raise InvalidConfigError(f"'{p}' must hold a JSON object, got {type(data).__name__}")
+        raise InvalidConfigError(f"{what} must hold a JSON object, got {type(data).__name__}")
+    check_tree(data, what)
     return data
+
+
+def _clip(text: str, n: int = 120) -> str:
+    return text if len(text) <= n else f"{text[: n - 3]}... ({len(text)} characters)"
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether MODEL was meant as a file or folder (so "no such file" beats "unknown model")."""
+    if text.startswith(("/", "./", "../", "~", ".\\", "..\\")) or text.endswith(".json"):
+        return True
+    parent = Path(text).parent
+    try:
+        return str(parent) not in ("", ".") and parent.expanduser().is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 @cache
@@ -303,6 +330,11 @@ def _resolve(model: str | Mapping[str, Any], *, hub: bool) -> tuple[ModelSpec, t
 
             if hub_mod.looks_like_hub_id(model):
                 return _hub_spec(model)
+        if _looks_like_path(model):
+            raise InvalidConfigError(
+                f"no such file: '{_clip(model)}'; MODEL is neither an existing config.json or "
+                "model folder nor a catalog name (see `vramcalc models`)"
+            ) from None
         raise unknown from None
     return _catalog_spec(row["name"]), ()
 

@@ -87,6 +87,11 @@ class FitReport(_Out):
     headroom_bytes: int = Field(description="usable - peak device bytes (negative: overflow)")
     max_batch_size: int | None = None
     suggested_grad_accum: int | None = None
+    search_cap: int | None = Field(
+        default=None,
+        description="set when --max-batch reached the search cap: larger micro-batches also "
+        "fit but were not tried (max_batch_size equals this cap)",
+    )
 
 
 class CostReport(_Out):

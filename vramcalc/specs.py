@@ -8,9 +8,19 @@ service: its field names are the CLI's long option names in snake_case. ``resolv
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AllowInfNan,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from vramcalc.enums import (
     Attention,
@@ -25,8 +35,13 @@ from vramcalc.enums import (
     Task,
     ZeroStage,
 )
+from vramcalc.errors import UnknownNameError
+from vramcalc.limits import MAX_BATCH, MAX_GPUS, MAX_SEQ, MIN_MFU
 
 __all__ = [
+    "MAX_BATCH",
+    "MAX_GPUS",
+    "MAX_SEQ",
     "AdapterOptions",
     "CostSpec",
     "EstimateRequest",
@@ -42,11 +57,12 @@ __all__ = [
     "ZeroSpec",
 ]
 
-# Upper bounds keep any single request cheap to compute (REST service hardening) while
-# staying far above real jobs.
-MAX_BATCH = 1 << 16
-MAX_SEQ = 1 << 22
-MAX_GPUS = 1 << 16
+# Numbers in requests are strict: an int field takes an int (not True, "8" or 8.0), a float
+# field an int or a finite float (not True, "1.5", NaN or Infinity), a bool field a bool.
+# Coercion would let a typo or a wrong type through as a plausible value.
+SInt = Annotated[int, Strict()]
+SFloat = Annotated[float, Strict(), AllowInfNan(False)]
+SBool = Annotated[bool, Strict()]
 
 
 class _Frozen(BaseModel):
@@ -106,9 +122,9 @@ class LoraOptions(_Frozen):
     ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` for the model type.
     """
 
-    r: int = Field(default=8, gt=0, le=65536)
-    alpha: float | None = Field(default=None, gt=0)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    r: SInt = Field(default=8, gt=0, le=65536)
+    alpha: SFloat | None = Field(default=None, gt=0)
+    dropout: SFloat = Field(default=0.0, ge=0.0, lt=1.0)
     targets: tuple[str, ...] | None = None
 
     @field_validator("targets", mode="before")
@@ -122,13 +138,13 @@ class LoraOptions(_Frozen):
 class AdapterOptions(_Frozen):
     """``--adapter dim=64``: Houlsby-style bottleneck adapters after attention and MLP."""
 
-    dim: int = Field(default=64, gt=0, le=65536)
+    dim: SInt = Field(default=64, gt=0, le=65536)
 
 
 class PromptOptions(_Frozen):
     """``--prefix tokens=20`` / ``--prompt-tuning tokens=20``: virtual tokens."""
 
-    tokens: int = Field(default=20, gt=0, le=65536)
+    tokens: SInt = Field(default=20, gt=0, le=65536)
 
 
 class EstimateRequest(_Frozen):
@@ -139,9 +155,9 @@ class EstimateRequest(_Frozen):
         "or an inline config.json object",
     )
     task: Task = Task.TRAIN
-    batch_size: int = Field(default=1, gt=0, le=MAX_BATCH)
-    seq_len: int = Field(default=512, gt=0, le=MAX_SEQ)
-    grad_accum: int = Field(default=1, gt=0, le=MAX_BATCH)
+    batch_size: SInt = Field(default=1, gt=0, le=MAX_BATCH)
+    seq_len: SInt = Field(default=512, gt=0, le=MAX_SEQ)
+    grad_accum: SInt = Field(default=1, gt=0, le=MAX_BATCH)
     dtype: DType = DType.FP32
     mixed_precision: MixedPrecision = MixedPrecision.NO
     optim: str = "adamw_torch"
@@ -151,14 +167,14 @@ class EstimateRequest(_Frozen):
     adapter: AdapterOptions | None = None
     prefix: PromptOptions | None = None
     prompt_tuning: PromptOptions | None = None
-    ia3: bool = False
-    grad_ckpt: bool = False
+    ia3: SBool = False
+    grad_ckpt: SBool = False
     attn: Attention = Attention.SDPA
     zero: ZeroStage = ZeroStage.DISABLED
     offload_optimizer: Offload = Offload.NONE
     offload_param: Offload = Offload.NONE
-    gpus: int = Field(default=1, gt=0, le=MAX_GPUS)
-    nodes: int = Field(default=1, gt=0, le=MAX_GPUS)
+    gpus: SInt = Field(default=1, gt=0, le=MAX_GPUS)
+    nodes: SInt = Field(default=1, gt=0, le=MAX_GPUS)
     deepspeed: dict[str, Any] | None = Field(
         default=None, description="contents of a DeepSpeed config (overrides zero/offload)"
     )
@@ -168,46 +184,105 @@ class EstimateRequest(_Frozen):
     fsdp_version: Literal[1, 2] = Field(
         default=2, description="1 = FullyShardedDataParallel (flat parameters), 2 = fully_shard"
     )
-    fsdp_offload: bool = Field(
+    fsdp_offload: SBool = Field(
         default=False,
         description="FSDP CPUOffload / CPUOffloadPolicy: sharded parameters, gradients and "
         "optimizer states live in CPU memory",
     )
-    fsdp_reshard_after_forward: bool | None = Field(
+    fsdp_reshard_after_forward: SBool | None = Field(
         default=None,
         description="free the unsharded parameters after each layer's forward (default: "
         "true for full_shard/hybrid_shard, false for shard_grad_op)",
     )
-    fsdp_use_orig_params: bool = Field(
+    fsdp_use_orig_params: SBool = Field(
         default=True, description="FSDP1 use_orig_params (accelerate's default: true)"
     )
-    fsdp_limit_all_gathers: bool = Field(
+    fsdp_limit_all_gathers: SBool = Field(
         default=True, description="FSDP1 limit_all_gathers (at most two in-flight all-gathers)"
     )
     fsdp_backward_prefetch: FsdpBackwardPrefetch = Field(
         default=FsdpBackwardPrefetch.BACKWARD_PRE, description="FSDP1 backward_prefetch"
     )
-    tp: int = Field(default=1, gt=0, le=MAX_GPUS, description="tensor-parallel degree")
-    sequence_parallel: bool = Field(
+    tp: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="tensor-parallel degree")
+    sequence_parallel: SBool = Field(
         default=False, description="Megatron sequence parallelism (needs tp > 1)"
     )
-    cp: int = Field(default=1, gt=0, le=MAX_GPUS, description="context-parallel degree")
-    pp: int = Field(default=1, gt=0, le=MAX_GPUS, description="pipeline-parallel stages")
+    cp: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="context-parallel degree")
+    pp: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="pipeline-parallel stages")
     pp_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
-    pp_virtual_stages: int = Field(
+    pp_virtual_stages: SInt = Field(
         default=2, gt=0, le=1024, description="model chunks per rank (interleaved schedule)"
     )
-    ep: int = Field(default=1, gt=0, le=MAX_GPUS, description="expert-parallel degree")
+    ep: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="expert-parallel degree")
     accelerate_config: dict[str, Any] | None = Field(
         default=None,
         description="contents of an accelerate config YAML (distributed_type, fsdp_config, "
         "deepspeed_config, mixed_precision, num_processes, num_machines)",
     )
     gpu: str | None = None
-    tokens: int | None = Field(default=None, gt=0, le=10**15)
-    epochs: float = Field(default=1.0, gt=0, le=10_000)
-    mfu: float | None = Field(default=None, gt=0, le=1)
-    price_per_gpu_hour: float | None = Field(default=None, ge=0, le=10_000)
+    tokens: SInt | None = Field(default=None, gt=0, le=10**15)
+    epochs: SFloat = Field(default=1.0, gt=0, le=10_000)
+    mfu: SFloat | None = Field(
+        default=None, gt=0, le=1, description=f"model FLOPs utilisation, {MIN_MFU:g} to 1"
+    )
+    price_per_gpu_hour: SFloat | None = Field(default=None, ge=0, le=10_000)
+
+    @field_validator("zero", "fsdp_version", mode="before")
+    @classmethod
+    def _strict_int_choice(cls, v: Any, info: ValidationInfo) -> Any:
+        # an IntEnum/Literal field would take True as 1 and 2.0 as 2
+        accepted = (0, 1, 2, 3) if info.field_name == "zero" else (1, 2)
+        listed = ", ".join(str(a) for a in accepted)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{info.field_name} must be an integer, got {v!r}; accepted: {listed}")
+        if v not in accepted:
+            kind = "zero stage" if info.field_name == "zero" else info.field_name
+            raise ValueError(f"unknown {kind} '{v}'. Accepted: {listed}")
+        return v
+
+    @field_validator(
+        "task",
+        "dtype",
+        "mixed_precision",
+        "quant",
+        "attn",
+        "offload_optimizer",
+        "offload_param",
+        "fsdp",
+        "fsdp_backward_prefetch",
+        "pp_schedule",
+        mode="before",
+    )
+    @classmethod
+    def _known_choice(cls, v: Any, info: ValidationInfo) -> Any:
+        # the same message as the CLI's: the closest accepted value and the whole list
+        field = cls.model_fields[info.field_name or ""]
+        enum = next(
+            (a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+             if isinstance(a, type) and issubclass(a, Enum)),
+            None,
+        )  # fmt: skip
+        if enum is None or v is None or isinstance(v, enum):
+            return v
+        values = [str(m.value) for m in enum]
+        if not isinstance(v, str):
+            raise ValueError(
+                f"{info.field_name} must be a string, got {type(v).__name__}; "
+                f"accepted: {', '.join(values)}"
+            )
+        if v not in values:
+            raise ValueError(str(UnknownNameError(f"{info.field_name} value", v, values)))
+        return v
+
+    @field_validator("mfu")
+    @classmethod
+    def _mfu_floor(cls, v: float | None) -> float | None:
+        if v is not None and v < MIN_MFU:
+            raise ValueError(
+                f"mfu {v:g} is below the floor of {MIN_MFU:g} (0.1% utilisation); "
+                f"accepted: {MIN_MFU:g} to 1"
+            )
+        return v
 
     @model_validator(mode="after")
     def _one_peft_method(self) -> EstimateRequest:

@@ -118,7 +118,7 @@ def test_inline_config_caps(
 ) -> None:
     r = stub_client.post("/v1/estimate", json={"model": {**GPT2_CONFIG, key: value}})
     assert r.status_code == 422
-    assert "above the service limit" in r.json()["detail"]
+    assert "is above the limit of" in r.json()["detail"]
     assert stub_engine.seen == []
 
 

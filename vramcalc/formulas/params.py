@@ -131,10 +131,15 @@ def lora_target_groups(
         return [g for g in groups if g.stack in ("encoder", "decoder")]
     wanted = set(targets)
     chosen = [g for g in groups if g.module in wanted or g.key.split("/")[-1] in wanted]
-    if not chosen:
+    reached = {g.module for g in chosen} | {g.key.split("/")[-1] for g in chosen}
+    unknown = [t for t in targets if t not in reached]
+    if unknown:
+        # PEFT errors only when no target matches at all; a target that matches nothing next
+        # to others that do would be dropped silently, so it is refused here
         names = sorted({g.module for g in groups})
         raise InvalidConfigError(
-            f"LoRA targets {', '.join(targets)} match no linear layer of {model_type}; "
+            f"LoRA target{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+            f"match{'' if len(unknown) > 1 else 'es'} no linear layer of {model_type}; "
             f"accepted: {', '.join(names)} or all-linear"
         )
     return chosen

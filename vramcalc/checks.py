@@ -1,0 +1,93 @@
+"""Request checks every entry point shares (CLI, Python API, REST): one place, one message.
+
+``check_request`` runs at the top of ``engine.resolve``, so ``vramcalc.estimate``, ``fit``,
+the CLI and the service all pass through it. It refuses what pydantic's field bounds cannot
+see: config trees outside the limits (``limits.check_tree``), empty names, and flags that
+contradict a DeepSpeed config (a flag the user gave explicitly is compared with the file's
+concrete value; both are named, neither silently wins).
+"""
+
+from __future__ import annotations
+
+from vramcalc.errors import InvalidConfigError
+from vramcalc.limits import MAX_NAME_CHARS, check_tree, current_limits
+from vramcalc.specs import EstimateRequest
+
+__all__ = ["check_global_batch", "check_request"]
+
+
+def check_request(req: EstimateRequest) -> None:
+    """Refuse a request that is out of bounds or contradicts itself.
+
+    Raises:
+        LimitExceededError: an inline model, DeepSpeed or accelerate config outside the
+            limits (size fields, depth, keys, non-finite or huge numbers), naming the key.
+        InvalidConfigError: an empty or overlong name; a flag that contradicts the DeepSpeed
+            config (naming both values).
+
+    """
+    lim = current_limits()
+    if isinstance(req.model, str):
+        if not req.model.strip():
+            raise InvalidConfigError(
+                "model is empty; accepted: a catalog name (see `vramcalc models`), a path to a "
+                "config.json, or a config object"
+            )
+        if len(req.model) > MAX_NAME_CHARS:
+            raise InvalidConfigError(
+                f"model is {len(req.model)} characters long; accepted: a catalog name or a path "
+                f"of at most {MAX_NAME_CHARS} characters"
+            )
+    else:
+        check_tree(req.model, "model", lim)
+    for name, value in (("gpu", req.gpu), ("optim", req.optim)):
+        if value is not None and not value.strip():
+            listing = "`vramcalc gpus`" if name == "gpu" else "`vramcalc optimizers`"
+            raise InvalidConfigError(
+                f"{name} is empty; accepted: a name listed by {listing}"
+                + (" (or leave it out to skip the fit check)" if name == "gpu" else "")
+            )
+    if req.deepspeed is not None:
+        check_tree(req.deepspeed, "deepspeed", lim, sizes=False)
+        _deepspeed_flags(req)
+    if req.accelerate_config is not None:
+        check_tree(req.accelerate_config, "accelerate_config", lim, sizes=False)
+
+
+def _deepspeed_flags(req: EstimateRequest) -> None:
+    from vramcalc.dsconfig import flag_conflicts
+
+    assert req.deepspeed is not None
+    given = req.model_fields_set
+    conflicts = flag_conflicts(
+        req.deepspeed,
+        zero=req.zero if "zero" in given else None,
+        offload_optimizer=req.offload_optimizer if "offload_optimizer" in given else None,
+        offload_param=req.offload_param if "offload_param" in given else None,
+        mixed_precision=req.mixed_precision.value if "mixed_precision" in given else None,
+    )
+    if conflicts:
+        raise InvalidConfigError(
+            "the DeepSpeed config decides this: "
+            + "; ".join(conflicts)
+            + "; drop the flag or change the config"
+        )
+
+
+def check_global_batch(target: int | None) -> None:
+    """Refuse a ``--global-batch`` that is not a positive integer.
+
+    Raises:
+        InvalidConfigError: zero, negative or not an integer.
+
+    """
+    if target is None:
+        return
+    if isinstance(target, bool) or not isinstance(target, int) or target <= 0:
+        raise InvalidConfigError(
+            f"--global-batch must be a positive integer, got {target!r}; accepted: 1 or more"
+        )
+    if target > 1 << 40:
+        raise InvalidConfigError(
+            f"--global-batch {target} is above the limit of {1 << 40} (2**40)"
+        )

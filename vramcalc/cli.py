@@ -26,7 +26,7 @@ from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from vramcalc.report import FitReport, MemoryReport
+    from vramcalc.report import FitReport, Layout, MemoryReport
     from vramcalc.specs import EstimateRequest
 
 __all__ = ["SUBCOMMANDS", "build_request", "main", "parse_spec", "run"]
@@ -102,11 +102,11 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="micro-batch per GPU (default 1)")  # fmt: skip
     g.add_argument("-s", "--seq-len", type=int, default=512, metavar="N",
                    help="sequence length in tokens (default 512)")  # fmt: skip
-    g.add_argument("--grad-accum", type=int, default=1, metavar="N",
+    g.add_argument("--grad-accum", type=int, metavar="N",
                    help="gradient accumulation steps (default 1)")  # fmt: skip
     g.add_argument("--dtype", default="fp32", metavar="{fp32,bf16,fp16}",
                    help="parameter storage dtype (default fp32)")  # fmt: skip
-    g.add_argument("--mixed-precision", default="no", metavar="{no,fp16,bf16}",
+    g.add_argument("--mixed-precision", metavar="{no,fp16,bf16}",
                    help="autocast over fp32 weights (default no)")  # fmt: skip
     g.add_argument("--optim", default="adamw_torch", metavar="NAME",
                    help="transformers optimizer name (see `vramcalc optimizers`)")  # fmt: skip
@@ -127,16 +127,48 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-tuning", metavar="SPEC", nargs="?", const="",
                    help="prompt tuning: tokens=20")  # fmt: skip
     g.add_argument("--ia3", action="store_true", help="IA3")
-    g = p.add_argument_group("parallelism (DeepSpeed ZeRO)")
-    g.add_argument("--zero", default="0", metavar="{0,1,2,3}", help="ZeRO stage (default 0)")
-    g.add_argument("--offload-optimizer", default="none", metavar="{none,cpu,nvme}",
+    g = p.add_argument_group(
+        "parallelism",
+        "--gpus x --nodes is the world size; data parallelism takes what tp, cp and pp leave",
+    )
+    g.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default 1)")
+    g.add_argument("--nodes", type=int, metavar="N", help="nodes (default 1)")
+    g.add_argument("--zero", metavar="{0,1,2,3}", help="DeepSpeed ZeRO stage (default 0)")
+    g.add_argument("--offload-optimizer", metavar="{none,cpu,nvme}",
                    help="ZeRO optimizer-state offload")  # fmt: skip
-    g.add_argument("--offload-param", default="none", metavar="{none,cpu,nvme}",
+    g.add_argument("--offload-param", metavar="{none,cpu,nvme}",
                    help="ZeRO-3 parameter offload")  # fmt: skip
-    g.add_argument("--gpus", type=int, default=1, metavar="N", help="GPUs per node")
-    g.add_argument("--nodes", type=int, default=1, metavar="N", help="nodes")
     g.add_argument("--deepspeed", metavar="FILE",
                    help="a DeepSpeed config JSON (stage, offload, buckets, precision)")  # fmt: skip
+    g.add_argument("--fsdp", metavar="{full_shard,shard_grad_op,hybrid_shard,no_shard}",
+                   help="PyTorch FSDP sharding strategy (not with --zero/--deepspeed)")  # fmt: skip
+    g.add_argument("--fsdp-version", metavar="{1,2}",
+                   help="1 = FullyShardedDataParallel, 2 = fully_shard (default 2)")  # fmt: skip
+    g.add_argument("--fsdp-offload", action="store_true",
+                   help="FSDP CPU offload: parameters, gradients, optimizer states")  # fmt: skip
+    g.add_argument("--fsdp-reshard-after-forward", metavar="{true,false}",
+                   help="free gathered parameters after each layer's forward (default: true "
+                        "for full_shard/hybrid_shard, false for shard_grad_op)")  # fmt: skip
+    g.add_argument("--fsdp-use-orig-params", metavar="{true,false}",
+                   help="FSDP1 use_orig_params (default true)")  # fmt: skip
+    g.add_argument("--fsdp-limit-all-gathers", metavar="{true,false}",
+                   help="FSDP1 limit_all_gathers (default true)")  # fmt: skip
+    g.add_argument("--fsdp-backward-prefetch", metavar="{backward_pre,backward_post,none}",
+                   help="FSDP1 backward prefetch (default backward_pre)")  # fmt: skip
+    g.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree (default 1)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="Megatron sequence parallelism (needs --tp 2 or more)")  # fmt: skip
+    g.add_argument("--cp", type=int, metavar="N", help="context-parallel degree (default 1)")
+    g.add_argument("--pp", type=int, metavar="N", help="pipeline-parallel stages (default 1)")
+    g.add_argument("--pp-schedule", metavar="{1f1b,interleaved}",
+                   help="pipeline schedule (default 1f1b)")  # fmt: skip
+    g.add_argument("--pp-virtual-stages", type=int, metavar="N",
+                   help="model chunks per rank, --pp-schedule interleaved (default 2)")  # fmt: skip
+    g.add_argument("--ep", type=int, metavar="N", help="expert-parallel degree (default 1)")
+    g.add_argument("--accelerate-config", metavar="FILE",
+                   help="an accelerate config YAML (distributed_type, fsdp_config, "
+                        "deepspeed_config, mixed_precision, num_processes); options given "
+                        "here must agree with it")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -163,50 +195,155 @@ def _estimate_parser() -> _Parser:
     return p
 
 
-def _load_deepspeed(path: str) -> dict[str, Any]:
+def _load_deepspeed(path: str | Path, option: str = "--deepspeed") -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise InvalidConfigError(f"--deepspeed: no file at '{p}'")
+        raise InvalidConfigError(f"{option}: no file at '{p}'")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidConfigError(f"--deepspeed: cannot read '{p}': {exc}") from None
+        raise InvalidConfigError(f"{option}: cannot read '{p}': {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidConfigError(
-            f"--deepspeed: '{p}' is not valid JSON: {exc.msg} at line {exc.lineno} "
-            f"column {exc.colno}"
+            f"{option}: '{p}' is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     if not isinstance(data, dict):
-        raise InvalidConfigError(f"--deepspeed: '{p}' must hold a JSON object")
+        raise InvalidConfigError(f"{option}: '{p}' must hold a JSON object")
     return data
+
+
+def _load_accelerate(path: str) -> tuple[dict[str, Any], Path]:
+    """Read an accelerate config YAML (``yaml.safe_load``); return it and the file's path."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidConfigError(f"--accelerate-config: no file at '{p}'")
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidConfigError(
+            "--accelerate-config needs PyYAML; install it with `pip install pyyaml`"
+        ) from None
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"--accelerate-config: cannot read '{p}': {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidConfigError(
+            f"--accelerate-config: '{p}' is not valid YAML: {problem}{where}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidConfigError(
+            f"--accelerate-config: '{p}' must hold a mapping of keys to values (accelerate "
+            f"config format), got {type(data).__name__}"
+        )
+    return data, p
+
+
+def _bool_value(option: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text not in ("true", "false"):
+        raise UnknownNameError(f"{option} value", value, ["true", "false"])
+    return text == "true"
+
+
+def _int_choice(option: str, value: str, accepted: Sequence[int]) -> int:
+    text = value.strip()
+    if text not in [str(a) for a in accepted]:
+        raise UnknownNameError(f"{option} value", value, [str(a) for a in accepted])
+    return int(text)
+
+
+def _layout_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the parallel-layout options the user gave (options not given stay unset)."""
+    from vramcalc.enums import FsdpBackwardPrefetch, FsdpStrategy, Offload, PipelineSchedule
+
+    fields: dict[str, Any] = {}
+    for name in ("gpus", "nodes", "tp", "cp", "pp", "pp_virtual_stages", "ep"):
+        if getattr(ns, name) is not None:
+            fields[name] = getattr(ns, name)
+    if ns.zero is not None:
+        zero = ns.zero.strip()
+        fields["zero"] = _int_choice("--zero stage", zero, range(4))
+    for name, option, enum in (
+        ("offload_optimizer", "--offload-optimizer", Offload),
+        ("offload_param", "--offload-param", Offload),
+        ("fsdp", "--fsdp", FsdpStrategy),
+        ("fsdp_backward_prefetch", "--fsdp-backward-prefetch", FsdpBackwardPrefetch),
+        ("pp_schedule", "--pp-schedule", PipelineSchedule),
+    ):
+        if getattr(ns, name) is not None:
+            fields[name] = _enum_value(option, getattr(ns, name), enum)
+    if ns.fsdp_version is not None:
+        fields["fsdp_version"] = _int_choice("--fsdp-version", ns.fsdp_version, (1, 2))
+    for name in ("fsdp_reshard_after_forward", "fsdp_use_orig_params", "fsdp_limit_all_gathers"):
+        if getattr(ns, name) is not None:
+            option = "--" + name.replace("_", "-")
+            fields[name] = _bool_value(option, getattr(ns, name))
+    for name in ("fsdp_offload", "sequence_parallel"):
+        if getattr(ns, name):
+            fields[name] = True
+    if ns.deepspeed is not None:
+        fields["deepspeed"] = _load_deepspeed(ns.deepspeed)
+    if ns.accelerate_config is not None:
+        fields.update(_accelerate_fields(ns))
+    return fields
+
+
+def _accelerate_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``accelerate_config`` (and the DeepSpeed JSON its ``deepspeed_config_file`` names)."""
+    from vramcalc.accelerate_config import request_fields_from_accelerate
+
+    cfg, path = _load_accelerate(ns.accelerate_config)
+    out: dict[str, Any] = {"accelerate_config": cfg}
+    ds_file = request_fields_from_accelerate(cfg).deepspeed_config_file
+    if ds_file is not None:
+        # accelerate opens the path from the launch directory; relative to the YAML's own
+        # folder is what the file means when it travels with its JSON
+        ds_path = Path(ds_file).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = path.parent / ds_path
+        if ns.deepspeed is not None and Path(ns.deepspeed).expanduser().resolve() != (
+            ds_path.resolve()
+        ):
+            raise InvalidConfigError(
+                f"--deepspeed {ns.deepspeed} and --accelerate-config's deepspeed_config_file "
+                f"{ds_file} name two DeepSpeed configs; give one"
+            )
+        out["deepspeed"] = _load_deepspeed(ds_path, "--accelerate-config deepspeed_config_file")
+    return out
 
 
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
     """Turn parsed options into an ``EstimateRequest`` (validated by pydantic)."""
-    from vramcalc.enums import Attention, DType, MixedPrecision, Offload, Quant, ZeroStage
+    from vramcalc.enums import Attention, DType, MixedPrecision, Quant
     from vramcalc.specs import EstimateRequest
 
+    # Options an accelerate config may also set are passed only when given, so that the
+    # request's model_fields_set tells apply_accelerate which values the user chose.
     fields: dict[str, Any] = {
         "model": ns.model,
         "batch_size": ns.batch_size,
         "seq_len": ns.seq_len,
-        "grad_accum": ns.grad_accum,
         "dtype": _enum_value("--dtype", ns.dtype, DType),
-        "mixed_precision": _enum_value("--mixed-precision", ns.mixed_precision, MixedPrecision),
         "optim": ns.optim,
         "ia3": ns.ia3,
-        "grad_ckpt": ns.grad_ckpt,
         "attn": _enum_value("--attn", ns.attn, Attention),
-        "offload_optimizer": _enum_value("--offload-optimizer", ns.offload_optimizer, Offload),
-        "offload_param": _enum_value("--offload-param", ns.offload_param, Offload),
-        "gpus": ns.gpus,
-        "nodes": ns.nodes,
         "epochs": ns.epochs,
     }
-    zero = ns.zero.strip()
-    if zero not in [str(int(z)) for z in ZeroStage]:
-        raise UnknownNameError("--zero stage", zero, [str(int(z)) for z in ZeroStage])
-    fields["zero"] = int(zero)
+    if ns.grad_accum is not None:
+        fields["grad_accum"] = ns.grad_accum
+    if ns.mixed_precision is not None:
+        fields["mixed_precision"] = _enum_value(
+            "--mixed-precision", ns.mixed_precision, MixedPrecision
+        )
+    if ns.grad_ckpt:
+        fields["grad_ckpt"] = True
+    fields.update(_layout_fields(ns))
     if ns.quant is not None:
         fields["quant"] = _enum_value("--quant", ns.quant, Quant)
     for name, option, keys in (
@@ -222,8 +359,6 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     for name in ("gpu", "tokens", "mfu", "price_per_gpu_hour"):
         if getattr(ns, name) is not None:
             fields[name] = getattr(ns, name)
-    if ns.deepspeed is not None:
-        fields["deepspeed"] = _load_deepspeed(ns.deepspeed)
     return EstimateRequest(**fields)
 
 
@@ -312,6 +447,9 @@ def render_report(report: MemoryReport, console: Console) -> None:
     console.print(peaks)
     step = "first step" if pk.step == 1 else "steady state"
     console.print(f"peak during [bold]{pk.phase.value}[/] ({pk.event}, {step})")
+    layout = report.layout
+    if layout is not None and not _trivial_layout(layout):
+        console.print(f"layout: {layout.summary}", markup=False)
 
     total = report.breakdown.total
     table = Table(title="At the peak", title_justify="left", padding=(0, 1))
@@ -356,6 +494,11 @@ def render_report(report: MemoryReport, console: Console) -> None:
             console.print(f"[dim]  {note}[/]")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+def _trivial_layout(layout: Layout) -> bool:
+    """One GPU, no sharding and no model parallelism: nothing worth a line."""
+    return layout.world_size <= 1 and layout.engine == "none"
 
 
 def _render_fit_line(fit: FitReport, console: Console) -> None:

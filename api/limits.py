@@ -112,11 +112,13 @@ def check_request(request: EstimateRequest, settings: Settings) -> None:
         catalog.model_row(request.model)
     else:
         _walk(request.model, "model", 0, config_caps(settings), [settings.max_config_keys])
-    if request.deepspeed is not None:
-        _walk(
-            request.deepspeed,
-            "deepspeed",
-            0,
-            {k: GENERIC_INT_CAP for k in config_caps(settings)},
-            [settings.max_config_keys],
-        )
+    for name in ("deepspeed", "accelerate_config"):
+        section = getattr(request, name)
+        if section is not None:
+            _walk(
+                section,
+                name,
+                0,
+                {k: GENERIC_INT_CAP for k in config_caps(settings)},
+                [settings.max_config_keys],
+            )

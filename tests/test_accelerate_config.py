@@ -201,6 +201,27 @@ def test_fsdp1_reshard_name_without_strategy_is_flagged() -> None:
     assert "SHARD_GRAD_OP" in entry and "FULL_SHARD" in entry and "fsdp_sharding_strategy" in entry
 
 
+@pytest.mark.parametrize("value", [True, "true", False])
+def test_fsdp1_bool_reshard_is_not_read(value: Any) -> None:
+    # no fsdp_version = FSDP1; accelerate launch passes the bool on, but the FSDP1 plugin
+    # takes its sharding_strategy (FULL_SHARD by default) and never reads it
+    cfg = {"distributed_type": "FSDP", "num_processes": 2,
+           "fsdp_config": {"fsdp_reshard_after_forward": value}}  # fmt: skip
+    got = request_fields_from_accelerate(cfg)
+    assert got.fields["fsdp"] == "full_shard" and got.fields["fsdp_version"] == 1
+    assert "fsdp_reshard_after_forward" not in got.fields
+    (entry,) = [e for e in got.ignored if e.startswith("fsdp_config.fsdp_reshard_after_forward")]
+    assert "fsdp_version 2" in entry
+
+
+def test_fsdp1_reshard_name_equal_to_the_strategy_is_not_flagged() -> None:
+    fsdp = {"fsdp_version": 1, "fsdp_reshard_after_forward": "FULL_SHARD"}
+    cfg = {"distributed_type": "FSDP", "num_processes": 2, "fsdp_config": fsdp}
+    got = request_fields_from_accelerate(cfg)
+    assert got.fields["fsdp"] == "full_shard"
+    assert not [e for e in got.ignored if "reshard" in e]
+
+
 def test_deepspeed_config_file_path_is_reported() -> None:
     got = request_fields_from_accelerate(load("deepspeed_config_file.yaml"))
     assert got.deepspeed_config_file == "ds/zero_stage1_config.json"

@@ -452,18 +452,19 @@ def _read_fsdp(section: dict[str, Any], r: _Reader) -> int:
                 f"{strategy} -> fsdp_reshard_after_forward false",
             )
         if reshard_raw is not None:
-            named = (
-                _strategy("fsdp_reshard_after_forward", reshard_raw)
-                if not isinstance(reshard_raw, bool)
-                else None
-            )
+            text = str(reshard_raw).strip().upper()
+            is_name = text in _FSDP1_STRATEGIES or text in ("1", "2", "3", "4", "5")
+            named = _strategy("fsdp_reshard_after_forward", reshard_raw) if is_name else None
             if named is None:
-                raise _fail(
-                    f"fsdp_reshard_after_forward {reshard_raw} is a bool, which FSDP1 refuses "
-                    "(FullyShardedDataParallelPlugin); accepted under fsdp_version 1: a "
-                    "sharding strategy name, or fsdp_version 2"
+                # e.g. `true` (the FSDP2 form): under fsdp_version 1 the plugin never reads it
+                r.ignore(
+                    "fsdp_config.fsdp_reshard_after_forward",
+                    f"{_show(reshard_raw)} is not read under FSDP1 (fsdp_version 1, also when "
+                    f"fsdp_version is absent) in accelerate {ACCELERATE_VERSION}: the plugin's "
+                    f"sharding_strategy ({strategy}) decides; set fsdp_version 2 for the "
+                    "true/false form",
                 )
-            if named != strategy:
+            elif named != strategy:
                 r.ignore(
                     "fsdp_config.fsdp_reshard_after_forward",
                     f"{named} has no effect under FSDP1 in accelerate {ACCELERATE_VERSION}: "

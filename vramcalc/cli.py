@@ -26,7 +26,7 @@ from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from vramcalc.report import FitReport, MemoryReport
+    from vramcalc.report import FitReport, Layout, MemoryReport
     from vramcalc.specs import EstimateRequest
 
 __all__ = ["SUBCOMMANDS", "build_request", "main", "parse_spec", "run"]
@@ -191,16 +191,48 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-tuning", metavar="SPEC", nargs="?", const="",
                    help="prompt tuning: tokens=20")  # fmt: skip
     g.add_argument("--ia3", action="store_true", help="IA3")
-    g = p.add_argument_group("parallelism (DeepSpeed ZeRO)")
-    g.add_argument("--zero", metavar="{0,1,2,3}", help="ZeRO stage (default 0)")
-    g.add_argument("--offload-optimizer", metavar="{none,cpu,nvme}",
-                   help="ZeRO optimizer-state offload (default none)")  # fmt: skip
-    g.add_argument("--offload-param", metavar="{none,cpu,nvme}",
-                   help="ZeRO-3 parameter offload (default none)")  # fmt: skip
+    g = p.add_argument_group(
+        "parallelism",
+        "--gpus x --nodes is the world size; data parallelism takes what tp, cp and pp leave",
+    )
     g.add_argument("--gpus", type=int, metavar="N", help="GPUs per node (default 1)")
     g.add_argument("--nodes", type=int, metavar="N", help="nodes (default 1)")
+    g.add_argument("--zero", metavar="{0,1,2,3}", help="DeepSpeed ZeRO stage (default 0)")
+    g.add_argument("--offload-optimizer", metavar="{none,cpu,nvme}",
+                   help="ZeRO optimizer-state offload")  # fmt: skip
+    g.add_argument("--offload-param", metavar="{none,cpu,nvme}",
+                   help="ZeRO-3 parameter offload")  # fmt: skip
     g.add_argument("--deepspeed", metavar="FILE",
                    help="a DeepSpeed config JSON (stage, offload, buckets, precision)")  # fmt: skip
+    g.add_argument("--fsdp", metavar="{full_shard,shard_grad_op,hybrid_shard,no_shard}",
+                   help="PyTorch FSDP sharding strategy (not with --zero/--deepspeed)")  # fmt: skip
+    g.add_argument("--fsdp-version", metavar="{1,2}",
+                   help="1 = FullyShardedDataParallel, 2 = fully_shard (default 2)")  # fmt: skip
+    g.add_argument("--fsdp-offload", action="store_true",
+                   help="FSDP CPU offload: parameters, gradients, optimizer states")  # fmt: skip
+    g.add_argument("--fsdp-reshard-after-forward", metavar="{true,false}",
+                   help="free gathered parameters after each layer's forward (default: true "
+                        "for full_shard/hybrid_shard, false for shard_grad_op)")  # fmt: skip
+    g.add_argument("--fsdp-use-orig-params", metavar="{true,false}",
+                   help="FSDP1 use_orig_params (default true)")  # fmt: skip
+    g.add_argument("--fsdp-limit-all-gathers", metavar="{true,false}",
+                   help="FSDP1 limit_all_gathers (default true)")  # fmt: skip
+    g.add_argument("--fsdp-backward-prefetch", metavar="{backward_pre,backward_post,none}",
+                   help="FSDP1 backward prefetch (default backward_pre)")  # fmt: skip
+    g.add_argument("--tp", type=int, metavar="N", help="tensor-parallel degree (default 1)")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="Megatron sequence parallelism (needs --tp 2 or more)")  # fmt: skip
+    g.add_argument("--cp", type=int, metavar="N", help="context-parallel degree (default 1)")
+    g.add_argument("--pp", type=int, metavar="N", help="pipeline-parallel stages (default 1)")
+    g.add_argument("--pp-schedule", metavar="{1f1b,interleaved}",
+                   help="pipeline schedule (default 1f1b)")  # fmt: skip
+    g.add_argument("--pp-virtual-stages", type=int, metavar="N",
+                   help="model chunks per rank, --pp-schedule interleaved (default 2)")  # fmt: skip
+    g.add_argument("--ep", type=int, metavar="N", help="expert-parallel degree (default 1)")
+    g.add_argument("--accelerate-config", metavar="FILE",
+                   help="an accelerate config YAML (distributed_type, fsdp_config, "
+                        "deepspeed_config, mixed_precision, num_processes); options given "
+                        "here must agree with it")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -227,13 +259,119 @@ def _estimate_parser() -> _Parser:
     return p
 
 
-def _load_deepspeed(path: str) -> dict[str, Any]:
+def _load_deepspeed(path: str | Path, option: str = "--deepspeed") -> dict[str, Any]:
     from vramcalc.limits import load_json
 
-    data = load_json(path, "--deepspeed")
+    data = load_json(str(path), option)
     if not isinstance(data, dict):
-        raise InvalidConfigError(f"--deepspeed: '{path}' must hold a JSON object")
+        raise InvalidConfigError(f"{option}: '{path}' must hold a JSON object")
     return data
+
+
+def _load_accelerate(path: str) -> tuple[dict[str, Any], Path]:
+    """Read an accelerate config YAML (``yaml.safe_load``); return it and the file's path."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise InvalidConfigError(f"--accelerate-config: no file at '{p}'")
+    try:
+        import yaml
+    except ImportError:
+        raise InvalidConfigError(
+            "--accelerate-config needs PyYAML; install it with `pip install pyyaml`"
+        ) from None
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"--accelerate-config: cannot read '{p}': {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InvalidConfigError(
+            f"--accelerate-config: '{p}' is not valid YAML: {problem}{where}"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidConfigError(
+            f"--accelerate-config: '{p}' must hold a mapping of keys to values (accelerate "
+            f"config format), got {type(data).__name__}"
+        )
+    return data, p
+
+
+def _bool_value(option: str, value: str) -> bool:
+    text = value.strip().lower()
+    if text not in ("true", "false"):
+        raise UnknownNameError(f"{option} value", value, ["true", "false"])
+    return text == "true"
+
+
+def _int_choice(option: str, value: str, accepted: Sequence[int]) -> int:
+    text = value.strip()
+    if text not in [str(a) for a in accepted]:
+        raise UnknownNameError(f"{option} value", value, [str(a) for a in accepted])
+    return int(text)
+
+
+def _layout_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the parallel-layout options the user gave (options not given stay unset)."""
+    from vramcalc.enums import FsdpBackwardPrefetch, FsdpStrategy, Offload, PipelineSchedule
+
+    fields: dict[str, Any] = {}
+    for name in ("gpus", "nodes", "tp", "cp", "pp", "pp_virtual_stages", "ep"):
+        if getattr(ns, name) is not None:
+            fields[name] = getattr(ns, name)
+    if ns.zero is not None:
+        zero = ns.zero.strip()
+        fields["zero"] = _int_choice("--zero stage", zero, range(4))
+    for name, option, enum in (
+        ("offload_optimizer", "--offload-optimizer", Offload),
+        ("offload_param", "--offload-param", Offload),
+        ("fsdp", "--fsdp", FsdpStrategy),
+        ("fsdp_backward_prefetch", "--fsdp-backward-prefetch", FsdpBackwardPrefetch),
+        ("pp_schedule", "--pp-schedule", PipelineSchedule),
+    ):
+        if getattr(ns, name) is not None:
+            fields[name] = _enum_value(option, getattr(ns, name), enum)
+    if ns.fsdp_version is not None:
+        fields["fsdp_version"] = _int_choice("--fsdp-version", ns.fsdp_version, (1, 2))
+    for name in ("fsdp_reshard_after_forward", "fsdp_use_orig_params", "fsdp_limit_all_gathers"):
+        if getattr(ns, name) is not None:
+            option = "--" + name.replace("_", "-")
+            fields[name] = _bool_value(option, getattr(ns, name))
+    for name in ("fsdp_offload", "sequence_parallel"):
+        if getattr(ns, name):
+            fields[name] = True
+    if ns.deepspeed is not None:
+        fields["deepspeed"] = _load_deepspeed(ns.deepspeed)
+    if ns.accelerate_config is not None:
+        fields.update(_accelerate_fields(ns))
+    return fields
+
+
+def _accelerate_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``accelerate_config`` (and the DeepSpeed JSON its ``deepspeed_config_file`` names)."""
+    from vramcalc.accelerate_config import request_fields_from_accelerate
+
+    cfg, path = _load_accelerate(ns.accelerate_config)
+    out: dict[str, Any] = {"accelerate_config": cfg}
+    ds_file = request_fields_from_accelerate(cfg).deepspeed_config_file
+    if ds_file is not None:
+        # accelerate opens the path from the launch directory; relative to the YAML's own
+        # folder is what the file means when it travels with its JSON
+        ds_path = Path(ds_file).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = path.parent / ds_path
+        if ns.deepspeed is not None and Path(ns.deepspeed).expanduser().resolve() != (
+            ds_path.resolve()
+        ):
+            raise InvalidConfigError(
+                f"--deepspeed {ns.deepspeed} and --accelerate-config's deepspeed_config_file "
+                f"{ds_file} name two DeepSpeed configs; give one"
+            )
+        out["deepspeed"] = _load_deepspeed(ds_path, "--accelerate-config deepspeed_config_file")
+    return out
 
 
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
@@ -243,11 +381,11 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     defaults and stay unset, so a flag that contradicts a ``--deepspeed`` file is told apart
     from a default (``vramcalc.checks``).
     """
-    from vramcalc.enums import Attention, DType, MixedPrecision, Offload, Quant, ZeroStage
+    from vramcalc.enums import Attention, DType, MixedPrecision, Quant
     from vramcalc.specs import EstimateRequest
 
     fields: dict[str, Any] = {"model": ns.model}
-    for name in ("batch_size", "seq_len", "grad_accum", "optim", "gpus", "nodes", "epochs",
+    for name in ("batch_size", "seq_len", "grad_accum", "optim", "epochs",
                  "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
         if getattr(ns, name) is not None:
             fields[name] = getattr(ns, name)
@@ -255,8 +393,6 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         ("dtype", DType),
         ("mixed_precision", MixedPrecision),
         ("attn", Attention),
-        ("offload_optimizer", Offload),
-        ("offload_param", Offload),
         ("quant", Quant),
     ):
         if getattr(ns, name) is not None:
@@ -265,11 +401,7 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     for flag in ("ia3", "grad_ckpt"):
         if getattr(ns, flag):
             fields[flag] = True
-    if ns.zero is not None:
-        zero = ns.zero.strip()
-        if zero not in [str(int(z)) for z in ZeroStage]:
-            raise UnknownNameError("--zero stage", zero, [str(int(z)) for z in ZeroStage])
-        fields["zero"] = int(zero)
+    fields.update(_layout_fields(ns))
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),
         ("qlora", "--qlora", _LORA_KEYS),
@@ -280,8 +412,6 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         text = getattr(ns, name)
         if text is not None:
             fields[name] = _typed_spec(option, parse_spec(option, text, keys))
-    if ns.deepspeed is not None:
-        fields["deepspeed"] = _load_deepspeed(ns.deepspeed)
     return EstimateRequest(**fields)
 
 
@@ -376,6 +506,9 @@ def render_report(report: MemoryReport, console: Console) -> None:
     console.print(peaks)
     step = "first step" if pk.step == 1 else "steady state"
     console.print(f"peak during [bold]{pk.phase.value}[/] ({pk.event}, {step})")
+    layout = report.layout
+    if layout is not None and not _trivial_layout(layout):
+        console.print(f"layout: {layout.summary}", markup=False)
 
     total = report.breakdown.total
     table = Table(title="At the peak", title_justify="left", padding=(0, 1))
@@ -420,6 +553,11 @@ def render_report(report: MemoryReport, console: Console) -> None:
             console.print(f"[dim]  {note}[/]")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+def _trivial_layout(layout: Layout) -> bool:
+    """One GPU, no sharding and no model parallelism: nothing worth a line."""
+    return layout.world_size <= 1 and layout.engine == "none"
 
 
 def _render_fit_line(fit: FitReport, console: Console) -> None:

@@ -144,10 +144,13 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     """
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
+    from vramcalc.accelerate_config import apply_accelerate
+
+    req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
-    notes: list[str] = list(model_notes(req.model))
+    notes: list[str] = [*model_notes(req.model), *accelerate_notes]
     catalog.optimizer(req.optim)  # unknown names fail early with the closest match
     quant = req.quant
     if req.qlora is not None:

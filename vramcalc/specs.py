@@ -298,6 +298,100 @@ class EstimateRequest(_Frozen):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_layout(self) -> EstimateRequest:
+        """Refuse layouts that name two sharding engines or options without their switch.
+
+        The same rules hold for the CLI, the Python API and the REST service because they all
+        build this model. Rules about fields an accelerate config may still fill (``fsdp``,
+        ``tp``) wait until ``accelerate_config.apply_accelerate`` has merged it in.
+        """
+        for problem in _layout_problems(self):
+            raise ValueError(problem)
+        return self
+
+
+_FSDP_CHOICES = "full_shard, shard_grad_op, hybrid_shard or no_shard"
+# FSDP options and the value that means "not asked for" (the field default).
+_FSDP_OPTION_DEFAULTS: dict[str, Any] = {
+    "fsdp_version": 2,
+    "fsdp_offload": False,
+    "fsdp_reshard_after_forward": None,
+    "fsdp_use_orig_params": True,
+    "fsdp_limit_all_gathers": True,
+    "fsdp_backward_prefetch": FsdpBackwardPrefetch.BACKWARD_PRE,
+}
+# FullyShardedDataParallel (FSDP1) arguments that fully_shard (FSDP2) does not have.
+# Source: torch 2.13 distributed/fsdp/fully_sharded_data_parallel.py (FSDP1 __init__) and
+# distributed/fsdp/_fully_shard/_fully_shard.py (fully_shard signature).
+_FSDP1_ONLY = ("fsdp_use_orig_params", "fsdp_limit_all_gathers", "fsdp_backward_prefetch")
+_PP_VIRTUAL_STAGES_DEFAULT = 2
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
+def _layout_problems(req: EstimateRequest) -> list[str]:
+    """Messages for impossible layout combinations (empty when the layout is consistent)."""
+    out: list[str] = []
+    if req.fsdp is not None:
+        fsdp = f"fsdp {req.fsdp.value}"
+        if req.zero != ZeroStage.DISABLED:
+            out.append(
+                f"{fsdp} and zero {int(req.zero)} both shard the model states; choose one: "
+                "fsdp (PyTorch FSDP) with zero 0, or zero 1-3 (DeepSpeed) without fsdp"
+            )
+        if req.deepspeed is not None:
+            out.append(
+                f"{fsdp} and a deepspeed config both shard the model states; choose one: "
+                "fsdp (PyTorch FSDP) or deepspeed (DeepSpeed ZeRO)"
+            )
+        for name in ("offload_optimizer", "offload_param"):
+            value = getattr(req, name)
+            if value != Offload.NONE:
+                out.append(
+                    f"{name} {value.value} is DeepSpeed ZeRO offload and cannot be used with "
+                    f"{fsdp}; accepted: fsdp_offload true (FSDP CPUOffload) or {name} none"
+                )
+        if req.fsdp_version == 2:
+            for name in _FSDP1_ONLY:
+                value = getattr(req, name)
+                if value != _FSDP_OPTION_DEFAULTS[name]:
+                    out.append(
+                        f"{name} {_shown(value)} is a FullyShardedDataParallel (FSDP1) option "
+                        "but fsdp_version is 2 (fully_shard); accepted: fsdp_version 1, or "
+                        f"{name} {_shown(_FSDP_OPTION_DEFAULTS[name])}"
+                    )
+    elif req.accelerate_config is None:
+        for name, default in _FSDP_OPTION_DEFAULTS.items():
+            value = getattr(req, name)
+            if value != default:
+                out.append(
+                    f"{name} {_shown(value)} needs fsdp, but fsdp is not set; accepted: "
+                    f"fsdp {_FSDP_CHOICES}, or leave {name} at {_shown(default)}"
+                )
+    if req.accelerate_config is None and req.sequence_parallel and req.tp <= 1:
+        out.append(
+            f"sequence_parallel true needs tensor parallelism, but tp is {req.tp}; accepted: "
+            "tp 2 or more with sequence_parallel, or sequence_parallel false"
+        )
+    if req.pp_schedule != PipelineSchedule.INTERLEAVED:
+        if req.pp_virtual_stages != _PP_VIRTUAL_STAGES_DEFAULT:
+            out.append(
+                f"pp_virtual_stages {req.pp_virtual_stages} needs pp_schedule interleaved, but "
+                f"pp_schedule is {req.pp_schedule.value}; accepted: pp_schedule interleaved, or "
+                f"pp_virtual_stages {_PP_VIRTUAL_STAGES_DEFAULT}"
+            )
+    elif req.pp <= 1:
+        out.append(
+            f"pp_schedule interleaved needs pipeline parallelism, but pp is {req.pp}; "
+            "accepted: pp 2 or more with pp_schedule interleaved, or pp_schedule 1f1b"
+        )
+    return out
+
 
 class PeftSpec(_Frozen):
     """A resolved PEFT method: which modules get which trainable parameters."""

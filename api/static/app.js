@@ -9,12 +9,19 @@ const PHASES = ["load", "forward", "loss", "backward", "optimizer"];
 const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
-const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour"];
-const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param"];
+const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
+  "tp", "cp", "ep", "pp", "pp_virtual_stages"];
+const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
+  "fsdp", "pp_schedule"];
+// Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
+const FSDP_NUMBER_FIELDS = ["fsdp_version"];
+const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
+const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0,
+  tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
 };
 
 export_helpers();
@@ -94,6 +101,17 @@ function buildRequest() {
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
+  if ($("sequence_parallel").checked) req.sequence_parallel = true;
+  if (req.fsdp) {
+    for (const f of FSDP_NUMBER_FIELDS) {
+      const v = Number($(f).value);
+      if (v !== DEFAULTS[f]) req[f] = v;
+    }
+    for (const f of FSDP_BOOL_SELECTS) {
+      if ($(f).value !== "") req[f] = $(f).value === "true";
+    }
+    if ($("fsdp_offload").checked) req.fsdp_offload = true;
+  }
   const peft = $("peft").value;
   if (peft === "lora" || peft === "qlora") {
     const opts = { r: numberOrNull("lora_r") ?? 8 };
@@ -138,8 +156,8 @@ function queryToRequest(query) {
       const [outer, inner] = k.split(".", 2);
       req[outer] = req[outer] || {};
       req[outer][inner] = inner === "targets" ? v : Number(v);
-    } else if (k === "grad_ckpt" || k === "ia3") req[k] = v === "true";
-    else if (NUMBER_FIELDS.includes(k) || k === "zero") req[k] = Number(v);
+    } else if (BOOL_FIELDS.includes(k)) req[k] = v === "true";
+    else if (NUMBER_FIELDS.includes(k) || FSDP_NUMBER_FIELDS.includes(k) || k === "zero") req[k] = Number(v);
     else req[k] = v;
   }
   return req;
@@ -157,6 +175,10 @@ function fillForm(req) {
   }
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
+  $("sequence_parallel").checked = !!req.sequence_parallel;
+  $("fsdp_offload").checked = !!req.fsdp_offload;
+  if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);
+  if (req.fsdp_reshard_after_forward !== undefined) $("fsdp_reshard_after_forward").value = String(req.fsdp_reshard_after_forward);
   for (const m of ["lora", "qlora"]) {
     if (req[m]) {
       $("peft").value = m;
@@ -173,6 +195,7 @@ function fillForm(req) {
   if (req.ia3) $("peft").value = "ia3";
   if (req.deepspeed) $("deepspeed").value = JSON.stringify(req.deepspeed, null, 2);
   showPeftOptions();
+  showLayoutOptions();
 }
 
 const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name
@@ -184,6 +207,18 @@ function setValue(id, value) {
     node.append(el("option", { value }, value)); // e.g. a GPU alias from a shared link
   }
   node.value = value;
+}
+
+function showLayoutOptions() {
+  // FSDP and DeepSpeed ZeRO both shard the model states: show the options of the one chosen.
+  const fsdp = $("fsdp").value !== "";
+  $("fsdp-opts").hidden = !fsdp;
+  $("zero-opts").hidden = fsdp;
+  if (fsdp) {
+    $("zero").value = "0";
+    $("offload_optimizer").value = "none";
+    $("offload_param").value = "none";
+  }
 }
 
 function showPeftOptions() {
@@ -207,7 +242,12 @@ async function api(path, body) {
 
 function errorText(data) {
   const d = data && data.detail;
-  if (Array.isArray(d)) return d.map((i) => `${(i.loc || []).filter((p) => p !== "body").join(".")}: ${i.msg}`).join("; ");
+  if (Array.isArray(d)) {
+    return d.map((i) => {
+      const where = (i.loc || []).filter((p) => p !== "body").join(".");
+      return where ? `${where}: ${i.msg}` : i.msg;  // whole-request rules have no field
+    }).join("; ");
+  }
   return String(d || "request failed");
 }
 
@@ -297,6 +337,18 @@ function renderPeaks(report) {
     `${report.model.n_params.toLocaleString()} parameters trainable.` +
     (report.cpu_bytes ? ` CPU memory for offload: ${fmtGiB(report.cpu_bytes)}.` : "");
   $("result-title").textContent = report.model.name;
+  renderLayout(report);
+}
+
+function renderLayout(report) {
+  // The engine fills `layout` for the parallel layout of issue 8; older engines leave it null.
+  const line = $("layout-summary");
+  const layout = report.layout;
+  const trivial = layout && layout.world_size <= 1 && layout.engine === "none";  // as the CLI table
+  if (!layout || !layout.summary || trivial) { line.hidden = true; line.textContent = ""; return; }
+  line.textContent = `Layout: ${layout.summary}`;
+  line.dataset.worldSize = String(layout.world_size);
+  line.hidden = false;
 }
 
 function renderStack(report) {
@@ -492,6 +544,7 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
+  $("fsdp").addEventListener("change", showLayoutOptions);
   $("form").addEventListener("submit", run);
   $("share").addEventListener("click", async () => {
     let req;
@@ -502,6 +555,7 @@ async function init() {
     setTimeout(() => { $("share").textContent = "Copy link"; }, 1500);
   });
   showPeftOptions();
+  showLayoutOptions();
   await loadCatalogs();
   document.body.dataset.ready = "true";
   if (location.search) {

@@ -164,3 +164,100 @@ def test_example_links_give_results(browser: Any, live_server: str) -> None:
         )
         assert page.locator("#peak-device .v").inner_text().endswith("GiB")
     page.close()
+
+
+def test_layout_controls_send_the_layout_and_show_the_summary(
+    browser: Any, live_server: str
+) -> None:
+    page = browser.new_page(viewport={"width": 1366, "height": 860})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    sent: list[Any] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/estimate") else None,
+    )
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("#model", "gpt2-medium")
+    page.keyboard.press("Escape")
+    page.select_option("#mixed_precision", "bf16")
+    page.fill("#gpus", "8")
+    page.fill("#nodes", "2")
+    assert page.is_hidden("#fsdp-opts")
+    page.select_option("#fsdp", "full_shard")
+    assert page.is_visible("#fsdp-opts") and page.is_hidden("#zero-opts")
+    page.select_option("#fsdp_version", "2")
+    page.select_option("#fsdp_reshard_after_forward", "false")
+    page.check("#fsdp_offload")
+    page.fill("#tp", "2")
+    page.check("#sequence_parallel")
+    page.fill("#pp", "2")
+    page.select_option("#pp_schedule", "interleaved")
+    page.fill("#pp_virtual_stages", "4")
+    page.fill("#cp", "1")
+    page.fill("#ep", "1")
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=done], body[data-state=error]")
+
+    expected = {
+        "model": "gpt2-medium",
+        "mixed_precision": "bf16",
+        "gpus": 8,
+        "nodes": 2,
+        "fsdp": "full_shard",
+        "fsdp_reshard_after_forward": False,
+        "fsdp_offload": True,
+        "tp": 2,
+        "sequence_parallel": True,
+        "pp": 2,
+        "pp_schedule": "interleaved",
+        "pp_virtual_stages": 4,
+    }
+    assert sent and sent[-1] == expected  # snake_case fields, defaults left out
+    api = httpx.post(live_server + "/v1/estimate", json=expected, timeout=10)
+    if api.status_code != 200:  # the engine refuses this layout: the page shows its words
+        assert page.get_attribute("body", "data-state") == "error"
+        detail = api.json()["detail"]
+        shown = page.inner_text("#form-error")
+        assert (detail if isinstance(detail, str) else detail[0]["msg"]) in shown
+    else:
+        report = api.json()
+        assert page.get_attribute("body", "data-state") == "done", page.inner_text("#form-error")
+        line = page.locator("#layout-summary")
+        if report.get("layout"):
+            assert line.inner_text() == "Layout: " + report["layout"]["summary"]
+            assert "\n" not in line.inner_text()
+        else:
+            assert line.is_hidden()
+    # the link keeps the layout
+    assert "fsdp=full_shard" in page.url and "sequence_parallel=true" in page.url
+    page2 = browser.new_page()
+    page2.goto(page.url)
+    page2.wait_for_selector("body[data-state=done], body[data-state=error]")
+    assert page2.input_value("#fsdp") == "full_shard"
+    assert page2.input_value("#fsdp_reshard_after_forward") == "false"
+    assert page2.is_checked("#fsdp_offload") and page2.is_checked("#sequence_parallel")
+    assert page2.input_value("#tp") == "2" and page2.input_value("#pp_schedule") == "interleaved"
+    assert page2.evaluate("window.vramcalc.buildRequest()") == expected
+    assert errors == []
+    page.close()
+    page2.close()
+
+
+def test_layout_rule_errors_are_shown_as_the_api_words_them(browser: Any, live_server: str) -> None:
+    page = browser.new_page()
+    page.goto(live_server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    page.fill("#model", "gpt2")
+    page.keyboard.press("Escape")
+    page.check("#sequence_parallel")  # without tensor parallelism
+    page.click("#submit")
+    page.wait_for_selector("body[data-state=error]")
+    body = {"model": "gpt2", "sequence_parallel": True}
+    api = httpx.post(live_server + "/v1/estimate", json=body, timeout=10)
+    assert api.status_code == 422
+    msg = api.json()["detail"][0]["msg"]
+    assert page.inner_text("#form-error") == msg
+    assert "sequence_parallel true needs tensor parallelism" in msg
+    page.close()

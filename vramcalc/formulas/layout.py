@@ -127,10 +127,6 @@ def resolve_parallel(
                     f"--tp {tp} does not divide {spec.name}'s {what}={n}; accepted --tp: "
                     f"{', '.join(str(d) for d in _divisors(n))}"
                 )
-    if req.sequence_parallel and tp == 1:
-        raise InvalidConfigError(
-            "--sequence-parallel shards activations over --tp; it needs --tp > 1"
-        )
     n_layers = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
     if pp > 1:
         if spec.is_encoder_decoder:
@@ -142,8 +138,6 @@ def resolve_parallel(
                 f"--pp {pp} exceeds {spec.name}'s {n_layers} layers; at most one stage per layer"
             )
     if req.pp_schedule == "interleaved":
-        if pp == 1:
-            raise InvalidConfigError("--pp-schedule interleaved needs --pp > 1")
         if n_layers % (pp * req.pp_virtual_stages):
             raise InvalidConfigError(
                 f"--pp-schedule interleaved splits {n_layers} layers into pp x virtual stages = "
@@ -170,15 +164,10 @@ def resolve_parallel(
                 f"--ep {ep} must divide the data-parallel x context-parallel ranks "
                 f"({dp} x {cp} = {dp * cp}) it reuses for experts"
             )
+    # one sharding engine, FSDP options only with FSDP, sequence parallelism only with TP:
+    # EstimateRequest's own validator (specs._layout_problems) refuses those
     fsdp = _fsdp_from_flags(req)
     zero = deepspeed if deepspeed is not None else _zero_from_flags(req)
-    if fsdp is not None and zero is not None and zero.zero_stage != ZeroStage.DISABLED:
-        raise InvalidConfigError(
-            f"--fsdp {fsdp.strategy.value} and DeepSpeed ZeRO stage {int(zero.zero_stage)} are two "
-            "sharding engines; choose one"
-        )
-    if fsdp is None:
-        _no_fsdp_options(req)
     if fsdp is not None and fsdp.strategy == FsdpStrategy.HYBRID_SHARD and dp % req.nodes:
         raise InvalidConfigError(
             f"--fsdp hybrid_shard shards within a node and replicates across --nodes "
@@ -201,24 +190,6 @@ def resolve_parallel(
         zero=zero,
         fsdp=fsdp,
     )
-
-
-def _no_fsdp_options(req: EstimateRequest) -> None:
-    defaults = EstimateRequest.model_fields
-    for name in (
-        "fsdp_offload",
-        "fsdp_reshard_after_forward",
-        "fsdp_use_orig_params",
-        "fsdp_limit_all_gathers",
-        "fsdp_backward_prefetch",
-    ):
-        if getattr(req, name) != defaults[name].default:
-            raise InvalidConfigError(
-                f"--{name.replace('_', '-')} is an FSDP option; add --fsdp "
-                "{full_shard,shard_grad_op,hybrid_shard,no_shard}"
-            )
-    if req.fsdp_version != defaults["fsdp_version"].default:
-        raise InvalidConfigError("--fsdp-version needs --fsdp")
 
 
 def _divisors(n: int) -> list[int]:

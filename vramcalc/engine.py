@@ -37,6 +37,7 @@ from vramcalc.formulas.layout import (
     rank_spec,
     resolve_parallel,
     stages,
+    tp_logits_gather_bytes,
 )
 from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.overhead import overheads
@@ -296,6 +297,8 @@ class _Rank:
     states: RankStates | None
     extra_act: int = 0
     """Per-block transient of the layout (context-parallel K/V exchange, expert all-to-all)."""
+    head_extra: int = 0
+    """Transient of the LM head's forward under the layout (the gathered TP logits)."""
 
 
 def _walk(
@@ -418,13 +421,17 @@ def _walk(
             )
         act = act0 + cum_act[L]
         amp_live = cum_amp[L]
-        fwd_gathered = held_root + (rs.gather_block * L if keep_gathered else 0) + head_unit
+        # not resharded after forward: every block (and FSDP2's embedding unit) stays gathered
+        kept = (rs.gather_block * L + rs.gather_embed) if keep_gathered else 0
+        fwd_gathered = held_root + kept + head_unit
+        # on a (dp, tp) mesh FSDP2's embedding stays gathered until the head's forward ends
+        head_fwd_gathered = fwd_gathered + (rs.gather_embed if rs.embed_held else 0)
         act += prof.head_saved + amp_live + prof.amp_head_copy
         w.add(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act, g_fwd, gathered=fwd_gathered + zero_root),
+            comps(act + rank.head_extra, g_fwd, gathered=head_fwd_gathered + zero_root),
         )
         w.add(
             step,
@@ -437,7 +444,12 @@ def _walk(
         # backward: the root's pre-backward hook prefetches the last block
         if ckpt:  # autocast's weight cache was cleared when forward left autocast
             act -= amp_live
-        bwd_pref = rs.gather_block if (rs.sharded and not keep_gathered) else 0
+        # FSDP1 (backward_pre) and ZeRO-3 prefetch the last block when backward starts; FSDP2
+        # gathers it at its own pre-backward, after the LM head's backward (rank-0 traces)
+        prefetch_at_loss = rs.sharded and not keep_gathered and not (fsdp and fsdp.version == 2)
+        if fsdp is not None and fsdp.version == 1 and fsdp.backward_prefetch != "backward_pre":
+            prefetch_at_loss = False
+        bwd_pref = rs.gather_block if prefetch_at_loss else 0
         w.add(
             step,
             Phase.BACKWARD,
@@ -452,10 +464,10 @@ def _walk(
         if accum and step == 2:
             grads = G
         root_full = rs.grad_root_full if rs.sharded and fsdp is not None else 0
-        if fsdp is not None and fsdp.version == 2:
-            head_full = rs.grad_head_full
-        else:
-            head_full = root_full * head_g // max(head_g + embed_g + other_g, 1)
+        fsdp2 = fsdp is not None and fsdp.version == 2
+        # FSDP1 keeps the root's full gradients until the root's reduce at the end of backward;
+        # FSDP2 reduces the [final norm, LM head] unit right after its backward (next event)
+        head_full = 0 if fsdp2 else root_full * head_g // max(head_g + embed_g + other_g, 1)
         act -= prof.head_saved + prof.amp_head_copy
         w.add(
             step,
@@ -467,6 +479,14 @@ def _walk(
                 gathered=fwd_gathered + zero_root + bwd_pref,
             ),
         )
+        if fsdp2 and rs.grad_head_full:
+            w.add(
+                step,
+                Phase.BACKWARD,
+                "LM head reduce-scatter",
+                # post-backward reshards the unit first, then reduces its gradients
+                comps(act, grads + rs.grad_head_full, gathered=fwd_gathered - head_unit),
+            )
         act_top = act  # saved activations when the blocks' backward starts
         freed = list(
             accumulate((saved[i] + (0 if ckpt else amp_per[i]) for i in range(L)), initial=0)
@@ -504,10 +524,19 @@ def _walk(
             "embedding backward",
             comps(
                 max(act, 0) + embed_tr,
-                grads + root_full + rs.grad_embed_full,
+                grads + root_full,
                 gathered=held_root + zero_root + rs.gather_embed,
             ),
         )
+        if rs.grad_embed_full:
+            # FSDP2 reshards the embedding unit, then reduce-scatters its full gradient:
+            # autograd's gradient and the reduce-scatter input are alive together
+            w.add(
+                step,
+                Phase.BACKWARD,
+                "embedding reduce-scatter",
+                comps(0, grads + rs.grad_embed_full, gathered=held_root),
+            )
         # optimizer
         clip = block(4) * plan.n_trainable_tensors  # foreach norms in clip_grad_norm_
         w.add(
@@ -592,7 +621,10 @@ def _rank(
         # all-to-all dispatch: routed token copies sent and received (top-k per token)
         # Source: Megatron-core transformer/moe/token_dispatcher.py (MoEAlltoAllTokenDispatcher)
         extra += 2 * block(tokens * spec.num_experts_per_tok * spec.hidden_size * cb)
-    return _Rank(stage, spec, inv, plan, prof, opt, states, extra)
+    head_extra = 0
+    if par.tp > 1 and spec.has_lm_head and stage.last:
+        head_extra = tp_logits_gather_bytes(tokens, spec.vocab_size, par.tp, cb)
+    return _Rank(stage, spec, inv, plan, prof, opt, states, extra, head_extra)
 
 
 def _layout(par: ParallelSpec, stage: Stage) -> Layout:

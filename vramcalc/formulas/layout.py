@@ -41,6 +41,7 @@ __all__ = [
     "resolve_parallel",
     "stage_layers",
     "stages",
+    "tp_logits_gather_bytes",
 ]
 
 
@@ -137,12 +138,11 @@ def resolve_parallel(
             raise InvalidConfigError(
                 f"--pp {pp} exceeds {spec.name}'s {n_layers} layers; at most one stage per layer"
             )
-    if req.pp_schedule == "interleaved":
-        if n_layers % (pp * req.pp_virtual_stages):
-            raise InvalidConfigError(
-                f"--pp-schedule interleaved splits {n_layers} layers into pp x virtual stages = "
-                f"{pp} x {req.pp_virtual_stages} chunks; that must divide the layer count"
-            )
+    if req.pp_schedule == "interleaved" and n_layers % (pp * req.pp_virtual_stages):
+        raise InvalidConfigError(
+            f"--pp-schedule interleaved splits {n_layers} layers into pp x virtual stages = "
+            f"{pp} x {req.pp_virtual_stages} chunks; that must divide the layer count"
+        )
     if cp > 1 and req.seq_len % (2 * cp):
         raise InvalidConfigError(
             f"--cp {cp} splits the sequence into 2 x cp load-balanced chunks; --seq-len "
@@ -289,17 +289,36 @@ def rank_spec(spec: ModelSpec, parallel: ParallelSpec, stage: Stage) -> ModelSpe
     n_layers = stage.layers
     update: dict[str, object] = {}
     if tp > 1:
+        # the LM head's output is gathered to the full vocabulary on every rank (transformers'
+        # tp_plan "colwise_rep", torchtitan without loss_parallel): the loss runs on full logits
         update.update(
             num_attention_heads=spec.num_attention_heads // tp,
             num_key_value_heads=max(1, spec.num_key_value_heads // tp),
             intermediate_size=_split(spec.intermediate_size, tp),
-            vocab_size=_split(spec.vocab_size, tp),
         )
     if parallel.pp > 1:
         update.update(
             num_hidden_layers=max(n_layers, 1), has_lm_head=spec.has_lm_head and stage.last
         )
     return spec.model_copy(update=update) if update else spec
+
+
+def tp_logits_gather_bytes(tokens: int, vocab: int, tp: int, compute_bytes: int) -> int:
+    """Transient bytes of gathering the LM head's vocab-split logits to every rank.
+
+    ``ColwiseParallel(output_layouts=Replicate())`` runs the local matmul (``tokens x vocab/tp``),
+    all-gathers the shards into one buffer stacked along dim 0 (the functional collective's
+    output and its waited copy) and concatenates them along the vocabulary into the full
+    logits: at the end of the head's forward three full-vocabulary buffers and the local shard
+    are alive, then all but the result are freed.
+
+    Source: torch 2.13 ``distributed/tensor/_redistribute.py`` (Shard(-1) -> Replicate via
+    ``all_gather_tensor`` on dim 0 then ``torch.cat``); transformers' ``colwise_rep`` plan;
+    rank-0 traces (``validation/measurements/trace-dist.jsonl``, TP scenarios).
+    """
+    full = -(-tokens * vocab * compute_bytes // 512) * 512
+    local = -(-tokens * (-(-vocab // tp)) * compute_bytes // 512) * 512
+    return 3 * full + local
 
 
 def rank_inventory(

@@ -161,6 +161,7 @@ class RankStates:
     grad_head_full: int = 0
     sharded: bool = False
     root_held: bool = False
+    embed_held: bool = False
 
 
 def _shard(n: int, parts: int) -> int:
@@ -178,7 +179,7 @@ def _sharded_plan(plan: ParamPlan, ratio_num: int, ratio_den: int) -> ParamPlan:
     return replace(
         plan,
         trainable_elements=elems,
-        grad_tensors=[(block(part(n) * b), c, 0) for n, c, b in elems],
+        grad_tensors=[(block(n * b), c, 0) for n, c, b in elems],
         decay_bytes=-(-plan.decay_bytes * ratio_num // ratio_den),
         nodecay_bytes=-(-plan.nodecay_bytes * ratio_num // ratio_den),
         largest_trainable=-(-plan.largest_trainable * ratio_num // ratio_den),
@@ -335,6 +336,22 @@ def _gathered(tensors: tuple[tuple[int, int, int], ...], compute_bytes: int) -> 
     return total
 
 
+def _unsharded_grad(elements: int, compute_bytes: int, n: int) -> int:
+    """Return a unit's gradient bytes while it is reduced.
+
+    Autograd's unsharded gradient and the reduce-scatter input it is copied into (padded to
+    ``n`` equal chunks) are alive at once.
+
+    Source: torch 2.13 ``distributed/fsdp/_fully_shard/_fsdp_collectives.py``
+    (``foreach_reduce``: ``reduce_scatter_input`` then ``_chunk_cat``); rank-0 traces
+    (``validation/measurements/trace-dist.jsonl``, the few-token FSDP2 case).
+    """
+    if not elements:
+        return 0
+    full = block(elements * compute_bytes)
+    return full + block(_shard(elements * compute_bytes, n) * n)
+
+
 def _fsdp(
     spec: ModelSpec,
     inventory: tuple[ParamGroup, ...],
@@ -355,9 +372,10 @@ def _fsdp(
     f = parallel.fsdp
     assert f is not None
     n = parallel.dp_shard
-    out = RankStates(sharded=n > 1)
+    # FSDP2 allocates separate unsharded parameters even on a one-rank shard mesh (no_shard)
+    out = RankStates(sharded=n > 1 or f.version == 2)
     G = _grads_bytes(plan, opt)
-    if n == 1:  # NO_SHARD: DDP semantics inside FSDP (full gradients, all-reduced)
+    if n == 1 and f.version == 1:  # NO_SHARD: DDP semantics inside FSDP1 (all-reduced grads)
         out.params, out.gradients = plan.param_bytes, G
         out.optimizer, out.step_temps = opt.state_bytes, opt.step_temp_bytes
         return out
@@ -377,15 +395,14 @@ def _fsdp(
     prefetch = f.version == 2 or f.backward_prefetch != "none"
     out.gather_prefetch = out.gather_block if prefetch else 0
     if opt.stores_grads and u.block_trainable_elements:
-        full = block(u.block_trainable_elements * compute_bytes)
-        out.grad_block_full = full + block(_shard(full, n) * n)
+        out.grad_block_full = _unsharded_grad(u.block_trainable_elements, compute_bytes, n)
     if f.version == 1:
         # FSDP1's root unit (everything outside the blocks) is not resharded after forward
         # (_runtime_utils._post_forward_reshard skips the root): held until its backward ends
         out.gather_root = _gathered(u.root, compute_bytes)
         out.root_held = True
         if opt.stores_grads and u.root_trainable_elements:
-            out.grad_root_full = block(u.root_trainable_elements * compute_bytes)
+            out.grad_root_full = _unsharded_grad(u.root_trainable_elements, compute_bytes, n)
     else:
         # accelerate's fsdp2_prepare_model: fully_shard(input embeddings), then
         # fully_shard([final norm, LM head], reshard_after_forward=False), then the root: the
@@ -393,18 +410,28 @@ def _fsdp(
         # to its backward, the root's remainder from the first forward to the end of backward
         out.gather_embed = _gathered(u.embed, compute_bytes)
         out.gather_head = _gathered(u.head, compute_bytes)
+        if parallel.tp > 1:
+            # on a (dp, tp) mesh the embedding unit stays gathered from its forward through
+            # the head's forward (rank-0 traces, FSDP2 + TP scenarios)
+            out.embed_held = True
         rest = tuple(t for t in u.root if t not in u.embed and t not in u.head)
         out.gather_root = _gathered(rest, compute_bytes)
         out.root_held = True
         if opt.stores_grads:
-            out.grad_embed_full = block(u.embed_trainable_elements * compute_bytes)
-            out.grad_head_full = block(u.head_trainable_elements * compute_bytes)
+            out.grad_embed_full = _unsharded_grad(u.embed_trainable_elements, compute_bytes, n)
+            out.grad_head_full = _unsharded_grad(u.head_trainable_elements, compute_bytes, n)
             rest_tr = u.root_trainable_elements - u.embed_trainable_elements
-            out.grad_root_full = block(max(rest_tr - u.head_trainable_elements, 0) * compute_bytes)
+            rest_tr -= u.head_trainable_elements
+            out.grad_root_full = _unsharded_grad(max(rest_tr, 0), compute_bytes, n)
     out.details["params/sharded"] = shard_params
     out.details.update(sopt.details)
     if sopt.step_temp_bytes:
         out.details["optimizer/step_temporaries"] = sopt.step_temp_bytes
+    if f.offload and f.version == 1:
+        # FSDP1 copies a unit's CPU shard to the device to all-gather it (flat_param_to), and
+        # the copy lives as long as the unit is unsharded (rank-0 traces, FSDP1 offload)
+        out.gather_block += block(_shard(u.block_bytes, n))
+        out.gather_root += block(_shard(u.root_bytes, n))
     if f.offload:
         out.cpu = out.params + out.gradients + out.optimizer
         out.notes.append(

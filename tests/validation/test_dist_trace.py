@@ -91,7 +91,9 @@ def test_fsdp2_rank0_holds_one_padded_shard_of_each_parameter(
     cfg = dict(m.scenario.request.model)  # type: ignore[arg-type]
     shard = _fsdp2_shard_bytes(_llama_shapes(cfg), world, itemsize)
     cats = m.measured.by_category
-    assert cats["params"] == shard
+    # + the rotary embedding's two unsharded fp32 buffers (inv_freq, original_inv_freq:
+    # head_dim / 2 floats each, one 512-byte block each); FSDP shards parameters only
+    assert cats["params"] == shard + 2 * BLOCK
     # AdamW: exp_avg and exp_avg_sq of every shard (foreach: step counters on the host)
     if m.measured.phase == "optimizer" or cats["optimizer"]:
         assert cats["optimizer"] == 2 * shard

@@ -76,8 +76,7 @@ outputs that do not become the sharded ``.grad``); ``peak_event`` names the last
 before the peak (``forward``/``backward``/``reduce`` + FSDP2 group fqn, or FSDP1
 ``unshard``/``reduce`` + unit fqn).
 
-Not traced (``TraceSkipped``): DeepSpeed ZeRO (DeepSpeed's engine needs its accelerator's
-CUDA runtime, its own communication backend and real kernels, see validation/README.md),
+Not traced (``TraceSkipped``): DeepSpeed ZeRO (not attempted, see validation/README.md),
 context/pipeline/expert parallelism, TP with FSDP1, fp16 AMP under FSDP, QLoRA under FSDP
 (bitsandbytes quantizes with real CUDA kernels; see ``_qlora_reason``), plain DDP.
 

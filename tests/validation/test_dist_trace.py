@@ -108,13 +108,23 @@ def test_more_ranks_never_raise_rank0_state() -> None:
         assert b["params"] < a["params"]
 
 
+def _maybe_request(**fields: Any) -> EstimateRequest | None:
+    """The request, or ``None`` where the request model itself refuses the combination."""
+    from pydantic import ValidationError
+
+    try:
+        return EstimateRequest(**fields)
+    except ValidationError:
+        return None
+
+
 def test_layout_detection_and_limits() -> None:
     base = {"model": dict(dist_grid.MOE_FAMILY)}
     assert not is_distributed(EstimateRequest(**base))
     assert is_distributed(EstimateRequest(**base, fsdp="full_shard", gpus=2))
     assert is_distributed(EstimateRequest(**base, tp=2, gpus=2))
-    zero = EstimateRequest(**base, fsdp="full_shard", gpus=2, zero=3)
-    assert "DeepSpeed" in (layout_limitations(zero) or "")
+    zero = _maybe_request(**base, fsdp="full_shard", gpus=2, zero=3)
+    assert zero is None or "DeepSpeed" in (layout_limitations(zero) or "")
     qlora = EstimateRequest(**base, fsdp="full_shard", gpus=2, qlora={"r": 4}, quant="nf4")
     assert "QLoRA" in (layout_limitations(qlora) or "")
     pp = EstimateRequest(**base, fsdp="full_shard", gpus=4, pp=2)
@@ -192,3 +202,15 @@ def test_fake_trace_equals_a_real_gloo_run() -> None:
     for key, value in cpu.per_phase_peak.items():  # counters exist from the first step on
         assert cuda.per_phase_peak[key] in (value, value - steps), key
     assert cuda.allocated_bytes == cpu.allocated_bytes - steps
+
+
+def test_validate_accepts_layouts_for_the_trace_backend() -> None:
+    from validation.compare import trace_limitations
+
+    fsdp = EstimateRequest(model=TINY, fsdp="full_shard", gpus=8)
+    assert trace_limitations(fsdp) is None
+    assert trace_limitations(EstimateRequest(model=TINY, tp=2, gpus=2)) is None
+    ddp = trace_limitations(EstimateRequest(model=TINY, gpus=2))
+    assert ddp is not None and "multi-GPU" in ddp
+    both = _maybe_request(model=TINY, fsdp="full_shard", gpus=2, zero=2)
+    assert both is None or "DeepSpeed" in (trace_limitations(both) or "")

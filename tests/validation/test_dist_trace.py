@@ -177,8 +177,9 @@ TINY = {
 def test_fake_trace_equals_a_real_gloo_run() -> None:
     """Rank 0 of a 2-layer llama, FSDP2 full_shard, world 2: fake process group + fake
     tensors vs two real CPU processes over gloo, same tracker. Byte for byte equal on the
-    CPU; on fake CUDA the only difference is AdamW's per-parameter ``step`` counters, which
-    a CUDA run keeps on the host (foreach, not capturable): 512 B x 21 parameter tensors."""
+    CPU (once gloo's in-collective working copy is left out, see ``_gloo_internal``); on fake
+    CUDA the only difference is AdamW's per-parameter ``step`` counters, which a CUDA run
+    keeps on the host (foreach, not capturable): 512 B x 21 parameter tensors."""
     _need_tracer()
     from validation.dist_trace import real_gloo_trace
     from validation.trace import TraceUnavailable, trace_scenarios
@@ -199,8 +200,9 @@ def test_fake_trace_equals_a_real_gloo_run() -> None:
     steps = n_tensors * BLOCK
     cpu, cuda = fake_cpu.measured, fake_cuda.measured
     assert cuda.by_category["optimizer"] == cpu.by_category["optimizer"] - steps
-    for key, value in cpu.per_phase_peak.items():  # counters exist from the first step on
-        assert cuda.per_phase_peak[key] in (value, value - steps), key
+    for key, value in cpu.per_phase_peak.items():  # counters appear in the first step
+        less = value - cuda.per_phase_peak[key]
+        assert 0 <= less <= steps and less % BLOCK == 0, key
     assert cuda.allocated_bytes == cpu.allocated_bytes - steps
 
 

@@ -277,8 +277,12 @@ class Setup:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_setup(scenario: Scenario, device: Any, *, model: Any = None) -> Setup:
-    """Model, optimizer, scaler and step of a scenario on ``device`` (see module docstring)."""
+def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any = None) -> Setup:
+    """Model, optimizer, scaler and step of a scenario on ``device`` (see module docstring).
+
+    ``base``: the module whose ``loss_function`` and config count (default: ``model``'s base
+    model; a wrapper such as FSDP1's ``FullyShardedDataParallel`` passes the wrapped one).
+    """
     import torch  # noqa: TID251
 
     req = scenario.request
@@ -290,7 +294,7 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None) -> Setup:
     if mp == "fp16":
         scaler = torch.amp.GradScaler(torch.device(device).type)
     optimizer = build_optimizer(scenario, model)
-    base = _base_model(model)
+    base = _base_model(model if base is None else base)
     setup = Setup(
         scenario=scenario,
         device=device,

@@ -120,11 +120,17 @@ def measured_components(m: Measured, backend: str) -> dict[str, int | None]:
             if m.device_bytes is not None and m.allocated_bytes
             else None
         )
+    params, gradients = cat.get("params"), cat.get("gradients")
+    if backend == "trace" and params is not None and gradients is not None:
+        # distributed traces: unsharded (all-gathered) parameters count as parameters, the
+        # gradient reduce-scatter/all-reduce buffers as gradients
+        params += cat.get("gathered", 0)
+        gradients += cat.get("reduce", 0)
     return {
         "base": base,
-        "params": cat.get("params"),
+        "params": params,
         "activations": acts,
-        "gradients": cat.get("gradients"),
+        "gradients": gradients,
         "optimizer": optimizer,
     }
 
@@ -145,14 +151,23 @@ def trace_limitations(request: EstimateRequest) -> str | None:
         return "QLoRA/quantized bases need bitsandbytes kernels on a real GPU; use --backend cuda"
     if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
         return "the trace backend builds full fine-tuning and LoRA only"
-    if (
+    from validation.dist_trace import is_distributed, layout_limitations
+
+    if is_distributed(request):
+        why = layout_limitations(request)
+        if why is not None:
+            return why
+    elif (
         int(request.zero) > 0
         or request.deepspeed is not None
         or request.gpus * request.nodes > 1
         or request.offload_optimizer.value != "none"
         or request.offload_param.value != "none"
     ):
-        return "the trace backend runs one process on one device: no ZeRO, offload or multi-GPU"
+        return (
+            "the trace backend runs one device, or rank 0 of an FSDP/TP layout (--fsdp, --tp): "
+            "no ZeRO, DeepSpeed offload or plain multi-GPU data parallel"
+        )
     from vramcalc.hf import resolve_model
 
     if not resolve_model(request.model).is_causal_lm:

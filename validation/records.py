@@ -59,6 +59,11 @@ class Measured(BaseModel):
     context_bytes: int | None = None
     phase: str = Field(description="phase of the allocated peak: forward/loss/backward/optimizer")
     step: int = Field(description="step of the allocated peak (1-based)")
+    peak_event: str | None = Field(
+        default=None,
+        description="distributed traces: the last FSDP/module event before the peak "
+        "(e.g. 'backward model.layers.0')",
+    )
     per_phase_peak: dict[str, int] = Field(
         default_factory=dict, description="'<step>/<phase>' -> allocated peak in that phase"
     )

@@ -63,7 +63,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +71,7 @@ from validation.records import Fingerprint, Measured, Measurement, Scenario
 
 __all__ = [
     "ROUND_BYTES",
+    "TraceFailed",
     "TraceSkipped",
     "TraceUnavailable",
     "load_measurements",
@@ -94,11 +95,15 @@ class TraceSkipped(RuntimeError):
     """A scenario cannot be traced (e.g. QLoRA needs real bitsandbytes kernels)."""
 
 
+class TraceFailed(RuntimeError):
+    """A scenario failed to trace (``trace_scenarios(..., keep_going=True)`` returns these)."""
+
+
 # ----------------------------------------------------------------------------- tracker
 
 
 class _Rec:
-    __slots__ = ("cat", "nbytes", "phase", "recompute", "step")
+    __slots__ = ("cat", "ctx", "nbytes", "phase", "recompute", "step")
 
     def __init__(self, nbytes: int, step: int, phase: str, recompute: bool) -> None:
         self.nbytes = nbytes
@@ -106,28 +111,51 @@ class _Rec:
         self.phase = phase
         self.recompute = recompute
         self.cat: str | None = None
+        self.ctx: str | None = None
 
 
-def _make_tracker(device_type: str, round_to: int) -> Any:
+def _make_tracker(device_type: str, round_to: int, extra: tuple[str, ...] = ()) -> Any:
+    """Make a dispatch-mode tracker of live storage bytes on ``device_type``.
+
+    ``extra`` names categories set by ``tracker.ctx`` (a label the caller sets around code
+    whose allocations belong to it, e.g. FSDP's all-gathers); tensor subclasses that wrap
+    others (DTensor) are tracked through their inner tensors; a storage that changes size
+    (``UntypedStorage.resize_``, as FSDP frees and re-allocates unsharded parameters) is
+    re-measured by ``refresh`` (``storage_resizes`` routes ``resize_`` there); a storage first
+    seen at a resize is tracked when an op first returns a tensor on it.
+    """
     import torch  # noqa: TID251
-    from torch.utils._python_dispatch import TorchDispatchMode  # noqa: TID251
+    from torch.utils._python_dispatch import (  # noqa: TID251
+        TorchDispatchMode,
+        is_traceable_wrapper_subclass,
+    )
     from torch.utils._pytree import tree_leaves  # noqa: TID251
 
+    def _round(n: int) -> int:
+        return -(-n // round_to) * round_to
+
     class Tracker(TorchDispatchMode):  # type: ignore[no-untyped-call]
-        """Live storage bytes of one device type, by allocation and weakref release."""
+        """Live storage bytes of one device type, by allocation, resize and weakref release."""
 
         def __init__(self) -> None:
             super().__init__()  # type: ignore[no-untyped-call]
             self.live: dict[int, _Rec] = {}
             self.refs: dict[int, Any] = {}
-            self.log: list[tuple[bool, _Rec]] = []
+            self.log: list[tuple[int, _Rec]] = []
             self.current = 0
             self.peak = 0
             self.peak_at = -1
             self.step = 0
             self.phase = "setup"
             self.recompute = 0
+            self.ignore = 0  # > 0: allocations are not tracked (inside a gloo collective)
+            self.ctx: str | None = None
+            self.where = ""
+            self.peak_where = ""
             self.per_phase: dict[str, int] = {}
+            self.categories = CATEGORIES + extra
+            self.device_type = device_type
+            self.peak_step, self.peak_phase = 0, "setup"
 
         def set_phase(self, step: int, phase: str) -> None:
             self.step, self.phase = step, phase
@@ -138,31 +166,49 @@ def _make_tracker(device_type: str, round_to: int) -> Any:
             if self.live.get(key) is rec:
                 del self.live[key]
                 self.refs.pop(key, None)
-                self.current -= rec.nbytes
-                self.log.append((False, rec))
+                self._add(rec, -rec.nbytes)
 
-        def track(self, t: Any) -> _Rec | None:
-            if not isinstance(t, torch.Tensor) or t.device.type != device_type:
-                return None
-            st = t.untyped_storage()
-            key = st._cdata
-            rec = self.live.get(key)
-            if rec is not None:
-                return rec
-            n = st.nbytes()
-            nbytes = -(-n // round_to) * round_to
-            rec = _Rec(nbytes, self.step, self.phase, self.recompute > 0)
-            self.live[key] = rec
-            self.refs[key] = weakref.ref(st, functools.partial(self._release, key, rec))
-            self.current += nbytes
-            self.log.append((True, rec))
+        def _add(self, rec: _Rec, delta: int) -> None:
+            if delta == 0:
+                return
+            rec.nbytes += delta
+            self.current += delta
+            self.log.append((delta, rec))
+            if delta < 0:
+                return
+            if self.ctx is not None and rec.ctx is None:
+                rec.ctx = self.ctx
             if self.current > self.peak:
                 self.peak = self.current
                 self.peak_at = len(self.log)
+                self.peak_where = self.where
+                self.peak_step, self.peak_phase = self.step, self.phase
             k = f"{self.step}/{self.phase}"
             if self.current > self.per_phase.get(k, 0):
                 self.per_phase[k] = self.current
+
+        def refresh(self, st: Any) -> _Rec:
+            """Track storage ``st`` (or re-measure it after a resize)."""
+            key = st._cdata
+            rec = self.live.get(key)
+            n = _round(st.nbytes())
+            if rec is None:
+                rec = _Rec(0, self.step, self.phase, self.recompute > 0)
+                self.live[key] = rec
+                self.refs[key] = weakref.ref(st, functools.partial(self._release, key, rec))
+            elif rec.nbytes == 0 and n > 0:  # re-allocated: it belongs to this phase now
+                rec.step, rec.phase, rec.recompute = self.step, self.phase, self.recompute > 0
+            self._add(rec, n - rec.nbytes)
             return rec
+
+        def track(self, t: Any) -> _Rec | None:
+            if not isinstance(t, torch.Tensor) or self.ignore:
+                return None
+            if is_traceable_wrapper_subclass(t) and type(t).__name__ == "DTensor":
+                return self.track(t._local_tensor)  # type: ignore[attr-defined]
+            if t.device.type != device_type:
+                return None
+            return self.refresh(t.untyped_storage())
 
         def mark(self, tensors: Iterable[Any], cat: str) -> None:
             for t in tensors:
@@ -177,25 +223,40 @@ def _make_tracker(device_type: str, round_to: int) -> Any:
             return out
 
         def at_peak(self) -> dict[str, int]:
-            alive: dict[int, _Rec] = {}
-            for is_alloc, rec in self.log[: self.peak_at]:
-                if is_alloc:
-                    alive[id(rec)] = rec
-                else:
-                    alive.pop(id(rec), None)
-            out = dict.fromkeys(CATEGORIES, 0)
-            for rec in alive.values():
-                cat = rec.cat
+            alive: dict[int, tuple[_Rec, int]] = {}
+            for delta, rec in self.log[: self.peak_at]:
+                prev = alive.get(id(rec), (rec, 0))[1]
+                alive[id(rec)] = (rec, prev + delta)
+            out = dict.fromkeys(self.categories, 0)
+            for rec, nbytes in alive.values():
+                cat = rec.cat or rec.ctx
                 if cat is None:
                     forward = rec.phase in ("forward", "loss", "input")
                     cat = "activations" if forward or rec.recompute else "temporaries"
-                out[cat] += rec.nbytes
+                out[cat] += nbytes
             return out
 
-        def peak_rec(self) -> _Rec:
-            return self.log[self.peak_at - 1][1]
-
     return Tracker()
+
+
+@contextlib.contextmanager
+def storage_resizes(tracker: Any) -> Iterator[None]:
+    """Route ``UntypedStorage.resize_`` (FSDP's free/alloc of unsharded storage) to ``tracker``."""
+    import torch  # noqa: TID251
+
+    resize = torch.UntypedStorage.resize_
+
+    def resize_(self: Any, size: int) -> Any:
+        out = resize(self, size)
+        if self._cdata in tracker.live:  # (a fake tensor's storage is on the meta device)
+            tracker.refresh(self)
+        return out
+
+    torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.UntypedStorage.resize_ = resize  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- patches
@@ -299,7 +360,6 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
     """
     import torch  # noqa: TID251
     from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: TID251
-    from torch.utils import checkpoint as ckpt  # noqa: TID251
 
     from validation import build
 
@@ -312,11 +372,34 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
     fake = mode != "cpu"
     device = "cuda" if mode == "fake-cuda" else "cpu"
     attn = str(req.attn.value)
-    route = route_sdpa and mode == "fake-cuda" and attn in ("sdpa", "flash_attention_2")
     build_attn = "sdpa" if attn == "flash_attention_2" else attn
     torch.manual_seed(0)
     tracker = _make_tracker(device, ROUND_BYTES)
+    with trace_patches(tracker, mode, attn, route_sdpa=route_sdpa):
+        if fake:
+            model = build.build_model(scenario, on_meta=True, attn_implementation=build_attn)
+            mode_ctx: Any = FakeTensorMode(allow_non_fake_inputs=True)
+        else:
+            model = build.build_model(scenario, device, attn_implementation=build_attn)
+            mode_ctx = contextlib.nullcontext()
+        with mode_ctx:
+            if fake:
+                build.materialize(model, device)
+            setup = build.build_setup(scenario, device, model=model)
+            measured = run_steps(tracker, setup, scenario.steps)
+            del setup, model
+    return measured
 
+
+@contextlib.contextmanager
+def trace_patches(
+    tracker: Any, mode: Mode, attn: str, *, route_sdpa: bool = True
+) -> Iterator[None]:
+    """Apply a trace's monkeypatches (``_patch_for_trace``) and checkpoint-recompute hook."""
+    from torch.utils import checkpoint as ckpt  # noqa: TID251
+
+    fake = mode != "cpu"
+    route = route_sdpa and mode == "fake-cuda" and attn in ("sdpa", "flash_attention_2")
     # Checkpoint recomputation (non-reentrant, transformers' default) runs forward code during
     # backward under this hook; what it allocates is recomputed activations.
     hook_cls = ckpt._recomputation_hook
@@ -335,33 +418,33 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
     setattr(hook_cls, "__enter__", _enter)  # noqa: B010
     setattr(hook_cls, "__exit__", _exit)  # noqa: B010
     try:
-        if fake:
-            model = build.build_model(scenario, on_meta=True, attn_implementation=build_attn)
-            mode_ctx: Any = FakeTensorMode(allow_non_fake_inputs=True)
-        else:
-            model = build.build_model(scenario, device, attn_implementation=build_attn)
-            mode_ctx = contextlib.nullcontext()
-        with mode_ctx:
-            if fake:
-                build.materialize(model, device)
-            setup = build.build_setup(scenario, device, model=model)
-            with tracker:
-                tracker.mark(model.parameters(), "params")
-                tracker.mark(model.buffers(), "params")
-                setup.on_phase = functools.partial(_on_phase, tracker, setup)
-                for step in range(1, scenario.steps + 1):
-                    tracker.set_phase(step, "input")
-                    batch = setup.make_batch()
-                    setup.step(batch)
-                    del batch
-                    _classify(tracker, setup)
-                measured = _measured(tracker)
-            del setup, model
+        yield
     finally:
         for obj, name, value in reversed(undo):
             setattr(obj, name, value)
         gc.collect()
-    return measured
+
+
+def run_steps(
+    tracker: Any, setup: Any, steps: int, params: Iterable[Any] = (), make_batch: Any = None
+) -> Measured:
+    """Run ``steps`` training steps of ``setup`` under ``tracker`` and return what it measured.
+
+    ``params``: more parameter storages than ``setup.model.parameters()`` (FSDP1 flat
+    parameters); ``make_batch``: a batch factory other than ``setup.make_batch``.
+    """
+    with tracker:
+        tracker.mark(setup.model.parameters(), "params")
+        tracker.mark(setup.model.buffers(), "params")
+        tracker.mark(params, "params")
+        setup.on_phase = functools.partial(_on_phase, tracker, setup)
+        for step in range(1, steps + 1):
+            tracker.set_phase(step, "input")
+            batch = (make_batch or setup.make_batch)()
+            setup.step(batch)
+            del batch
+            _classify(tracker, setup)
+        return _measured(tracker)
 
 
 def _classify(tracker: Any, setup: Any) -> None:
@@ -380,12 +463,13 @@ def _on_phase(tracker: Any, setup: Any, phase: str) -> None:
 
 
 def _measured(tracker: Any) -> Measured:
-    rec = tracker.peak_rec()
-    phase = "optimizer" if rec.phase == "input" and rec.step > 1 else rec.phase
+    step, phase = tracker.peak_step, tracker.peak_phase
+    phase = "optimizer" if phase == "input" and step > 1 else phase
     return Measured(
         allocated_bytes=tracker.peak,
         phase=phase,
-        step=rec.step,
+        step=step,
+        peak_event=tracker.peak_where or None,
         per_phase_peak={k: v for k, v in tracker.per_phase.items() if not k.startswith("0/")},
         by_category=tracker.at_peak(),
     )
@@ -448,15 +532,21 @@ def _child(mode: Mode, route_sdpa: bool = True) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    from validation import dist_trace
+    from validation import trace as trace_module
+
     for line in sys.stdin:
         if not line.strip():
             continue
         scenario = Scenario.model_validate_json(line)
         t0 = time.perf_counter()
         try:
-            measured = run_trace(scenario, mode, route_sdpa=route_sdpa)
+            if dist_trace.is_distributed(scenario.request):
+                measured = dist_trace.run_dist_trace(scenario, mode, route_sdpa=route_sdpa)
+            else:
+                measured = run_trace(scenario, mode, route_sdpa=route_sdpa)
             result: dict[str, Any] = {"measured": measured.model_dump()}
-        except TraceSkipped as exc:
+        except (TraceSkipped, trace_module.TraceSkipped) as exc:  # __main__ or imported
             result = {"skipped": str(exc)}
         except Exception as exc:  # reported per scenario, the batch goes on
             result = {"error": f"{type(exc).__name__}: {exc}"}
@@ -471,8 +561,11 @@ def trace_scenarios(
     timeout_s: float = 3600,
     *,
     route_sdpa: bool = True,
-) -> list[Measurement | TraceSkipped]:
+    keep_going: bool = False,
+) -> list[Measurement | TraceSkipped | TraceFailed]:
     """Trace scenarios in one subprocess; a ``TraceSkipped`` stands for each untraceable one.
+
+    ``keep_going``: a ``TraceFailed`` stands for each scenario that failed (else it raises).
 
     Raises:
         TraceUnavailable: torch is missing or the fake-CUDA extension cannot be built.
@@ -497,10 +590,12 @@ def trace_scenarios(
     if proc.returncode != 0 or len(lines) != len(scenarios):
         raise RuntimeError(f"trace subprocess failed (rc={proc.returncode}): {proc.stderr[-3000:]}")
     fp = _fingerprint(mode)
-    out: list[Measurement | TraceSkipped] = []
+    out: list[Measurement | TraceSkipped | TraceFailed] = []
     for scenario, res in zip(scenarios, lines, strict=True):
         if "skipped" in res:
             out.append(TraceSkipped(f"{scenario.id}: {res['skipped']}"))
+        elif "error" in res and keep_going:
+            out.append(TraceFailed(f"{scenario.id}: {res['error']}"))
         elif "error" in res:
             raise RuntimeError(f"tracing {scenario.id} failed: {res['error']}")
         else:
@@ -525,7 +620,7 @@ def trace_scenario(scenario: Scenario, mode: Mode = "fake-cuda") -> Measurement:
 
     """
     (result,) = trace_scenarios([scenario], mode)
-    if isinstance(result, TraceSkipped):
+    if isinstance(result, TraceSkipped | TraceFailed):
         raise result
     return result
 
@@ -564,26 +659,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyError as exc:
         print(f"error: {exc.args[0]}", file=sys.stderr)
         return 2
+    return report(scenarios, args.mode, args.out, route_sdpa=not args.math_sdpa)
+
+
+def report(
+    scenarios: Sequence[Scenario], mode: Mode, out: Path | None, *, route_sdpa: bool = True
+) -> int:
+    """Trace ``scenarios``, print one line each, append the measurements to ``out``."""
     try:
-        results = trace_scenarios(scenarios, args.mode, route_sdpa=not args.math_sdpa)
+        results = trace_scenarios(scenarios, mode, route_sdpa=route_sdpa, keep_going=True)
     except TraceUnavailable as exc:
         print(f"trace unavailable: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     lines = []
+    failed = 0
     for res in results:
         if isinstance(res, TraceSkipped):
             print(f"SKIP {res}", file=sys.stderr)
+            continue
+        if isinstance(res, TraceFailed):
+            print(f"FAILED {res}", file=sys.stderr)
+            failed += 1
             continue
         m = res.measured
         cats = " ".join(f"{k}={_mib(v)}" for k, v in m.by_category.items())
         print(f"{res.scenario.id}: peak {_mib(m.allocated_bytes)} step {m.step} {m.phase} "
               f"[{cats}] {res.wall_s:.1f}s")  # fmt: skip
         lines.append(res.model_dump_json())
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a", encoding="utf-8") as fh:
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a", encoding="utf-8") as fh:
             fh.writelines(x + "\n" for x in lines)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

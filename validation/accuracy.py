@@ -44,6 +44,7 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "validation" / "measurements" / "trace-grid.jsonl"
+DIST = REPO / "validation" / "measurements" / "trace-dist.jsonl"
 DOC = REPO / "docs" / "accuracy.md"
 README = REPO / "README.md"
 BEGIN, END = "<!-- accuracy:begin -->", "<!-- accuracy:end -->"
@@ -306,8 +307,36 @@ def _grid_line(s: Summary | None, rows: Sequence[GridRow]) -> str:
     )
 
 
+def _grid_table(grid: Sequence[GridRow]) -> list[str]:
+    lines = [
+        "| id | traced MiB | predicted MiB | error | traced peak | predicted peak | params | "
+        "activations | gradients | optimizer |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for g in grid:
+        pred_peak = "—" if g.predicted_phase is None else f"{g.predicted_step}/{g.predicted_phase}"
+        mark = "" if g.phase_agrees else " ✗"
+        ce = g.component_errors
+        lines.append(
+            f"| {g.id} | {g.traced_bytes / MIB:,.2f} | "
+            f"{'—' if g.predicted_bytes is None else f'{g.predicted_bytes / MIB:,.2f}'} | "
+            f"{_pct(g.error_pct) if g.engine_error is None else 'no estimate'} | "
+            f"{g.traced_step}/{g.traced_phase} | {pred_peak}{mark} | "
+            + " | ".join(
+                _pct(ce.get(k)) for k in ("params", "activations", "gradients", "optimizer")
+            )
+            + " |"
+        )
+    return lines
+
+
+def _dist_line(rows: Sequence[GridRow]) -> str:
+    line = _grid_line(grid_summary(rows), rows)
+    return line.replace("Traced grid (", "Traced distributed grid, rank 0 (", 1)
+
+
 def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequence[CudaRow],
-             reference: str) -> str:  # fmt: skip
+             reference: str, dist: Sequence[GridRow] = ()) -> str:  # fmt: skip
     """Render the whole of ``docs/accuracy.md``."""
     ps, gs = published_summary(pub), grid_summary(grid)
     lines = [
@@ -321,6 +350,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "- " + _summary_line(ps, "Published measurements (high and medium confidence)"),
         "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
+        "- " + _dist_line(dist),
         f"- Committed CUDA measurements: {len(cuda)} cases"
         + ("." if cuda else " (none committed yet)."),
         "",
@@ -379,24 +409,19 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "peak (measured activations include temporaries such as activation gradients and "
         "optimizer work lists).",
         "",
-        "| id | traced MiB | predicted MiB | error | traced peak | predicted peak | params | "
-        "activations | gradients | optimizer |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for g in grid:
-        pred_peak = "—" if g.predicted_phase is None else f"{g.predicted_step}/{g.predicted_phase}"
-        mark = "" if g.phase_agrees else " ✗"
-        ce = g.component_errors
-        lines.append(
-            f"| {g.id} | {g.traced_bytes / MIB:,.2f} | "
-            f"{'—' if g.predicted_bytes is None else f'{g.predicted_bytes / MIB:,.2f}'} | "
-            f"{_pct(g.error_pct) if g.engine_error is None else 'no estimate'} | "
-            f"{g.traced_step}/{g.traced_phase} | {pred_peak}{mark} | "
-            + " | ".join(
-                _pct(ce.get(k)) for k in ("params", "activations", "gradients", "optimizer")
-            )
-            + " |"
-        )
+    lines += _grid_table(grid)
+    lines += [
+        "",
+        "## Traced distributed grid (rank 0)",
+        "",
+        "Allocated peak of rank 0 in `validation/measurements/trace-dist.jsonl`: the real "
+        "FSDP1 / FSDP2 / FSDP2 + tensor-parallel step (accelerate's wrapping, two steps) on "
+        "PyTorch's fake process group and fake CUDA (`validation/dist_trace.py`), against the "
+        'engine\'s estimate of the same layout (`target="trace"`).',
+        "",
+    ]
+    lines += _grid_table(dist)
     lines += ["", "## CUDA measurements", ""]
     if not cuda:
         lines.append("None committed yet (see `validation/README.md` for the GPU matrix).")
@@ -414,7 +439,9 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
     return "\n".join(lines) + "\n"
 
 
-def readme_block(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> str:
+def readme_block(
+    pub: Sequence[PublishedRow], grid: Sequence[GridRow], dist: Sequence[GridRow] = ()
+) -> str:
     """Render the README's accuracy block (between the markers, markers excluded)."""
     ps, gs = published_summary(pub), grid_summary(grid)
     lines = [
@@ -427,6 +454,7 @@ def readme_block(pub: Sequence[PublishedRow], grid: Sequence[GridRow]) -> str:
         )
         + f" ({coverage(pub)})",
         "- " + _grid_line(gs, grid),
+        "- " + _dist_line(dist),
         "",
         "| id | metric | measured MiB | predicted MiB | error | confidence |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -488,6 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ref = reference_path()
     pub = published_rows()
     grid = grid_rows()
+    dist = grid_rows(DIST)
     cuda = cuda_rows()
     _print_table(pub, grid)
     if not args.write:
@@ -496,9 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"../shared/reference/{ref.name}" if ref.parent.parent.parent == REPO.parent else ref.name
     )
     DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(markdown(pub, grid, cuda, shown), encoding="utf-8")
+    DOC.write_text(markdown(pub, grid, cuda, shown, dist), encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)}")
-    block = readme_block(pub, grid)
+    block = readme_block(pub, grid, dist)
     text = README.read_text("utf-8") if README.exists() else ""
     new = replace_block(text, block)
     if new is None:

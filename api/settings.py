@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,6 +25,12 @@ class Settings(BaseModel):
     (timeline events) and nothing else, and its integers stay small when widths are bounded.
     The defaults sit far above the largest published architectures (Llama 3.1 405B: 126
     layers, hidden 16384, intermediate 53248; Gemma: vocab 256000).
+
+    The rest keep the service responsive: estimates that cost more than
+    ``inline_max_layer_evals`` run in ``engine_workers`` worker processes (at most that many
+    at once, ``max_queued`` more waiting, 503 + ``Retry-After`` beyond, 504 past
+    ``request_timeout_s``), and connections that do not send their headers or body in time,
+    or sit idle, are closed.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -41,6 +47,53 @@ class Settings(BaseModel):
     max_position_embeddings: int = Field(default=1 << 24, gt=0)
     max_config_keys: int = Field(default=1000, gt=0, description="keys in an inline config")
     max_search_results: int = Field(default=100, gt=0)
+    # --- work per request (api/executor.py) ---
+    engine_workers: int = Field(
+        default=2,
+        gt=0,
+        le=256,
+        description="expensive estimates computed at once (worker processes); more wait or get 503",
+    )
+    engine_isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="run expensive estimates in worker processes (killed past the timeout) "
+        "or in threads (they finish their work, the client gets the timeout answer)",
+    )
+    max_queued: int = Field(
+        default=4, ge=0, description="expensive requests that may wait for a worker; more get 503"
+    )
+    queue_timeout_s: float = Field(
+        default=2.0, gt=0, le=600, description="longest wait for a worker before 503"
+    )
+    request_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="compute budget of one estimate; 504 beyond it"
+    )
+    retry_after_s: int = Field(default=1, gt=0, le=3600, description="Retry-After of a 503")
+    inline_max_layer_evals: int = Field(
+        default=128,
+        ge=0,
+        description="estimates costing at most this many layer walks (layers, x20 for a fit "
+        "search) run on the event loop; costlier ones go to the engine workers",
+    )
+    # --- connections (api/protocol.py, uvicorn) ---
+    header_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="a request line and headers must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="the whole body must arrive within this (408)"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, gt=0, le=600, description="an idle keep-alive connection is closed after this"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, gt=0, description="request line + headers above this get 431"
+    )
+    max_connections: int = Field(
+        default=1000, gt=0, description="open connections per worker; more are closed at once"
+    )
+    max_echo_chars: int = Field(
+        default=200, gt=0, description="user strings echoed in an error are cut to this (…)"
+    )
     access_log: bool = Field(default=True, description="one JSON line per request")
     log_level: str = "info"
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Mapping
@@ -99,10 +100,15 @@ def layer_evals(request: EstimateRequest, kind: Kind) -> int:
 # ----------------------------------------------------------------------------- worker side
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, nice: int = 0) -> None:
     """Body of one engine worker process: answer (kind, request JSON) until the pipe closes."""
     # Ctrl-C in a terminal reaches the whole process group: the parent stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice and hasattr(os, "nice"):
+        # Below the event loop's priority: when both want a core, the loop (healthz, cheap
+        # estimates) gets it; the workers still use every idle cycle.
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     engine = CoreEngine()
     with contextlib.suppress(Exception):  # warm the catalogs before the first real job
         engine.estimate(EstimateRequest(model="gpt2"))
@@ -129,11 +135,11 @@ class _Worker:
             self.process.kill()
 
 
-def _spawn_worker() -> _Worker:
+def _spawn_worker(nice: int = 0) -> _Worker:
     """Start one worker (a fresh interpreter: ``spawn`` is safe in a threaded parent)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=True)
-    proc = ctx.Process(target=_worker_main, args=(child,), name="vramcalc-engine", daemon=True)
+    proc = ctx.Process(target=_worker_main, args=(child, nice), name="vramcalc-engine", daemon=True)
     proc.start()
     child.close()
     if not parent.poll(60) or parent.recv() != "ready":
@@ -168,7 +174,8 @@ class EngineExecutor:
             return
         with self._lock:
             missing = self.settings.engine_workers - len(self._all)
-        workers = list(self._threads.map(lambda _: _spawn_worker(), range(missing)))
+        nice = self.settings.engine_nice
+        workers = list(self._threads.map(lambda _: _spawn_worker(nice), range(missing)))
         with self._lock:
             self._all += workers
             self._idle += workers
@@ -254,7 +261,9 @@ class EngineExecutor:
             return worker
         if worker is not None:  # died between jobs: replace it
             self._forget(worker)
-        new = await asyncio.get_running_loop().run_in_executor(self._threads, _spawn_worker)
+        new = await asyncio.get_running_loop().run_in_executor(
+            self._threads, _spawn_worker, self.settings.engine_nice
+        )
         with self._lock:
             self._all.append(new)
         return new

@@ -59,6 +59,12 @@ class Settings(BaseModel):
         description="run expensive estimates in worker processes (killed past the timeout) "
         "or in threads (they finish their work, the client gets the timeout answer)",
     )
+    engine_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness added to the worker processes, so the event loop wins a core",
+    )
     max_queued: int = Field(
         default=4, ge=0, description="expensive requests that may wait for a worker; more get 503"
     )
@@ -66,7 +72,7 @@ class Settings(BaseModel):
         default=2.0, gt=0, le=600, description="longest wait for a worker before 503"
     )
     request_timeout_s: float = Field(
-        default=5.0, gt=0, le=600, description="compute budget of one estimate; 504 beyond it"
+        default=10.0, gt=0, le=600, description="compute budget of one estimate; 504 beyond it"
     )
     retry_after_s: int = Field(default=1, gt=0, le=3600, description="Retry-After of a 503")
     inline_max_layer_evals: int = Field(
@@ -80,7 +86,7 @@ class Settings(BaseModel):
         default=5.0, gt=0, le=600, description="a request line and headers must arrive within this"
     )
     body_timeout_s: float = Field(
-        default=10.0, gt=0, le=600, description="the whole body must arrive within this (408)"
+        default=5.0, gt=0, le=600, description="the whole body must arrive within this (408)"
     )
     keep_alive_timeout_s: int = Field(
         default=5, gt=0, le=600, description="an idle keep-alive connection is closed after this"

@@ -162,9 +162,18 @@ class EngineExecutor:
         self._idle: list[_Worker] = []
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
-        self._threads = ThreadPoolExecutor(
-            max_workers=settings.engine_workers + 2, thread_name_prefix="vramcalc-engine"
-        )
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def _threads(self) -> ThreadPoolExecutor:
+        """Threads for thread-isolated jobs and for spawning workers (made again after close)."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.settings.engine_workers + 2,
+                    thread_name_prefix="vramcalc-engine",
+                )
+            return self._pool
 
     # --- lifecycle
 
@@ -188,7 +197,10 @@ class EngineExecutor:
             w.kill()
         for w in workers:
             w.process.join(timeout=5)
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -83,9 +83,14 @@ def get_executor(request: Request) -> EngineExecutor:
 async def strict_body(request: Request) -> None:
     """Refuse scalars of the wrong JSON type (``"8"``, ``true`` for a number) with a 422.
 
-    FastAPI has parsed and cached the body by now; pydantic's lax mode would coerce them.
+    It runs before FastAPI validates the body (which would coerce them in pydantic's lax
+    mode); the body is read once and cached by the request.
     """
-    found = strict_type_issues(EstimateRequest, await request.json())
+    try:
+        data = await request.json()
+    except ValueError:  # not JSON (or not UTF-8): the body's own validation answers 400/422
+        return
+    found = strict_type_issues(EstimateRequest, data)
     if found:
         raise RequestValidationError(found)
 

@@ -10,7 +10,6 @@ JSON access logs.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -132,9 +131,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # start the engine workers before the first request (without a lifespan, e.g. a
-        # bare test client, they start on the first costly request)
-        await asyncio.get_running_loop().run_in_executor(None, executor.start)
+        # start the engine workers in the background (without a lifespan, e.g. a bare
+        # test client, they start on the first costly request)
+        executor.start_background()
         try:
             yield
         finally:

@@ -30,7 +30,7 @@ import os
 import signal
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -163,6 +163,7 @@ class EngineExecutor:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._starting: Future[None] | None = None
 
     @property
     def _threads(self) -> ThreadPoolExecutor:
@@ -178,7 +179,7 @@ class EngineExecutor:
     # --- lifecycle
 
     def start(self) -> None:
-        """Start the worker processes now (blocking; call it from a thread or at startup)."""
+        """Start the worker processes now (blocking; ``start_background`` does not block)."""
         if self.settings.engine_isolation != "process":
             return
         with self._lock:
@@ -186,11 +187,30 @@ class EngineExecutor:
         nice = self.settings.engine_nice
         workers = list(self._threads.map(lambda _: _spawn_worker(nice), range(missing)))
         with self._lock:
-            self._all += workers
-            self._idle += workers
+            closed = self._pool is None
+            if not closed:
+                self._all += workers
+                self._idle += workers
+        if closed:  # close() ran meanwhile
+            for w in workers:
+                w.kill()
+
+    def start_background(self) -> None:
+        """Start the workers in a thread; the server answers (``/healthz``) meanwhile.
+
+        The first costly request waits for them instead of spawning its own.
+        """
+        if self.settings.engine_isolation == "process" and self._starting is None:
+            self._starting = self._threads.submit(self.start)
+
+    def wait_started(self, timeout: float | None = None) -> None:
+        """Block until a ``start_background`` has finished (no-op without one)."""
+        if self._starting is not None:
+            self._starting.result(timeout)
 
     def close(self) -> None:
         """Stop every worker process and the thread pool."""
+        self._starting = None
         with self._lock:
             workers, self._all, self._idle = self._all, [], []
         for w in workers:
@@ -267,6 +287,10 @@ class EngineExecutor:
             raise EngineTimeout from None
 
     async def _take_worker(self) -> _Worker:
+        starting = self._starting
+        if starting is not None and not starting.done():
+            with contextlib.suppress(Exception):  # a failed start: spawn below instead
+                await asyncio.wrap_future(starting)
         with self._lock:
             worker = self._idle.pop() if self._idle else None
         if worker is not None and worker.process.is_alive():

@@ -219,6 +219,7 @@ def test_past_the_budget_kills_the_worker_process() -> None:
     }
     app = create_app(settings)
     with TestClient(app) as client:
+        app.state.executor.wait_started(60)
         before = app.state.executor.worker_pids
         assert len(before) == 1
         r = client.post("/v1/fit", json=huge)

@@ -58,7 +58,7 @@ _LAYER_KEYS = ("layers", "n_layer", "num_layer")
 
 
 class Saturated(Exception):
-    """Every engine worker is busy and the queue is full (or the wait ran out): HTTP 503."""
+    """No engine worker for this request (all busy, queue full or wait over; or lost): 503."""
 
 
 class EngineTimeout(Exception):
@@ -332,6 +332,9 @@ class EngineExecutor:
             result: JobResult = worker.conn.recv()
             ok = True
             return result
+        except (EOFError, OSError) as exc:  # the worker died mid-job (killed, out of memory)
+            _log.error("engine worker %s lost during a %s: %r", worker.process.pid, kind, exc)
+            raise Saturated from None
         except TimeoutError:
             _log.warning(
                 "%s ran past %.1f s: engine worker %s killed",

@@ -238,3 +238,22 @@ def test_openapi_documents_400_408_503_504(stub_client: TestClient) -> None:
         responses = paths[path]["post"]["responses"]
         assert {"200", "400", "404", "408", "413", "422", "503", "504"} <= set(responses)
         assert "Retry-After" in responses["503"]["headers"]
+
+
+def test_limits_are_settings_with_env_overrides() -> None:
+    s = Settings.from_env(
+        {
+            "VRAMCALC_API_ENGINE_WORKERS": "4",
+            "VRAMCALC_API_ENGINE_ISOLATION": "thread",
+            "VRAMCALC_API_REQUEST_TIMEOUT_S": "2.5",
+            "VRAMCALC_API_HEADER_TIMEOUT_S": "1",
+            "VRAMCALC_API_MAX_QUEUED": "0",
+            "VRAMCALC_API_MAX_ECHO_CHARS": "50",
+        }
+    )
+    assert (s.engine_workers, s.engine_isolation, s.request_timeout_s) == (4, "thread", 2.5)
+    assert (s.header_timeout_s, s.max_queued, s.max_echo_chars) == (1.0, 0, 50)
+    with pytest.raises(ValueError, match="bad VRAMCALC_API"):
+        Settings.from_env({"VRAMCALC_API_ENGINE_ISOLATION": "fork"})
+    with pytest.raises(ValueError, match="bad VRAMCALC_API"):
+        Settings.from_env({"VRAMCALC_API_REQUEST_TIMEOUT_S": "0"})

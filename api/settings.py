@@ -13,9 +13,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ENV_PREFIX", "Settings", "get_settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "default_engine_workers", "get_settings", "load_settings"]
 
 ENV_PREFIX = "VRAMCALC_API_"
+
+
+def default_engine_workers(cpus: int | None) -> int:
+    """One worker per CPU but one (kept for the event loop), at least 1 and at most 4."""
+    return max(1, min(4, (cpus or 2) - 1))
 
 
 class Settings(BaseModel):
@@ -49,10 +54,11 @@ class Settings(BaseModel):
     max_search_results: int = Field(default=100, gt=0)
     # --- work per request (api/executor.py) ---
     engine_workers: int = Field(
-        default=2,
+        default_factory=lambda: default_engine_workers(os.cpu_count()),
         gt=0,
         le=256,
-        description="expensive estimates computed at once (worker processes); more wait or get 503",
+        description="costly estimates computed at once (worker processes; default: one fewer "
+        "than the CPUs, 1 to 4); more wait or get 503",
     )
     engine_isolation: Literal["process", "thread"] = Field(
         default="process",

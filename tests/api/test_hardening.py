@@ -257,3 +257,9 @@ def test_limits_are_settings_with_env_overrides() -> None:
         Settings.from_env({"VRAMCALC_API_ENGINE_ISOLATION": "fork"})
     with pytest.raises(ValueError, match="bad VRAMCALC_API"):
         Settings.from_env({"VRAMCALC_API_REQUEST_TIMEOUT_S": "0"})
+
+
+def test_default_engine_workers_leave_a_core_for_the_event_loop() -> None:
+    from api.settings import default_engine_workers
+
+    assert [default_engine_workers(n) for n in (None, 1, 2, 3, 5, 16)] == [1, 1, 1, 2, 4, 4]

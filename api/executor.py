@@ -332,9 +332,6 @@ class EngineExecutor:
             result: JobResult = worker.conn.recv()
             ok = True
             return result
-        except (EOFError, OSError) as exc:  # the worker died mid-job (killed, out of memory)
-            _log.error("engine worker %s lost during a %s: %r", worker.process.pid, kind, exc)
-            raise Saturated from None
         except TimeoutError:
             _log.warning(
                 "%s ran past %.1f s: engine worker %s killed",
@@ -343,6 +340,10 @@ class EngineExecutor:
                 worker.process.pid,
             )
             raise EngineTimeout from None
+        except (EOFError, OSError) as exc:  # the worker died mid-job (killed, out of memory);
+            # TimeoutError is an OSError too: it is caught above
+            _log.error("engine worker %s lost during a %s: %r", worker.process.pid, kind, exc)
+            raise Saturated from None
         finally:
             if ok:
                 with self._lock:

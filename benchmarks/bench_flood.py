@@ -273,15 +273,16 @@ async def _expensive(
         await conn.close()
 
 
-async def _half_open(port: int, i: int, res: FloodResult, stop: float) -> None:
-    """Open a connection, send part of a request, and wait for the server to close it."""
+async def _open_half(
+    port: int, i: int, res: FloodResult
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float] | None:
+    """Open a connection and send part of a request (or nothing)."""
     try:
         reader, writer = await asyncio.open_connection(HOST, port)
     except OSError as exc:
         res.client_errors.append(f"half-open connect: {type(exc).__name__}")
-        return
+        return None
     res.half_open += 1
-    t0 = time.monotonic()
     kind = i % 3
     if kind == 1:
         writer.write(b"POST /v1/fit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
@@ -290,9 +291,17 @@ async def _half_open(port: int, i: int, res: FloodResult, stop: float) -> None:
             b"POST /v1/fit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"model": "gpt2", '
         )
+    return reader, writer, time.monotonic()
+
+
+async def _wait_closed(
+    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, float], res: FloodResult, stop: float
+) -> None:
+    """Wait for the server to close a half-open connection (its 408, then EOF)."""
+    reader, writer, t0 = conn
     try:
         async with asyncio.timeout(max(0.0, stop - time.monotonic())):
-            while await reader.read(4096):  # the server's 408, then EOF
+            while await reader.read(4096):
                 pass
         res.half_open_closed.append(time.monotonic() - t0)
     except (TimeoutError, ConnectionError, OSError):
@@ -341,13 +350,16 @@ async def _flood(
     if pid is not None:
         res.rss_before = tree_rss_bytes(pid)
     res.load_before = os.getloadavg()
+    # the half-open connections first: opening hundreds of them keeps this client busy for a
+    # moment, which would show up in the probes' latencies as if it were the server's
+    opened = await asyncio.gather(*(_open_half(port, i, res) for i in range(half_open)))
     t0 = time.monotonic()
     stop = t0 + duration
     tasks = [
         _probe(port, health, res.healthz_ms, res.probe_statuses, stop, probe_interval),
         _probe(port, cheap, res.estimate_ms, res.probe_statuses, stop, probe_interval),
         *(_expensive(port, costly, res, stop, retry_pause) for _ in range(expensive)),
-        *(_half_open(port, i, res, stop + close_wait) for i in range(half_open)),
+        *(_wait_closed(c, res, stop + close_wait) for c in opened if c is not None),
     ]
     if pid is not None:
         tasks.append(_sample_rss(pid, res, stop + close_wait))

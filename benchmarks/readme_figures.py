@@ -1,14 +1,16 @@
 """Measure the figures the README quotes, from this checkout, and say where and how.
 
     python benchmarks/readme_figures.py              # everything (the test suite takes minutes)
-    python benchmarks/readme_figures.py --only cli,api,flood
+    python benchmarks/readme_figures.py --only engine,cli,api,flood
     python benchmarks/readme_figures.py --dry-run    # print the machine and the commands only
     make figures                                     # the same as the first line
 
 Sections (``--only``): ``tests`` (``python -m pytest -q -p no:cacheprovider``: passed /
-skipped counts and wall time, the README's test count), ``cli`` (``benchmarks/bench_cli.py``:
-cold start), ``api`` (``benchmarks/bench_api.py --workers 2 --concurrency 16 --duration 10``:
-the README's throughput command), ``flood`` (``benchmarks/bench_flood.py``: latency under a
+skipped counts and wall time, the README's test count), ``engine``
+(``benchmarks/bench_engine.py``: one estimate, a sweep, fit), ``cli``
+(``benchmarks/bench_cli.py``: cold start), ``api``
+(``benchmarks/bench_api.py --workers 2 --concurrency 16 --duration 10``: the README's
+throughput command), ``flood`` (``benchmarks/bench_flood.py``: latency under a
 flood, memory, 5xx). Every section prints the exact command it ran. The header states the
 machine: CPU count and model, Python, OS, the load average (other jobs on a shared machine
 slow every figure) and the git commit. Each section's output is printed as the benchmark
@@ -33,6 +35,7 @@ PY = sys.executable
 
 SECTIONS: dict[str, list[str]] = {
     "tests": [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+    "engine": [PY, "benchmarks/bench_engine.py"],
     "cli": [PY, "benchmarks/bench_cli.py"],
     "api": [
         PY,
@@ -46,7 +49,7 @@ SECTIONS: dict[str, list[str]] = {
     ],
     "flood": [PY, "benchmarks/bench_flood.py", "--duration", "10", "--expensive", "8"],
 }
-TIME_LIMIT_S = {"tests": 3600, "cli": 300, "api": 300, "flood": 300}
+TIME_LIMIT_S = {"tests": 3600, "engine": 300, "cli": 300, "api": 300, "flood": 300}
 _SUMMARY = re.compile(r"^=*\s*(\d+ passed.*?)(?: in ([\d.]+)s.*)?\s*=*$")
 
 

@@ -44,7 +44,7 @@ def test_unknown_section_is_refused() -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "unknown section 'speed'; accepted: tests, cli, api, flood" in done.stderr
+    assert "unknown section 'speed'; accepted: tests, engine, cli, api, flood" in done.stderr
 
 
 def test_pytest_summary() -> None:

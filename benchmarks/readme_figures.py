@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 SECTIONS: dict[str, list[str]] = {
-    "tests": [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+    "tests": [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"],
     "engine": [PY, "benchmarks/bench_engine.py"],
     "cli": [PY, "benchmarks/bench_cli.py"],
     "api": [
@@ -123,6 +123,9 @@ def run_section(name: str) -> int:
     if name == "tests":
         summary, took = pytest_summary(done.stdout)
         print(f"pytest: {summary}; pytest's time {took} s; wall {wall:.1f} s")
+        for line in done.stdout.splitlines():  # -rs: every skip with its reason
+            if line.startswith("SKIPPED"):
+                print(line)
         if done.returncode:
             print(done.stdout[-3000:])
     else:

@@ -2,16 +2,19 @@
 
 ``create_app()`` builds the app: versioned JSON endpoints (``api.routes``), the calculator
 page at ``/`` (``api/static``), Swagger UI at ``/docs`` served from the ``fastapi-offline``
-package's bundled assets (no CDN), error handlers that turn every bad input into JSON 4xx, a
-body-size cap and JSON access logs.
+package's bundled assets (no CDN), error handlers that turn every bad input into JSON 4xx
+(400 for a body that is not JSON, echoed strings cut short), the engine executor (costly
+estimates in worker processes, 503/504 under load), a body-size cap and read timeout, and
+JSON access logs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,10 +24,12 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 import vramcalc
+from api.errors import DEFAULT_ECHO_CHARS, clip, error_body, issues
+from api.executor import EngineExecutor
 from api.middleware import AccessLogMiddleware, BodySizeLimitMiddleware
 from api.routes import router
 from api.settings import Settings, get_settings, load_settings
-from vramcalc.errors import UnknownNameError, VramcalcError
+from vramcalc.errors import VramcalcError
 
 __all__ = ["STATIC_DIR", "create_app"]
 
@@ -33,30 +38,31 @@ DOCS_ASSETS_URL = "/docs-assets"
 _log = logging.getLogger("vramcalc.api")
 
 
-def _issues(errors: Any) -> list[dict[str, Any]]:
-    """Pydantic errors without the echoed input (a request may be large or private)."""
-    return [
-        {
-            "loc": [p if isinstance(p, int) else str(p) for p in e.get("loc", ())],
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in errors
-    ]
+def _echo_limit(request: Request) -> int:
+    settings: Settings | None = getattr(request.app.state, "settings", None)
+    return settings.max_echo_chars if settings is not None else DEFAULT_ECHO_CHARS
 
 
 async def _vramcalc_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, VramcalcError)
-    body: dict[str, Any] = {"detail": str(exc)}
-    if isinstance(exc, UnknownNameError):
-        body["closest"] = exc.suggestion
-        body["accepted"] = exc.choices
-    return JSONResponse(body, status_code=exc.status_code)
+    return JSONResponse(error_body(exc, _echo_limit(request)), status_code=exc.status_code)
 
 
 async def _request_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError | ValidationError)
-    return JSONResponse({"detail": _issues(exc.errors())}, status_code=422)
+    errors = list(exc.errors())
+    limit = _echo_limit(request)
+    bad_json = [e for e in errors if e.get("type") == "json_invalid"]
+    if bad_json:
+        # the OpenAPI document promises 400 for a body that is not JSON at all
+        ctx = bad_json[0].get("ctx") or {}
+        where = bad_json[0].get("loc", ("body", 0))[-1]
+        reason = clip(str(ctx.get("error", "invalid JSON")), limit)
+        return JSONResponse(
+            {"detail": f"request body is not valid JSON: {reason} at character {where}"},
+            status_code=400,
+        )
+    return JSONResponse({"detail": issues(errors, limit)}, status_code=422)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -121,16 +127,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     """
     effective = settings if settings is not None else load_settings()
+    executor = EngineExecutor(effective)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # start the engine workers in the background (without a lifespan, e.g. a bare
+        # test client, they start on the first costly request)
+        executor.start_background()
+        try:
+            yield
+        finally:
+            executor.close()
+
     app = FastAPI(
         title="vramcalc",
         version=vramcalc.__version__,
         summary="Peak GPU memory, time and cost of LLM fine-tuning jobs.",
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     app.state.settings = effective
+    app.state.executor = executor
 
     app.add_exception_handler(VramcalcError, _vramcalc_error)
     app.add_exception_handler(RequestValidationError, _request_validation_error)
@@ -145,7 +165,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=effective.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=effective.max_body_bytes,
+        body_timeout_s=effective.body_timeout_s,
+    )
     if effective.access_log:
         app.add_middleware(AccessLogMiddleware)
     return app

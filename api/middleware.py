@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: a request-body size cap and structured (JSON-lines) access logs.
+"""Pure ASGI middleware: a request-body size cap and read timeout, and JSON-lines access logs.
 
 Both are written against the raw ASGI interface rather than ``BaseHTTPMiddleware``, which
 adds a task and a memory stream per request and would cost a large share of the latency
@@ -7,6 +7,7 @@ budget of ``/v1/estimate``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 __all__ = ["ACCESS_LOGGER", "AccessLogMiddleware", "BodySizeLimitMiddleware"]
 
 ACCESS_LOGGER = "vramcalc.api.access"
+_CLOSE = {"Connection": "close"}
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
@@ -29,6 +31,8 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                # the body was not read: the connection cannot carry another request
+                (b"connection", b"close"),
             ],
         }
     )
@@ -36,14 +40,23 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 to a body above ``max_body_bytes``, by Content-Length or as it streams."""
+    """Answer 413 to a body above the size cap and 408 to one that arrives too slowly.
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    413: above ``max_body_bytes``, by Content-Length or as it streams; 408: not fully
+    arrived ``body_timeout_s`` after the app starts reading it.
+
+    Both answers close the connection: the rest of the body may still be on its way.
+    """
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, or answer 413 once the body exceeds the limit."""
+        """Pass the request on, or answer 413 / 408."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -60,18 +73,33 @@ class BodySizeLimitMiddleware:
                     await _send_json(send, 413, detail)
                     return
         received = 0
+        complete = False
+        timeout = self.body_timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
+        async def guarded_receive() -> Message:
+            nonlocal received, complete
+            if complete or deadline is None:
+                message = await receive()
+            else:
+                try:
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                        message = await receive()
+                except TimeoutError:
+                    raise HTTPException(
+                        408,
+                        f"request body not received within {timeout:g} s",
+                        headers=_CLOSE,
+                    ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
                     # The app's exception middleware turns this into a JSON 413 answer.
-                    raise HTTPException(413, detail["detail"])
+                    raise HTTPException(413, detail["detail"], headers=_CLOSE)
             return message
 
-        await self.app(scope, counted_receive, send)
+        await self.app(scope, guarded_receive, send)
 
 
 class AccessLogMiddleware:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
-from fastapi.responses import Response
-from pydantic import ValidationError
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 import vramcalc
 from api.deps import Engine, get_engine
+from api.errors import Kind
+from api.executor import EngineExecutor, EngineTimeout, Saturated
 from api.limits import check_request
 from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, OptimizerInfo
 from api.settings import Settings, get_settings
+from api.strict import strict_type_issues
 from vramcalc import catalog
-from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
+from vramcalc.errors import InvalidConfigError, UnknownNameError
 from vramcalc.report import FitReport, MemoryReport
 from vramcalc.specs import EstimateRequest, GpuSpec
 
@@ -25,7 +27,6 @@ __all__ = ["router"]
 router = APIRouter()
 ENGINE_LOGGER = "vramcalc.api.engine"
 _engine_log = logging.getLogger(ENGINE_LOGGER)
-_R = TypeVar("_R")
 
 _E404: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown name (model, GPU, optimizer...)"}
@@ -39,6 +40,28 @@ _E400: dict[int | str, dict[str, Any]] = {
 _E413: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Request body above the size limit"}
 }
+_E408: dict[int | str, dict[str, Any]] = {
+    408: {
+        "model": ErrorResponse,
+        "description": "The request body did not arrive within the body timeout",
+    }
+}
+_E503: dict[int | str, dict[str, Any]] = {
+    503: {
+        "model": ErrorResponse,
+        "description": "Every engine worker is busy and the queue is full; retry after the "
+        "seconds in Retry-After",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before retrying",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
+_E504: dict[int | str, dict[str, Any]] = {
+    504: {"model": ErrorResponse, "description": "The estimate ran past the time budget"}
+}
 _JSON = "application/json"
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -51,26 +74,91 @@ def healthz() -> Health:
     return Health(version=vramcalc.__version__)
 
 
+def get_executor(request: Request) -> EngineExecutor:
+    """Return the app's ``EngineExecutor`` (``create_app`` puts it on ``app.state``)."""
+    executor: EngineExecutor = request.app.state.executor
+    return executor
+
+
+async def strict_body(request: Request) -> None:
+    """Refuse scalars of the wrong JSON type (``"8"``, ``true`` for a number) with a 422.
+
+    It runs before FastAPI validates the body (which would coerce them in pydantic's lax
+    mode); the body is read once and cached by the request.
+    """
+    try:
+        data = await request.json()
+    except ValueError:  # not JSON (or not UTF-8): the body's own validation answers 400/422
+        return
+    found = strict_type_issues(EstimateRequest, data)
+    if found:
+        raise RequestValidationError(found)
+
+
+ExecutorDep = Annotated[EngineExecutor, Depends(get_executor)]
+
+
+async def _compute(
+    kind: Kind,
+    request: EstimateRequest,
+    settings: Settings,
+    engine: Engine,
+    executor: EngineExecutor,
+) -> Response:
+    check_request(request, settings)
+    await _prefetch_hub(request, settings)
+    try:
+        status, body, log = await executor.run(kind, request, engine)
+    except Saturated:
+        return JSONResponse(
+            {
+                "detail": f"the service is busy: {settings.engine_workers} costly estimates are "
+                f"running and {settings.max_queued} waiting; retry after "
+                f"{settings.retry_after_s} s"
+            },
+            status_code=503,
+            headers={"Retry-After": str(settings.retry_after_s)},
+        )
+    except EngineTimeout:
+        return JSONResponse(
+            {
+                "detail": f"the {kind} took longer than the service's budget of "
+                f"{settings.request_timeout_s:g} s (VRAMCALC_API_REQUEST_TIMEOUT_S) and was "
+                "stopped; ask for fewer layers or run it with the CLI"
+            },
+            status_code=504,
+        )
+    if log is not None:
+        # an engine bug on odd input: the client got a 422; the log has no request body
+        _engine_log.error("%s", log)
+    return Response(body, status_code=status, media_type=_JSON)
+
+
+_POST_ERRORS = {**_E400, **_E404, **_E408, **_E413, **_E422, **_E503, **_E504}
+
+
 @router.post(
     "/v1/estimate",
     response_model=MemoryReport,
-    responses={**_E400, **_E404, **_E422, **_E413},
+    responses=_POST_ERRORS,
     tags=["estimate"],
+    dependencies=[Depends(strict_body)],
 )
-async def estimate(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
+async def estimate(
+    request: EstimateRequest, settings: SettingsDep, engine: EngineDep, executor: ExecutorDep
+) -> Response:
     """Peak memory (allocated, reserved, device), breakdown and step timeline of a job.
 
     The body uses the CLI's long option names in snake_case; ``model`` is a catalog name or
     an inline ``config.json`` object (a Hub repo id only when the ``hub_lookup`` setting is
     on; off by default). The answer equals ``vramcalc ... --json``.
 
-    It runs on the event loop: one estimate takes about a millisecond and a worker-thread
-    hop would cost a large share of that.
+    A cheap estimate (a catalog model: about a millisecond) runs on the event loop; a costly
+    one (an inline config with many layers) runs in an engine worker process, at most
+    ``engine_workers`` at once: 503 with ``Retry-After`` when they are all busy and the queue
+    is full, 504 past the time budget.
     """
-    check_request(request, settings)
-    await _prefetch_hub(request, settings)
-    report = _run_engine(engine.estimate, request)
-    return Response(report.model_dump_json(), media_type=_JSON)
+    return await _compute("estimate", request, settings, engine, executor)
 
 
 async def _prefetch_hub(request: EstimateRequest, settings: Settings) -> None:
@@ -96,43 +184,23 @@ async def _prefetch_hub(request: EstimateRequest, settings: Settings) -> None:
 @router.post(
     "/v1/fit",
     response_model=FitReport,
-    responses={**_E400, **_E404, **_E422, **_E413},
+    responses=_POST_ERRORS,
     tags=["estimate"],
+    dependencies=[Depends(strict_body)],
 )
-def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> Response:
-    """Largest micro-batch that fits one ``gpu``, with the verdict and headroom."""
+async def fit(
+    request: EstimateRequest, settings: SettingsDep, engine: EngineDep, executor: ExecutorDep
+) -> Response:
+    """Largest micro-batch that fits one ``gpu``, with the verdict and headroom.
+
+    A fit searches over batch sizes (about 20 estimates), so it runs in an engine worker
+    process under the same limits as a costly estimate (503 / 504).
+    """
     if request.gpu is None:
         raise InvalidConfigError(
             "POST /v1/fit needs 'gpu'; accepted: the names listed by GET /v1/gpus"
         )
-    check_request(request, settings)
-    report = _run_engine(engine.fit, request)
-    return Response(report.model_dump_json(), media_type=_JSON)
-
-
-def _run_engine(fn: Callable[[EstimateRequest], _R], request: EstimateRequest) -> _R:
-    """Call the engine; an unforeseen error on odd input becomes a 422, logged as an error.
-
-    The engine raises ``VramcalcError`` for every input it knows to be bad. Anything else is
-    an engine bug that a client must not see as a 500; it is logged on
-    ``vramcalc.api.engine`` (the fuzz test fails on such records).
-    """
-    try:
-        return fn(request)
-    except (VramcalcError, ValidationError):
-        raise
-    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
-        _engine_log.error(
-            "engine failed: %s: %s; request=%s",
-            type(exc).__name__,
-            exc,
-            request.model_dump_json()[:2000],
-            exc_info=True,
-        )
-        raise InvalidConfigError(
-            f"this combination cannot be estimated ({type(exc).__name__}: {exc}); "
-            "please report it with the request"
-        ) from exc
+    return await _compute("fit", request, settings, engine, executor)
 
 
 def _model_info(row: dict[str, Any]) -> ModelInfo:

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from api.middleware import ACCESS_LOGGER
-from api.settings import load_settings
+from api.settings import Settings, load_settings
 
-__all__ = ["log_config", "serve"]
+__all__ = ["log_config", "serve", "server_options"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,6 +45,7 @@ def log_config(level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": ["plain"], "level": lvl, "propagate": False},
             "uvicorn.error": {"level": lvl},
             "vramcalc.api": {"handlers": ["plain"], "level": lvl, "propagate": False},
+            # the engine log holds error summaries and tracebacks, never request bodies
             ACCESS_LOGGER: {"handlers": ["json"], "level": lvl, "propagate": False},
         },
     }
@@ -76,4 +77,23 @@ def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
         log_config=log_config(settings.log_level),
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
+        **server_options(settings),
     )
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Return the uvicorn options that bound connections (see ``api.protocol``).
+
+    ``http``: the httptools protocol with a header deadline, a header size cap and a
+    connection cap; ``timeout_keep_alive``: idle keep-alive connections are closed after
+    ``keep_alive_timeout_s``; ``h11_max_incomplete_event_size``: the same header cap should the
+    h11 protocol be chosen; ``backlog``: pending connections the kernel holds for accept.
+    """
+    from api.protocol import GuardedHttpToolsProtocol
+
+    return {
+        "http": GuardedHttpToolsProtocol,
+        "timeout_keep_alive": settings.keep_alive_timeout_s,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "backlog": 2048,
+    }

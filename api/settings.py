@@ -9,15 +9,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vramcalc.limits import DEFAULT_LIMITS
 
-__all__ = ["ENV_PREFIX", "Settings", "get_settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "default_engine_workers", "get_settings", "load_settings"]
 
 ENV_PREFIX = "VRAMCALC_API_"
+
+
+def default_engine_workers(cpus: int | None) -> int:
+    """One worker per CPU but one (kept for the event loop), at least 1 and at most 4."""
+    return max(1, min(4, (cpus or 2) - 1))
 
 
 class Settings(BaseModel):
@@ -30,6 +35,12 @@ class Settings(BaseModel):
     bounded.
     The defaults sit far above the largest published architectures (Llama 3.1 405B: 126
     layers, hidden 16384, intermediate 53248; Gemma: vocab 256000).
+
+    The rest keep the service responsive: estimates that cost more than
+    ``inline_max_layer_evals`` run in ``engine_workers`` worker processes (at most that many
+    at once, ``max_queued`` more waiting, 503 + ``Retry-After`` beyond, 504 past
+    ``request_timeout_s``), and connections that do not send their headers or body in time,
+    or sit idle, are closed.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,6 +66,60 @@ class Settings(BaseModel):
         description="accept Hugging Face Hub repo ids (org/name[@revision]) as 'model' and "
         "fetch their config.json through huggingface_hub (network, HF_TOKEN and cache of the "
         "server process); off by default: the service then makes no network calls",
+    )
+    # --- work per request (api/executor.py) ---
+    engine_workers: int = Field(
+        default_factory=lambda: default_engine_workers(os.cpu_count()),
+        gt=0,
+        le=256,
+        description="costly estimates computed at once (worker processes; default: one fewer "
+        "than the CPUs, 1 to 4); more wait or get 503",
+    )
+    engine_isolation: Literal["process", "thread"] = Field(
+        default="process",
+        description="run expensive estimates in worker processes (killed past the timeout) "
+        "or in threads (they finish their work, the client gets the timeout answer)",
+    )
+    engine_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="CPU niceness added to the worker processes, so the event loop wins a core",
+    )
+    max_queued: int = Field(
+        default=4, ge=0, description="expensive requests that may wait for a worker; more get 503"
+    )
+    queue_timeout_s: float = Field(
+        default=2.0, gt=0, le=600, description="longest wait for a worker before 503"
+    )
+    request_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="compute budget of one estimate; 504 beyond it"
+    )
+    retry_after_s: int = Field(default=1, gt=0, le=3600, description="Retry-After of a 503")
+    inline_max_layer_evals: int = Field(
+        default=128,
+        ge=0,
+        description="estimates costing at most this many layer walks (layers, x20 for a fit "
+        "search) run on the event loop; costlier ones go to the engine workers",
+    )
+    # --- connections (api/protocol.py, uvicorn) ---
+    header_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="a request line and headers must arrive within this"
+    )
+    body_timeout_s: float = Field(
+        default=5.0, gt=0, le=600, description="the whole body must arrive within this (408)"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, gt=0, le=600, description="an idle keep-alive connection is closed after this"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, gt=0, description="request line + headers above this get 431"
+    )
+    max_connections: int = Field(
+        default=1000, gt=0, description="open connections per worker; more are closed at once"
+    )
+    max_echo_chars: int = Field(
+        default=200, gt=0, description="user strings echoed in an error are cut to this (…)"
     )
     access_log: bool = Field(default=True, description="one JSON line per request")
     log_level: str = "info"

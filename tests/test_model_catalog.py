@@ -13,7 +13,7 @@ from vramcalc.hf import resolve_model
 
 ROWS = catalog.model_rows()
 
-# The HF ids used by ../shared/reference/published_measurements.json.
+# The HF ids used by validation/reference/published_measurements.json.
 REFERENCE_IDS = [
     "openai-community/gpt2-medium",
     "google-bert/bert-large-uncased",

@@ -521,9 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _print_table(pub, grid)
     if not args.write:
         return 0
-    shown = (
-        f"../shared/reference/{ref.name}" if ref.parent.parent.parent == REPO.parent else ref.name
-    )
+    shown = str(ref.relative_to(REPO)) if ref.is_relative_to(REPO) else ref.name
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(markdown(pub, grid, cuda, shown, dist), encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)}")

@@ -178,7 +178,7 @@ class Case:
     scenario: dict[str, Any]
     est_s: float
     kind: str = "cuda"  # "cuda" (validation.cuda) or "deepspeed" (validation.deepspeed_run)
-    reference: str | None = None  # id in shared/reference/published_measurements.json
+    reference: str | None = None  # id in validation/reference/published_measurements.json
 
     @property
     def id(self) -> str:
@@ -281,7 +281,7 @@ def _group3() -> list[Case]:
 def _seed_deepspeed(stage: int, offload_optimizer: bool, offload_param: bool) -> dict[str, Any]:
     """Return the DeepSpeed config of the seed's gpt2-medium runs (``seed-gpt2m-dsbench-*``).
 
-    Source: shared/reference/published_measurements.json, ``extra_settings.ds_common``:
+    Source: validation/reference/published_measurements.json, ``extra_settings.ds_common``:
     micro-batch 1, accumulation 4, fp16 with auto_cast and dynamic loss scale (initial scale
     power 16), contiguous gradients, overlapped communication, reduce-scatter, 2e8-element
     reduce and all-gather buckets, no optimizer block (the Trainer's AdamW is the client).

@@ -1,4 +1,4 @@
-"""Published measured peaks as estimator requests: ``shared/reference/published_measurements.json``.
+"""Published measured peaks as estimator requests (``validation/reference/``).
 
 Every case of the reference file becomes a ``PublishedCase``: the measured value in bytes,
 the kind of peak the source measured (``allocated`` = ``torch.cuda.max_memory_allocated``,
@@ -52,6 +52,7 @@ Confidence = Literal["high", "medium", "low"]
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE_NAME = "published_measurements.json"
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 MIB = 2**20
 GIB = 2**30
 
@@ -105,28 +106,26 @@ class PublishedCase:
 def reference_path() -> Path:
     """Locate ``published_measurements.json``.
 
-    Looked up in ``$VRAMCALC_REFERENCE`` (a file or a folder), then ``../shared/reference/``
-    next to the checkout, then ``shared/reference/`` inside it.
+    ``$VRAMCALC_REFERENCE`` (a file or a folder) when set, else the copy committed in this
+    repository, ``validation/reference/`` (its README gives the sources), so a fresh clone
+    needs nothing outside itself.
 
     Raises:
-        ReferenceMissing: none of them exists.
+        ReferenceMissing: the file named by ``$VRAMCALC_REFERENCE`` or the committed copy
+            does not exist.
 
     """
-    candidates: list[Path] = []
     env = os.environ.get("VRAMCALC_REFERENCE")
     if env:
         p = Path(env).expanduser()
-        candidates.append(p / REFERENCE_NAME if p.is_dir() else p)
-    candidates += [
-        REPO.parent / "shared" / "reference" / REFERENCE_NAME,
-        REPO / "shared" / "reference" / REFERENCE_NAME,
-    ]
-    for c in candidates:
-        if c.is_file():
-            return c
+        candidate = p / REFERENCE_NAME if p.is_dir() else p
+    else:
+        candidate = REFERENCE_DIR / REFERENCE_NAME
+    if candidate.is_file():
+        return candidate
     raise ReferenceMissing(
-        f"{REFERENCE_NAME} not found; looked in: {', '.join(str(c) for c in candidates)} "
-        "(set VRAMCALC_REFERENCE to its path)"
+        f"{REFERENCE_NAME} not found at {candidate} "
+        "(it is committed under validation/reference/; VRAMCALC_REFERENCE overrides the path)"
     )
 
 

@@ -176,11 +176,16 @@ def test_two_peft_methods_are_refused(stub_client: TestClient) -> None:
     assert "choose one PEFT method" in r.json()["detail"][0]["msg"]
 
 
-def test_malformed_json_is_422(stub_client: TestClient) -> None:
-    r = stub_client.post(
-        "/v1/estimate", content=b'{"model": "gpt2",', headers={"content-type": "application/json"}
-    )
-    assert r.status_code == 422
+@pytest.mark.parametrize("body", [b'{"model": "gpt2",', b"not json", b'{"model": "gpt2"}}'])
+def test_malformed_json_is_400_as_documented(
+    stub_client: TestClient, stub_engine: StubEngine, body: bytes
+) -> None:
+    r = stub_client.post("/v1/estimate", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("request body is not valid JSON")
+    doc = stub_client.get("/openapi.json").json()["paths"]["/v1/estimate"]["post"]
+    assert "400" in doc["responses"]
+    assert stub_engine.seen == []
 
 
 def test_body_size_cap_by_content_length(stub_engine: StubEngine) -> None:

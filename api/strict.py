@@ -20,9 +20,14 @@ from pydantic import BaseModel
 
 __all__ = ["strict_type_issues"]
 
-_INT_MSG = "Input should be a JSON integer (strings, booleans and fractions are refused)"
-_BOOL_MSG = "Input should be true or false (numbers and strings are refused)"
-_FLOAT_MSG = "Input should be a JSON number (strings and booleans are refused)"
+# worded as the core's strict pydantic types answer (the same message in every entry point),
+# with what JSON forms are refused
+_INT_MSG = (
+    "Input should be a valid integer (a JSON integer; strings, booleans and fractions are "
+    "refused)"
+)
+_BOOL_MSG = "Input should be a valid boolean (true or false; numbers and strings are refused)"
+_FLOAT_MSG = "Input should be a valid number (a JSON number; strings and booleans are refused)"
 
 
 def _options(annotation: Any) -> list[Any]:

@@ -700,14 +700,15 @@ CASES: list[Case] = [
         "zero_4",
         ("gpt2", "--zero", "4"),
         {"model": "gpt2", "zero": 4},
-        ("stage '4'. Accepted: 0, 1, 2, 3",),
+        ("'4'. Accepted: 0, 1, 2, 3",),
     ),
     _req(
         "zero_bool",
         None,
         {"model": "gpt2", "zero": True},
         ("zero must be an integer",),
-        why="the CLI's --zero is text",
+        rest_needles=("zero", "valid integer"),
+        why="the CLI's --zero is text; REST's strict JSON check answers first",
     ),
     _req(
         "optim_typo",
@@ -737,15 +738,15 @@ CASES: list[Case] = [
         ("gpt2", "--lora", "targets=c_attn+zz_proj"),
         {"model": "gpt2", "lora": {"targets": "c_attn+zz_proj"}},
         (
-            "LoRA target zz_proj matches no linear layer of gpt2",
-            "accepted: c_attn, c_fc, c_proj or all-linear",
+            "LoRA target 'zz_proj' names no linear or embedding module of gpt2",
+            "accepted: c_attn, c_fc, c_proj, lm_head, wpe, wte or all-linear",
         ),
     ),
     _req(
         "lora_llama_unknown_target",
         ("tinyllama-1.1b", "--lora", "targets=q_proj+zz_proj"),
         {"model": "tinyllama-1.1b", "lora": {"targets": ["q_proj", "zz_proj"]}},
-        ("LoRA target zz_proj matches no linear layer of llama", "q_proj"),
+        ("LoRA target 'zz_proj' names no linear or embedding module of llama", "q_proj"),
     ),
     _req(
         "lora_duplicate_key",

@@ -14,7 +14,7 @@ import pytest
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup, count_params, evaluate, param_inventory
-from vramcalc.hf import meta_param_count, model_spec_from_config, resolve_model
+from vramcalc.hf import meta_param_count, model_spec_from_config, resolve_model, untie_forced_heads
 
 ROWS = catalog.model_rows()
 ROW_IDS = [r["name"] for r in ROWS]
@@ -169,7 +169,7 @@ def _auto_meta_model(config: dict[str, Any]) -> Any:
     hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
     if getattr(hf_config, "is_encoder_decoder", False):
         auto = transformers.AutoModelForSeq2SeqLM
-    elif model_type in ("bert", "roberta"):
+    elif model_type in ("bert", "roberta", "modernbert"):
         auto = transformers.AutoModel  # encoder-only: the base model with its pooler
     else:
         auto = transformers.AutoModelForCausalLM
@@ -177,6 +177,7 @@ def _auto_meta_model(config: dict[str, Any]) -> Any:
         model = auto.from_config(hf_config)
     if getattr(hf_config, "tie_word_embeddings", False):
         model.tie_weights()
+        untie_forced_heads(model, config)  # as from_pretrained loads T0/mT5 (separate lm_head)
     return model
 
 
@@ -193,6 +194,8 @@ def _oracle_breakdown(model: Any) -> Counter[tuple[str, str, bool]]:
         path = [c for c in owner_name.split(".") if not c.isdigit() and c != "norms"]
         leaf = path[-1] if pname in ("weight", "bias") else pname
         expert = cls.endswith("Experts")
+        if expert:  # GPT-OSS expert biases (gate_up_proj_bias) belong to their weight's group
+            leaf = leaf.removesuffix("_bias")
         if isinstance(owner, torch.nn.Embedding):
             kind = "other" if leaf == "relative_attention_bias" else "embedding"
         elif expert:
@@ -237,7 +240,7 @@ _SIZES = {
     "intermediate_size": 512,
     "ffn_dim": 512,
     "d_ff": 512,
-    "vocab_size": 32100,  # phi3 defaults pad_token_id to 32000
+    "vocab_size": 160000,  # above the default pad_token_id of phi3 (32000), glm4, smollm3
 }
 
 
@@ -276,6 +279,103 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 1}),
         ("gemma", {"num_key_value_heads": 1, "attention_bias": True}),
         ("bert", {"type_vocab_size": 4, "max_position_embeddings": 128}),
+        ("t5", {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
+        ("mt5", {"tie_word_embeddings": False, "num_decoder_layers": 3}),
+        ("mt5", {"feed_forward_proj": "relu"}),
+        ("qwen3", {"head_dim": 32, "num_key_value_heads": 8, "attention_bias": True}),
+        ("qwen3", {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 1}),
+        ("qwen3_moe", {"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
+                       "mlp_only_layers": [0]}),
+        ("qwen3_moe", {"num_local_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 2,
+                       "head_dim": 16}),
+        ("qwen2_moe", {"num_experts": 4, "shared_expert_intermediate_size": 96, "qkv_bias": False}),
+        ("qwen2_moe", {"mlp_only_layers": [1], "num_hidden_layers": 3, "decoder_sparse_step": 1}),
+        ("gemma3_text", {"layer_types": ["sliding_attention", "full_attention"], "head_dim": 32}),
+        ("gemma3_text", {"attention_bias": True, "tie_word_embeddings": False}),
+        ("llama4_text", {"interleave_moe_layer_step": 2, "num_hidden_layers": 4}),
+        ("llama4_text", {"moe_layers": [1], "num_local_experts": 4, "intermediate_size_mlp": 320}),
+        ("llama4_text", {"attention_bias": True, "tie_word_embeddings": True}),
+        ("gpt_oss", {"num_local_experts": 4, "num_experts_per_tok": 2, "attention_bias": False}),
+        ("gpt_oss", {"num_experts": 8, "head_dim": 16, "num_key_value_heads": 4}),
+        (
+            "deepseek_v2",
+            {
+                "q_lora_rank": None,
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 4,
+                "num_experts_per_tok": 2,
+                "kv_lora_rank": 32,
+                "qk_rope_head_dim": 16,
+                "qk_nope_head_dim": 24,
+                "v_head_dim": 20,
+                "moe_intermediate_size": 40,
+            },
+        ),
+        (
+            "deepseek_v2",
+            {
+                "attention_bias": True,
+                "mlp_bias": True,
+                "num_experts": 4,
+                "n_shared_experts": 1,
+                "q_lora_rank": 48,
+                "num_experts_per_tok": 2,
+            },
+        ),
+        (
+            "deepseek_v3",
+            {
+                "first_k_dense_replace": 1,
+                "n_routed_experts": 8,
+                "n_group": 2,
+                "topk_group": 1,
+                "num_experts_per_tok": 2,
+                "attention_bias": True,
+                "q_lora_rank": None,
+            },
+        ),
+        (
+            "deepseek_v3",
+            {"num_local_experts": 16, "n_shared_experts": 2, "first_k_dense_replace": 5},
+        ),
+        ("phimoe", {"lm_head_bias": True, "num_local_experts": 4, "attention_bias": True}),
+        ("olmo2", {"num_key_value_heads": 8, "attention_bias": True}),
+        ("olmoe", {"num_key_value_heads": 8, "num_experts": 4, "num_local_experts": 4}),
+        ("granite", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
+        ("cohere", {"use_qk_norm": True, "num_key_value_heads": 8}),
+        ("cohere", {"attention_bias": True, "tie_word_embeddings": False}),
+        ("glm4", {"head_dim": 16, "num_key_value_heads": 8, "attention_bias": False}),
+        ("starcoder2", {"use_bias": False, "tie_word_embeddings": False, "num_key_value_heads": 4}),
+        ("smollm3", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False}),
+        ("modernbert", {"norm_bias": True, "attention_bias": True, "mlp_bias": True}),
+        ("mamba", {"time_step_rank": 7, "state_size": 8, "expand": 3, "conv_kernel": 3}),
+        ("mamba", {"use_bias": True, "use_conv_bias": False, "tie_word_embeddings": False}),
+        (
+            "jamba",
+            {
+                "num_hidden_layers": 5,
+                "attn_layer_period": 2,
+                "attn_layer_offset": 1,
+                "expert_layer_period": 2,
+                "expert_layer_offset": 0,
+                "num_experts": 4,
+                "num_key_value_heads": 8,
+                "mamba_dt_rank": 8,
+            },
+        ),
+        (
+            "jamba",
+            {
+                "mamba_proj_bias": True,
+                "mamba_conv_bias": False,
+                "mamba_d_state": 8,
+                "mamba_expand": 3,
+                "mamba_d_conv": 3,
+                "attn_layer_offset": 0,
+                "num_experts": 2,
+                "tie_word_embeddings": True,
+            },
+        ),
     ],
 )
 def test_variants_match_transformers(model_type: str, extra: dict[str, Any]) -> None:

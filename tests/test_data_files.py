@@ -301,3 +301,30 @@ def test_calibration_schema() -> None:
             assert isinstance(row["cuda_context_bytes"], int) and row["cuda_context_bytes"] > 0
         if "allocator_reserve_factor" in row:
             assert 1.0 <= row["allocator_reserve_factor"] < 2.0
+
+
+# ---------------------------------------------------------------- architecture templates
+
+ROLES = {"column", "row", "vocab", "replicated", "expert_column", "expert_row"}
+
+
+@pytest.mark.parametrize("model_type", catalog.architecture_types())
+def test_every_module_has_a_valid_role(model_type: str) -> None:
+    """Each parameter group says how TP/EP shard it (``_meta.roles``), in line with its kind."""
+    for m in catalog.architecture(model_type)["modules"]:
+        where = f"{model_type} {m['key']}"
+        assert m.get("role") in ROLES, where
+        if m["kind"] in ("embedding", "lm_head"):
+            assert m["role"] in ("vocab", "replicated"), where
+        if m["kind"] == "norm":
+            assert m["role"] == "replicated", where
+        # expert weights (3-D parameters) and only they are sharded over experts
+        assert bool(m.get("expert")) == m["role"].startswith("expert_"), where
+        if m.get("expert"):
+            assert m.get("experts"), f"{where}: an expert group names its experts per tensor"
+
+
+def test_roles_documented() -> None:
+    text = _raw("architectures")["_meta"]["roles"]
+    for role in ROLES:
+        assert role in text

@@ -155,6 +155,8 @@ def test_default_lora_targets_match_installed_peft() -> None:
     mapping = constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
     for model_type in catalog.architecture_types():
         expected = mapping.get(model_type)
+        if catalog.architecture(model_type).get("peft_moe_conversion"):
+            expected = None  # PEFT's MoE name rewrite empties target_modules first (see below)
         got = default_lora_targets(model_type)
         assert got == (None if expected is None else tuple(expected)), model_type
 

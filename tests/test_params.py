@@ -110,3 +110,170 @@ def test_lora_llama_against_peft(targets: str | None, peft_targets: Any) -> None
         lora["targets"] = targets
     r = vramcalc.estimate(model=TINY_LLAMA, lora=lora, seq_len=8)
     assert r.model.n_trainable_params == _peft_trainable(model, peft_targets, 4)
+
+
+# ---------------------------------------------------------------- LoRA targets vs PEFT, per family
+
+_BASE = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "vocab_size": 160000,  # above the default pad ids of glm4/smollm3
+}
+_T5 = {"d_model": 64, "d_ff": 96, "num_layers": 2, "num_heads": 4, "vocab_size": 1000}
+FAMILIES: dict[str, dict[str, Any]] = {
+    "qwen3": {**_BASE, "num_key_value_heads": 2, "head_dim": 16},
+    "qwen3_moe": {
+        **_BASE, "num_key_value_heads": 2, "num_experts": 4, "moe_intermediate_size": 32,
+        "mlp_only_layers": [0],
+    },
+    "qwen2_moe": {
+        **_BASE, "num_key_value_heads": 2, "num_experts": 4, "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48, "mlp_only_layers": [1],
+    },
+    "gemma3_text": {**_BASE, "num_key_value_heads": 2, "head_dim": 16},
+    "llama4_text": {
+        **_BASE, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4,
+        "interleave_moe_layer_step": 2,
+    },
+    "gpt_oss": {**_BASE, "num_key_value_heads": 2, "head_dim": 16, "num_local_experts": 4},
+    "deepseek_v2": {
+        **_BASE, "num_key_value_heads": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": None,
+        "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8, "moe_intermediate_size": 32,
+    },
+    "deepseek_v3": {
+        **_BASE, "num_key_value_heads": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+        "first_k_dense_replace": 1, "kv_lora_rank": 16, "q_lora_rank": 24, "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8, "v_head_dim": 8, "moe_intermediate_size": 32, "n_group": 2,
+        "topk_group": 1,
+    },
+    "phimoe": {**_BASE, "num_key_value_heads": 2, "num_local_experts": 4},
+    "olmo2": {**_BASE, "num_key_value_heads": 2},
+    "olmoe": {**_BASE, "num_key_value_heads": 2, "num_experts": 4},
+    "granite": {**_BASE, "num_key_value_heads": 2},
+    "cohere": {**_BASE, "num_key_value_heads": 2, "vocab_size": 256000},
+    "glm4": {**_BASE, "num_key_value_heads": 2, "head_dim": 16},
+    "starcoder2": {**_BASE, "num_key_value_heads": 2},
+    "smollm3": {**_BASE, "num_key_value_heads": 2},
+    "modernbert": dict(_BASE),
+    "mamba": {**_BASE, "intermediate_size": 128},
+    "jamba": {
+        **_BASE, "num_key_value_heads": 2, "num_experts": 4, "attn_layer_period": 2,
+        "attn_layer_offset": 1,
+    },
+    "mixtral": {**_BASE, "num_key_value_heads": 2, "num_local_experts": 4},
+    "mt5": {**_T5, "tie_word_embeddings": False},
+    "t5": {**_T5, "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False},
+    "bert": {**_BASE, "vocab_size": 1000},
+}  # fmt: skip
+# an explicit pair per family: the (tied or untied) LM head and one attention projection
+NAMED = {"mt5": "q", "t5": "q", "modernbert": "Wqkv", "mamba": "in_proj", "bert": "query"}
+NAMED.update({"deepseek_v2": "kv_b_proj", "deepseek_v3": "kv_b_proj"})
+
+
+def _family_model(model_type: str) -> Any:
+    transformers = pytest.importorskip("transformers", reason="transformers missing")
+    torch = pytest.importorskip("torch", reason="torch missing")
+    from vramcalc.hf import untie_forced_heads
+
+    config = FAMILIES[model_type]
+    hf_config = transformers.AutoConfig.for_model(model_type, **config)
+    if hf_config.is_encoder_decoder:
+        auto = transformers.AutoModelForSeq2SeqLM
+    elif model_type in ("bert", "modernbert"):
+        auto = transformers.AutoModel
+    else:
+        auto = transformers.AutoModelForCausalLM
+    with torch.device("meta"):
+        model = auto.from_config(hf_config)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+        untie_forced_heads(model, config)
+    return model
+
+
+def _ours(model_type: str, targets: tuple[str, ...], params: tuple[str, ...] = ()) -> int:
+    from vramcalc.enums import PeftMethod
+    from vramcalc.formulas.counts import param_inventory
+    from vramcalc.formulas.params import plan_params
+    from vramcalc.hf import model_spec_from_config
+    from vramcalc.specs import PeftSpec, TrainingSpec
+
+    spec = model_spec_from_config({"model_type": model_type, **FAMILIES[model_type]})
+    peft_spec = PeftSpec(
+        method=PeftMethod.LORA, r=4, alpha=8, targets=targets, target_parameters=params
+    )
+    plan = plan_params(spec, param_inventory(spec), TrainingSpec(peft=peft_spec))
+    return plan.n_trainable
+
+
+def _theirs(model_type: str, targets: Any, params: Any = None) -> int:
+    peft = pytest.importorskip("peft", reason="peft missing")
+    extra = {"target_parameters": list(params)} if params else {}
+    config = peft.LoraConfig(r=4, target_modules=targets, **extra)
+    trainable, _total = peft.get_peft_model(
+        _family_model(model_type), config
+    ).get_nb_trainable_parameters()
+    return int(trainable)
+
+
+@pytest.mark.filterwarnings("ignore")  # PEFT/transformers deprecation and rank_pattern notices
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_lora_families_against_peft(model_type: str) -> None:
+    """Default targets, all-linear and explicit names (with lm_head): trainable counts = PEFT's."""
+    from vramcalc.errors import InvalidConfigError
+    from vramcalc.hf import default_lora_targets
+
+    default = default_lora_targets(model_type)
+    if default is None:  # PEFT has no default in effect and asks for targets
+        with pytest.raises(ValueError, match="target_modules"):
+            _theirs(model_type, None)
+    else:
+        assert _ours(model_type, default) == _theirs(model_type, None)
+    if model_type == "mamba":  # PEFT refuses LoRA on Mamba's out_proj/conv1d, so all-linear
+        with pytest.raises(ValueError, match="incompatible"):
+            _theirs(model_type, "all-linear")
+        with pytest.raises(InvalidConfigError, match="out_proj"):
+            _ours(model_type, ("all-linear",))
+    else:
+        assert _ours(model_type, ("all-linear",)) == _theirs(model_type, "all-linear")
+    named = NAMED.get(model_type, "q_proj")
+    if model_type in ("bert", "modernbert"):  # base encoders have no lm_head
+        assert _ours(model_type, (named,)) == _theirs(model_type, [named])
+        with pytest.raises(InvalidConfigError, match="lm_head"):
+            _ours(model_type, ("lm_head", named))
+    else:
+        assert _ours(model_type, ("lm_head", named)) == _theirs(model_type, ["lm_head", named])
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("model_type", "params"),
+    [
+        ("gpt_oss", ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")),
+        ("qwen2_moe", ("experts.gate_up_proj",)),
+        ("llama4_text", ("feed_forward.experts.down_proj",)),
+        ("jamba", ("gate_up_proj", "down_proj")),
+        ("phimoe", ("mlp.experts.down_proj",)),
+    ],
+)
+def test_lora_target_parameters_against_peft(model_type: str, params: tuple[str, ...]) -> None:
+    """PEFT target_parameters on fused 3-D expert weights: r*experts rows per layer tensor."""
+    ours = _ours(model_type, ("q_proj",), params)
+    assert ours == _theirs(model_type, ["q_proj"], params)
+    assert ours > _ours(model_type, ("q_proj",))
+
+
+def test_lora_unknown_target_is_an_error() -> None:
+    from vramcalc.errors import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError, match=r"'q_prj'.*did you mean 'q_proj'.*k_proj"):
+        _ours("qwen3", ("q_proj", "q_prj"))
+    with pytest.raises(InvalidConfigError, match="target_parameters"):
+        _ours("mixtral", ("experts",))  # a 3-D expert container, not a linear
+    with pytest.raises(InvalidConfigError, match="fused"):
+        _ours("qwen3_moe", ("gate_proj",))  # PEFT: cannot convert without up_proj
+    with pytest.raises(InvalidConfigError, match="no parameter"):
+        _ours("gpt_oss", ("q_proj",), ("experts.up_proj",))

@@ -90,7 +90,8 @@ def _lora_spec(opts: LoraOptions, spec: ModelSpec, method: PeftMethod) -> PeftSp
     from vramcalc.hf import default_lora_targets
 
     targets = opts.targets
-    if not targets:
+    if not targets and not opts.target_parameters:
+        # PEFT allows target_parameters alone; with neither it takes its per-type defaults
         targets = default_lora_targets(spec.model_type)
         if not targets:
             raise InvalidConfigError(
@@ -99,7 +100,12 @@ def _lora_spec(opts: LoraOptions, spec: ModelSpec, method: PeftMethod) -> PeftSp
             )
     alpha = opts.alpha if opts.alpha is not None else float(catalog.constant("lora_default_alpha"))
     return PeftSpec(
-        method=method, r=opts.r, alpha=alpha, dropout=opts.dropout, targets=tuple(targets)
+        method=method,
+        r=opts.r,
+        alpha=alpha,
+        dropout=opts.dropout,
+        targets=tuple(targets or ()),
+        target_parameters=tuple(opts.target_parameters),
     )
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "model_notes",
     "model_spec_from_config",
     "resolve_model",
+    "untie_forced_heads",
 ]
 
 _INT_FIELDS = (
@@ -193,9 +194,16 @@ def default_lora_targets(model_type: str) -> tuple[str, ...] | None:
     """PEFT's default LoRA ``target_modules`` for ``model_type`` (None: PEFT has none).
 
     Source: peft ``utils/constants.py`` ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``,
-    copied into ``data/architectures.json``.
+    copied into ``data/architectures.json``. Where PEFT rewrites MoE target names for
+    transformers 5 (template ``peft_moe_conversion``: Mixtral, Qwen3-MoE, DeepSeek, OLMoE) it
+    replaces an omitted ``target_modules`` by an empty set before looking up that mapping
+    (``utils/transformers_weight_conversion.py`` ``_convert_peft_config_moe``), so no default
+    applies and PEFT asks for targets: None here.
     """
-    targets = catalog.architecture(model_type).get("lora_targets")
+    template = catalog.architecture(model_type)
+    if template.get("peft_moe_conversion"):
+        return None
+    targets = template.get("lora_targets")
     return None if targets is None else tuple(targets)
 
 
@@ -390,6 +398,25 @@ def _hub_spec(text: str) -> tuple[ModelSpec, tuple[str, ...]]:
     return spec, tuple(notes)
 
 
+def untie_forced_heads(model: Any, config: Mapping[str, Any]) -> None:
+    """Give ``model`` its own LM-head weight when transformers forced a tie ``config`` refuses.
+
+    T5Config and MT5Config (transformers 5.24) set ``tie_word_embeddings=True`` whatever
+    config.json says, but ``from_pretrained`` leaves ``lm_head`` untied when the checkpoint
+    holds it with values different from ``shared`` (``PreTrainedModel.tie_weights``: "both are
+    present in the checkpoints with different values, so we will NOT tie them"), which is the
+    case for every checkpoint saved with ``tie_word_embeddings=false`` (T5 v1.1, flan-t5, T0,
+    mT5). This reproduces the loaded model on the meta device.
+    """
+    import torch  # noqa: TID251 - lazy: only the meta-device oracle calls this
+
+    if config.get("tie_word_embeddings") is not False:
+        return
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
+
+
 def meta_param_count(config: Mapping[str, Any]) -> int:
     """Count parameters of the transformers model built from ``config`` on the meta device.
 
@@ -414,6 +441,7 @@ def meta_param_count(config: Mapping[str, Any]) -> int:
         model = model_cls(hf_config)
     if getattr(hf_config, "tie_word_embeddings", False):
         model.tie_weights()
+        untie_forced_heads(model, config)
     seen: set[int] = set()
     total = 0
     for param in model.parameters():

@@ -126,8 +126,13 @@ class LoraOptions(_Frozen):
     alpha: SFloat | None = Field(default=None, gt=0)
     dropout: SFloat = Field(default=0.0, ge=0.0, lt=1.0)
     targets: tuple[str, ...] | None = None
+    target_parameters: tuple[str, ...] = Field(
+        default=(),
+        description="PEFT target_parameters: parameters LoRA wraps directly, e.g. fused MoE "
+        "expert weights (mlp.experts.gate_up_proj+mlp.experts.down_proj)",
+    )
 
-    @field_validator("targets", mode="before")
+    @field_validator("targets", "target_parameters", mode="before")
     @classmethod
     def _split_targets(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -401,6 +406,7 @@ class PeftSpec(_Frozen):
     alpha: float = 0.0
     dropout: float = 0.0
     targets: tuple[str, ...] = ()
+    target_parameters: tuple[str, ...] = ()
     num_virtual_tokens: int = 0
     adapter_dim: int = 0
 

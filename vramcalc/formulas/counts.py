@@ -21,7 +21,10 @@ Semantics of a group (what the formulas downstream rely on):
 * ``kind="lm_head"``: an untied output projection. A tied head has no group: its storage
   is the token embedding's, counted once.
 * ``kind="norm"``: LayerNorm/RMSNorm weights (and biases).
-* ``kind="other"``: everything else: T5 ``relative_attention_bias``, the MoE router.
+* ``kind="other"``: everything else: T5 ``relative_attention_bias``, MoE routers that are bare
+  parameters (a router that subclasses ``nn.Linear``, as in Llama 4 and PhiMoE, is ``linear``),
+  attention sinks, Mamba ``conv1d``/``A_log``/``D``. Their bias has ``bias_numel`` elements
+  (default: as many as the weight).
 
 ``role`` says how tensor and expert parallelism shard a group (``column``, ``row``, ``vocab``,
 ``replicated``, ``expert_column``, ``expert_row``; see ``_meta.roles`` in the data file).
@@ -71,6 +74,9 @@ class ParamGroup(BaseModel):
     """MoE expert weight: one slice of a 3-D ``nn.Parameter`` (transformers >= 5), not an
     ``nn.Linear``; bitsandbytes leaves it unquantized and PEFT ``target_modules`` cannot
     reach it (only ``target_parameters``)."""
+    experts: int = 1
+    """Experts stacked in each 3-D parameter of an ``expert`` group, so the model holds
+    ``count // experts`` such tensors (1 for every other group)."""
 
     @property
     def numel(self) -> int:
@@ -80,8 +86,29 @@ class ParamGroup(BaseModel):
 
 # ---------------------------------------------------------------- template expressions
 
+def _every(n: int, step: int, offset: int, exclude: Any = None) -> int:
+    """Layers ``i < n`` with ``i % step == offset`` and not in ``exclude`` (layer schedules)."""
+    skip = set(exclude or ())
+    return sum(1 for i in range(n) if i % step == offset and i not in skip)
+
+
+def _among(n: int, layers: Any) -> int:
+    """Layers ``i < n`` listed in ``layers`` (e.g. Llama 4 ``moe_layers``)."""
+    listed = set(layers or ())
+    return sum(1 for i in range(n) if i in listed)
+
+
+def _count(items: Any, value: Any) -> int:
+    """Occurrences of ``value`` in a config list (``layer_types``, ``no_rope_layers``)."""
+    return sum(1 for item in (items or ()) if item == value)
+
+
 _FUNCS: dict[str, Callable[..., Any]] = {
     "int": int,
+    "len": lambda x: len(x or ()),
+    "count": _count,
+    "every": _every,
+    "among": _among,
     "min": min,
     "max": max,
     "startswith": lambda s, p: isinstance(s, str) and s.startswith(p),
@@ -211,8 +238,12 @@ def _group(module: Mapping[str, Any], names: Mapping[str, Any]) -> ParamGroup | 
         weight = in_f * out_f
         bias = out_f if has_bias else 0
     else:
+        if "in" in module:  # a 2-D "other" weight (a router): its shape, for target_parameters
+            in_f = _as_int(evaluate(module["in"], names), f"{key} in_features", names)
+            out_f = _as_int(evaluate(module["out"], names), f"{key} out_features", names)
         weight = _as_int(evaluate(module["numel"], names), f"{key} numel", names)
-        bias = weight if has_bias else 0
+        bias_expr = module.get("bias_numel", module["numel"])
+        bias = _as_int(evaluate(bias_expr, names), f"{key} bias numel", names) if has_bias else 0
     if count == 0:
         return None
     return ParamGroup(
@@ -226,6 +257,7 @@ def _group(module: Mapping[str, Any], names: Mapping[str, Any]) -> ParamGroup | 
         count=count,
         stack=module["stack"],
         expert=bool(module.get("expert", False)),
+        experts=_as_int(evaluate(module.get("experts", 1), names), f"{key} experts", names),
         role=module["role"],
     )
 

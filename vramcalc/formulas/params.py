@@ -13,17 +13,19 @@ from functools import cache
 
 from vramcalc import catalog
 from vramcalc.enums import PeftMethod, Quant
-from vramcalc.errors import InvalidConfigError
+from vramcalc.errors import InvalidConfigError, closest_match
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.specs import ModelSpec, PeftSpec, TrainingSpec
 from vramcalc.units import round_up
 
 __all__ = [
     "Adapter",
+    "LoraTarget",
     "ParamPlan",
     "block",
     "dtype_bytes",
     "lora_target_groups",
+    "lora_targets",
     "plan_params",
 ]
 
@@ -114,35 +116,178 @@ class ParamPlan:
     their state, adapters): what a sharding engine splits and gathers."""
 
 
+@dataclass(frozen=True)
+class LoraTarget:
+    """One parameter group PEFT LoRA adapts, and how.
+
+    ``param`` marks a ``target_parameters`` target (PEFT ``ParamWrapper``): a 3-D expert weight
+    gets one ``lora_A`` of ``(rank * experts, in)`` and one ``lora_B`` of ``(out, rank * experts)``
+    per layer; a 2-D weight (a router) gets ``(rank, in)`` and ``(out, rank)``. ``rank_mult`` is
+    PEFT's rank (and alpha) multiplier for a fused weight (``gate_up_proj`` holding two
+    projections).
+    """
+
+    group: ParamGroup
+    param: bool = False
+    rank_mult: int = 1
+
+
+_ALL_LINEAR = ("all-linear", "all_linear")
+
+
+def _path(group: ParamGroup) -> list[str]:
+    """Return the module path of a group below its stack (self_attn, q_proj)."""
+    return group.key.split("/")[1:] or [group.module]
+
+
+def _suffix_match(target: str, path: list[str]) -> bool:
+    """PEFT's list match: the dotted ``target`` equals the path or is a suffix of it."""
+    parts = target.split(".")
+    return len(parts) <= len(path) and path[-len(parts) :] == parts
+
+
+def _param_path(group: ParamGroup) -> list[str]:
+    """Parameter path: an expert group is itself a parameter; others own a ``weight``."""
+    return _path(group) if group.expert else [*_path(group), "weight"]
+
+
+def lora_targets(
+    inventory: Iterable[ParamGroup],
+    targets: tuple[str, ...],
+    model_type: str,
+    *,
+    target_parameters: tuple[str, ...] = (),
+    has_lm_head: bool = False,
+    dropout: float = 0.0,
+) -> list[LoraTarget]:
+    """Return the groups PEFT 0.21 LoRA adapts for ``target_modules`` and ``target_parameters``.
+
+    * ``all-linear``: every ``nn.Linear``/``Conv1D`` (kind ``linear``, not a 3-D expert slice),
+      wherever it sits (OPT ``project_in``/``project_out``, BERT pooler, a Llama 4 or PhiMoE
+      router, shared experts, Mamba projections), except the output layer.
+    * names: PEFT's suffix match on module paths (``q_proj``, ``self_attn.q_proj``); linears,
+      embeddings and the LM head (also a tied one, which PEFT wraps as an ``nn.Linear``) can be
+      named. A name that matches nothing, or only something LoRA cannot wrap (a norm, a router
+      that is a bare parameter, a 3-D expert weight), is an error listing what can be named.
+    * MoE models that transformers 5 re-laid out (template ``peft_moe_conversion``: Mixtral,
+      Qwen3-MoE, DeepSeek-V2/V3, OLMoE): PEFT first rewrites the v4 names into
+      ``target_parameters`` (``gate`` -> ``gate.weight``, ``w1``/``w3`` or ``gate_proj``/``up_proj``
+      -> ``gate_up_proj`` with doubled rank, ``w2``/``down_proj`` -> ``down_proj``) and drops them
+      from the module targets, so with ``all-linear`` the router and every routed expert train but
+      nn.Linear layers named like the old expert projections (shared experts, dense layers) do not.
+    * ``target_parameters``: suffix match on parameter paths (``mlp.experts.gate_up_proj``,
+      ``gate_up_proj``, ``mlp.gate.weight``); PEFT's ``ParamWrapper`` refuses ``lora_dropout > 0``.
+
+    Source: peft 0.21 ``tuners/tuners_utils.py`` (``check_target_module_exists``,
+    ``_maybe_include_all_linear_layers``, ``_inject_parameters``), ``utils/transformers_weight_
+    conversion.py`` (``_convert_peft_config_moe``, ``_MOE_TARGET_MODULE_MAPPING``),
+    ``tuners/lora/layer.py`` (``ParamWrapper.update_layer``); checked against ``get_peft_model``
+    trainable counts on meta-device models (``tests/test_params.py``).
+    """
+    groups = list(inventory)
+    template = catalog.architecture(model_type)
+    conversion = template.get("peft_moe_conversion")
+    modules: set[str]
+    all_linear = tuple(t.lower() for t in targets) in tuple((a,) for a in _ALL_LINEAR)
+    linear = [g for g in groups if g.kind == "linear" and not g.expert]
+    nameable = [g for g in groups if g.kind in ("linear", "embedding", "lm_head") and not g.expert]
+    if has_lm_head and not any(g.kind == "lm_head" for g in groups):
+        emb = next((g for g in groups if g.key == "embed/tokens"), None)
+        if emb is not None:  # tied head: still an nn.Linear module PEFT can wrap when named
+            nameable.append(
+                ParamGroup(
+                    key="head/lm_head",
+                    module="lm_head",
+                    kind="lm_head",
+                    in_features=emb.out_features,
+                    out_features=emb.in_features,
+                    weight_numel=emb.weight_numel,
+                    stack="head",
+                    role="vocab",
+                )
+            )
+    if all_linear:
+        modules = {g.module for g in linear}
+        if conversion:
+            modules |= set(conversion["mapping"])
+    else:
+        modules = set(targets)
+    params = set(target_parameters)
+    mult: dict[str, int] = {}
+    if conversion and modules:
+        seen: dict[str, set[str]] = {}
+        remaining: set[str] = set()
+        for t in sorted(modules):
+            old = next((o for o in conversion["mapping"] if t == o or t.endswith("." + o)), None)
+            if old is None:
+                remaining.add(t)
+                continue
+            new = conversion["mapping"][old]
+            params.add(new)
+            seen.setdefault(new, set()).add(old)
+        for new, olds in conversion["fused"].items():
+            present = seen.get(new, set())
+            if 0 < len(present) < len(olds):
+                raise InvalidConfigError(
+                    f"LoRA targets {', '.join(sorted(present))} of {model_type} are fused with "
+                    f"{', '.join(sorted(set(olds) - present))} into one {new} parameter "
+                    "(transformers 5); target all of them (PEFT refuses a part)"
+                )
+            if len(present) == len(olds) > 1:
+                mult[new] = len(olds)
+        modules = remaining
+    chosen: list[LoraTarget] = []
+    if all_linear:
+        chosen += [LoraTarget(g) for g in linear if g.module in modules]
+    else:
+        for t in sorted(modules):
+            hits = [g for g in nameable if g.module == t or _suffix_match(t, _path(g))]
+            if not hits:
+                names = sorted({g.module for g in nameable})
+                near = closest_match(t, names)
+                hint = f" (did you mean '{near}'?)" if near else ""
+                raise InvalidConfigError(
+                    f"LoRA target '{t}' names no linear or embedding module of {model_type}"
+                    f"{hint}; accepted: {', '.join(names)} or all-linear"
+                    + (
+                        "; MoE expert weights need target_parameters"
+                        if any(g.expert for g in groups)
+                        else ""
+                    )
+                )
+            chosen += [LoraTarget(g) for g in hits if all(c.group.key != g.key for c in chosen)]
+    for t in sorted(params):
+        hits = [g for g in groups if _suffix_match(t, _param_path(g))]
+        if not hits:
+            names = sorted({".".join(_param_path(g)[-2:]) for g in groups if g.expert})
+            raise InvalidConfigError(
+                f"LoRA target_parameters '{t}' names no parameter of {model_type}; accepted: "
+                + (", ".join(names) if names else "a module's weight, e.g. self_attn.q_proj.weight")
+            )
+        for g in hits:
+            if all(c.group.key != g.key for c in chosen):
+                chosen.append(LoraTarget(g, param=True, rank_mult=mult.get(t, 1)))
+    refused = set(template.get("peft_incompatible_modules", ()))
+    bad = sorted({c.group.module for c in chosen} & refused)
+    if bad:
+        raise InvalidConfigError(
+            f"LoRA on {', '.join(bad)} of {model_type} is refused by PEFT (incompatible with "
+            "Mamba-based models); name the other linear layers instead of "
+            + ("all-linear" if all_linear else ", ".join(bad))
+        )
+    if dropout > 0 and any(c.param for c in chosen):
+        raise InvalidConfigError(
+            f"LoRA dropout {dropout} with target_parameters ({model_type} MoE weights): PEFT's "
+            "ParamWrapper does not support lora_dropout; accepted: dropout=0"
+        )
+    return chosen
+
+
 def lora_target_groups(
     inventory: Iterable[ParamGroup], targets: tuple[str, ...], model_type: str
 ) -> list[ParamGroup]:
-    """Linear groups a LoRA ``target_modules`` list reaches.
-
-    ``all-linear`` selects every ``nn.Linear`` in the blocks except the output layer, as PEFT's
-    ``_maybe_include_all_linear_layers`` does; MoE expert slices are 3-D parameters that
-    ``target_modules`` cannot reach.
-
-    Source: peft 0.21 ``tuners/tuners_utils.py`` (``check_target_module_exists`` suffix match,
-    ``_maybe_include_all_linear_layers``).
-    """
-    groups = [g for g in inventory if g.kind == "linear" and not g.expert]
-    if targets in (("all-linear",), ("all_linear",)):
-        return [g for g in groups if g.stack in ("encoder", "decoder")]
-    wanted = set(targets)
-    chosen = [g for g in groups if g.module in wanted or g.key.split("/")[-1] in wanted]
-    reached = {g.module for g in chosen} | {g.key.split("/")[-1] for g in chosen}
-    unknown = [t for t in targets if t not in reached]
-    if unknown:
-        # PEFT errors only when no target matches at all; a target that matches nothing next
-        # to others that do would be dropped silently, so it is refused here
-        names = sorted({g.module for g in groups})
-        raise InvalidConfigError(
-            f"LoRA target{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
-            f"match{'' if len(unknown) > 1 else 'es'} no linear layer of {model_type}; "
-            f"accepted: {', '.join(names)} or all-linear"
-        )
-    return chosen
+    """Return the groups a LoRA ``target_modules`` list reaches (see ``lora_targets``)."""
+    return [t.group for t in lora_targets(inventory, targets, model_type)]
 
 
 def plan_params(
@@ -173,11 +318,18 @@ def plan_params(
     quantized = quant is not None
     other_bytes = 4 if quantized else pb  # prepare_model_for_kbit_training: fp32 for the rest
     full = peft is None
-    lora_keys: set[str] = set()
+    lora: list[LoraTarget] = []
     if peft is not None and peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
-        for g in lora_target_groups(inventory, peft.targets, spec.model_type):
-            lora_keys.add(g.key)
-            plan.lora_modules.add(g.module)
+        lora = lora_targets(
+            inventory,
+            peft.targets,
+            spec.model_type,
+            target_parameters=peft.target_parameters,
+            has_lm_head=spec.has_lm_head,
+            dropout=peft.dropout,
+        )
+        for t in lora:
+            plan.lora_modules.add(t.group.module)
     for g in inventory:
         quant_this = quantized and g.kind == "linear" and not g.expert
         n_w, n_b = g.weight_numel, g.bias_numel
@@ -223,7 +375,7 @@ def plan_params(
                 plan.n_trainable += n_b * g.count
                 plan.n_trainable_tensors += g.count
     if peft is not None:
-        plan.adapters = _adapters(spec, inventory, peft, lora_keys)
+        plan.adapters = _adapters(spec, inventory, peft, lora)
         for a in plan.adapters:
             plan.tensors.append(
                 (a.key, a.shape[0] * a.shape[1] * a.bytes_per_elt, a.count, a.bytes_per_elt)
@@ -274,21 +426,22 @@ def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
 
 
 def _adapters(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], peft: PeftSpec, lora_keys: set[str]
+    spec: ModelSpec, inventory: tuple[ParamGroup, ...], peft: PeftSpec, lora: list[LoraTarget]
 ) -> list[Adapter]:
     """List the trainable groups a PEFT method adds (fp32, PEFT's default)."""
     out: list[Adapter] = []
     if peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
-        for g in inventory:
-            if g.key in lora_keys:
-                out.append(
-                    Adapter(f"{g.key}/lora_A", g.module, (peft.r, g.in_features), g.count, 4, g.key)
-                )
-                out.append(
-                    Adapter(
-                        f"{g.key}/lora_B", g.module, (g.out_features, peft.r), g.count, 4, g.key
-                    )
-                )
+        for t in lora:
+            g = t.group
+            rank = peft.r * t.rank_mult
+            experts = g.experts if t.param and g.expert else 1
+            width, count = rank * experts, g.count // experts
+            out.append(
+                Adapter(f"{g.key}/lora_A", g.module, (width, g.in_features), count, 4, g.key)
+            )
+            out.append(
+                Adapter(f"{g.key}/lora_B", g.module, (g.out_features, width), count, 4, g.key)
+            )
     elif peft.method == PeftMethod.IA3:
         for g in lora_target_groups(inventory, peft.targets, spec.model_type):
             is_ff = "mlp" in g.key or (g.out_features == spec.hidden_size and "attn" not in g.key)

@@ -42,6 +42,8 @@ from vramcalc.enums import Attention, DType, MixedPrecision, Task
 from vramcalc.errors import InvalidConfigError, UnknownNameError
 from vramcalc.specs import MAX_SEQ, EstimateRequest, GpuSpec, LoraOptions
 
+Status = Literal["ok", "no_fit", "over_budget", "low_headroom"]
+
 __all__ = [
     "LAYOUTS",
     "PLANNERS",
@@ -147,7 +149,7 @@ class PlanCandidate(_Out):
     headroom_bytes: int
     time_s: float | None = None
     cost_usd: float | None = None
-    status: Literal["ok", "no_fit", "over_budget", "low_headroom"]
+    status: Status
     reason: str = ""
     pareto: bool = False
     cheapest: bool = False
@@ -170,6 +172,12 @@ class PlanReport(_Out):
     front: list[PlanCandidate]
     cheapest: PlanCandidate | None = None
     fastest: PlanCandidate | None = None
+    smallest: list[PlanCandidate] = Field(
+        default_factory=list,
+        description="per GPU type, the fitting candidate with the fewest GPUs (then cheapest), "
+        "cheapest first: the cost model folds communication into the MFU, so more GPUs of a "
+        "type cost the same and finish sooner, and the front favours the widest jobs",
+    )
     excluded: list[str] = Field(default_factory=list)
     candidates: list[PlanCandidate] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -273,7 +281,7 @@ class _Search:
         }
 
     def report(self, key: tuple[Any, ...], fields: dict[str, Any]) -> Any:
-        """The engine's report without a GPU (cached; the engine is deterministic)."""
+        """Return the engine's report without a GPU (cached; the engine is deterministic)."""
         rep = self.peaks.get(key)
         if rep is None:
             t = time.perf_counter()
@@ -306,7 +314,7 @@ def _offsets(search: _Search, gpus: list[GpuSpec], ref: dict[str, Any]) -> dict[
 
 
 def micro_batches(cap: int) -> list[int]:
-    """The micro-batches worth running for ``cap`` sequences per data-parallel rank.
+    """List the micro-batches worth running for ``cap`` sequences per data-parallel rank.
 
     With accumulation ``ga`` a rank needs ``ceil(cap / ga)`` sequences per micro-step; any
     larger micro-batch with the same accumulation only costs memory. Ascending.
@@ -315,7 +323,7 @@ def micro_batches(cap: int) -> list[int]:
 
 
 def largest_batch(peak: Callable[[int], int], cap: int, limit: int) -> int:
-    """Largest useful micro-batch (see ``micro_batches``) whose device peak is <= limit.
+    """Find the largest useful micro-batch (see ``micro_batches``) whose device peak is <= limit.
 
     0 when even micro-batch 1 does not fit. The peak is non-decreasing in the micro-batch and
     close to linear (activations are linear in it; allocator rounding adds at most a
@@ -355,7 +363,7 @@ def largest_batch(peak: Callable[[int], int], cap: int, limit: int) -> int:
 # ----------------------------------------------------------------------------- training
 
 
-def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
+def plan_train(req: PlanRequest) -> PlanReport:
     """Search GPU type and count, layout, method, checkpointing and micro-batch for training.
 
     Returns every evaluated candidate (``candidates``), the time-vs-cost Pareto front of those
@@ -387,7 +395,6 @@ def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
     resolve(EstimateRequest(**ref_fields))  # bad model/optimizer names fail here, once
     offsets = _offsets(search, gpus, ref_fields)
     limits = {g.name: g.memory_bytes - offsets[g.name] - headroom_min for g in gpus}
-    max_limit = max(limits.values())
 
     candidates: list[PlanCandidate] = []
     excluded: list[str] = [
@@ -430,6 +437,7 @@ def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
             return int(report(b, ga0).peak.device_bytes)
 
         out: dict[str, int] = {}
+        status: Status
         top = max(limits[g.name] for g in on)
         for g in on:
             b = 0 if peak(1) > top else largest_batch(peak, cap, limits[g.name])
@@ -439,9 +447,20 @@ def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
                 dev = rep.peak.device_bytes + offsets[g.name]
                 status = "low_headroom" if dev <= g.memory_bytes else "no_fit"
                 candidates.append(
-                    _candidate(g, mesh, layout, rep, method, ckpt, 0, 0, dev, status,
-                               f"needs {_gib(dev)} of {_gib(g.memory_bytes)} GiB at "
-                               "micro-batch 1", fields0)  # fmt: skip
+                    _candidate(
+                        g,
+                        mesh,
+                        layout,
+                        rep,
+                        method,
+                        ckpt,
+                        0,
+                        0,
+                        dev,
+                        status,
+                        f"needs {_gib(dev)} of {_gib(g.memory_bytes)} GiB at micro-batch 1",
+                        fields0,
+                    )
                 )
                 continue
             ga = -(-cap // b)
@@ -454,7 +473,8 @@ def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
             )
             cost = _cost(res, inv, pplan, [])
             assert cost is not None
-            status, reason = "ok", ""
+            status = "ok"
+            reason = ""
             if req.max_usd is not None and cost.cost_usd > req.max_usd:
                 status, reason = "over_budget", f"${cost.cost_usd:,.0f} > --max-usd {req.max_usd:g}"
             elif req.max_hours is not None and cost.time_s > req.max_hours * 3600:
@@ -499,7 +519,7 @@ def plan_train(req: PlanRequest) -> PlanReport:  # noqa: C901, PLR0912, PLR0915
                     # checkpointing recomputes the forward: never faster at the same
                     # micro-batch, so it is tried only where the micro-batch falls short
                     cap = -(-G // world)
-                    short = {name for name, b in bs.items() if b < cap}
+                    short = {g.name for g in gpus if bs.get(g.name, 0) < cap}
     # tensor/pipeline parallelism only for GPUs on which nothing else fits
     fitting = {c.gpu for c in candidates if c.micro_batch > 0}
     left = [g for g in gpus if g.name not in fitting]
@@ -541,7 +561,7 @@ def _candidate(
     b: int,
     ga: int,
     dev: int,
-    status: str,
+    status: Status,
     reason: str,
     fields: dict[str, Any],
     *,
@@ -583,7 +603,7 @@ def _candidate(
 
 
 def _dominates(a: PlanCandidate, b: PlanCandidate) -> bool:
-    """``a`` is no slower, no dearer and leaves no less headroom, and better in one."""
+    """Tell whether ``a`` is no slower, no dearer, leaves no less headroom, and differs."""
     assert a.time_s is not None and a.cost_usd is not None
     assert b.time_s is not None and b.cost_usd is not None
     ka = (a.time_s, a.cost_usd, -a.headroom_bytes)
@@ -631,6 +651,18 @@ def _finish(
     cheapest = next((c for c in marked if c.cheapest), None)
     fastest = next((c for c in marked if c.fastest), None)
     excluded = list(excluded) + _exclusions(req, marked)
+    by_gpu: dict[str, PlanCandidate] = {}
+    for c in marked:
+        if c.status != "ok":
+            continue
+        best = by_gpu.get(c.gpu)
+        if best is None or (c.n_gpus, c.cost_usd, c.time_s) < (
+            best.n_gpus,
+            best.cost_usd,
+            best.time_s,
+        ):
+            by_gpu[c.gpu] = c
+    smallest = sorted(by_gpu.values(), key=lambda c: (c.cost_usd, c.time_s))
     if not front:
         excluded.append(
             "nothing fits the limits: raise --max-gpus/--max-usd/--max-hours, lower "
@@ -656,6 +688,7 @@ def _finish(
         front=front,
         cheapest=cheapest,
         fastest=fastest,
+        smallest=smallest,
         excluded=excluded,
         candidates=marked,
         notes=notes,
@@ -721,7 +754,7 @@ def plan(request: PlanRequest | Mapping[str, Any] | None = None, /, **kwargs: An
 
 
 def render_plan(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
-    """The plan as plain text in ``width`` columns: the front, then the exclusions."""
+    """Render the plan as plain text in ``width`` columns: the front, then the exclusions."""
     lines = [
         f"plan: {report.model}, {report.tokens:,} tokens x {report.epochs:g} epoch, "
         f"global batch {report.global_batch} x {report.seq_len} tokens",
@@ -736,19 +769,19 @@ def render_plan(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
             f"{'peak':>6}{'free':>6}{'time':>8}{'USD':>9}")  # fmt: skip
     lines.append(head[:width])
     for c in report.front[:rows]:
-        mark = "* " if c.cheapest and c.fastest else "$ " if c.cheapest else "> " if c.fastest else "  "
-        gpus = f"{c.n_gpus}x {c.gpu}"
-        mbga = f"{c.micro_batch}x{c.grad_accum}"
-        usd = f"{c.cost_usd or 0:,.0f}"
-        lines.append(
-            (f"{mark}{gpus:<13.13}{c.layout:<17.17}{c.method:<7}{'on' if c.grad_ckpt else 'off':<5}"
-             f"{mbga:>7}{_gib(c.peak_device_bytes):>6}{_gib(c.headroom_bytes):>6}"
-             f"{_hours(c.time_s or 0):>8}{usd:>9}")[:width]  # fmt: skip
-        )
+        mark = "$ " if c.cheapest else "> " if c.fastest else "  "
+        if c.cheapest and c.fastest:
+            mark = "* "
+        lines.append(_row(mark, c)[:width])
     if len(report.front) > rows:
         lines.append(f"  ... {len(report.front) - rows} more on the front (--json lists all)")
     lines.append("$ cheapest  > fastest  * both; mb x ga: micro-batch x accumulation; peak and")
     lines.append("free: GiB per GPU (busiest rank)")
+    if report.smallest:
+        lines.append("")
+        lines.append("fewest GPUs per GPU type (cheapest first):")
+        for c in report.smallest[: max(rows // 2, 3)]:
+            lines.append(_row("  ", c)[:width])
     if report.excluded:
         lines.append("")
         lines.append("excluded:")
@@ -757,6 +790,18 @@ def render_plan(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     for n in report.notes:
         lines.extend(_wrap("note: " + n, width))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _row(mark: str, c: PlanCandidate) -> str:
+    gpus = f"{c.n_gpus}x {c.gpu}"
+    mbga = f"{c.micro_batch}x{c.grad_accum}"
+    usd = f"{c.cost_usd or 0:,.0f}"
+    ckpt = "on" if c.grad_ckpt else "off"
+    return (
+        f"{mark}{gpus:<13.13}{c.layout:<17.17}{c.method:<7}{ckpt:<5}{mbga:>7}"
+        f"{_gib(c.peak_device_bytes):>6}{_gib(c.headroom_bytes):>6}"
+        f"{_hours(c.time_s or 0):>8}{usd:>9}"
+    )
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""The versioned endpoints: estimate, fit, and the catalogs."""
+"""The versioned endpoints: estimate, fit, plan, and the catalogs."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from api.settings import Settings, get_settings
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.report import FitReport, MemoryReport
+from vramcalc.plan import PlanReport, PlanRequest
 from vramcalc.specs import EstimateRequest, GpuSpec
 
 __all__ = ["router"]
@@ -107,6 +108,27 @@ def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> R
         )
     check_request(request, settings)
     report = _run_engine(engine.fit, request)
+    return Response(report.model_dump_json(), media_type=_JSON)
+
+
+@router.post(
+    "/v1/plan",
+    response_model=PlanReport,
+    responses={**_E400, **_E404, **_E422, **_E413},
+    tags=["plan"],
+)
+def plan(request: PlanRequest, settings: SettingsDep) -> Response:
+    """What to rent and how to lay the job out: the answer of ``vramcalc plan ... --json``.
+
+    Every evaluated candidate (GPU type and count, layout, method, checkpointing,
+    micro-batch x accumulation, peak, time, cost), the time-vs-cost front, the cheapest and
+    the fastest, and one line per exclusion. A plan runs hundreds of estimates (about a
+    second for a 70B model over the catalog), so it runs in a worker thread.
+    """
+    check_request(EstimateRequest(model=request.model, seq_len=request.seq_len), settings)
+    from vramcalc.plan import plan as run_plan
+
+    report = _run_engine(lambda _: run_plan(request), EstimateRequest(model=request.model))
     return Response(report.model_dump_json(), media_type=_JSON)
 
 

@@ -76,11 +76,11 @@ _PEFT_SKIPS = ("zero1", "zero2", "fsdp2_shard_grad_op")
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class PlanRequest(_In):

@@ -17,8 +17,8 @@ from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, Optimizer
 from api.settings import Settings, get_settings
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
-from vramcalc.report import FitReport, MemoryReport
 from vramcalc.plan import PlanReport, PlanRequest
+from vramcalc.report import FitReport, MemoryReport
 from vramcalc.specs import EstimateRequest, GpuSpec
 
 __all__ = ["router"]
@@ -118,7 +118,7 @@ def fit(request: EstimateRequest, settings: SettingsDep, engine: EngineDep) -> R
     tags=["plan"],
 )
 def plan(request: PlanRequest, settings: SettingsDep) -> Response:
-    """What to rent and how to lay the job out: the answer of ``vramcalc plan ... --json``.
+    """Plan what to rent and how to lay the job out (``vramcalc plan ... --json``).
 
     Every evaluated candidate (GPU type and count, layout, method, checkpointing,
     micro-batch x accumulation, peak, time, cost), the time-vs-cost front, the cheapest and

@@ -51,6 +51,7 @@ def _check_entry(c: PlanCandidate, global_batch: int, min_headroom_gib: float) -
     assert rep.cost.cost_usd == pytest.approx(c.cost_usd, rel=1e-9)
     assert rep.cost.time_s == pytest.approx(c.time_s, rel=1e-9)
     # cost = hours x GPUs x catalog price
+    assert c.time_s is not None
     assert c.cost_usd == pytest.approx(c.time_s / 3600 * c.n_gpus * PRICE[c.gpu], rel=1e-9)
     # the global batch is reached, with at most one micro-step of rounding per rank
     dp = _dp(c)

@@ -697,28 +697,54 @@ def _finish(
 
 
 def _exclusions(req: PlanRequest, cands: list[PlanCandidate]) -> list[str]:
-    """One line per common choice (GPU type x method) that has no candidate left, and why."""
+    """One line per common choice that has no candidate left, and why.
+
+    Common choices: one GPU and one 8-GPU node of each type, per method (a line lists the
+    GPU types), then each GPU type and method with no fitting candidate at any count.
+    """
     out = []
+    names = list(dict.fromkeys(c.gpu for c in cands))
+    for method in req.methods:
+        for n in (1, 8):
+            if n > req.max_gpus or n > req.global_batch:
+                continue
+            at_n = [c for c in cands if c.method == method and c.n_gpus == n]
+            ok = {c.gpu for c in at_n if c.status == "ok"}
+            over = sorted({c.gpu for c in at_n if c.status == "over_budget"} - ok)
+            low = sorted({c.gpu for c in at_n if c.status == "low_headroom"} - ok - set(over))
+            nofit = [g for g in names if g not in ok and g not in over and g not in low]
+            where = "1 GPU" if n == 1 else f"{n} GPUs (one node)"
+            if nofit:
+                out.append(f"{method} on {where}: does not fit {', '.join(nofit)}")
+            if low:
+                out.append(
+                    f"{method} on {where}: less than --min-headroom "
+                    f"{req.min_headroom:g} GiB free on {', '.join(low)}"
+                )
+            if over:
+                out.append(f"{method} on {where}: over budget on {', '.join(over)}")
     groups: dict[tuple[str, str], list[PlanCandidate]] = {}
     for c in cands:
-        groups.setdefault((c.gpu, c.method), []).append(c)
-    for (gpu, method), cs in groups.items():
-        if any(c.status == "ok" for c in cs):
-            continue
-        over = [c for c in cs if c.status == "over_budget"]
-        if over:
-            best = min(over, key=lambda c: c.cost_usd or 0.0)
-            out.append(f"{gpu} {method}: over budget (best {best.n_gpus} GPUs: {best.reason})")
-            continue
-        low = [c for c in cs if c.status == "low_headroom"]
-        if low:
-            out.append(f"{gpu} {method}: fits only under --min-headroom {req.min_headroom:g} GiB")
-            continue
-        best = min(cs, key=lambda c: c.peak_device_bytes / max(c.gpu_memory_bytes, 1))
-        out.append(
-            f"{gpu} {method}: does not fit ({best.n_gpus} GPUs {best.layout} needs "
-            f"{_gib(best.peak_device_bytes)} of {_gib(best.gpu_memory_bytes)} GiB)"
-        )
+        groups.setdefault((c.method, c.gpu), []).append(c)
+    for method in req.methods:
+        dear: list[tuple[float, str]] = []
+        never: list[str] = []
+        for (m, gpu), cs in groups.items():
+            if m != method or any(c.status == "ok" for c in cs):
+                continue
+            priced = [c.cost_usd for c in cs if c.status == "over_budget" and c.cost_usd]
+            if priced:
+                dear.append((min(priced), gpu))
+            else:
+                never.append(gpu)
+        if dear:
+            dear.sort()
+            text = ", ".join(f"{g} (${usd:,.0f})" for usd, g in dear)
+            out.append(f"{method} at any count: over budget on {text}")
+        if never:
+            out.append(
+                f"{method} at any count up to {req.max_gpus} GPUs: does not fit {', '.join(never)}"
+            )
     return out
 
 

@@ -138,7 +138,6 @@ class PlanCandidate(_Out):
     nodes: int
     n_gpus: int
     layout: str = Field(description="layout key (ddp, zero3, fsdp2_full_shard, ...+tpN+ppN)")
-    layout_summary: str = ""
     method: str
     grad_ckpt: bool
     micro_batch: int = Field(description="0 when even micro-batch 1 does not fit")
@@ -231,6 +230,7 @@ def _hours(s: float) -> str:
 class _Counter:
     estimates: int = 0
     estimate_s: float = 0.0
+    estimate_cpu_s: float = 0.0
 
 
 class _Search:
@@ -284,9 +284,10 @@ class _Search:
         """Return the engine's report without a GPU (cached; the engine is deterministic)."""
         rep = self.peaks.get(key)
         if rep is None:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             rep = self._estimate(EstimateRequest(**fields))
             self.count.estimate_s += time.perf_counter() - t
+            self.count.estimate_cpu_s += time.process_time() - c
             self.count.estimates += 1
             self.peaks[key] = rep
         return rep
@@ -373,7 +374,7 @@ def plan_train(req: PlanRequest) -> PlanReport:
     from vramcalc.formulas.counts import param_inventory
     from vramcalc.formulas.params import plan_params
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     gpus = _gpus(req.gpus_from)
     unpriced = [g.name for g in gpus if g.price_usd_per_gpu_hour <= 0]
     gpus = [g for g in gpus if g.price_usd_per_gpu_hour > 0]
@@ -402,6 +403,7 @@ def plan_train(req: PlanRequest) -> PlanReport:
     ]
     notes: list[str] = []
     plans: dict[tuple[Any, ...], Any] = {}
+    costs: dict[tuple[Any, ...], Any] = {}
     inventories: list[Any] = []
 
     def inventory(res: Any) -> Any:
@@ -424,17 +426,18 @@ def plan_train(req: PlanRequest) -> PlanReport:
         cap = -(-G // dp)
         # the peak depends on the accumulation only through "gradients kept between
         # micro-steps" (ga >= 2) and the micro-batches a pipeline stage holds in flight
-        # (min(ga, pp)): search at the worst case, report at the chosen accumulation
+        # (min(ga, pp)); each micro-batch is estimated with the accumulation it would run
         ga_top = max(2, pp)
-        ga0 = min(ga_top, cap)
-        fields0["grad_accum"] = ga0
+        fields0["grad_accum"] = cap
+        # DDP replicates everything: its per-rank peak does not depend on the world size
+        where = ("any",) if layout == "ddp" else mesh
 
         def report(b: int, ga: int) -> Any:
             f = search.fields(method, ckpt, layout, mesh, b, ga)
-            return search.report((method, ckpt, layout, mesh, b, min(ga, ga_top)), f)
+            return search.report((method, ckpt, layout, where, b, min(ga, ga_top)), f)
 
         def peak(b: int) -> int:
-            return int(report(b, ga0).peak.device_bytes)
+            return int(report(b, -(-cap // b)).peak.device_bytes)
 
         out: dict[str, int] = {}
         status: Status
@@ -443,7 +446,7 @@ def plan_train(req: PlanRequest) -> PlanReport:
             b = 0 if peak(1) > top else largest_batch(peak, cap, limits[g.name])
             out[g.name] = b
             if b == 0:
-                rep = report(1, ga0)
+                rep = report(1, cap)
                 dev = rep.peak.device_bytes + offsets[g.name]
                 status = "low_headroom" if dev <= g.memory_bytes else "no_fit"
                 candidates.append(
@@ -471,7 +474,14 @@ def plan_train(req: PlanRequest) -> PlanReport:
             res = dataclasses.replace(
                 res0, training=training, hardware=res0.hardware.model_copy(update={"gpu": g})
             )
-            cost = _cost(res, inv, pplan, [])
+            # the layout changes time and cost only through the compute dtype (DeepSpeed's
+            # precision section) and ZeRO-3's sharded dequantisation
+            ckey = (method, ckpt, mesh, b, ga, g.name, res0.training.param_dtype,
+                    res0.training.mixed_precision, res0.parallel.zero, res0.parallel.pp,
+                    res0.parallel.tp)  # fmt: skip
+            cost = costs.get(ckey)
+            if cost is None:
+                cost = costs[ckey] = _cost(res, inv, pplan, [])
             assert cost is not None
             status = "ok"
             reason = ""
@@ -548,7 +558,7 @@ def plan_train(req: PlanRequest) -> PlanReport:
             "PEFT: ZeRO-1/2 and FSDP shard_grad_op shard only the adapters' states, as DDP "
             "does not; pass --layouts to evaluate them"
         )
-    return _finish(req, candidates, excluded, notes, search, t0)
+    return _finish(req, candidates, excluded, notes, search, t0, cpu0)
 
 
 def _candidate(
@@ -582,7 +592,6 @@ def _candidate(
         nodes=mesh[1],
         n_gpus=mesh[0] * mesh[1],
         layout=layout,
-        layout_summary=rep.layout.summary if rep.layout is not None else "",
         method=method,
         grad_ckpt=ckpt,
         micro_batch=b,
@@ -631,6 +640,7 @@ def _finish(
     notes: list[str],
     search: _Search,
     t0: float,
+    cpu0: float,
 ) -> PlanReport:
     ok = [c for c in candidates if c.status == "ok"]
     front = pareto_front(ok)
@@ -669,11 +679,16 @@ def _finish(
             "--min-headroom or --seq-len, or allow --methods qlora"
         )
     elapsed = time.perf_counter() - t0
+    n = search.count.estimates
     stats = {
         "seconds": round(elapsed, 4),
+        "cpu_seconds": round(time.process_time() - cpu0, 4),
         "estimates": float(search.count.estimates),
-        "estimates_per_s": round(search.count.estimates / search.count.estimate_s, 1)
+        "estimates_per_s": round(n / search.count.estimate_s, 1)
         if search.count.estimate_s
+        else 0.0,
+        "estimates_per_cpu_s": round(n / search.count.estimate_cpu_s, 1)
+        if search.count.estimate_cpu_s
         else 0.0,
         "candidates": float(len(marked)),
     }

@@ -1,24 +1,27 @@
-"""The versioned endpoints: estimate, fit, and the catalogs."""
+"""The versioned endpoints: estimate, fit, plan, and the catalogs."""
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 import vramcalc
 from api.deps import Engine, get_engine
-from api.errors import Kind
+from api.errors import Kind, clip
 from api.executor import EngineExecutor, EngineTimeout, Saturated
 from api.limits import check_request
 from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, OptimizerInfo
 from api.settings import Settings, get_settings
 from api.strict import strict_type_issues
 from vramcalc import catalog
-from vramcalc.errors import InvalidConfigError, UnknownNameError
+from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
+from vramcalc.plan import PlanReport, PlanRequest
 from vramcalc.report import FitReport, MemoryReport
 from vramcalc.specs import EstimateRequest, GpuSpec
 
@@ -201,6 +204,50 @@ async def fit(
             "POST /v1/fit needs 'gpu'; accepted: the names listed by GET /v1/gpus"
         )
     return await _compute("fit", request, settings, engine, executor)
+
+
+@router.post(
+    "/v1/plan",
+    response_model=PlanReport,
+    responses={**_E400, **_E404, **_E422, **_E413},
+    tags=["plan"],
+)
+def plan(request: PlanRequest, settings: SettingsDep) -> Response:
+    """Plan what to rent and how to lay the job out (``vramcalc plan ... --json``).
+
+    Every evaluated candidate (GPU type and count, layout, method, checkpointing,
+    micro-batch x accumulation, peak, time, cost), the time-vs-cost front, the cheapest and
+    the fastest, and one line per exclusion. A plan runs hundreds of estimates (about a
+    second for a 70B model over the catalog), so it runs in a worker thread.
+    """
+    check_request(EstimateRequest(model=request.model, seq_len=request.seq_len), settings)
+    from vramcalc.plan import plan as run_plan
+
+    report = _run_engine(lambda _: run_plan(request), EstimateRequest(model=request.model))
+    return Response(report.model_dump_json(), media_type=_JSON)
+
+
+_R = TypeVar("_R")
+
+
+def _run_engine(fn: Callable[[EstimateRequest], _R], request: EstimateRequest) -> _R:
+    """Call the engine; an unforeseen error on odd input becomes a 422, logged as an error.
+
+    The engine raises ``VramcalcError`` for every input it knows to be bad. Anything else is
+    an engine bug that a client must not see as a 500; it is logged on
+    ``vramcalc.api.engine`` (the fuzz test fails on such records).
+    """
+    try:
+        return fn(request)
+    except (VramcalcError, ValidationError):
+        raise
+    except (ArithmeticError, LookupError, TypeError, ValueError, RecursionError) as exc:
+        # the clipped message and the frames, never the request body (api/errors.run_job)
+        what = f"{type(exc).__name__}: {clip(str(exc))}"
+        _engine_log.error("engine failed: %s", what, exc_info=True)
+        raise InvalidConfigError(
+            f"this combination cannot be estimated ({what}); please report it with the request"
+        ) from exc
 
 
 def _model_info(row: dict[str, Any]) -> ModelInfo:

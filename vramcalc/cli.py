@@ -34,7 +34,7 @@ __all__ = ["SUBCOMMANDS", "build_request", "main", "parse_spec", "run"]
 PROG = "vramcalc"
 EXIT_BAD_INPUT = 2
 WIDTH = 80
-SUBCOMMANDS = ("models", "gpus", "optimizers", "serve", "validate", "calibrate")
+SUBCOMMANDS = ("models", "gpus", "optimizers", "plan", "serve", "validate", "calibrate")
 
 # Accepted keys of each PEFT spec and the EstimateRequest field they fill.
 _LORA_KEYS = {"r": "r", "alpha": "alpha", "dropout": "dropout", "targets": "targets"}
@@ -789,6 +789,12 @@ class _Backend(StrEnum):
     CUDA = "cuda"
 
 
+def _cmd_plan(argv: Sequence[str]) -> int:
+    from vramcalc.cli_plan import plan_main
+
+    return plan_main(argv, _Parser)
+
+
 def _cmd_calibrate(argv: Sequence[str]) -> int:
     calibrate = _repo_import("validation.calibrate", "validation")
     code: int = calibrate.calibrate_main(list(argv))
@@ -799,6 +805,7 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "models": _cmd_models,
     "gpus": _cmd_gpus,
     "optimizers": _cmd_optimizers,
+    "plan": _cmd_plan,
     "serve": _cmd_serve,
     "validate": _cmd_validate,
     "calibrate": _cmd_calibrate,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vramcalc.enums import Phase, ServeEngine
+from vramcalc.enums import Phase, Quant, ServeEngine
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.inference import (
@@ -20,7 +20,7 @@ from vramcalc.formulas.inference import (
     kv_heads_per_rank,
     weights,
 )
-from vramcalc.formulas.params import ParamPlan
+from vramcalc.formulas.params import ParamPlan, block
 from vramcalc.report import ServingReport
 from vramcalc.specs import InferenceSpec, ModelSpec
 
@@ -54,6 +54,14 @@ def _comps(rows: dict[str, int]) -> dict[str, int]:
     for k, v in rows.items():
         out[k.split("/", 1)[0]] += v
     return out
+
+
+def _dequant_bytes(inventory: tuple[ParamGroup, ...], quant: Quant | None, cb: int) -> int:
+    """Return the largest bitsandbytes 4-bit weight dequantized to the compute dtype (prefill)."""
+    if quant not in (Quant.NF4, Quant.FP4):
+        return 0
+    sizes = [g.weight_numel for g in inventory if g.kind == "linear" and not g.expert]
+    return block(max(sizes, default=0) * cb)
 
 
 def inference_events(
@@ -102,6 +110,7 @@ def inference_events(
             kv_bytes=kv_dtype_bytes(inf.kv_dtype, cb),
             attn=tr.attn,
             kv_heads=kv_heads_per_rank(res.model.num_key_value_heads, res.parallel.tp),
+            dequant_bytes=_dequant_bytes(inventory, tr.quant, cb),
         )
         rows_list = [(e.phase, e.event, e.rows) for e in walk.events]
         notes.append(

@@ -264,7 +264,7 @@ class EstimateRequest(_Frozen):
         if self.task == Task.TRAIN:
             if infer_only:
                 raise ValueError(
-                    f"{_opts(infer_only)} only apply with --task infer (inference); "
+                    f"{_opts(infer_only)}: inference option(s), need --task infer; "
                     "training takes --seq-len and -b"
                 )
             return self
@@ -292,7 +292,7 @@ class EstimateRequest(_Frozen):
             train_only.append("optim")
         if train_only:
             raise ValueError(
-                f"{_opts(train_only)} only apply to training; with --task infer use "
+                f"{_opts(train_only)}: training option(s), not accepted with --task infer; use "
                 "--prompt-len, --new-tokens, -b, --kv-dtype, --quant/--weights, --engine"
             )
         if self.weights is not None and self.quant is not None:
@@ -304,7 +304,7 @@ class EstimateRequest(_Frozen):
             vllm = [n for n in _VLLM_ONLY if getattr(self, n) is not None]
             if vllm:
                 raise ValueError(
-                    f"{_opts(vllm)} only apply with --engine vllm"
+                    f"{_opts(vllm)}: vLLM option(s), need --engine vllm"
                     + (
                         "; with --engine hf the batch (-b) is the concurrency"
                         if "concurrency" in vllm

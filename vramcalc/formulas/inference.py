@@ -236,6 +236,7 @@ def generate_walk(
     kv_bytes: int,
     attn: Attention,
     kv_heads: int | None = None,
+    dequant_bytes: int = 0,
 ) -> GenerateWalk:
     """Walk ``model.generate(input_ids, max_new_tokens=N)`` with a ``DynamicCache``.
 
@@ -243,6 +244,10 @@ def generate_walk(
     temporaries); prefill logits and sampling; decode step 1; the last decode step (cache of
     ``P + N - 1`` tokens, the ``torch.cat`` copy of one K or V tensor, the step's logits).
     Inputs: ``input_ids`` and ``attention_mask`` (int64, ``B x (P + N)`` at the end).
+    ``dequant_bytes``: a bitsandbytes 4-bit layer's weight dequantized to 16 bit for a
+    multi-token matmul (the prefill; one-token decode steps take the ``gemv_4bit`` path).
+    Source: bitsandbytes ``autograd/_functions.py`` ``matmul_4bit`` (``gemv_4bit`` only when
+    ``A.numel() == A.shape[-1]``, else ``dequantize_4bit`` + ``torch.matmul``).
 
     Source: see the module docstring (transformers 5.24 ``generation/utils.py``,
     ``cache_utils.py``).
@@ -274,7 +279,8 @@ def generate_walk(
                 "activations/kv_cache": cache(prompt_len),
                 "activations/prefill_temporaries": _layer_temporaries(
                     spec, t_prefill, batch, prompt_len, compute, attn
-                ),
+                )
+                + (dequant_bytes if t_prefill > 1 else 0),
             },
         )
     )

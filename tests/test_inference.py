@@ -230,7 +230,7 @@ _VLLM_GPT2 = ["gpt2", "--task", "infer", "--engine", "vllm", "--gpu", "h100-sxm"
         (["gpt2", "--task", "infer", "--kv-dtype", "fp4"], "fp8"),
         (["gpt2", "--prompt-len", "8"], "--task infer"),
         (["gpt2", "--task", "infer", "--concurrency", "8"], "--engine vllm"),
-        (_VLLM_GPT2 + ["--max-model-len", "4096"], "max_position_embeddings"),
+        ([*_VLLM_GPT2, "--max-model-len", "4096"], "max_position_embeddings"),
     ],
 )
 def test_cli_errors(capsys: pytest.CaptureFixture[str], args: list[str], needle: str) -> None:

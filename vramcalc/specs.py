@@ -259,7 +259,7 @@ class EstimateRequest(_Frozen):
                 "engine",
                 *_VLLM_ONLY,
             )
-            if n in self.model_fields_set and getattr(self, n) != _INFER_DEFAULTS.get(n)
+            if n in self.model_fields_set and getattr(self, n) != type(self).model_fields[n].default
         ]
         if self.task == Task.TRAIN:
             if infer_only:
@@ -344,7 +344,6 @@ class EstimateRequest(_Frozen):
 
 
 _VLLM_ONLY = ("gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "concurrency")
-_INFER_DEFAULTS: dict[str, Any] = {"kv_dtype": KvDtype.AUTO, "engine": ServeEngine.HF}
 
 
 def _opts(names: list[str]) -> str:

@@ -71,7 +71,7 @@ def test_tokens_without_gpu_is_a_note() -> None:
 def test_inference_has_no_training_state() -> None:
     r = vramcalc.estimate(model="gpt2", task="inference")
     assert r.breakdown.gradients == 0 and r.breakdown.optimizer == 0
-    assert r.peak.phase == Phase.FORWARD
+    assert r.peak.phase == Phase.PREFILL
     assert r.breakdown.params >= 4 * 124_439_808  # fp32 weights, tied head once
 
 

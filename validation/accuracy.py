@@ -335,6 +335,58 @@ def _dist_line(rows: Sequence[GridRow]) -> str:
     return line.replace("Traced grid (", "Traced distributed grid, rank 0 (", 1)
 
 
+
+GENERATE_TRACES = REPO / "validation" / "measurements" / "trace-generate.jsonl"
+
+
+def generate_rows() -> list[tuple[str, int, int, float, str, str]]:
+    """Traced ``generate`` peaks vs the estimate: (id, traced, estimated, error %, phases)."""
+    if not GENERATE_TRACES.exists():
+        return []
+    from validation.trace import load_measurements
+    from vramcalc.engine import _estimate
+
+    out = []
+    for m in load_measurements(GENERATE_TRACES):
+        est = _estimate(m.scenario.request, target="trace")
+        t = m.measured.allocated_bytes
+        err = 100 * (est.peak.allocated_bytes - t) / t
+        out.append(
+            (m.scenario.id, t, est.peak.allocated_bytes, err, m.measured.phase,
+             est.peak.phase.value)
+        )  # fmt: skip
+    return out
+
+
+def _generate_section() -> list[str]:
+    rows = generate_rows()
+    lines = [
+        "## Inference",
+        "",
+        "**HF `generate`** (`--task infer`, `--engine hf`) is checked against transformers' own "
+        "`generate` (greedy) traced on fake CUDA tensors (`validation/trace.py`, "
+        "`validation/measurements/trace-generate.jsonl`), allocated peak and phase:",
+        "",
+        "| scenario | traced MiB | estimated MiB | error | phase (trace / estimate) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for sid, t, e, err, pt, pe in rows:
+        lines.append(
+            f"| {sid} | {t / 2**20:,.1f} | {e / 2**20:,.1f} | {err:+.1f} % | {pt} / {pe} |"
+        )
+    if not rows:
+        lines.append("| (no traces committed) | | | | |")
+    lines += [
+        "",
+        "**vLLM** (`--engine vllm`) is not traced: vLLM needs a GPU. Its figures (KV blocks, "
+        "largest `max_model_len`, concurrency) follow vLLM's documented start-up profiling "
+        "(`v1/worker/gpu_worker.py` `determine_available_memory`, `v1/core/kv_cache_utils.py`); "
+        "the CUDA-graph memory is a labelled prior. Not measured against a real vLLM run yet.",
+        "",
+    ]
+    return lines
+
+
 def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequence[CudaRow],
              reference: str, dist: Sequence[GridRow] = ()) -> str:  # fmt: skip
     """Render the whole of ``docs/accuracy.md``."""
@@ -354,6 +406,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         f"- Committed CUDA measurements: {len(cuda)} cases"
         + ("." if cuda else " (none committed yet)."),
         "",
+        *_generate_section(),
         "## How measured",
         "",
         "**Published** figures come from `" + reference + "`: peaks that others measured and "

@@ -40,6 +40,7 @@ __all__ = [
     "PublishedCase",
     "ReferenceMissing",
     "case_to_published",
+    "cli_args",
     "load_cases",
     "measured_bytes",
     "metric_kind",
@@ -375,6 +376,10 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
     # task, optimizer, PEFT, quantization
     if raw["task"] == "inference":
         fields["task"] = "inference"
+        if group == "litgpt-resource-tables":
+            # generate/base.py: max_new_tokens=50, the KV cache sized prompt + 50 (seq_len)
+            fields["new_tokens"] = 50
+            fields["prompt_len"] = int(raw["seq_len"]) - 50
         if "nf4" in dtype_text:
             fields["quant"] = "nf4"
             if "nf4-dq" not in dtype_text:
@@ -449,7 +454,12 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             "per buffer, never materialised whole by LitGPT"
         )
     if group == "litgpt-resource-tables" and raw["task"] == "inference":
-        notes.append("LitGPT's generate/base.py: prompt + 50 new tokens, a KV cache of 56")
+        notes.append(
+            "LitGPT's generate/base.py (its own model code, a static KV cache of prompt + 50 "
+            "tokens allocated up front, all prompt positions' logits) as transformers "
+            "generate (DynamicCache, last-position logits): prompt 6 tokens ('Hello, my name "
+            "is' + BOS) + 50 new; the two differ by under 1 MiB here"
+        )
     if group == "torchtune":
         notes.append(
             "torchtune's own Llama code on packed 4096-token samples (flex attention, a "
@@ -511,7 +521,7 @@ def summarize_request(req: EstimateRequest) -> str:
     """Summarize a request's memory-relevant settings in one line."""
     parts: list[str] = []
     if req.task.value == "inference":
-        parts.append("inference")
+        parts.append("infer")
     prec = req.dtype.value if req.mixed_precision.value == "no" else f"amp-{req.mixed_precision}"
     parts.append(prec)
     if req.quant is not None:
@@ -524,6 +534,8 @@ def summarize_request(req: EstimateRequest) -> str:
     if req.task.value != "inference":
         parts.append(req.optim)
     shape = f"b{req.batch_size} s{req.seq_len}"
+    if req.task.value == "inference" and req.prompt_len:
+        shape = f"b{req.batch_size} p{req.prompt_len}+{req.new_tokens}"
     if req.grad_accum > 1:
         shape += f" ga{req.grad_accum}"
     parts.append(shape)
@@ -540,3 +552,25 @@ def summarize_request(req: EstimateRequest) -> str:
     if req.gpus * req.nodes > 1:
         parts.append(f"{req.gpus * req.nodes} GPUs")
     return ", ".join(parts)
+
+
+def cli_args(req: EstimateRequest) -> list[str]:
+    """Return the ``vramcalc`` command-line arguments of an inference request.
+
+    Raises:
+        ValueError: a request that uses fields this renderer does not cover (training).
+
+    """
+    if req.task.value != "inference" or not isinstance(req.model, str):
+        raise ValueError("cli_args covers inference requests on catalog models")
+    args = [req.model, "--task", "infer", "--dtype", req.dtype.value, "-b", str(req.batch_size)]
+    if req.prompt_len:
+        args += ["--prompt-len", str(req.prompt_len)]
+    args += ["--new-tokens", str(req.new_tokens), "--attn", req.attn.value]
+    if req.quant is not None:
+        args += ["--quant", req.quant.value]
+    if req.weights is not None:
+        args += ["--weights", req.weights.value]
+    if req.gpu:
+        args += ["--gpu", req.gpu]
+    return args

@@ -385,6 +385,11 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
         with mode_ctx:
             if fake:
                 build.materialize(model, device)
+            if req.task.value == "inference":
+                with tracker:
+                    measured = _trace_generate(model, req, device, tracker)
+                del model
+                return measured
             setup = build.build_setup(scenario, device, model=model)
             measured = run_steps(tracker, setup, scenario.steps)
             del setup, model
@@ -445,6 +450,87 @@ def run_steps(
             del batch
             _classify(tracker, setup)
         return _measured(tracker)
+
+
+def _trace_generate(model: Any, req: Any, device: str, tracker: Any) -> Measured:
+    """Trace ``model.generate`` (greedy, ``max_new_tokens = new_tokens``) on the tracker.
+
+    The model is put in eval mode; ``input_ids`` and an all-ones ``attention_mask`` of
+    ``batch x prompt_len`` are the inputs. Fake tensors cannot answer the stop check's
+    data-dependent ``unfinished_sequences.max() == 0``; with no EOS token the real answer is
+    "not finished" until ``max_length``, which the patched ``StopCheck`` returns from the
+    length. A forward pre-hook names the phase: the first forward is ``prefill``, the others
+    ``decode`` (sampling after a forward belongs to its phase).
+    """
+    import torch  # noqa: TID251
+    from transformers.generation import utils as gen_utils
+
+    prompt = req.prompt_len or req.seq_len
+    new = req.new_tokens
+    max_length = prompt + new
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    calls = [0]
+
+    def pre_hook(_module: Any, _args: Any) -> None:
+        calls[0] += 1
+        tracker.set_phase(1, "prefill" if calls[0] == 1 else "decode")
+
+    def stop(self: Any, unfinished: Any, tokens: Any, length: int) -> bool:
+        return length >= max_length
+
+    handle = model.register_forward_pre_hook(pre_hook)
+    old = gen_utils.StopCheck.__call__
+    gen_utils.StopCheck.__call__ = stop  # type: ignore[method-assign]
+    old_item, old_bool = torch.Tensor.item, torch.Tensor.__bool__
+    seen: list[str] = []
+
+    def answer(self: Any) -> Any:
+        # generate's host-side checks read values fake tensors do not have. The inputs are an
+        # unpadded batch with an all-ones mask: "mask all ones?" (``.all()``) is True, "any
+        # right padding?" / "any pad token?" (``.any()``, ``== 0``) is False.
+        import linecache
+        import traceback
+
+        fr = traceback.extract_stack(limit=2)[0]
+        end = fr.end_lineno or fr.lineno or 0
+        if (fr.line or "").endswith("("):  # a multi-line condition: read the whole of it
+            end = (fr.lineno or 0) + 6
+        line = " ".join(
+            linecache.getline(fr.filename, n).strip() for n in range(fr.lineno or 0, end + 1)
+        )
+        seen.append(f"{Path(fr.filename).name}:{fr.lineno}: {line}")
+        return ".all()" in line
+
+    torch.Tensor.item = answer  # type: ignore[method-assign,assignment]
+    torch.Tensor.__bool__ = answer  # type: ignore[method-assign,assignment]
+    try:
+        tracker.mark(model.parameters(), "params")
+        tracker.mark(model.buffers(), "params")
+        tracker.set_phase(1, "input")
+        ids = torch.zeros(req.batch_size, prompt, dtype=torch.long, device=device)
+        mask = torch.ones(req.batch_size, prompt, dtype=torch.long, device=device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                do_sample=False,
+            )  # fmt: skip
+        del out, ids, mask
+    finally:
+        gen_utils.StopCheck.__call__ = old  # type: ignore[method-assign]
+        torch.Tensor.item = old_item  # type: ignore[method-assign]
+        torch.Tensor.__bool__ = old_bool  # type: ignore[method-assign]
+        handle.remove()
+        if os.environ.get("VRAMCALC_TRACE_DEBUG"):
+            print(sorted(set(seen)), file=sys.stderr)
+    return Measured(
+        allocated_bytes=tracker.peak,
+        phase=tracker.peak_phase,
+        step=1,
+        per_phase_peak={k: v for k, v in tracker.per_phase.items() if not k.startswith("0/")},
+        by_category=tracker.at_peak(),
+    )
 
 
 def _classify(tracker: Any, setup: Any) -> None:

@@ -233,6 +233,27 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="an accelerate config YAML (distributed_type, fsdp_config, "
                         "deepspeed_config, mixed_precision, num_processes); options given "
                         "here must agree with it")  # fmt: skip
+    g = p.add_argument_group("inference and serving (--task infer)")
+    g.add_argument("--task", default="train", metavar="{train,infer}",
+                   help="train (default) or infer: generate / serving memory")  # fmt: skip
+    g.add_argument("--prompt-len", type=int, metavar="N",
+                   help="prompt tokens (default: --seq-len)")  # fmt: skip
+    g.add_argument("--new-tokens", type=int, metavar="N",
+                   help="generated tokens, generate's max_new_tokens (default 1)")  # fmt: skip
+    g.add_argument("--kv-dtype", metavar="{auto,fp16,bf16,fp8}",
+                   help="KV-cache dtype (default auto: the compute dtype)")  # fmt: skip
+    g.add_argument("--weights", metavar="{awq,gptq,fp8}",
+                   help="weight-only quantized checkpoint (4-bit AWQ/GPTQ, FP8)")  # fmt: skip
+    g.add_argument("--engine", metavar="{hf,vllm}",
+                   help="hf: transformers generate (default); vllm: vLLM serving")  # fmt: skip
+    g.add_argument("--gpu-memory-utilization", type=float, metavar="F",
+                   help="vLLM: share of GPU memory it takes (default 0.9)")  # fmt: skip
+    g.add_argument("--max-num-batched-tokens", type=int, metavar="N",
+                   help="vLLM: tokens per step, sizes the profile run")  # fmt: skip
+    g.add_argument("--max-model-len", type=int, metavar="N",
+                   help="vLLM: context length (default: the model's)")  # fmt: skip
+    g.add_argument("--concurrency", type=int, metavar="N",
+                   help="vLLM: concurrent sequences to check")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -412,7 +433,37 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         text = getattr(ns, name)
         if text is not None:
             fields[name] = _typed_spec(option, parse_spec(option, text, keys))
+    fields.update(_inference_fields(ns))
     return EstimateRequest(**fields)
+
+
+def _inference_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``--task infer`` options as request fields (only those given)."""
+    from vramcalc.enums import KvDtype, ServeEngine, WeightFormat
+
+    out: dict[str, Any] = {}
+    task = ns.task.strip().lower()
+    if task not in ("train", "infer", "inference"):
+        raise UnknownNameError("--task value", ns.task, ["train", "infer"])
+    out["task"] = "inference" if task != "train" else "train"
+    for name, option, enum in (
+        ("kv_dtype", "--kv-dtype", KvDtype),
+        ("weights", "--weights", WeightFormat),
+        ("engine", "--engine", ServeEngine),
+    ):
+        if getattr(ns, name) is not None:
+            out[name] = _enum_value(option, getattr(ns, name), enum)
+    for name in (
+        "prompt_len",
+        "new_tokens",
+        "gpu_memory_utilization",
+        "max_num_batched_tokens",
+        "max_model_len",
+        "concurrency",
+    ):
+        if getattr(ns, name) is not None:
+            out[name] = getattr(ns, name)
+    return out
 
 
 def _validation_message(exc: Any) -> str:
@@ -505,7 +556,10 @@ def render_report(report: MemoryReport, console: Console) -> None:
                   "nvidia-smi: reserved + CUDA context")  # fmt: skip
     console.print(peaks)
     step = "first step" if pk.step == 1 else "steady state"
-    console.print(f"peak during [bold]{pk.phase.value}[/] ({pk.event}, {step})")
+    if pk.phase.value in ("prefill", "decode"):  # inference: one pass, no steps
+        console.print(f"peak during [bold]{pk.phase.value}[/] ({pk.event})")
+    else:
+        console.print(f"peak during [bold]{pk.phase.value}[/] ({pk.event}, {step})")
     layout = report.layout
     if layout is not None and not _trivial_layout(layout):
         console.print(f"layout: {layout.summary}", markup=False)
@@ -537,6 +591,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     console.print(table)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
+    if report.serving is not None:
+        _render_serving(report, console)
     if report.fit is not None:
         _render_fit_line(report.fit, console)
     if report.cost is not None:
@@ -558,6 +614,41 @@ def render_report(report: MemoryReport, console: Console) -> None:
 def _trivial_layout(layout: Layout) -> bool:
     """One GPU, no sharding and no model parallelism: nothing worth a line."""
     return layout.world_size <= 1 and layout.engine == "none"
+
+
+def _render_serving(report: MemoryReport, console: Console) -> None:
+    """Print vLLM's budget and what it buys (``--engine vllm``)."""
+    from rich.table import Table
+
+    s = report.serving
+    assert s is not None
+    t = Table(title=f"vLLM budget per GPU ({s.gpu_memory_utilization:g} x {s.gpu})",
+              title_justify="left", padding=(0, 1))  # fmt: skip
+    t.add_column("part")
+    t.add_column("GiB", justify="right")
+    t.add_column("note", style="dim")
+    t.add_row("weights", _gib(s.weights_bytes), "")
+    t.add_row("profile activations", _gib(s.activation_peak_bytes),
+              f"{s.max_num_batched_tokens} tokens, {s.max_num_seqs} seqs")  # fmt: skip
+    t.add_row("CUDA graphs", _gib(s.cuda_graph_bytes), "prior estimate")
+    t.add_row("non-torch", _gib(s.non_torch_bytes), "cuBLAS workspace")
+    t.add_row("KV cache", _gib(s.kv_cache_bytes),
+              f"{s.kv_blocks:,} blocks x {s.block_size} tokens")  # fmt: skip
+    t.add_section()
+    t.add_row("[bold]budget[/]", f"[bold]{_gib(s.budget_bytes)}[/]", "")
+    console.print(t)
+    console.print(
+        f"KV cache: {s.kv_bytes_per_token / 2**10:,.0f} KiB per token; one sequence fits up to "
+        f"[bold]{s.max_model_len_fit:,}[/] tokens (max_model_len {s.max_model_len:,})"
+    )
+    console.print(
+        f"Concurrent sequences of {s.request_len:,} tokens: [bold]{s.max_concurrency:,}[/]"
+        + (f" (asked {s.concurrency:,})" if s.concurrency is not None else "")
+    )
+    if s.fits:
+        console.print("[green]Fits[/] the vLLM budget")
+    else:
+        console.print(f"[red]Does not fit:[/] {s.reason}")
 
 
 def _render_fit_line(fit: FitReport, console: Console) -> None:

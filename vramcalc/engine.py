@@ -51,6 +51,7 @@ from vramcalc.report import (
     MemoryReport,
     ModelSummary,
     Peak,
+    ServingReport,
     TimelineEvent,
 )
 from vramcalc.specs import (
@@ -59,6 +60,7 @@ from vramcalc.specs import (
     EstimateRequest,
     GpuSpec,
     HardwareSpec,
+    InferenceSpec,
     LoraOptions,
     ModelSpec,
     ParallelSpec,
@@ -220,6 +222,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         quant=quant,
         grad_ckpt=req.grad_ckpt,
         attn=req.attn,
+        inference=InferenceSpec.from_request(req),
     )
     if (
         spec.max_position_embeddings
@@ -324,7 +327,7 @@ def _walk(
     inputs = _input_bytes(tr)
     prof, opt, rs, plan, inventory = rank.prof, rank.opt, rank.states, rank.plan, rank.inventory
     if tr.task == Task.INFERENCE or prof is None or opt is None or rs is None:
-        return _inference_walk(res, plan, inputs, w)
+        return _inference_walk(res, rank, w)
     spec = rank.spec
     stage = rank.stage
     params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
@@ -700,27 +703,19 @@ def _layout(par: ParallelSpec, stage: Stage) -> Layout:
 
 
 def _inference_walk(
-    res: Resolved, plan: ParamPlan, inputs: int, w: _Walk
+    res: Resolved, rank: _Rank, w: _Walk
 ) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
-    """Inference: weights + KV cache + the largest transient (prefill logits).
+    """Inference: ``generate``'s prefill and decode (``--engine hf``) or vLLM's budget.
 
-    Source: MEMORY_MODEL (inference): KV cache 2 * layers * kv_heads * head_dim * tokens *
-    batch * bytes.
+    Source: ``formulas/inference.py`` (transformers 5.24 ``generate``) and ``serving.py``
+    (vLLM ``determine_available_memory``).
     """
-    spec, tr = res.model, res.training
-    cb = dtype_bytes(tr.param_dtype) if tr.mixed_precision == MixedPrecision.NO else 2
-    tokens = tr.batch_size * tr.seq_len
-    kv = 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.head_dim * tokens * cb
-    logits = block(tokens * spec.vocab_size * cb) + block(tokens * spec.vocab_size * 4)
-    comps = {"params": plan.param_bytes + inputs, "activations": 0, "gradients": 0, "optimizer": 0}
-    w.add(1, Phase.LOAD, "model loaded", comps)
-    w.add(
-        1,
-        Phase.FORWARD,
-        "prefill (KV cache + logits)",
-        {**comps, "activations": block(kv) + logits},
-    )
-    return w.events, 0, {"activations/kv_cache": block(kv), "activations/logits": logits}, []
+    from vramcalc.inference_walk import inference_events
+
+    events, details, notes = inference_events(res, rank.spec, rank.inventory, rank.plan)
+    for phase, event, comps in events:
+        w.add(1, phase, event, comps)
+    return w.events, 0, details, notes
 
 
 # ----------------------------------------------------------------------------- overheads
@@ -877,9 +872,16 @@ def _estimate(
         layout=_layout(res.parallel, rank.stage),
         fit=fit_report,
         cost=cost_report,
+        serving=_serving(res, rank),
         assumptions=assumptions,
         notes=notes,
     )
+
+
+def _serving(res: Resolved, rank: _Rank) -> ServingReport | None:
+    from vramcalc.inference_walk import serving_for
+
+    return serving_for(res, rank.spec, rank.inventory)
 
 
 _REST = {

@@ -13,13 +13,16 @@ __all__ = [
     "DType",
     "FsdpBackwardPrefetch",
     "FsdpStrategy",
+    "KvDtype",
     "MixedPrecision",
     "Offload",
     "PeftMethod",
     "Phase",
     "PipelineSchedule",
     "Quant",
+    "ServeEngine",
     "Task",
+    "WeightFormat",
     "ZeroStage",
 ]
 
@@ -131,10 +134,36 @@ class Task(StrEnum):
 
 
 class Phase(StrEnum):
-    """Phases of one training step, in order."""
+    """Phases of one training step, in order (then the two of an inference job)."""
 
     LOAD = "load"
     FORWARD = "forward"
     LOSS = "loss"
     BACKWARD = "backward"
     OPTIMIZER = "optimizer"
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class KvDtype(StrEnum):
+    """Storage dtype of the KV cache (``--kv-dtype``); ``auto`` = the compute dtype."""
+
+    AUTO = "auto"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+
+
+class WeightFormat(StrEnum):
+    """Weight-only quantized checkpoint formats served as they are stored (``--weights``)."""
+
+    AWQ = "awq"
+    GPTQ = "gptq"
+    FP8 = "fp8"
+
+
+class ServeEngine(StrEnum):
+    """What runs the inference (``--engine``): transformers ``generate`` or vLLM."""
+
+    HF = "hf"
+    VLLM = "vllm"

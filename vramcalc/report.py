@@ -21,6 +21,7 @@ __all__ = [
     "MemoryReport",
     "ModelSummary",
     "Peak",
+    "ServingReport",
     "TimelineEvent",
 ]
 
@@ -136,6 +137,41 @@ class Layout(_Out):
     summary: str = Field(description="the layout in one line, as the CLI table shows it")
 
 
+class ServingReport(_Out):
+    """vLLM's memory budget and what it buys (``--engine vllm``), per GPU.
+
+    ``budget_bytes`` = ``gpu_memory_utilization`` x GPU memory = weights + activation peak of
+    the profile run + CUDA graphs + non-torch memory + KV cache; the KV cache is split into
+    blocks of ``block_size`` tokens (all layers). See ``vramcalc/serving.py``.
+    """
+
+    engine: str = "vllm"
+    gpu: str
+    gpu_memory_bytes: int
+    gpu_memory_utilization: float
+    budget_bytes: int
+    weights_bytes: int
+    activation_peak_bytes: int = Field(description="profile run at max_num_batched_tokens")
+    cuda_graph_bytes: int
+    non_torch_bytes: int
+    kv_cache_bytes: int = Field(description="num blocks x bytes per block (0 if none fit)")
+    kv_bytes_per_token: int
+    block_size: int
+    kv_blocks: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int = Field(description="the context length vLLM is started with")
+    max_model_len_fit: int = Field(
+        description="largest max_model_len whose KV cache fits one sequence (capped at the "
+        "model's max_position_embeddings)"
+    )
+    request_len: int = Field(description="tokens per sequence the concurrency is counted at")
+    max_concurrency: int = Field(description="whole sequences of request_len the blocks hold")
+    concurrency: int | None = Field(default=None, description="requested concurrent sequences")
+    fits: bool
+    reason: str | None = Field(default=None, description="why it does not fit")
+
+
 class MemoryReport(_Out):
     """An estimate: the step timeline, the peaks and the breakdown at the peak."""
 
@@ -149,5 +185,6 @@ class MemoryReport(_Out):
     layout: Layout | None = None
     fit: FitReport | None = None
     cost: CostReport | None = None
+    serving: ServingReport | None = None
     assumptions: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)

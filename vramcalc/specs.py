@@ -27,12 +27,15 @@ from vramcalc.enums import (
     DType,
     FsdpBackwardPrefetch,
     FsdpStrategy,
+    KvDtype,
     MixedPrecision,
     Offload,
     PeftMethod,
     PipelineSchedule,
     Quant,
+    ServeEngine,
     Task,
+    WeightFormat,
     ZeroStage,
 )
 from vramcalc.errors import UnknownNameError
@@ -48,6 +51,7 @@ __all__ = [
     "FsdpSpec",
     "GpuSpec",
     "HardwareSpec",
+    "InferenceSpec",
     "LoraOptions",
     "ModelSpec",
     "ParallelSpec",
@@ -231,6 +235,35 @@ class EstimateRequest(_Frozen):
         default=None, gt=0, le=1, description=f"model FLOPs utilisation, {MIN_MFU:g} to 1"
     )
     price_per_gpu_hour: SFloat | None = Field(default=None, ge=0, le=10_000)
+    # inference and serving (``--task infer``); see formulas/inference.py and serving.py
+    prompt_len: SInt | None = Field(
+        default=None, gt=0, le=MAX_SEQ, description="prompt tokens (default: seq_len)"
+    )
+    new_tokens: SInt = Field(
+        default=1, gt=0, le=MAX_SEQ, description="generated tokens (generate's max_new_tokens)"
+    )
+    kv_dtype: KvDtype = Field(
+        default=KvDtype.AUTO, description="KV-cache dtype (auto = the compute dtype)"
+    )
+    weights: WeightFormat | None = Field(
+        default=None, description="weight-only quantized checkpoint: awq, gptq (4 bit), fp8"
+    )
+    engine: ServeEngine = Field(
+        default=ServeEngine.HF, description="hf = transformers generate, vllm = vLLM serving"
+    )
+    gpu_memory_utilization: SFloat | None = Field(
+        default=None, gt=0, le=1, description="vLLM's share of GPU memory (default 0.9)"
+    )
+    max_num_batched_tokens: SInt | None = Field(
+        default=None, gt=0, le=MAX_SEQ, description="vLLM tokens per scheduler step"
+    )
+    max_model_len: SInt | None = Field(
+        default=None, gt=0, le=MAX_SEQ, description="vLLM context length (default: model's)"
+    )
+    concurrency: SInt | None = Field(
+        default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
+    )
+
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -256,6 +289,9 @@ class EstimateRequest(_Frozen):
         "fsdp",
         "fsdp_backward_prefetch",
         "pp_schedule",
+        "kv_dtype",
+        "weights",
+        "engine",
         mode="before",
     )
     @classmethod
@@ -267,6 +303,8 @@ class EstimateRequest(_Frozen):
              if isinstance(a, type) and issubclass(a, Enum)),
             None,
         )  # fmt: skip
+        if info.field_name == "task" and isinstance(v, str) and v.lower() == "infer":
+            return "inference"  # ``infer`` is the CLI spelling of ``inference``
         if enum is None or v is None or isinstance(v, enum):
             return v
         values = [str(m.value) for m in enum]
@@ -288,6 +326,87 @@ class EstimateRequest(_Frozen):
                 f"accepted: {MIN_MFU:g} to 1"
             )
         return v
+
+    @model_validator(mode="after")
+    def _inference_options(self) -> EstimateRequest:
+        infer_only = [
+            n
+            for n in (
+                "prompt_len",
+                "new_tokens",
+                "kv_dtype",
+                "weights",
+                "engine",
+                *_VLLM_ONLY,
+            )
+            if n in self.model_fields_set and getattr(self, n) != type(self).model_fields[n].default
+        ]
+        if self.task == Task.TRAIN:
+            if infer_only:
+                raise ValueError(
+                    f"{_opts(infer_only)}: inference option(s), need --task infer; "
+                    "training takes --seq-len and -b"
+                )
+            return self
+        train_only = [
+            n
+            for n, off in (
+                ("grad_accum", 1),
+                ("grad_ckpt", False),
+                ("lora", None),
+                ("qlora", None),
+                ("adapter", None),
+                ("prefix", None),
+                ("prompt_tuning", None),
+                ("ia3", False),
+                ("zero", ZeroStage.DISABLED),
+                ("deepspeed", None),
+                ("fsdp", None),
+                ("offload_optimizer", "none"),
+                ("offload_param", "none"),
+                ("tokens", None),
+            )
+            if getattr(self, n) != off
+        ]
+        if "optim" in self.model_fields_set and self.optim != "adamw_torch":
+            train_only.append("optim")
+        if train_only:
+            raise ValueError(
+                f"{_opts(train_only)}: training option(s), not accepted with --task infer; use "
+                "--prompt-len, --new-tokens, -b, --kv-dtype, --quant/--weights, --engine"
+            )
+        if self.weights is not None and self.quant is not None:
+            raise ValueError(
+                f"choose one weight format, got --quant {self.quant.value} and --weights "
+                f"{self.weights.value}"
+            )
+        if self.engine == ServeEngine.HF:
+            vllm = [n for n in _VLLM_ONLY if getattr(self, n) is not None]
+            if vllm:
+                raise ValueError(
+                    f"{_opts(vllm)}: vLLM option(s), need --engine vllm"
+                    + (
+                        "; with --engine hf the batch (-b) is the concurrency"
+                        if "concurrency" in vllm
+                        else ""
+                    )
+                )
+            if self.kv_dtype == KvDtype.FP8:
+                raise ValueError(
+                    "--kv-dtype fp8 needs --engine vllm (transformers' caches store K/V in the "
+                    "model's dtype); accepted with --engine hf: auto, fp16, bf16"
+                )
+        else:
+            if self.batch_size != 1:
+                raise ValueError(
+                    "--engine vllm batches requests itself: give --concurrency N, not -b"
+                )
+            if not self.gpu:
+                raise ValueError(
+                    "--engine vllm needs --gpu NAME: its budget is --gpu-memory-utilization "
+                    "x the GPU's memory (see `vramcalc gpus`)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _one_peft_method(self) -> EstimateRequest:
@@ -398,6 +517,13 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
     return out
 
 
+_VLLM_ONLY = ("gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "concurrency")
+
+
+def _opts(names: list[str]) -> str:
+    return ", ".join("--" + n.replace("_", "-") for n in names)
+
+
 class PeftSpec(_Frozen):
     """A resolved PEFT method: which modules get which trainable parameters."""
 
@@ -409,6 +535,45 @@ class PeftSpec(_Frozen):
     target_parameters: tuple[str, ...] = ()
     num_virtual_tokens: int = 0
     adapter_dim: int = 0
+
+
+class InferenceSpec(_Frozen):
+    """A resolved inference job (``--task infer``): the request's inference fields.
+
+    ``prompt_len`` falls back to ``seq_len``; the vLLM defaults that depend on the GPU are
+    resolved in ``serving.py``.
+    """
+
+    prompt_len: int = Field(gt=0)
+    new_tokens: int = Field(default=1, gt=0)
+    kv_dtype: KvDtype = KvDtype.AUTO
+    weights: WeightFormat | None = None
+    engine: ServeEngine = ServeEngine.HF
+    gpu_memory_utilization: float | None = None
+    max_num_batched_tokens: int | None = None
+    max_model_len: int | None = None
+    concurrency: int | None = None
+    request_len: int | None = Field(
+        default=None, description="prompt + new tokens when the prompt length was given"
+    )
+
+    @classmethod
+    def from_request(cls, req: EstimateRequest) -> InferenceSpec | None:
+        """Return the inference part of a request (None for training)."""
+        if req.task != Task.INFERENCE:
+            return None
+        return cls(
+            prompt_len=req.prompt_len or req.seq_len,
+            new_tokens=req.new_tokens,
+            kv_dtype=req.kv_dtype,
+            weights=req.weights,
+            engine=req.engine,
+            gpu_memory_utilization=req.gpu_memory_utilization,
+            max_num_batched_tokens=req.max_num_batched_tokens,
+            max_model_len=req.max_model_len,
+            concurrency=req.concurrency,
+            request_len=req.prompt_len + req.new_tokens if req.prompt_len else None,
+        )
 
 
 class TrainingSpec(_Frozen):
@@ -425,6 +590,7 @@ class TrainingSpec(_Frozen):
     quant: Quant | None = None
     grad_ckpt: bool = False
     attn: Attention = Attention.SDPA
+    inference: InferenceSpec | None = None
 
 
 class ZeroSpec(_Frozen):

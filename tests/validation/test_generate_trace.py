@@ -1,0 +1,51 @@
+"""HF ``generate`` estimate vs committed fake-CUDA traces of transformers' own ``generate``.
+
+``validation/measurements/trace-generate.jsonl`` holds traces of greedy ``generate`` (three
+families: llama, qwen2, gpt2; prefill- and decode-dominated). The estimate (``target="trace"``)
+must agree on the phase of the peak and be within 5 % (the aim is 3 %). Known gap: GPT-2's
+``gelu_new`` (tanh approximation written in Python) allocates several ``B x P x 4H``
+temporaries the MLP formula does not count (-11 % on the fp32 prefill case); it is held to
+15 % so that a regression still fails.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from validation.accuracy import GENERATE_TRACES
+from validation.records import Scenario
+from validation.trace import load_measurements, trace_scenarios
+from vramcalc.engine import _estimate
+
+KNOWN_GAPS = {"gpt2-prefill": 15.0}
+CASES = load_measurements(GENERATE_TRACES) if GENERATE_TRACES.exists() else []
+
+
+@pytest.mark.parametrize("m", CASES, ids=[m.scenario.id for m in CASES])
+def test_generate_estimate_vs_trace(m: object) -> None:
+    from validation.records import Measurement
+
+    assert isinstance(m, Measurement)
+    est = _estimate(m.scenario.request, target="trace")
+    traced = m.measured.allocated_bytes
+    err = 100 * abs(est.peak.allocated_bytes - traced) / traced
+    assert est.peak.phase.value == m.measured.phase
+    assert err <= KNOWN_GAPS.get(m.scenario.id, 5.0), err
+
+
+def test_three_families_committed() -> None:
+    types = {m.scenario.request.model["model_type"] for m in CASES}  # type: ignore[index]
+    assert {"llama", "qwen2", "gpt2"} <= types
+    assert {m.measured.phase for m in CASES} == {"prefill", "decode"}
+
+
+@pytest.mark.slow
+def test_retrace_one_prefill_case() -> None:
+    """The committed trace is reproducible (and the generate path of the tracer runs)."""
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    m = next(m for m in CASES if m.scenario.id == "llama-prefill")
+    (again,) = trace_scenarios([Scenario(id=m.scenario.id, request=m.scenario.request)])
+    assert again.measured.allocated_bytes == m.measured.allocated_bytes

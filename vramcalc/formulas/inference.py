@@ -1,0 +1,319 @@
+"""Inference: weights in their stored format, the KV cache, and ``generate``'s peak.
+
+Numbers in, integer bytes out. The walk of transformers' ``generate`` (``generate_walk``) is
+what ``engine._inference_walk`` records for ``--engine hf``; ``serving.py`` reuses the weight
+and KV-cache formulas for ``--engine vllm``.
+
+What transformers 5.24 ``generate`` holds (``generation/utils.py``, ``cache_utils.py``):
+
+- **prefill**: one forward over the ``B x P`` prompt under ``no_grad``. Nothing is saved for
+  backward; each decoder layer's temporaries are freed before the next layer runs, while the
+  layer's K and V go into the cache. ``generate`` passes ``logits_to_keep=1`` (``_sample``
+  setup: "set it to 1 to avoid computing the whole logit matrix"), so the LM head computes
+  ``B x 1 x V`` logits, not ``B x P x V``.
+- **sampling** (after every forward): ``outputs.logits[:, -1].to(copy=True,
+  dtype=torch.float32)`` (fp32 copy), the logits processors' scores (fp32), and with
+  ``do_sample`` the softmax probabilities (fp32) -- each ``B x V``.
+- **decode**: one token per step; ``DynamicCache`` (the default) grows every layer's K and V
+  by ``torch.cat`` (``DynamicLayer.update``), so while one tensor is re-allocated its old
+  copy (one token shorter) is live for a moment. The last forward sees ``P + N - 1`` cached
+  tokens (the N-th token is sampled, never fed back). A static cache
+  (``cache_implementation="static"``) allocates ``P + N`` tokens up front instead; the peak
+  differs by one token per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vramcalc import catalog
+from vramcalc.enums import Attention, DType, KvDtype, Phase, Quant, WeightFormat
+from vramcalc.formulas.counts import ParamGroup
+from vramcalc.formulas.params import _quantized_weight_bytes, block, dtype_bytes
+from vramcalc.specs import ModelSpec
+
+__all__ = [
+    "GenerateEvent",
+    "GenerateWalk",
+    "compute_bytes",
+    "generate_walk",
+    "kv_bytes_per_token",
+    "kv_dtype_bytes",
+    "kv_heads_per_rank",
+    "weight_format_bytes",
+    "weights",
+]
+
+
+def compute_bytes(param_dtype: DType, weights: WeightFormat | None) -> int:
+    """Bytes of one activation element: the weights' dtype, 16 bit for AWQ/GPTQ/FP8 kernels.
+
+    Source: vLLM ``quantization/awq.py``, ``gptq.py``, ``fp8.py`` (activations in fp16/bf16).
+    """
+    if weights is not None:
+        return 2
+    return dtype_bytes(param_dtype)
+
+
+def kv_dtype_bytes(kv_dtype: KvDtype, compute: int) -> int:
+    """Bytes of one cached K or V element (``auto`` = the compute dtype).
+
+    Source: transformers ``cache_utils.DynamicLayer`` (K/V stored as the layer computes them);
+    vLLM ``CacheConfig.cache_dtype`` (``auto`` = model dtype, ``fp8`` = 1 byte).
+    """
+    if kv_dtype == KvDtype.AUTO:
+        return compute
+    return 1 if kv_dtype == KvDtype.FP8 else 2
+
+
+def kv_heads_per_rank(num_key_value_heads: int, tp: int) -> int:
+    """KV heads one tensor-parallel rank caches: ``kv / tp``, at least one (replicated).
+
+    Source: vLLM ``model_executor/layers/linear.py`` ``QKVParallelLinear`` (``num_kv_heads =
+    max(1, total_num_kv_heads // tp_size)``, heads replicated when ``tp > kv``).
+    """
+    return max(1, num_key_value_heads // tp)
+
+
+def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, kv_bytes: int) -> int:
+    """KV-cache bytes of one token over ``layers`` layers: ``2 x layers x kv_heads x d x b``.
+
+    The 2 is K and V. Source: MEMORY_MODEL (inference); vLLM ``v1/kv_cache_interface.py``
+    ``FullAttentionSpec.page_size_bytes`` = ``2 x block_size x num_kv_heads x head_size x
+    dtype_size`` per layer.
+    """
+    return 2 * layers * kv_heads * head_dim * kv_bytes
+
+
+def weight_format_bytes(in_features: int, out_features: int, fmt: WeightFormat) -> int:
+    """Allocated bytes of one linear weight stored in a weight-only quantized format.
+
+    - AWQ (4 bit, group ``g`` = 128): ``qweight`` int32 ``[in, out/8]``, ``qzeros`` int32
+      ``[in/g, out/8]``, ``scales`` fp16 ``[in/g, out]``.
+      Source: vLLM ``quantization/awq.py`` ``AWQLinearMethod.create_weights``.
+    - GPTQ (4 bit, g = 128): ``qweight`` int32 ``[in/8, out]``, ``qzeros`` int32
+      ``[in/g, out/8]``, ``scales`` fp16 ``[in/g, out]``, ``g_idx`` int32 ``[in]``.
+      Source: vLLM ``quantization/gptq.py`` ``GPTQLinearMethod.create_weights``.
+    - FP8: ``weight`` float8 ``[out, in]``, per-tensor ``weight_scale`` and ``input_scale``
+      (fp32 scalars). Source: vLLM ``quantization/fp8.py`` ``Fp8LinearMethod.create_weights``
+      (a per-channel checkpoint adds ``out`` fp32 scales: < 0.5 % of the weight).
+    """
+    if fmt == WeightFormat.FP8:
+        return block(in_features * out_features) + 2 * block(4)
+    bits = int(catalog.constant("awq_gptq_weight_bits"))
+    g = int(catalog.constant("awq_gptq_group_size"))
+    pack = 32 // bits
+    groups = -(-in_features // g)
+    out_packed = -(-out_features // pack)
+    zeros = block(groups * out_packed * 4)
+    scales = block(groups * out_features * 2)
+    if fmt == WeightFormat.AWQ:
+        return block(in_features * out_packed * 4) + zeros + scales
+    qweight = block(-(-in_features // pack) * out_features * 4)
+    return qweight + zeros + scales + block(in_features * 4)
+
+
+def weights(
+    inventory: tuple[ParamGroup, ...],
+    param_dtype: DType,
+    quant: Quant | None,
+    fmt: WeightFormat | None,
+) -> tuple[int, dict[str, int]]:
+    """Bytes of the model's weights for inference, and their ``params/...`` detail rows.
+
+    Linear weights inside the blocks are stored quantized (bitsandbytes ``--quant``: not
+    MoE experts, as bitsandbytes skips 3-D expert parameters; ``--weights``: experts too, as
+    vLLM's fused-MoE kernels take AWQ/GPTQ/FP8 experts); embeddings, the LM head, norms and
+    biases stay in the 16-bit dtype (``param_dtype``; 16 bit for ``--weights``). Inference does
+    not run ``prepare_model_for_kbit_training``, so nothing is cast to fp32.
+
+    Source: transformers ``integrations/bitsandbytes.py`` (``lm_head`` kept out by
+    ``llm_int8_skip_modules``); vLLM ``quantization/*`` (``ParallelLMHead`` unquantized).
+    """
+    other = 2 if fmt is not None else dtype_bytes(param_dtype)
+    other_key = "params/fp32" if other == 4 else "params/16bit"
+    total = 0
+    rows: dict[str, int] = {}
+    for g in inventory:
+        qbnb = quant is not None and g.kind == "linear" and not g.expert
+        qfmt = fmt is not None and g.kind == "linear"
+        if qbnb:
+            assert quant is not None
+            wb, key = _quantized_weight_bytes(g.weight_numel, g.out_features, quant), quant.value
+        elif qfmt:
+            assert fmt is not None
+            wb, key = weight_format_bytes(g.in_features, g.out_features, fmt), fmt.value
+        else:
+            wb, key = block(g.weight_numel * other), other_key.split("/")[1]
+        b = wb * g.count
+        if g.bias_numel:
+            bb = block(g.bias_numel * other) * g.count
+            rows[other_key] = rows.get(other_key, 0) + bb
+            total += bb
+        rows[f"params/{key}"] = rows.get(f"params/{key}", 0) + b
+        total += b
+    return total, rows
+
+
+@dataclass(frozen=True)
+class GenerateEvent:
+    """Live bytes at one moment of ``generate`` (components as the engine records them)."""
+
+    phase: Phase
+    event: str
+    rows: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        """Sum of the rows."""
+        return sum(self.rows.values())
+
+
+@dataclass(frozen=True)
+class GenerateWalk:
+    """The events of one ``generate`` call; the peak is the largest."""
+
+    events: list[GenerateEvent] = field(default_factory=list)
+
+    @property
+    def peak(self) -> GenerateEvent:
+        """The first event among equal maxima (as ``max_memory_allocated`` records it)."""
+        return max(self.events, key=lambda e: e.total)
+
+
+def _layer_temporaries(spec: ModelSpec, tokens: int, batch: int, prompt: int, cb: int,
+                       attn: Attention) -> int:  # fmt: skip
+    """Largest live temporaries inside one decoder layer over ``tokens`` tokens (no grad).
+
+    Residual stream: the layer input (kept as the residual) and its normed copy, ``2 T H``.
+    Attention: q, k, v projections and rotated q and k copies, the attention output
+    (``T (2 h + 2 kv) d`` + ``T h d``); eager attention adds the ``B h P P`` scores in the
+    compute dtype, the masked copy, and the fp32 softmax (``2 cb + 4`` bytes per score).
+    Gated MLP: ``act(gate)``, ``up`` and their product live at once (``3 T I``); plain MLP:
+    ``fc1`` output and its activation (``2 T I``).
+    Source: transformers 5.24 ``models/llama/modeling_llama.py`` (``LlamaAttention.forward``,
+    ``apply_rotary_pos_emb``, ``LlamaMLP.forward``), ``eager_attention_forward``.
+    """
+    h, kv, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    resid = 2 * block(tokens * spec.hidden_size * cb)
+    qkv = block(tokens * h * d * cb) + 2 * block(tokens * kv * d * cb)
+    rot = block(tokens * h * d * cb) + block(tokens * kv * d * cb)
+    out = block(tokens * h * d * cb)
+    attn_b = qkv + rot + out
+    if attn == Attention.EAGER:
+        scores = batch * h * prompt * prompt
+        attn_b += 2 * block(scores * cb) + block(scores * 4)
+    inter = spec.intermediate_size
+    if spec.num_experts_per_tok:
+        inter *= spec.num_experts_per_tok
+    mlp = (3 if spec.mlp == "gated" else 2) * block(tokens * inter * cb)
+    return resid + max(attn_b, mlp)
+
+
+def _sampling(batch: int, vocab: int, cb: int) -> dict[str, int]:
+    """Return the last position's logits and their fp32 copy, scores and probabilities.
+
+    Source: transformers 5.24 ``generation/utils.py`` ``_sample``: ``outputs.logits`` (``B x 1 x
+    V`` with ``logits_to_keep=1``), ``next_token_logits = outputs.logits[:, -1].to(copy=True,
+    dtype=torch.float32)``, ``next_token_scores = logits_processor(...)``, ``probs =
+    softmax(next_token_scores)``.
+    """
+    return {
+        "activations/logits": block(batch * vocab * cb) + block(batch * vocab * 4),
+        "activations/sampling": 2 * block(batch * vocab * 4),
+    }
+
+
+def generate_walk(
+    spec: ModelSpec,
+    *,
+    weight_bytes: int,
+    weight_rows: dict[str, int],
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    compute: int,
+    kv_bytes: int,
+    attn: Attention,
+    kv_heads: int | None = None,
+    dequant_bytes: int = 0,
+) -> GenerateWalk:
+    """Walk ``model.generate(input_ids, max_new_tokens=N)`` with a ``DynamicCache``.
+
+    Events: model loaded; prefill at the last layer (the whole prompt's cache, that layer's
+    temporaries); prefill logits and sampling; decode step 1; the last decode step (cache of
+    ``P + N - 1`` tokens, the ``torch.cat`` copy of one K or V tensor, the step's logits).
+    Inputs: ``input_ids`` and ``attention_mask`` (int64, ``B x (P + N)`` at the end).
+    ``dequant_bytes``: a bitsandbytes 4-bit layer's weight dequantized to 16 bit for a
+    multi-token matmul (the prefill; one-token decode steps take the ``gemv_4bit`` path).
+    Source: bitsandbytes ``autograd/_functions.py`` ``matmul_4bit`` (``gemv_4bit`` only when
+    ``A.numel() == A.shape[-1]``, else ``dequantize_4bit`` + ``torch.matmul``).
+
+    Source: see the module docstring (transformers 5.24 ``generation/utils.py``,
+    ``cache_utils.py``).
+    """
+    L = spec.num_hidden_layers
+    kvh = kv_heads if kv_heads is not None else spec.num_key_value_heads
+    d = spec.head_dim
+
+    def cache(tokens: int) -> int:
+        # one K and one V tensor [B, kv, tokens, d] per layer
+        return 2 * L * block(batch * kvh * tokens * d * kv_bytes)
+
+    def inputs(tokens: int) -> int:
+        return 2 * block(batch * tokens * 8)
+
+    base = {**weight_rows}
+    out = GenerateWalk([])
+    out.events.append(
+        GenerateEvent(Phase.LOAD, "model loaded", {**base, "params/inputs": inputs(prompt_len)})
+    )
+    t_prefill = batch * prompt_len
+    out.events.append(
+        GenerateEvent(
+            Phase.PREFILL,
+            "prefill: last layer (KV cache + layer temporaries)",
+            {
+                **base,
+                "params/inputs": inputs(prompt_len),
+                "activations/kv_cache": cache(prompt_len),
+                "activations/prefill_temporaries": _layer_temporaries(
+                    spec, t_prefill, batch, prompt_len, compute, attn
+                )
+                + (dequant_bytes if t_prefill > 1 else 0),
+            },
+        )
+    )
+    out.events.append(
+        GenerateEvent(
+            Phase.PREFILL,
+            "prefill: last-position logits and sampling",
+            {
+                **base,
+                "params/inputs": inputs(prompt_len),
+                "activations/kv_cache": cache(prompt_len),
+                **_sampling(batch, spec.vocab_size, compute),
+            },
+        )
+    )
+    for step in sorted({1, new_tokens - 1}):
+        if step < 1 or step > new_tokens - 1:
+            continue
+        seen = prompt_len + step  # cached tokens after this step's forward
+        grow = block(batch * kvh * (seen - 1) * d * kv_bytes)  # torch.cat: the old copy
+        step_tmp = _layer_temporaries(spec, batch, batch, 1, compute, attn)
+        name = "decode: first step" if step == 1 else f"decode: last step ({seen} cached tokens)"
+        rows = {
+            **base,
+            "params/inputs": inputs(seen),
+            "activations/kv_cache": cache(seen),
+        }
+        layer = grow + step_tmp
+        sampling = _sampling(batch, spec.vocab_size, compute)
+        if layer >= sum(sampling.values()):
+            rows["activations/cache_growth"] = grow
+            rows["activations/decode_temporaries"] = step_tmp
+        else:
+            rows.update(sampling)
+        out.events.append(GenerateEvent(Phase.DECODE, name, rows))
+    return out

@@ -46,8 +46,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(MEASUREMENTS) == 50
-    assert len(BY_ID) == 50
+    assert len(MEASUREMENTS) == 57
+    assert len(BY_ID) == 57
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in MEASUREMENTS)
 
 

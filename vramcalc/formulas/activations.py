@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vramcalc.enums import Attention, MixedPrecision
+from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
 from vramcalc.specs import ModelSpec, TrainingSpec
@@ -530,8 +530,10 @@ def _moe(
     saved), ``down * w`` (both saved; bf16 x fp32 promotes the product to fp32), the inverse
     permutation (indices saved) and an fp32 reshape+sum back to T x H. ``grouped_mm`` is not
     an autocast op and casts its input to the weight dtype, so experts compute in the
-    parameter dtype (fp32 under AMP with fp32 weights, where torch's grouped GEMM is bf16-only
-    and transformers' per-expert ``grouped_mm_fallback`` op runs: same saved tensors).
+    parameter dtype (fp32 under AMP with fp32 weights). Weights other than bf16 take
+    transformers' ``grouped_mm_fallback`` custom op (torch's fake/meta grouped GEMM is
+    bf16-only; the tracer routes them there, see ``validation/trace.py``), whose
+    ``setup_context`` saves the input even when the expert weights are frozen (LoRA).
 
     Source: transformers v5.24 ``models/mixtral/modeling_mixtral.py``,
     ``integrations/moe.py``; torch 2.13 ``tools/autograd/derivatives.yaml`` (``_grouped_mm``,
@@ -548,6 +550,9 @@ def _moe(
     inter = down.in_features
     up_out = up.out_features  # 2 x inter when gate and up are fused
     full = ctx.full
+    # torch's grouped GEMM (bf16 weights) saves its input only for the weight gradient;
+    # transformers' grouped_mm_fallback op (other dtypes) saves it always
+    keep_x = full or ctx.tr.param_dtype != DType.BF16
     amp_copy = 0
     if not (rg or full):
         return 0, 0, 0
@@ -567,12 +572,12 @@ def _moe(
     led.save("moe_tok_idx", "moe", S * 8)
     led.save("moe_perm", "moe", S * 8)
     led.save("moe_offs", "moe", E * 4)
-    if full:
+    if keep_x:
         led.save("moe_x", "moe", S * H * eb)
     led.save("moe_gate_up", "moe", S * up_out * eb)
     if up_out != inter:
         led.save("moe_act", "moe", S * inter * eb)
-    if full:
+    if keep_x:
         led.save("moe_prod", "moe", S * inter * eb)
     led.save("moe_down", "moe", S * H * eb)
     led.save("moe_w", "moe", S * 4)

@@ -56,6 +56,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4, "word_embed_proj_dim": 256, "vocab_size": 8000,
         "max_position_embeddings": 512,
     },
+    "mixtral": {  # MoE: 4 experts, top-2 (transformers' grouped_mm experts path)
+        "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 16000,
+        "max_position_embeddings": 512, "sliding_window": None, "tie_word_embeddings": False,
+    },
 }  # fmt: skip
 
 # (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
@@ -113,6 +119,14 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("gemma", "full", "fp16", "no", False, "eager", "adamw_torch", "foreach", 1, 128),
     ("gpt2", "full", "fp32", "no", False, "eager", "adamw_torch", "foreach", 1, 512),
     ("opt", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 512),
+    # MoE (router, grouped expert GEMMs, weighted combine)
+    ("mixtral", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mixtral", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
+    ("mixtral", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mixtral", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "fused", 1, 512),
+    ("mixtral", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mixtral", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
+    ("mixtral", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 1, 256),
 ]
 
 _ABBR = {
@@ -130,6 +144,8 @@ def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scen
     extra: dict[str, Any] = {}
     if method == "lora":
         extra["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
+        if family == "mixtral":  # PEFT has no default targets for mixtral: vramcalc's template's
+            extra["lora"]["targets"] = ["q_proj", "v_proj"]
     elif method == "qlora":
         extra["qlora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         extra["quant"] = "nf4"

@@ -287,6 +287,18 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
 
         patch(masking_utils, "find_packed_sequence_indices", find_packed_sequence_indices)
 
+        # torch's fake (meta) grouped GEMM accepts bf16 only; other weight dtypes take
+        # transformers' own grouped_mm_fallback custom op, whose fake kernel allocates what
+        # the real one does (the (S, out) output; backward: input- and weight-sized grads)
+        from transformers.integrations import moe
+
+        can_use = moe._can_use_grouped_mm
+
+        def _can_use_grouped_mm(input: Any, weight: Any, offs: Any) -> bool:
+            return bool(can_use(input, weight, offs)) and weight.dtype == torch.bfloat16
+
+        patch(moe, "_can_use_grouped_mm", _can_use_grouped_mm)
+
     if route_sdpa:
         sdpa = F.scaled_dot_product_attention
         aten = torch.ops.aten
@@ -348,6 +360,9 @@ def _patch_cuda_availability() -> None:
 
     amp_common.amp_definitely_not_available = lambda: False
     torch.cuda.is_bf16_supported = lambda including_emulation=True: True
+    # transformers' MoE experts pick torch's grouped GEMM from the device capability
+    # (integrations/moe.py ``_can_use_grouped_mm``): answer an H100/H200's
+    torch.cuda.get_device_capability = lambda device=None: (9, 0)
 
 
 # ----------------------------------------------------------------------------- one trace

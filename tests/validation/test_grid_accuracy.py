@@ -56,8 +56,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 50
-    assert len({m.scenario.id for m in SINGLE}) == 50
+    assert len(SINGLE) == 57
+    assert len({m.scenario.id for m in SINGLE}) == 57
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 
@@ -76,25 +76,7 @@ def test_distributed_grid_covers_the_layouts() -> None:
     assert all(m.fingerprint.backend == "trace" for m in DISTRIBUTED)
 
 
-# Known gaps, reported as xfail (counted and listed in the pytest summary, never as passes):
-# MoE blocks have no activation ledger yet (issue 9). Not strict: the checkpointed MoE case
-# is within 5 % already (its activations are mostly layer inputs).
-KNOWN_GAPS = {
-    sid: "MoE expert activations are not modelled yet (issue 9)"
-    for sid in BY_ID
-    if sid.startswith("mixtral-") and sid in {m.scenario.id for m in DISTRIBUTED}
-}
-
-
-@pytest.mark.parametrize(
-    "sid",
-    [
-        pytest.param(s, marks=pytest.mark.xfail(reason=KNOWN_GAPS[s], strict=False))
-        if s in KNOWN_GAPS
-        else s
-        for s in BY_ID
-    ],
-)
+@pytest.mark.parametrize("sid", list(BY_ID))
 def test_allocated_peak_within_5_percent(sid: str) -> None:
     m = BY_ID[sid]
     report = predict(m.scenario.request, m.scenario.optim_impl, target="trace")

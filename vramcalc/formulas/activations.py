@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vramcalc.enums import Attention, MixedPrecision
+from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
 from vramcalc.specs import ModelSpec, TrainingSpec
@@ -129,6 +129,10 @@ def _layer_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamGr
     return [g for g in inventory if g.stack == stack and g.kind == "linear" and not g.expert]
 
 
+def _expert_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamGroup]:
+    return [g for g in inventory if g.stack == stack and g.kind == "linear" and g.expert]
+
+
 @dataclass
 class _Ctx:
     spec: ModelSpec
@@ -207,6 +211,7 @@ def activation_profile(
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
+        experts = _expert_groups(inventory, stack)
         memo: dict[bool, tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
@@ -215,7 +220,9 @@ def activation_profile(
             # identical blocks give identical ledgers; only "does the input need a gradient"
             # differs (the first block under LoRA without checkpointing)
             if grad_flows not in memo:
-                memo[grad_flows] = _block(ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0)
+                memo[grad_flows] = _block(
+                    ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0, experts=experts
+                )
             led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows]
             grad_flows = grad_flows or needs_grad_after
             if id(led) not in total_cache:
@@ -321,11 +328,19 @@ def _sub_blocks(groups: list[ParamGroup]) -> list[tuple[bool, list[ParamGroup]]]
 
 
 def _block(
-    ctx: _Ctx, groups: list[ParamGroup], rb: int, *, x_requires_grad: bool, first: bool
+    ctx: _Ctx,
+    groups: list[ParamGroup],
+    rb: int,
+    *,
+    x_requires_grad: bool,
+    first: bool,
+    experts: list[ParamGroup] | None = None,
 ) -> tuple[Ledger, int, int, bool, int]:
     """One transformer block: (ledger, fwd extra, bwd extra, grad flows after, amp copies).
 
-    ``groups`` are the block's linear groups in module order.
+    ``groups`` are the block's linear groups in module order; ``experts`` its MoE expert
+    groups (3-D parameters): the MLP is then a sparse MoE block (``_moe``), and any dense MLP
+    linears of the block are a shared expert run on the same normalised input.
     """
     spec = ctx.spec
     T, H = ctx.T, spec.hidden_size
@@ -384,10 +399,28 @@ def _block(
                 amp_copy += block(g.out_features * ctx.lora_r * 2)
             rg = True
 
-    for si, (is_attn, sub) in enumerate(_sub_blocks(groups)):
+    subs = _sub_blocks(groups)
+    moe_gate: list[ParamGroup] = []
+    if experts:
+        # the shared expert's scalar gate (qwen2_moe ``shared_expert_gate``, H -> 1) is not
+        # part of the shared MLP's linear chain
+        subs = [(a, [g for g in sub if a or g.out_features != 1]) for a, sub in subs]
+        moe_gate = [
+            g for a, sub in _sub_blocks(groups) if not a for g in sub if g.out_features == 1
+        ]
+        subs = [(a, sub) for a, sub in subs if sub]
+        if all(a for a, _ in subs):
+            subs.append((False, []))  # no shared expert: the MoE block alone is the MLP
+    for si, (is_attn, sub) in enumerate(subs):
         if not (spec.parallel_residual and si == 1):
             norm(f"n{si}")
         x_in = f"n{si}_out"
+        if experts and not is_attn:
+            f_x, b_x, amp_x = _moe(led, ctx, experts, x_in, norm_out_b, rg=rg)
+            fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
+            amp_copy += amp_x
+            if not sub:
+                continue
         ins, out = sub[:-1], sub[-1]
         for g in ins:
             linear(g, x_in, norm_out_b)
@@ -465,9 +498,96 @@ def _block(
                     linear(out, "prod", prod_b)
                 elif amp:
                     amp_copy += block(out.weight_numel * 2)
+            for g in moe_gate:  # shared expert gate: sigmoid(linear(x)) * shared output
+                linear(g, x_in, norm_out_b)
+                if rg or ctx.full:
+                    led.save("shared_gate_sig", "mlp", T * cb)
+                    led.save("shared_out", "mlp", T * H * cb)
             fwd_extra = max(fwd_extra, 2 * block(n_i * 4))
             bwd_extra = max(bwd_extra, 3 * block(n_i * cb))
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
     bwd_extra += 2 * block(T * H * rb)
     return led, fwd_extra, bwd_extra, rg, amp_copy
+
+
+def _moe(
+    led: Ledger, ctx: _Ctx, experts: list[ParamGroup], xname: str, xb: int, *, rg: bool
+) -> tuple[int, int, int]:
+    """Record a sparse MoE block as transformers 5.24 runs it; return (fwd, bwd extra, amp).
+
+    ``xname`` (``xb`` bytes an element) is the normalised input, saved by the dense linears
+    under the same name. Router (``MixtralTopKRouter``): ``F.linear`` to T x E logits (in the
+    compute dtype; its input saved when the router trains, an autocast copy under AMP),
+    ``softmax`` of the fp32 copy saves its fp32 output, ``topk`` its int64 indices, the
+    in-place renormalisation ``/= sum`` its fp32 operands. Experts: the default
+    ``grouped_mm`` implementation (``integrations/moe.py`` ``grouped_mm_experts_forward``)
+    works on S = T x top_k routed rows whatever the balance: ``sort`` of the expert ids, the
+    gathered inputs ``x[perm // k]`` (indices saved), the routing weights ``w[perm]`` (indices
+    saved), one grouped GEMM for gate_up and one for down (each saves its input when the
+    expert weights train -- never under LoRA: 3-D parameters PEFT ``target_modules`` cannot
+    reach -- and the offsets), ``silu(gate) * up`` (the gate_up output and the activation
+    saved), ``down * w`` (both saved; bf16 x fp32 promotes the product to fp32), the inverse
+    permutation (indices saved) and an fp32 reshape+sum back to T x H. ``grouped_mm`` is not
+    an autocast op and casts its input to the weight dtype, so experts compute in the
+    parameter dtype (fp32 under AMP with fp32 weights). Weights other than bf16 take
+    transformers' ``grouped_mm_fallback`` custom op (torch's fake/meta grouped GEMM is
+    bf16-only; the tracer routes them there, see ``validation/trace.py``), whose
+    ``setup_context`` saves the input even when the expert weights are frozen (LoRA).
+
+    Source: transformers v5.24 ``models/mixtral/modeling_mixtral.py``,
+    ``integrations/moe.py``; torch 2.13 ``tools/autograd/derivatives.yaml`` (``_grouped_mm``,
+    ``index``, ``mul``, ``_softmax``, ``topk``); checked against fake-CUDA traces
+    (``validation/grid.py`` mixtral rows).
+    """
+    spec = ctx.spec
+    T, H = ctx.T, spec.hidden_size
+    E, k = max(spec.num_local_experts, 1), max(spec.num_experts_per_tok, 1)
+    S = T * k
+    eb = ctx.pb  # experts compute in the weight dtype
+    up = next((g for g in experts if g.role == "expert_column"), experts[0])
+    down = next((g for g in experts if g.role == "expert_row"), experts[-1])
+    inter = down.in_features
+    up_out = up.out_features  # 2 x inter when gate and up are fused
+    full = ctx.full
+    # torch's grouped GEMM (bf16 weights) saves its input only for the weight gradient;
+    # transformers' grouped_mm_fallback op (other dtypes) saves it always
+    keep_x = full or ctx.tr.param_dtype != DType.BF16
+    amp_copy = 0
+    if not (rg or full):
+        return 0, 0, 0
+    # ---- router
+    if full:
+        if ctx.amp and xb == 4:
+            led.save(f"{xname}_cast_router", "linear_inputs", T * H * 2)
+        else:
+            led.save(xname, "linear_inputs", T * H * xb)
+    if ctx.amp:
+        amp_copy += block(E * H * 2)
+    led.save("router_probs", "moe", T * E * 4)
+    led.save("router_idx", "moe", T * k * 8)
+    led.save("router_topv", "moe", T * k * 4)
+    led.save("router_sum", "moe", T * 4)
+    # ---- dispatch
+    led.save("moe_tok_idx", "moe", S * 8)
+    led.save("moe_perm", "moe", S * 8)
+    led.save("moe_offs", "moe", E * 4)
+    if keep_x:
+        led.save("moe_x", "moe", S * H * eb)
+    led.save("moe_gate_up", "moe", S * up_out * eb)
+    if up_out != inter:
+        led.save("moe_act", "moe", S * inter * eb)
+    if keep_x:
+        led.save("moe_prod", "moe", S * inter * eb)
+    led.save("moe_down", "moe", S * H * eb)
+    led.save("moe_w", "moe", S * 4)
+    led.save("moe_inv_perm", "moe", S * 8)
+    cb4 = max(eb, 4)
+    # forward: the weighted rows, their re-ordered copy and the fp32 sum
+    fwd = 2 * block(S * H * cb4) + block(T * H * 4)
+    # backward: fp32 grads of the combine, then the gate_up grad with the act grads
+    bwd = max(
+        2 * block(S * H * cb4) + block(S * H * eb),
+        block(S * up_out * eb) + 2 * block(S * inter * eb) + block(S * H * eb),
+    )
+    return fwd, bwd, amp_copy

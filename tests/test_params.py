@@ -126,7 +126,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3": {**_BASE, "num_key_value_heads": 2, "head_dim": 16},
     "qwen3_moe": {
         **_BASE, "num_key_value_heads": 2, "num_experts": 4, "moe_intermediate_size": 32,
-        "mlp_only_layers": [0],
+        "mlp_only_layers": [0], "num_experts_per_tok": 2,
     },
     "qwen2_moe": {
         **_BASE, "num_key_value_heads": 2, "num_experts": 4, "moe_intermediate_size": 32,
@@ -151,7 +151,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     "phimoe": {**_BASE, "num_key_value_heads": 2, "num_local_experts": 4},
     "olmo2": {**_BASE, "num_key_value_heads": 2},
-    "olmoe": {**_BASE, "num_key_value_heads": 2, "num_experts": 4},
+    "olmoe": {**_BASE, "num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2},
     "granite": {**_BASE, "num_key_value_heads": 2},
     "cohere": {**_BASE, "num_key_value_heads": 2, "vocab_size": 256000},
     "glm4": {**_BASE, "num_key_value_heads": 2, "head_dim": 16},

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
 from vramcalc import catalog
-from vramcalc.enums import FsdpStrategy, MixedPrecision, Offload, ZeroStage
+from vramcalc.enums import FsdpStrategy, Offload, ZeroStage
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.specs import EstimateRequest, FsdpSpec, ModelSpec, ParallelSpec, ZeroSpec
@@ -194,14 +193,6 @@ def resolve_parallel(
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0][:12]
-
-
-def compute_dtype_bytes(mixed_precision: MixedPrecision, param_bytes: int) -> int:
-    """Bytes per element the forward runs in: 2 under fp16/bf16 autocast, else the storage."""
-    return 2 if mixed_precision != MixedPrecision.NO else param_bytes
-
-
-_: Any = None
 
 
 @dataclass(frozen=True)

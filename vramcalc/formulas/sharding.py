@@ -71,6 +71,8 @@ class Units:
     head: tuple[tuple[int, int, int], ...] = ()
     embed_trainable_elements: int = 0
     head_trainable_elements: int = 0
+    rest: tuple[tuple[int, int, int], ...] = ()
+    """Root tensors that are neither the token embedding nor the final norm / LM head."""
 
     @property
     def block_bytes(self) -> int:
@@ -104,6 +106,7 @@ def units(plan: ParamPlan, n_blocks: int) -> Units:
     root: list[tuple[int, int, int]] = []
     emb: list[tuple[int, int, int]] = []
     head: list[tuple[int, int, int]] = []
+    rest: list[tuple[int, int, int]] = []
     b_tr = r_tr = e_tr = h_tr = 0
     trainable = plan.trainable_keys
     for key, nb, count, eb in plan.tensors:
@@ -122,7 +125,20 @@ def units(plan: ParamPlan, n_blocks: int) -> Units:
         elif key.startswith("head/") or "final_norm" in key:
             head.append((nb, count, eb))
             h_tr += el
-    return Units(n_blocks, tuple(blk), tuple(root), b_tr, r_tr, tuple(emb), tuple(head), e_tr, h_tr)
+        else:
+            rest.append((nb, count, eb))
+    return Units(
+        n_blocks,
+        tuple(blk),
+        tuple(root),
+        b_tr,
+        r_tr,
+        tuple(emb),
+        tuple(head),
+        e_tr,
+        h_tr,
+        tuple(rest),
+    )
 
 
 @dataclass
@@ -211,7 +227,7 @@ def rank_states(
     """
     engine = parallel.engine
     if engine.startswith("fsdp"):
-        return _fsdp(spec, inventory, plan, opt, parallel, compute_bytes, n_blocks)
+        return _fsdp(plan, opt, parallel, compute_bytes, n_blocks)
     if engine == "zero":
         return _zero(plan, opt, parallel, n_blocks)
     return _replicated(plan, opt, parallel)
@@ -353,8 +369,6 @@ def _unsharded_grad(elements: int, compute_bytes: int, n: int) -> int:
 
 
 def _fsdp(
-    spec: ModelSpec,
-    inventory: tuple[ParamGroup, ...],
     plan: ParamPlan,
     opt: OptimizerPlan,
     parallel: ParallelSpec,
@@ -414,8 +428,7 @@ def _fsdp(
             # on a (dp, tp) mesh the embedding unit stays gathered from its forward through
             # the head's forward (rank-0 traces, FSDP2 + TP scenarios)
             out.embed_held = True
-        rest = tuple(t for t in u.root if t not in u.embed and t not in u.head)
-        out.gather_root = _gathered(rest, compute_bytes)
+        out.gather_root = _gathered(u.rest, compute_bytes)
         out.root_held = True
         if opt.stores_grads:
             out.grad_embed_full = _unsharded_grad(u.embed_trainable_elements, compute_bytes, n)
@@ -444,5 +457,4 @@ def _fsdp(
             "parameters are not resharded after forward: every block's unsharded parameters "
             "stay alive from its forward to its backward"
         )
-    _ = spec, inventory
     return out

@@ -62,6 +62,66 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 16000,
         "max_position_embeddings": 512, "sliding_window": None, "tie_word_embeddings": False,
     },
+    "qwen3": {  # sliding window on the upper half of the layers (use_sliding_window)
+        "model_type": "qwen3", "hidden_size": 256, "intermediate_size": 704,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "vocab_size": 16000, "max_position_embeddings": 512,
+        "use_sliding_window": True, "sliding_window": 64, "max_window_layers": 2,
+        "tie_word_embeddings": False,
+    },
+    "qwen3_moe": {  # MoE every 2nd layer (decoder_sparse_step), dense SwiGLU otherwise
+        "model_type": "qwen3_moe", "hidden_size": 256, "intermediate_size": 512,
+        "moe_intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64, "num_experts": 8, "num_experts_per_tok": 2,
+        "decoder_sparse_step": 2, "mlp_only_layers": [], "vocab_size": 16000,
+        "max_position_embeddings": 512,
+    },
+    "deepseek_v3": {  # MLA (q_lora_rank, kv_lora_rank, rope/nope split) + dense-then-MoE
+        "model_type": "deepseek_v3", "hidden_size": 256, "intermediate_size": 512,
+        "moe_intermediate_size": 128, "num_hidden_layers": 3, "first_k_dense_replace": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": 96,
+        "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32, "v_head_dim": 32,
+        "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 1,
+        "topk_group": 1, "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "gemma2": {  # eager by default, soft-capping, alternating sliding/full layers
+        "model_type": "gemma2", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "sliding_window": 64, "query_pre_attn_scalar": 64, "vocab_size": 16000,
+        "max_position_embeddings": 512,
+    },
+    "gemma3_text": {  # local/global pattern from layer_types, q/k norms
+        "model_type": "gemma3_text", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "sliding_window": 64, "query_pre_attn_scalar": 64,
+        "layer_types": ["sliding_attention", "sliding_attention", "sliding_attention",
+                        "full_attention"],
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "falcon": {  # multi-query; transformers always builds an explicit mask
+        "model_type": "falcon", "hidden_size": 256, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "multi_query": True, "vocab_size": 16000,
+        "max_position_embeddings": 512,
+    },
+    "llama4_text": {  # chunked local attention on RoPE layers, a NoPE global layer, MoE every 2nd
+        "model_type": "llama4_text", "hidden_size": 256, "intermediate_size": 256,
+        "intermediate_size_mlp": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 64, "num_local_experts": 4,
+        "num_experts_per_tok": 1, "interleave_moe_layer_step": 2, "attention_chunk_size": 64,
+        "no_rope_layer_interval": 4, "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "gpt_oss": {  # alternating sliding/full, attention sinks, every layer MoE
+        "model_type": "gpt_oss", "hidden_size": 256, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 64,
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "olmoe": {  # every layer MoE, q/k norms over the whole projections
+        "model_type": "olmoe", "hidden_size": 256, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "num_experts": 8, "num_experts_per_tok": 2, "vocab_size": 16000,
+        "max_position_embeddings": 512,
+    },
 }  # fmt: skip
 
 # (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
@@ -127,7 +187,41 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("mixtral", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("mixtral", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
     ("mixtral", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 1, 256),
+    # per-layer attention kinds and layer schedules (issue 9): sliding-window, local/global
+    # and chunked layers (an explicit mask: SDPA's memory-efficient kernel), MLA, NoPE, sinks,
+    # soft-capping (eager), Falcon's always-built mask, dense-then-MoE schedules
+    ("qwen3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen3", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen3", "full", "fp32", "bf16", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("qwen3_moe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen3_moe", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen3_moe", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 4, 128),
+    ("deepseek_v3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("deepseek_v3", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("deepseek_v3", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("gemma2", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
+    ("gemma2", "lora", "bf16", "no", True, "eager", "adamw_torch", "foreach", 2, 256),
+    ("gemma2", "full", "fp32", "bf16", False, "eager", "adamw_torch", "foreach", 1, 256),
+    ("gemma3_text", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("gemma3_text", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("gemma3_text", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("falcon", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("falcon", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("falcon", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 4, 128),
+    ("falcon", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 128),
+    ("llama4_text", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("llama4_text", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("gpt_oss", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
+    ("gpt_oss", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
+    ("olmoe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("olmoe", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
 ]
+
+_NO_PEFT_DEFAULT = {
+    "mixtral": ("q_proj", "v_proj"), "qwen3_moe": ("q_proj", "v_proj"),
+    "deepseek_v3": ("q_b_proj", "kv_b_proj"), "llama4_text": ("q_proj", "v_proj"),
+    "gpt_oss": ("q_proj", "v_proj"), "olmoe": ("q_proj", "v_proj"),
+}  # fmt: skip
 
 _ABBR = {
     "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "fa2",
@@ -144,8 +238,8 @@ def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scen
     extra: dict[str, Any] = {}
     if method == "lora":
         extra["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
-        if family == "mixtral":  # PEFT has no default targets for mixtral: vramcalc's template's
-            extra["lora"]["targets"] = ["q_proj", "v_proj"]
+        if family in _NO_PEFT_DEFAULT:  # PEFT has no default targets for these model types
+            extra["lora"]["targets"] = list(_NO_PEFT_DEFAULT[family])
     elif method == "qlora":
         extra["qlora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         extra["quant"] = "nf4"

@@ -26,8 +26,13 @@ Fidelity to a real GPU run (the traps found while checking feasibility):
 - fake CUDA SDPA always takes the math kernel; a mask-free call is routed to the kernel a
   GPU picks for ``attn`` sdpa/flash_attention_2 (``_scaled_dot_product_flash_attention`` for
   16-bit inputs, ``_scaled_dot_product_efficient_attention`` for fp32; fp32 with GQA and other
-  unsupported shapes stay on math, as on a GPU). ``eager`` stays eager. ``flash_attention_2``
-  models are built with ``sdpa`` (the flash-attn package needs a GPU) and routed to flash;
+  unsupported shapes stay on math, as on a GPU). A call with an explicit mask (sliding-window
+  and chunked layers, Falcon) or with a value head narrower than the q/k head (MLA), and
+  equal q/k/v head counts, is routed to the memory-efficient kernel (the mask as an additive
+  bias): what an H200 runs (cuDNN attention for 16 bit, memory-efficient for fp32; checked
+  with the profiler under torch 2.11); broadcast multi-query K/V stays on math. ``eager``
+  stays eager. ``flash_attention_2`` models are built with ``sdpa`` (the flash-attn package
+  needs a GPU) and routed to flash;
 - transformers' packed-sequence detection cannot read fake values and would build a full mask:
   for our unpadded, unpacked batches the real decision (no packed sequences) is returned;
 - the model (and its peft wrapping) is built on meta outside the fake mode, then
@@ -331,6 +336,41 @@ def _patch_for_trace(fake: bool, route_sdpa: bool) -> list[tuple[Any, str, Any]]
                 lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
                 out = aten._scaled_dot_product_efficient_attention(
                     query, key, value, None, lse, dropout_p, is_causal, scale=scale
+                )
+                return out[0]
+            other = (  # an explicit mask, or value heads narrower than q/k heads (MLA)
+                (attn_mask is not None or head_dim != value.shape[-1])
+                and query.device.type == "cuda"
+                and query.dim() == 4
+                and head_dim % 8 == 0
+                and value.shape[-1] % 8 == 0
+                and not gqa
+                and not enable_gqa
+            )
+            if other:
+                # An explicit mask (sliding window, chunked, Falcon's always-built mask) or a
+                # value head size other than the q/k one (MLA) rules out flash, not the
+                # memory-efficient/cuDNN kernels: on an H200 (torch 2.11, profiler) such calls
+                # with equal q/k/v head counts run cuDNN attention (16-bit) or memory-efficient
+                # attention (fp32); only broadcast K/V heads (Falcon's multi-query) and GQA
+                # stay on math. Both kernels save q, k, v, the output, a B*heads*S fp32
+                # log-sum-exp and the additive bias, which SDPA makes from a boolean mask in
+                # the query dtype (``convert_boolean_attn_mask`` in
+                # aten/src/ATen/native/transformers/attention.cpp): modelled here by the
+                # memory-efficient kernel, whose fake kernel exists.
+                lse = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+                bias = attn_mask
+                if bias is None:
+                    out = aten._scaled_dot_product_efficient_attention(
+                        query, key, value, None, lse, dropout_p, is_causal, scale=scale
+                    )
+                    return out[0]
+                if bias.dtype == torch.bool:
+                    bias = torch.zeros_like(attn_mask, dtype=query.dtype)
+                    bias.masked_fill_(attn_mask.logical_not(), float("-inf"))
+                bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+                out = aten._scaled_dot_product_efficient_attention(
+                    query, key, value, bias, lse, dropout_p, False, scale=scale
                 )
                 return out[0]
             return sdpa(

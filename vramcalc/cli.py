@@ -176,7 +176,8 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="transformers optimizer name (see `vramcalc optimizers`)")  # fmt: skip
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
-                   help="attention implementation (default sdpa)")  # fmt: skip
+                   help="attention implementation (default: what transformers picks for the "
+                        "model: sdpa, or eager for Gemma-2, GPT-OSS, BLOOM)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
                    help="r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip

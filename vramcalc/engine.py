@@ -28,7 +28,7 @@ from vramcalc.enums import (
     ZeroStage,
 )
 from vramcalc.errors import InvalidConfigError, VramcalcError
-from vramcalc.formulas.activations import ActivationProfile, activation_profile
+from vramcalc.formulas.activations import ActivationProfile, activation_profile, attention_kernels
 from vramcalc.formulas.counts import ParamGroup, param_inventory
 from vramcalc.formulas.gradients import grad_split
 from vramcalc.formulas.layout import (
@@ -181,6 +181,10 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
             "fully fine-tuned; add a PEFT method (--lora/--qlora/--ia3/...)"
         )
     peft = _peft(req, spec)
+    from vramcalc.kernels import resolve_attention
+
+    attn, attn_notes = resolve_attention(spec.model_type, req.attn)
+    notes.extend(attn_notes)
     dtype = req.dtype
     mp = req.mixed_precision
     if mp != MixedPrecision.NO and dtype != DType.FP32:
@@ -221,7 +225,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         peft=peft,
         quant=quant,
         grad_ckpt=req.grad_ckpt,
-        attn=req.attn,
+        attn=attn,
         inference=InferenceSpec.from_request(req),
     )
     if (
@@ -847,6 +851,7 @@ def _estimate(
             "optimizer": opt.name if opt else None,
             "optimizer_impl": optim_impl or (str(opt.row.get("temporaries")) if opt else None),
             "attention": tr.attn.value,
+            "attention_kernels": attention_kernels(res.model, tr),
             "grad_ckpt": tr.grad_ckpt,
             "zero_stage": int(res.parallel.zero_stage),
             "world_size": res.parallel.world_size,

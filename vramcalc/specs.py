@@ -178,7 +178,11 @@ class EstimateRequest(_Frozen):
     prompt_tuning: PromptOptions | None = None
     ia3: SBool = False
     grad_ckpt: SBool = False
-    attn: Attention = Attention.SDPA
+    attn: Attention | None = Field(
+        default=None,
+        description="attention implementation; None = what transformers picks for the model "
+        "class (sdpa where supported, else eager)",
+    )
     zero: ZeroStage = ZeroStage.DISABLED
     offload_optimizer: Offload = Offload.NONE
     offload_param: Offload = Offload.NONE
@@ -263,7 +267,6 @@ class EstimateRequest(_Frozen):
     concurrency: SInt | None = Field(
         default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
     )
-
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod

@@ -43,12 +43,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vramcalc import catalog
 from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
 from vramcalc.specs import ModelSpec, TrainingSpec
 
-__all__ = ["ActivationProfile", "Ledger", "activation_profile"]
+__all__ = ["ActivationProfile", "LayerKind", "Ledger", "activation_profile", "attention_kernels",
+           "layer_kinds"]  # fmt: skip
 
 
 class Ledger:
@@ -125,8 +127,149 @@ class ActivationProfile:
         return self.embed_saved + layers + self.head_saved + self.amp_weight_copies
 
 
+@dataclass(frozen=True)
+class LayerKind:
+    """What one decoder layer runs: its attention pattern and its MLP kind.
+
+    Attributes:
+        attn: ``full``, ``sliding`` (window ``sliding_window``) or ``chunked``
+            (``attention_chunk_size``).
+        masked: an explicit mask reaches the attention kernel (a sliding/chunked layer whose
+            sequence reaches the window, or a model that always builds one, as Falcon).
+        moe: the MLP is a sparse MoE block (else the dense MLP of the layer schedule).
+
+    """
+
+    attn: str = "full"
+    masked: bool = False
+    moe: bool = False
+
+
+def _arch_int(spec: ModelSpec, key: str) -> int:
+    v = spec.arch.get(key)
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0
+
+
+def layer_kinds(spec: ModelSpec, seq_len: int) -> list[LayerKind]:
+    """List the decoder layers of ``spec`` in order, each with its attention and MLP kind.
+
+    Counts come from the template's ``arch`` extras (``sliding_layers``, ``chunked_layers``,
+    ``moe_layers``); a template with ``sliding_window`` but no ``sliding_layers`` (Mistral,
+    Mixtral, Phi-3, Starcoder2) windows every layer. transformers materialises a sliding or
+    chunked mask once the key length reaches the window (``masking_utils.py``
+    ``_ignore_causal_mask_sdpa``: ``kv_length >= local_attention_size``); below it the layer is
+    plain causal attention. Falcon (``always_mask``) builds its mask for every layer
+    (``modeling_falcon.py`` ``create_causal_mask(..., allow_is_causal_skip=False)``). Order:
+    dense layers first (DeepSeek ``first_k_dense_replace``, and layer 0 is dense with
+    ``decoder_sparse_step``/``interleave_moe_layer_step`` 2), windowed layers first unless the
+    window applies to the top layers (Qwen ``max_window_layers``); only the first layer's
+    position matters to the estimate (its input needs no gradient under LoRA).
+
+    Source: transformers v5.24 ``configuration_{gemma2,gemma3,qwen3,gpt_oss,llama4}.py``
+    (``layer_types``), ``modeling_deepseek_v3.py``, ``modeling_qwen3_moe.py``,
+    ``modeling_llama4.py`` (layer schedules), ``masking_utils.py``.
+    """
+    n = spec.num_hidden_layers
+    window = _arch_int(spec, "sliding_window")
+    chunk = _arch_int(spec, "attention_chunk_size")
+    if "sliding_layers" in spec.arch:
+        n_sliding = _arch_int(spec, "sliding_layers") if window else 0
+    else:
+        n_sliding = n if window else 0
+    n_chunked = _arch_int(spec, "chunked_layers") if chunk else 0
+    attn = ["sliding"] * n_sliding + ["chunked"] * n_chunked
+    attn += ["full"] * max(0, n - len(attn))
+    if "max_window_layers" in catalog.architecture(spec.model_type).get("defaults", {}):
+        attn.reverse()
+    experts = spec.num_local_experts > 0
+    n_moe = (_arch_int(spec, "moe_layers") if "moe_layers" in spec.arch else n) if experts else 0
+    moe = [False] * (n - n_moe) + [True] * n_moe
+    always = bool(spec.arch.get("always_mask"))
+    out = []
+    for i in range(n):
+        a = attn[i] if i < len(attn) else "full"
+        w = window if a == "sliding" else chunk if a == "chunked" else 0
+        out.append(LayerKind(attn=a, masked=always or (w > 0 and seq_len >= w), moe=moe[i]))
+    return out
+
+
+def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
+    """Name the attention kernels the estimate assumes, per kind of layer (for ``assumptions``).
+
+    Source: ``_attention`` below; the kernel choice checked with the profiler on an H200
+    (torch 2.11) and mirrored by the tracer (``validation/trace.py``).
+    """
+    kinds = layer_kinds(spec, tr.seq_len)
+    amp = tr.mixed_precision != MixedPrecision.NO
+    rope = spec.position_embedding == "rotary"
+    ab = (
+        4
+        if (amp and rope and tr.attn != Attention.EAGER)
+        or (not amp and tr.param_dtype == DType.FP32)
+        else 2
+    )
+    counts: dict[str, int] = {}
+    for k in kinds:
+        if tr.attn == Attention.EAGER:
+            name = "eager (softmax saved)"
+        else:
+            name = _sdpa_kernel(spec, ab, masked=k.masked)
+        label = f"{name}{' [' + k.attn + ']' if k.attn != 'full' else ''}"
+        counts[label] = counts.get(label, 0) + 1
+    return ", ".join(f"{v} x {k}" for k, v in counts.items())
+
+
+def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
+    """Name the SDPA backend a GPU runs for one layer (see the module docstring)."""
+    heads, kvh = spec.num_attention_heads, spec.num_key_value_heads
+    qk, v = _qk_v_head_dims(spec)
+    ok_dims = qk % 8 == 0 and v % 8 == 0
+    repeats = spec.arch.get("kv_repeat", True) is not False
+    if not ok_dims:
+        return "sdpa math"
+    if masked:
+        if kvh != heads and not repeats:
+            return "sdpa math (broadcast K/V heads with a mask)"
+        return "sdpa memory-efficient/cuDNN (explicit mask)"
+    if qk != v:
+        return "sdpa memory-efficient/cuDNN" if kvh == heads else "sdpa math"
+    if qk > 256:
+        return "sdpa math"
+    if ab == 4:
+        return "sdpa memory-efficient" if kvh == heads else "sdpa math"
+    return "sdpa flash"
+
+
+def _qk_v_head_dims(spec: ModelSpec) -> tuple[int, int]:
+    """(q/k head size, v head size): MLA's v head (``v_head_dim``) may differ."""
+    v = _arch_int(spec, "v_head_dim")
+    return spec.head_dim, (v or spec.head_dim)
+
+
 def _layer_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamGroup]:
     return [g for g in inventory if g.stack == stack and g.kind == "linear" and not g.expert]
+
+
+def _split_schedule(
+    groups: list[ParamGroup], spec: ModelSpec, has_experts: bool
+) -> tuple[list[ParamGroup], list[ParamGroup]]:
+    """Split a block's groups into those of a dense layer and of a MoE layer.
+
+    A template lists the dense MLP of the schedule's dense layers (DeepSeek
+    ``first_k_dense_replace``, Qwen ``mlp_only_layers``/``decoder_sparse_step``, Llama 4
+    ``interleave_moe_layer_step``) next to the MoE layers' shared experts and linear routers;
+    the latter are named ``shared*`` or are routers. Without dense layers every layer holds
+    all groups.
+    """
+    if not has_experts or not _arch_int(spec, "dense_layers"):
+        return groups, groups
+
+    def moe_side(g: ParamGroup) -> bool:
+        return "shared" in g.key or _is_router(g, spec)
+
+    dense = [g for g in groups if _is_attention(g) or not moe_side(g)]
+    moe = [g for g in groups if _is_attention(g) or moe_side(g)]
+    return dense, moe
 
 
 def _expert_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamGroup]:
@@ -209,21 +352,31 @@ def activation_profile(
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
+    decoder_kinds = layer_kinds(spec, S) if not spec.is_encoder_decoder else []
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
         experts = _expert_groups(inventory, stack)
-        memo: dict[bool, tuple[Ledger, int, int, bool, int]] = {}
+        dense_groups, moe_groups = _split_schedule(groups, spec, bool(experts))
+        memo: dict[tuple[bool, LayerKind], tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
         uses: dict[int, int] = {}
         for i in range(n_layers[stack]):
-            # identical blocks give identical ledgers; only "does the input need a gradient"
-            # differs (the first block under LoRA without checkpointing)
-            if grad_flows not in memo:
-                memo[grad_flows] = _block(
-                    ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0, experts=experts
-                )
-            led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows]
+            kind = (
+                decoder_kinds[i]
+                if stack == "decoder" and i < len(decoder_kinds)
+                else LayerKind(moe=bool(experts))
+            )
+            # identical blocks give identical ledgers; what differs is "does the input need a
+            # gradient" (the first block under LoRA without checkpointing) and the layer kind
+            key = (grad_flows, kind)
+            if key not in memo:
+                memo[key] = _block(
+                    ctx, moe_groups if kind.moe else dense_groups, rb,
+                    x_requires_grad=grad_flows, first=i == 0,
+                    experts=experts if kind.moe else None, kind=kind,
+                )  # fmt: skip
+            led, extra_f, extra_b, needs_grad_after, amp_copy = memo[key]
             grad_flows = grad_flows or needs_grad_after
             if id(led) not in total_cache:
                 total_cache[id(led)] = led.total
@@ -235,8 +388,8 @@ def activation_profile(
             if id(led) not in detail_cache:
                 detail_cache[id(led)] = led.by_detail()
             uses[id(led)] = uses.get(id(led), 0) + 1
-        for key, n_uses in uses.items():
-            for k, v in detail_cache[key].items():
+        for led_id, n_uses in uses.items():
+            for k, v in detail_cache[led_id].items():
                 details[k] = details.get(k, 0) + v * n_uses
     if tr.grad_ckpt:
         ck = sum(prof.ckpt_input)
@@ -260,6 +413,11 @@ def activation_profile(
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
         logits_b = ctx.T * V * cb
         prof.logits_fwd = block(logits_b) + (block(ctx.T * V * 4) if cb != 4 else 0)
+        if _arch_num(spec, "final_logit_softcapping"):
+            # Gemma-2: logits / cap -> tanh -> * cap; tanh saves its output, and backward
+            # runs through one more logits-sized gradient (modeling_gemma2.py
+            # Gemma2ForCausalLM.forward)
+            head.save("softcap_tanh", "logits", logits_b)
         prof.loss_saved = block(ctx.T * V * 4)
         # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
         prof.loss_bwd_extra = 2 * block(ctx.T * V * 4)
@@ -281,18 +439,48 @@ def activation_profile(
     return prof
 
 
-def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool) -> None:
+def _rmsnorm(
+    led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool, width: int = 0
+) -> None:
     """Llama/Gemma RMSNorm saved tensors for an input of ``numel`` elements of ``xb`` bytes.
 
     ``pow`` saves the fp32 input (the input itself when fp32, else a copy), the product saves
-    ``rsqrt`` (one fp32 per token), and the weight product saves the normalised tensor when
-    the weight trains (fp32 for Gemma, else in the input dtype).
+    ``rsqrt`` (one fp32 per normalised row of ``width`` elements, the hidden size unless
+    given), and the weight product saves the normalised tensor when the weight trains (fp32
+    for Gemma, else in the input dtype).
     """
     gemma = ctx.spec.model_type.startswith("gemma")
     led.save(f"{name}_x32", "norms", numel * 4)
-    led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
+    led.save(f"{name}_rsqrt", "norms", numel // (width or ctx.spec.hidden_size) * 4)
     if trainable:
         led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
+
+
+def _arch_num(spec: ModelSpec, key: str) -> float:
+    v = spec.arch.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+
+
+def _is_router(g: ParamGroup, spec: ModelSpec) -> bool:
+    """Tell a router that subclasses ``nn.Linear`` (Llama 4, PhiMoE): ``_moe`` models it."""
+    return g.out_features == spec.num_local_experts and g.module in ("router", "gate")
+
+
+def _qk_norm(led: Ledger, ctx: _Ctx, Hq: int, Hkv: int) -> None:
+    """RMSNorms on the q and k projections (``arch.qk_norm``), as ``_rmsnorm`` saves them.
+
+    ``head``: per head over ``head_dim`` (Qwen3, Gemma 3: ``q_norm``/``k_norm`` before RoPE);
+    ``full``: over the whole projection (OLMoE, OLMo-2). Llama 4's ``l2`` norm has no weight
+    and is not modelled here. Source: transformers v5.24 ``modeling_qwen3.py``,
+    ``modeling_gemma3.py``, ``modeling_olmoe.py`` (``self.q_norm(...)``).
+    """
+    mode = ctx.spec.arch.get("qk_norm")
+    if mode not in ("head", "full"):
+        return
+    T, cb = ctx.T, ctx.cb
+    for name, width in (("qn", Hq), ("kn", Hkv)):
+        w = ctx.spec.head_dim if mode == "head" else width
+        _rmsnorm(led, ctx, name, T * width, cb, trainable=ctx.full, width=w)
 
 
 def _act_saved(led: Ledger, ctx: _Ctx, n: int, nb: int, prefix: str) -> None:
@@ -335,6 +523,7 @@ def _block(
     x_requires_grad: bool,
     first: bool,
     experts: list[ParamGroup] | None = None,
+    kind: LayerKind | None = None,
 ) -> tuple[Ledger, int, int, bool, int]:
     """One transformer block: (ledger, fwd extra, bwd extra, grad flows after, amp copies).
 
@@ -356,6 +545,14 @@ def _block(
     S, B = ctx.S, ctx.B
 
     Ts = -(-T // ctx.seq_shard)  # tokens of a sequence-parallel shard
+    kind = kind or LayerKind()
+    # Gemma-2/3 "sandwich" norms: the attention and MLP outputs pass through their own
+    # RMSNorm (post_attention_layernorm, post_feedforward_layernorm) before the residual add
+    post_norms = spec.arch.get("post_norms") is True
+
+    def post_norm(name: str) -> None:
+        if rg or ctx.full:
+            _rmsnorm(led, ctx, name, Ts * H, cb, trainable=ctx.full)
 
     def norm(name: str) -> None:
         if not (rg or ctx.full):
@@ -404,7 +601,10 @@ def _block(
     if experts:
         # the shared expert's scalar gate (qwen2_moe ``shared_expert_gate``, H -> 1) is not
         # part of the shared MLP's linear chain
-        subs = [(a, [g for g in sub if a or g.out_features != 1]) for a, sub in subs]
+        subs = [
+            (a, [g for g in sub if a or (g.out_features != 1 and not _is_router(g, spec))])
+            for a, sub in subs
+        ]
         moe_gate = [
             g for a, sub in _sub_blocks(groups) if not a for g in sub if g.out_features == 1
         ]
@@ -422,8 +622,18 @@ def _block(
             if not sub:
                 continue
         ins, out = sub[:-1], sub[-1]
+        latents = {_arch_int(spec, "q_lora_rank"), _arch_int(spec, "kv_lora_rank")} - {0}
         for g in ins:
-            linear(g, x_in, norm_out_b)
+            if is_attn and g.in_features in latents and g.in_features != H:
+                # MLA: q_b_proj / kv_b_proj read the RMS-normed latent (q_a_layernorm /
+                # kv_a_layernorm over q_lora_rank / kv_lora_rank), not the block input
+                lat = f"latent{g.in_features}"
+                if rg or ctx.full:
+                    _rmsnorm(led, ctx, lat, T * g.in_features, cb, trainable=ctx.full,
+                             width=g.in_features)  # fmt: skip
+                linear(g, f"{lat}_out", cb)
+            else:
+                linear(g, x_in, norm_out_b)
         if is_attn:
             fused = len(ins) == 1
             use_eager = ctx.attn == Attention.EAGER
@@ -432,13 +642,25 @@ def _block(
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
             ab = 4 if amp and rope and not use_eager else cb
             o_b = cb
-            flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads)
+            qk_hd, v_hd = _qk_v_head_dims(spec)
+            Hv = heads * v_hd
+            kernel = "eager" if use_eager else _sdpa_kernel(spec, ab, masked=kind.masked)
+            math = use_eager or kernel.startswith("sdpa math")
+            efficient = kernel.startswith("sdpa memory-efficient") and (
+                kind.masked or qk_hd != v_hd
+            )
+            flash_ok = not math
             if rg or ctx.full:
-                if use_eager or not flash_ok:
+                _qk_norm(led, ctx, Hq, Hkv)
+                if math:
                     rep = T * Hq * ab
                     probs = B * heads * S * S
                     led.save("q", "attention", rep)
                     led.save("k", "attention", rep)
+                    if use_eager and _arch_num(spec, "attn_logit_softcapping"):
+                        # scores / cap -> tanh (saves its output) -> * cap, in 16 bit
+                        led.save("softcap_tanh", "attention", probs * cb)
+                        fwd_extra = max(fwd_extra, 2 * block(probs * cb))
                     led.save("probs32", "attention", probs * 4)
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
@@ -450,6 +672,21 @@ def _block(
                         led.save("o_in", "attention", T * Hq * cb)
                     fwd_extra = max(fwd_extra, 2 * block(probs * 4))
                     bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                elif efficient:
+                    # memory-efficient/cuDNN kernel: with a mask transformers repeats the K/V
+                    # heads first (sdpa_attention.py use_gqa_in_sdpa/repeat_kv), and SDPA
+                    # saves the additive bias it makes from the boolean mask (q dtype)
+                    kv_heads = heads if kind.masked else kvh
+                    led.save("q", "attention", T * heads * qk_hd * ab)
+                    led.save("k", "attention", T * kv_heads * qk_hd * ab)
+                    led.save("v", "attention", T * kv_heads * v_hd * ab)
+                    if kind.masked:
+                        led.save("mask_bias", "attention", B * S * S * ab)
+                    led.save("lse", "attention", B * heads * (-(-S // 32) * 32) * 4)
+                    led.save("attn_out", "attention", T * Hv * ab)
+                    led.save("rng_seed", "attention", 8)
+                    led.save("rng_off", "attention", 8)
+                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
                 else:
                     if fused and not rope:
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
@@ -473,8 +710,8 @@ def _block(
                 linear(out, o_name, o_b)
             elif amp and rg:
                 amp_copy += block(out.weight_numel * 2)
-            if spec.attention_dropout > 0 or spec.hidden_dropout > 0:
-                pass
+            if post_norms:
+                post_norm(f"p{si}")
         else:
             gated = spec.mlp == "gated"
             inter = sum(g.out_features for g in ins)
@@ -505,6 +742,8 @@ def _block(
                     led.save("shared_out", "mlp", T * H * cb)
             fwd_extra = max(fwd_extra, 2 * block(n_i * 4))
             bwd_extra = max(bwd_extra, 3 * block(n_i * cb))
+            if post_norms:
+                post_norm(f"p{si}")
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
     bwd_extra += 2 * block(T * H * rb)

@@ -63,6 +63,7 @@ __all__ = [
     "build_setup",
     "materialize",
     "model_config",
+    "request_attn",
     "torch_dtype",
 ]
 
@@ -71,6 +72,20 @@ _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 class Unsupported(RuntimeError):
     """The scenario cannot be built on this device/stack (the message says why)."""
+
+
+def request_attn(req: EstimateRequest) -> str:
+    """Return the ``attn_implementation`` of ``req``: as asked, else the model's default.
+
+    Source: ``vramcalc.kernels.default_attention`` (the per-class default transformers 5.24
+    picks, from ``data/architectures.json``).
+    """
+    if req.attn is not None:
+        return str(req.attn.value)
+    from vramcalc.hf import resolve_model
+    from vramcalc.kernels import default_attention
+
+    return default_attention(resolve_model(req.model).model_type).value
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -147,7 +162,7 @@ def build_model(
     if req.adapter or req.prefix or req.prompt_tuning or req.ia3:
         raise Unsupported("only full fine-tuning and LoRA are built by validation.build")
     cfg = model_config(req)
-    attn = attn_implementation or str(req.attn.value)
+    attn = attn_implementation or request_attn(req)
     dtype = torch_dtype(req.dtype.value)
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()

@@ -211,7 +211,9 @@ def resolve_plan(scenario: Scenario) -> RunPlan:
             "(--backend trace)"
         )
 
-    attn = req.attn.value
+    from validation.build import request_attn
+
+    attn = request_attn(req)
     sdpa_backends: tuple[str, ...] | None = None
     if req.attn is Attention.FLASH_ATTENTION_2:
         # flash-attn is not installed on every GPU image; without it, run SDPA restricted to

@@ -156,7 +156,9 @@ def layout_limitations(request: EstimateRequest) -> str | None:
         return f"tp={request.tp} does not divide the world size {w}"
     if request.sequence_parallel and request.tp == 1:
         return "sequence_parallel needs tp > 1"
-    if request.tp > 1 and str(request.attn.value) == "eager":
+    from validation.build import request_attn
+
+    if request.tp > 1 and request_attn(request) == "eager":
         return "TP is traced with sdpa/flash attention (eager builds a mask of the local length)"
     if str(request.mixed_precision.value) == "fp16":
         return "fp16 AMP under FSDP (sharded GradScaler) is not traced; bf16 AMP is"
@@ -614,7 +616,7 @@ def run_dist_trace(
     fake = mode != "cpu"
     device_type = "cuda" if mode == "fake-cuda" else "cpu"
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
-    attn = str(req.attn.value)
+    attn = build.request_attn(req)
     build_attn = "sdpa" if attn == "flash_attention_2" else attn
     if fake:
         _init_pg(world_size(req), rank, backend or "fake")

@@ -215,6 +215,11 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("gpt_oss", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
     ("olmoe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("olmoe", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    # long sequences: attention holds the peak (Falcon's masked math kernel, Gemma-3's local
+    # layers on the memory-efficient kernel with a mask)
+    ("falcon", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
+    ("gemma3_text", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
+    ("gemma2", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 1, 1024),
 ]
 
 _NO_PEFT_DEFAULT = {

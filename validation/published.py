@@ -430,8 +430,7 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         if "every" in str(fsdp.get("activation_checkpointing", "")):
             fields["grad_ckpt"] = True
         notes.append(
-            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is "
-            "estimated"
+            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is estimated"
         )
     zero = raw.get("zero")
     if zero:
@@ -541,7 +540,7 @@ def summarize_request(req: EstimateRequest) -> str:
     parts.append(shape)
     if req.grad_ckpt:
         parts.append("ckpt")
-    parts.append(req.attn.value)
+    parts.append(req.attn.value if req.attn else "attn-default")
     if req.zero:
         z = f"zero{int(req.zero)}"
         if req.offload_optimizer.value != "none":
@@ -566,7 +565,9 @@ def cli_args(req: EstimateRequest) -> list[str]:
     args = [req.model, "--task", "infer", "--dtype", req.dtype.value, "-b", str(req.batch_size)]
     if req.prompt_len:
         args += ["--prompt-len", str(req.prompt_len)]
-    args += ["--new-tokens", str(req.new_tokens), "--attn", req.attn.value]
+    args += ["--new-tokens", str(req.new_tokens)]
+    if req.attn is not None:
+        args += ["--attn", req.attn.value]
     if req.quant is not None:
         args += ["--quant", req.quant.value]
     if req.weights is not None:

@@ -426,7 +426,7 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
         )
     fake = mode != "cpu"
     device = "cuda" if mode == "fake-cuda" else "cpu"
-    attn = str(req.attn.value)
+    attn = build.request_attn(req)
     build_attn = "sdpa" if attn == "flash_attention_2" else attn
     torch.manual_seed(0)
     tracker = _make_tracker(device, ROUND_BYTES)

@@ -19,7 +19,7 @@ const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
 const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
-  dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
+  dtype: "fp32", mixed_precision: "no", attn: "", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0,
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
 };

@@ -56,9 +56,20 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 57
-    assert len({m.scenario.id for m in SINGLE}) == 57
+    assert len(SINGLE) == 85
+    assert len({m.scenario.id for m in SINGLE}) == 85
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
+
+
+def test_grid_covers_the_attention_kinds_and_layer_schedules() -> None:
+    # issue 9: sliding-window / local-global (qwen3, gemma2, gemma3_text, gpt_oss), chunked +
+    # NoPE (llama4_text), MLA + dense-then-MoE (deepseek_v3), MoE schedules (qwen3_moe, olmoe),
+    # Falcon's always-built mask, Gemma-2's eager soft-capping
+    families = {str(m.scenario.request.model.get("model_type")) for m in SINGLE
+                if isinstance(m.scenario.request.model, dict)}  # fmt: skip
+    want = {"qwen3", "qwen3_moe", "deepseek_v3", "gemma2", "gemma3_text", "falcon",
+            "llama4_text", "gpt_oss", "olmoe"}  # fmt: skip
+    assert want <= families
 
 
 def test_distributed_grid_covers_the_layouts() -> None:
@@ -135,6 +146,8 @@ LIVE = [
     "gpt2-full-fp32-nockpt-eager-adamw-for-loop-b2s256",
     "llama-lora-bf16-ckpt-fa2-adamw-foreach-b4s128",
     "mistral-full-bf16-nockpt-sdpa-adamw-foreach-b1s64",
+    # sliding-window layers: SDPA with a mask routed to the memory-efficient kernel
+    "qwen3-full-bf16-nockpt-sdpa-adamw-foreach-b2s256",
 ]
 
 

@@ -795,6 +795,8 @@ def _moe(
     amp_copy = 0
     if not (rg or full):
         return 0, 0, 0
+    if spec.arch.get("moe_dense_experts") is True:
+        return _moe_dense(led, ctx, xname, xb, E, k, up_out, inter)
     # ---- router
     if full:
         if ctx.amp and xb == 4:
@@ -829,4 +831,48 @@ def _moe(
         2 * block(S * H * cb4) + block(S * H * eb),
         block(S * up_out * eb) + 2 * block(S * inter * eb) + block(S * H * eb),
     )
+    return fwd, bwd, amp_copy
+
+
+def _moe_dense(
+    led: Ledger, ctx: _Ctx, xname: str, xb: int, E: int, k: int, up_out: int, inter: int
+) -> tuple[int, int, int]:
+    """Record Llama 4's MoE block, where every expert runs on every token; see ``_moe``.
+
+    ``Llama4Router`` (an ``nn.Linear``) gives T x E logits, ``topk`` (indices saved), a
+    ``-inf`` scatter and ``sigmoid`` of the fp32 copy (output saved, T x E fp32). The input
+    is repeated E times and scaled by the scores (``mul`` saves both: the scores derive from
+    the input, so they need a gradient whenever it does), and ``Llama4TextExperts``
+    runs two ``bmm`` over all E x T rows: gate_up (saved through ``chunk`` views by ``silu``
+    and the product), the activation, the product (saved when the expert weights train) and
+    the E x T x H output summed back to T x H.
+
+    Source: transformers v5.24 ``models/llama4/modeling_llama4.py`` (``Llama4Router``,
+    ``Llama4TextMoe.forward``, ``Llama4TextExperts.forward``); torch 2.13
+    ``tools/autograd/derivatives.yaml`` (``bmm``, ``mul``, ``sigmoid``, ``silu``).
+    """
+    T, H = ctx.T, ctx.spec.hidden_size
+    cb, full = ctx.cb, ctx.full
+    R = E * T  # every expert sees every token
+    amp_copy = 0
+    if full:
+        if ctx.amp and xb == 4:
+            led.save(f"{xname}_cast_router", "linear_inputs", T * H * 2)
+        else:
+            led.save(xname, "linear_inputs", T * H * xb)
+    if ctx.amp:
+        amp_copy += block(E * H * 2)
+    led.save("router_idx", "moe", T * k * 8)
+    led.save("router_sig", "moe", T * E * 4)
+    led.save("moe_scores", "moe", T * E * cb)
+    # the scores depend on the input, so they need a gradient whenever the input does
+    led.save("moe_x_rep", "moe", R * H * cb)
+    if full:
+        led.save("moe_x", "moe", R * H * cb)
+    led.save("moe_gate_up", "moe", R * up_out * cb)
+    led.save("moe_act", "moe", R * inter * cb)
+    if full:
+        led.save("moe_prod", "moe", R * inter * cb)
+    fwd = 2 * block(R * H * cb) + block(T * H * cb)
+    bwd = block(R * up_out * cb) + 2 * block(R * inter * cb) + block(R * H * cb)
     return fwd, bwd, amp_copy

@@ -419,7 +419,17 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "transformers/peft training step (two steps) run on fake CUDA tensors "
         "(`validation/trace.py`), recording every storage allocation and release with the "
         "CUDA allocator's 512-byte rounding: an exact `max_memory_allocated` for the CUDA "
-        "kernels a GPU would pick, without a GPU. **CUDA** figures are real runs "
+        "kernels a GPU would pick, without a GPU. Fake CUDA SDPA would always take the math "
+        "kernel; the tracer routes each call to the kernel a GPU picks, checked with the "
+        "profiler on an H200 (torch 2.11): flash for mask-free 16-bit calls, memory-efficient "
+        "for fp32 ones; a call with an explicit mask (sliding-window, chunked, Falcon) or a "
+        "value head narrower than the q/k head (MLA) goes to the memory-efficient kernel "
+        "with the mask as an additive bias (the H200 runs cuDNN attention for 16 bit, which "
+        "saves the same tensors); GQA in fp32 and broadcast multi-query K/V with a mask "
+        "(Falcon-7B) stay on math, as on the GPU. MoE expert GEMMs that torch's fake grouped "
+        "GEMM cannot take (non-bf16 weights) run transformers' own fallback op, and the "
+        "device-capability check of the grouped GEMM is answered as an H100/H200 does. "
+        "**CUDA** figures are real runs "
         "(`validation/cuda.py`). Error = (predicted - measured) / measured; the 90th "
         "percentile is nearest-rank.",
         "",

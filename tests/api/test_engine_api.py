@@ -121,3 +121,19 @@ def test_response_equals_cli_json(app_client: TestClient) -> None:
     ).stdout
     body = {"model": "gpt2-medium", "optim": "adamw_8bit", "lora": {"r": 16}, "gpu": "t4"}
     assert app_client.post("/v1/estimate", json=body).json() == json.loads(out)
+
+
+def test_attention_defaults_to_the_model_class(app_client: TestClient) -> None:
+    # transformers 5.24 builds Gemma-2 eager (Gemma2PreTrainedModel._supports_sdpa = False)
+    gemma2 = {
+        "model_type": "gemma2", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "vocab_size": 16000,
+    }  # fmt: skip
+    r = app_client.post("/v1/estimate", json={"model": gemma2, "seq_len": 128})
+    assert r.status_code == 200, r.text
+    assert r.json()["assumptions"]["attention"] == "eager"
+    r = app_client.post("/v1/estimate", json={"model": gemma2, "seq_len": 128, "attn": "sdpa"})
+    assert r.status_code == 200, r.text
+    assert r.json()["assumptions"]["attention"] == "sdpa"
+    assert any("refuses" in n for n in r.json()["notes"])

@@ -116,6 +116,19 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "head_dim": 64, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 64,
         "vocab_size": 16000, "max_position_embeddings": 512,
     },
+    "qwen2_moe": {  # shared expert + its sigmoid gate; layer 1 dense via mlp_only_layers
+        "model_type": "qwen2_moe", "hidden_size": 256, "intermediate_size": 512,
+        "moe_intermediate_size": 128, "shared_expert_intermediate_size": 256,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_experts": 8, "num_experts_per_tok": 2, "mlp_only_layers": [1],
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "phimoe": {  # LayerNorms, a router that is an nn.Linear, sliding window on every layer
+        "model_type": "phimoe", "hidden_size": 256, "intermediate_size": 256,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 64,
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
     "olmoe": {  # every layer MoE, q/k norms over the whole projections
         "model_type": "olmoe", "hidden_size": 256, "intermediate_size": 256,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
@@ -215,6 +228,10 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("gpt_oss", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
     ("olmoe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("olmoe", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen2_moe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("qwen2_moe", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("phimoe", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("phimoe", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     # long sequences: attention holds the peak (Falcon's masked math kernel, Gemma-3's local
     # layers on the memory-efficient kernel with a mask)
     ("falcon", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
@@ -226,6 +243,7 @@ _NO_PEFT_DEFAULT = {
     "mixtral": ("q_proj", "v_proj"), "qwen3_moe": ("q_proj", "v_proj"),
     "deepseek_v3": ("q_b_proj", "kv_b_proj"), "llama4_text": ("q_proj", "v_proj"),
     "gpt_oss": ("q_proj", "v_proj"), "olmoe": ("q_proj", "v_proj"),
+    "qwen2_moe": ("q_proj", "v_proj"), "phimoe": ("q_proj", "v_proj"),
 }  # fmt: skip
 
 _ABBR = {

@@ -29,6 +29,7 @@ from validation.compare import error_pct, measured_components, predict
 from validation.published import PublishedCase, load_cases, reference_path
 from validation.records import Measurement
 from vramcalc.errors import VramcalcError
+from vramcalc.specs import EstimateRequest
 from vramcalc.report import COMPONENTS
 
 __all__ = [
@@ -170,6 +171,26 @@ def grid_rows(path: Path = GRID) -> list[GridRow]:
     return [grid_row(m) for m in load_jsonl(path) if not m.error]
 
 
+def _on_device(m: Measurement) -> EstimateRequest:
+    """The measured request, on the GPU it ran on when the request names none.
+
+    The GPU selects per-family constants (cuBLAS workspace size, calibration), so a case
+    measured on an H200 is estimated as ``--gpu h200``. A device missing from the catalog
+    leaves the request unchanged.
+    """
+    from vramcalc import catalog
+    from vramcalc.errors import UnknownNameError
+
+    req = m.scenario.request
+    if req.gpu is not None or not m.fingerprint.device:
+        return req
+    try:
+        gpu = catalog.gpu(m.fingerprint.device)
+    except UnknownNameError:
+        return req
+    return req.model_copy(update={"gpu": gpu.name})
+
+
 def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
     """Every committed CUDA measurement (``cuda-*.jsonl``) against the engine."""
     out: list[CudaRow] = []
@@ -184,7 +205,7 @@ def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
                 "device": got.device_bytes,
             }
             try:
-                report = predict(m.scenario.request, m.scenario.optim_impl)
+                report = predict(_on_device(m), m.scenario.optim_impl)
             except Exception as exc:  # recorded per case; one failure must not hide the rest
                 none = dict.fromkeys(measured)
                 why = _describe(exc)

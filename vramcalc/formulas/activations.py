@@ -177,6 +177,15 @@ def activation_profile(
     """
     B, S = tr.batch_size, tr.seq_len
     pb = dtype_bytes(tr.param_dtype)
+    if tr.quant is not None and tr.peft is not None:
+        # QLoRA: ``prepare_model_for_kbit_training`` (peft 0.21 utils/other.py) casts every
+        # parameter that is not quantized to fp32 -- embeddings, norms, lm_head -- so the
+        # residual stream is fp32 from the embedding on, and bitsandbytes' ``Linear4bit``
+        # casts its output back to the input dtype: the block saves what an fp32 model
+        # saves. Calibration record: validation/measurements/cuda-h200-2026-11-30.jsonl
+        # (llama2-7b QLoRA b1 s1304: 11.2 GiB of activations on the H200, the bf16 ledger
+        # gave 7.2 GiB, this one 11.0 GiB).
+        pb = 4
     amp = tr.mixed_precision != MixedPrecision.NO
     cb = 2 if amp else pb
     peft = tr.peft

@@ -542,13 +542,18 @@ def _preimport(dry_run: bool) -> bool:
         for mod in ("gpt2", "llama", "mistral", "qwen2", "phi", "gemma", "opt", "bert"):
             importlib.import_module(f"transformers.models.{mod}.modeling_{mod}")
         transformers.AutoConfig  # noqa: B018 - resolve the lazy attribute
-    except Exception:
+    except Exception as exc:
+        print(f"no fork: pre-import failed: {type(exc).__name__}: {exc}"[:300], flush=True)
         return False
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        print("no fork: CUDA was initialized while importing", flush=True)
         return False
     if dry_run or not torch.cuda.is_available():
         return True
-    return _fork_probe()
+    ok = _fork_probe()
+    if not ok:
+        print("no fork: a forked child could not create a CUDA context", flush=True)
+    return ok
 
 
 def _probe_child() -> None:

@@ -29,8 +29,8 @@ from validation.compare import error_pct, measured_components, predict
 from validation.published import PublishedCase, load_cases, reference_path
 from validation.records import Measurement
 from vramcalc.errors import VramcalcError
-from vramcalc.specs import EstimateRequest
 from vramcalc.report import COMPONENTS
+from vramcalc.specs import EstimateRequest
 
 __all__ = [
     "GridRow",
@@ -172,7 +172,7 @@ def grid_rows(path: Path = GRID) -> list[GridRow]:
 
 
 def _on_device(m: Measurement) -> EstimateRequest:
-    """The measured request, on the GPU it ran on when the request names none.
+    """Return the measured request, on the GPU it ran on when the request names none.
 
     The GPU selects per-family constants (cuBLAS workspace size, calibration), so a case
     measured on an H200 is estimated as ``--gpu h200``. A device missing from the catalog
@@ -356,6 +356,33 @@ def _dist_line(rows: Sequence[GridRow]) -> str:
     return line.replace("Traced grid (", "Traced distributed grid, rank 0 (", 1)
 
 
+def cuda_line(rows: Sequence[CudaRow]) -> str:
+    """One line on the committed real-GPU measurements: allocated and device peak errors."""
+    if not rows:
+        return "Real GPU: no CUDA measurement committed yet."
+    devices = ", ".join(sorted({r.device for r in rows}))
+    parts = []
+    for metric in ("allocated", "device"):
+        errs = {
+            r.id: e
+            for r in rows
+            if (e := error_pct(r.predicted[metric], r.measured[metric])) is not None
+        }
+        s = summarize(errs)
+        if s is None:
+            continue
+        within = sum(abs(e) <= 3 for e in errs.values())
+        parts.append(
+            f"{metric} peak median absolute error {s.median_abs_pct:.2f} %, 90th percentile "
+            f"{s.p90_abs_pct:.2f} %, max {s.max_abs_pct:.2f} % ({within}/{s.n} within 3 %)"
+        )
+    return (
+        f"Real GPU ({len(rows)} cases on {devices}, `validation/measurements/cuda-*.jsonl`): "
+        + "; ".join(parts)
+        + ". The device peak uses the per-family constants fitted on these same runs "
+        "(`vramcalc calibrate`; its leave-one-out error is in `vramcalc/data/calibration.json`)."
+    )
+
 
 GENERATE_TRACES = REPO / "validation" / "measurements" / "trace-generate.jsonl"
 
@@ -424,8 +451,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
-        f"- Committed CUDA measurements: {len(cuda)} cases"
-        + ("." if cuda else " (none committed yet)."),
+        "- " + cuda_line(cuda),
         "",
         *_generate_section(),
         "## How measured",
@@ -514,7 +540,10 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
 
 
 def readme_block(
-    pub: Sequence[PublishedRow], grid: Sequence[GridRow], dist: Sequence[GridRow] = ()
+    pub: Sequence[PublishedRow],
+    grid: Sequence[GridRow],
+    dist: Sequence[GridRow] = (),
+    cuda: Sequence[CudaRow] = (),
 ) -> str:
     """Render the README's accuracy block (between the markers, markers excluded)."""
     ps, gs = published_summary(pub), grid_summary(grid)
@@ -529,6 +558,7 @@ def readme_block(
         + f" ({coverage(pub)})",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
+        "- " + cuda_line(cuda),
         "",
         "| id | metric | measured MiB | predicted MiB | error | confidence |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -599,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(markdown(pub, grid, cuda, shown, dist), encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)}")
-    block = readme_block(pub, grid, dist)
+    block = readme_block(pub, grid, dist, cuda)
     text = README.read_text("utf-8") if README.exists() else ""
     new = replace_block(text, block)
     if new is None:

@@ -254,6 +254,21 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="vLLM: context length (default: the model's)")  # fmt: skip
     g.add_argument("--concurrency", type=int, metavar="N",
                    help="vLLM: concurrent sequences to check")  # fmt: skip
+    g = p.add_argument_group("preference and RL trainers (TRL 1.16 names)")
+    g.add_argument("--trainer", metavar="{sft,dpo,orpo,kto,simpo,cpo,reward,ppo,grpo,rloo}",
+                   help="TRL trainer (default sft: a plain causal-LM step); -b counts "
+                        "pairs (dpo/orpo/simpo/cpo/reward) or examples (kto)")  # fmt: skip
+    g.add_argument("--beta", type=float, metavar="F",
+                   help="TRL beta (DPO family; GRPO/RLOO: a reference model when > 0)")  # fmt: skip
+    g.add_argument("--ref-model", metavar="{auto,copy}",
+                   help="auto (default): as TRL does without ref_model (PEFT: the base with "
+                        "adapters disabled; full: a second copy); copy: a separate reference "
+                        "model")  # fmt: skip
+    g.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="reference log-probs computed before training (no reference "
+                        "model in the step)")  # fmt: skip
+    g.add_argument("--padding-free", action="store_true",
+                   help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -434,7 +449,28 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if text is not None:
             fields[name] = _typed_spec(option, parse_spec(option, text, keys))
     fields.update(_inference_fields(ns))
+    fields.update(_trainer_fields(ns))
     return EstimateRequest(**fields)
+
+
+def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``--trainer`` options as request fields (only those given)."""
+    from vramcalc.enums import Trainer
+
+    out: dict[str, Any] = {}
+    if getattr(ns, "trainer", None) is not None:
+        out["trainer"] = _enum_value("--trainer", ns.trainer, Trainer)
+    if getattr(ns, "ref_model", None) is not None:
+        value = ns.ref_model.strip().lower()
+        if value not in ("auto", "copy"):
+            raise UnknownNameError("--ref-model value", ns.ref_model, ["auto", "copy"])
+        out["ref_model"] = value
+    if getattr(ns, "beta", None) is not None:
+        out["beta"] = ns.beta
+    for flag in ("precompute_ref_log_probs", "padding_free"):
+        if getattr(ns, flag, False):
+            out[flag] = True
+    return out
 
 
 def _inference_fields(ns: argparse.Namespace) -> dict[str, Any]:
@@ -531,6 +567,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g} days"
 
 
+def _render_trainer(report: MemoryReport, console: Console) -> None:
+    """Print a trainer's models and the allocated peak of each phase (steady state)."""
+    from rich.table import Table
+
+    models = Table(title=f"Models on the GPU ({report.assumptions['trainer']})",
+                   title_justify="left", padding=(0, 1))  # fmt: skip
+    models.add_column("model")
+    models.add_column("GiB", justify="right")
+    for key, v in report.details.items():
+        if key.startswith("params/") and key not in ("params/inputs", "params/gathered"):
+            models.add_row(key.split("/", 1)[1], f"{v / 2**30:.2f}")
+    ref = report.assumptions.get("reference")
+    if ref in ("adapter_disabled", "precomputed"):
+        label = "the PEFT base, adapters disabled" if ref == "adapter_disabled" else (
+            "precomputed log-probs"
+        )  # fmt: skip
+        models.add_row(f"reference ({label})", "0.00")
+    console.print(models)
+    phases = Table(title="Allocated peak by phase (steady state)", title_justify="left",
+                   padding=(0, 1))  # fmt: skip
+    phases.add_column("phase")
+    phases.add_column("GiB", justify="right")
+    phases.add_column("at", style="dim")
+    last = max((e.step for e in report.timeline), default=1)
+    best: dict[str, tuple[int, str]] = {}
+    for e in report.timeline:
+        if e.step == last and e.allocated_bytes > best.get(e.phase.value, (-1, ""))[0]:
+            best[e.phase.value] = (e.allocated_bytes, e.event)
+    for phase, (n, event) in best.items():
+        phases.add_row(phase, f"{n / 2**30:.2f}", event)
+    console.print(phases)
+
+
 def render_report(report: MemoryReport, console: Console) -> None:
     """Print a ``MemoryReport`` as tables that fit ``console.width`` (80 columns)."""
     from rich.table import Table
@@ -589,6 +658,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{total / 2**30:.2f}[/]", "100.0", "")
     console.print(table)
+    if report.assumptions.get("trainer", "sft") != "sft":
+        _render_trainer(report, console)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
     if report.serving is not None:

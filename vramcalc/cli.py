@@ -156,11 +156,17 @@ def _enum_value(option: str, value: str, enum: type[Enum]) -> str:
 
 
 def _add_estimate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="catalog name or alias (see `vramcalc models`), a path to a "
                         "config.json or a model folder, or a Hugging Face Hub repo id "
                         "org/name[@revision] (needs huggingface_hub; HF_TOKEN for gated "
-                        "repos, HF_HUB_OFFLINE=1 reads the cache)")  # fmt: skip
+                        "repos, HF_HUB_OFFLINE=1 reads the cache); optional with a --config "
+                        "that names the model")  # fmt: skip
+    p.add_argument("--config", metavar="FILE",
+                   help="dry run from a trainer's own config: a LitGPT fine-tune YAML, a "
+                        "torchtune recipe YAML, an axolotl YAML, a LLaMA-Factory YAML, a "
+                        "TRL/transformers TrainingArguments JSON or an accelerate config; "
+                        "options given here override the file")  # fmt: skip
     g = p.add_argument_group("training")
     g.add_argument("-b", "--batch-size", type=int, metavar="N",
                    help="micro-batch per GPU (default 1)")  # fmt: skip
@@ -395,6 +401,36 @@ def _accelerate_fields(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _config_names_model(cfg: dict[str, Any]) -> bool:
+    from vramcalc.trainer_config import model_from_config
+
+    return model_from_config(cfg) is not None
+
+
+def _config_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--config FILE``: the parsed file as ``config`` (+ the DeepSpeed JSON it names)."""
+    from vramcalc.trainer_config import parse_config_text, request_fields_from_config
+
+    p = Path(ns.config).expanduser()
+    if not p.is_file():
+        raise InvalidConfigError(f"--config: no file at '{p}'")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"--config: cannot read '{p}': {exc}") from None
+    cfg = parse_config_text(text, f"--config '{p}'")
+    out: dict[str, Any] = {"config": cfg}
+    ds_file = request_fields_from_config(cfg).deepspeed_config_file
+    if ds_file is not None and ns.deepspeed is None:
+        # the trainers open the path from the launch directory; next to the config file is
+        # what it means when the two travel together
+        ds_path = Path(ds_file).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = p.parent / ds_path
+        out["deepspeed"] = _load_deepspeed(ds_path, "--config deepspeed")
+    return out
+
+
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
     """Turn parsed options into an ``EstimateRequest`` (validated by pydantic).
 
@@ -405,7 +441,14 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     from vramcalc.enums import Attention, DType, MixedPrecision, Quant
     from vramcalc.specs import EstimateRequest
 
-    fields: dict[str, Any] = {"model": ns.model}
+    fields: dict[str, Any] = {} if ns.model is None else {"model": ns.model}
+    if getattr(ns, "config", None) is not None:
+        fields.update(_config_fields(ns))
+    if "model" not in fields and not ("config" in fields and _config_names_model(fields["config"])):
+        raise _UsageError(
+            "MODEL is required (a catalog name, config.json path or hub id), or a --config "
+            f"file that names the model (see `{PROG} --help`)"
+        )
     for name in ("batch_size", "seq_len", "grad_accum", "optim", "epochs",
                  "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
         if getattr(ns, name) is not None:
@@ -675,8 +718,7 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
         return
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
-        f"[bold]{fit.max_batch_size}[/]"
-        + (" or more" if fit.search_cap else "")
+        f"[bold]{fit.max_batch_size}[/]" + (" or more" if fit.search_cap else "")
     )
     if fit.search_cap:
         console.print(

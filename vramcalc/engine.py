@@ -154,12 +154,14 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
     from vramcalc.accelerate_config import apply_accelerate
+    from vramcalc.trainer_config import apply_config
 
+    req, config_notes = apply_config(req)  # a trainer's config file fills unset fields
     req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
-    notes: list[str] = [*model_notes(req.model), *accelerate_notes]
+    notes: list[str] = [*model_notes(req.model), *config_notes, *accelerate_notes]
     catalog.optimizer(req.optim)  # unknown names fail early with the closest match
     quant = req.quant
     if req.qlora is not None:

@@ -228,6 +228,12 @@ class EstimateRequest(_Frozen):
         description="contents of an accelerate config YAML (distributed_type, fsdp_config, "
         "deepspeed_config, mixed_precision, num_processes, num_machines)",
     )
+    config: str | dict[str, Any] | None = Field(
+        default=None,
+        description="a trainer's own config: LitGPT/torchtune/axolotl/LLaMA-Factory YAML, TRL "
+        "TrainingArguments JSON or an accelerate config, as text or a parsed mapping; it fills "
+        "the fields the request leaves unset (vramcalc.trainer_config)",
+    )
     gpu: str | None = None
     tokens: SInt | None = Field(default=None, gt=0, le=10**15)
     epochs: SFloat = Field(default=1.0, gt=0, le=10_000)
@@ -263,7 +269,6 @@ class EstimateRequest(_Frozen):
     concurrency: SInt | None = Field(
         default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
     )
-
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -407,6 +412,18 @@ class EstimateRequest(_Frozen):
                     "x the GPU's memory (see `vramcalc gpus`)"
                 )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_config(cls, data: Any) -> Any:
+        """Take the model from ``config`` when the request names none."""
+        if isinstance(data, dict) and data.get("model") is None and data.get("config"):
+            from vramcalc.trainer_config import config_model
+
+            model = config_model(data["config"])
+            if model is not None:
+                data = {**data, "model": model}
+        return data
 
     @model_validator(mode="after")
     def _one_peft_method(self) -> EstimateRequest:

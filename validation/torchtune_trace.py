@@ -183,6 +183,9 @@ def run_torchtune_trace(scenario: Scenario, tracker_factory: Any) -> Measured:
     torch.manual_seed(0)
     with contextlib.ExitStack() as stack:
         stack.enter_context(dist_trace._cuda_runtime(1))
+        # the GPU's SDPA kernel choice (flash for 16-bit, no mask) and checkpoint recompute
+        # labelling, as for the transformers traces
+        stack.enter_context(trace.trace_patches(tracker, "fake-cuda", "sdpa"))
         # The recipe builds on its device; fake tensors cannot run the RoPE cache's
         # data-dependent init, so the (small) model is built on the CPU and moved: the same
         # parameters, buffers and NF4 tensors end up on the device, and the build is before

@@ -183,6 +183,30 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default sdpa)")  # fmt: skip
+    g = p.add_argument_group(
+        "framework and memory features",
+        "the trainer whose code runs the step, and the memory features its recipes switch on "
+        "(each refused where the framework does not have it; see docs/model.md)",
+    )
+    g.add_argument("--framework", metavar="{hf,litgpt,torchtune,unsloth}",
+                   help="hf = transformers Trainer + PEFT, TRL, axolotl, LLaMA-Factory "
+                        "(default)")  # fmt: skip
+    g.add_argument("--loss", metavar="{full,chunked,fused_linear}",
+                   help="loss implementation (default: the framework's)")  # fmt: skip
+    g.add_argument("--loss-chunks", type=int, metavar="N",
+                   help="chunks of a chunked/fused loss (default: the framework's)")  # fmt: skip
+    g.add_argument("--activation-offload", action="store_true",
+                   help="saved activations offloaded to CPU (torchtune, TRL, axolotl)")  # fmt: skip
+    g.add_argument("--optimizer-in-backward", action="store_true",
+                   help="optimizer step in each gradient's hook (torchtune)")  # fmt: skip
+    g.add_argument("--packing", action="store_true",
+                   help="samples packed into full seq-len rows, no padding")  # fmt: skip
+    g.add_argument("--liger", action="store_true",
+                   help="Liger kernels: RMSNorm, RoPE, SwiGLU, fused linear CE (hf)")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile (an approximation, see notes)")  # fmt: skip
+    g.add_argument("--checkpoint-offload", action="store_true",
+                   help="offloaded checkpointing (Unsloth; needs --grad-ckpt)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
                    help="r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip
@@ -439,7 +463,7 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     from a default (``vramcalc.checks``).
     """
     from vramcalc.enums import Attention, DType, MixedPrecision, Quant
-    from vramcalc.specs import EstimateRequest
+    from vramcalc.specs import FEATURES, FRAMEWORKS, LOSS_KINDS, EstimateRequest
 
     fields: dict[str, Any] = {} if ns.model is None else {"model": ns.model}
     if getattr(ns, "config", None) is not None:
@@ -462,9 +486,17 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _enum_value(option, getattr(ns, name), enum)
-    for flag in ("ia3", "grad_ckpt"):
+    for flag in ("ia3", "grad_ckpt", *FEATURES):
         if getattr(ns, flag):
             fields[flag] = True
+    for name, accepted in (("framework", FRAMEWORKS), ("loss", LOSS_KINDS)):
+        value = getattr(ns, name)
+        if value is not None:
+            if value.strip().lower() not in accepted:
+                raise UnknownNameError(f"--{name} value", value, list(accepted))
+            fields[name] = value.strip().lower()
+    if ns.loss_chunks is not None:
+        fields["loss_chunks"] = ns.loss_chunks
     fields.update(_layout_fields(ns))
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),

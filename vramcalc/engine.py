@@ -212,6 +212,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         # fp32 master copy inside the optimizer.
         dtype = DType.BF16 if zp == "bf16" else DType.FP16
         mp = MixedPrecision.NO
+    from vramcalc.frameworks import profile
+
+    fw = profile(req.framework)
+    recipe = fw.recipe(req)
+    notes.extend(fw.notes(req, recipe))
     training = TrainingSpec(
         task=req.task,
         batch_size=req.batch_size,
@@ -225,6 +230,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         grad_ckpt=req.grad_ckpt,
         attn=req.attn,
         inference=InferenceSpec.from_request(req),
+        recipe=recipe,
     )
     if (
         spec.max_position_embeddings

@@ -623,6 +623,10 @@ def _rank(
         spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
+    # the framework's own module implementations and memory features (frameworks/<name>.py)
+    from vramcalc.frameworks import profile as framework_profile
+
+    plan, prof, opt = framework_profile(tr.recipe.framework).adjust(spec, act_tr, plan, prof, opt)
     cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
     states = rank_states(
         spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)

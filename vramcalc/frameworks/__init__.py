@@ -34,10 +34,16 @@ import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramcalc import catalog
 from vramcalc.specs import FEATURES, FRAMEWORKS, EstimateRequest, RecipeSpec
+
+if TYPE_CHECKING:
+    from vramcalc.formulas.activations import ActivationProfile
+    from vramcalc.formulas.optimizer import OptimizerPlan
+    from vramcalc.formulas.params import ParamPlan
+    from vramcalc.specs import ModelSpec, TrainingSpec
 
 __all__ = [
     "FrameworkProfile",
@@ -174,6 +180,22 @@ class FrameworkProfile:
             **impl,
             **{f: bool(getattr(req, f)) for f in FEATURES},
         )
+
+    def adjust(
+        self,
+        spec: ModelSpec,
+        tr: TrainingSpec,
+        plan: ParamPlan,
+        prof: ActivationProfile,
+        opt: OptimizerPlan,
+    ) -> tuple[ParamPlan, ActivationProfile, OptimizerPlan]:
+        """Hook 4 (``engine._rank``): adjust one rank's parameter, activation, optimizer plans.
+
+        For what the framework's own modules save and its memory features do (the torchtune
+        profile: its chunked loss, expanded GQA keys/values, activation offloading,
+        optimizer-in-backward). The base profile changes nothing.
+        """
+        return plan, prof, opt
 
     def notes(self, req: EstimateRequest, recipe: RecipeSpec) -> list[str]:
         """Lines for the report's notes (approximations, untraced profiles)."""

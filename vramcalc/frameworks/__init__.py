@@ -189,7 +189,7 @@ class FrameworkProfile:
         prof: ActivationProfile,
         opt: OptimizerPlan,
     ) -> tuple[ParamPlan, ActivationProfile, OptimizerPlan]:
-        """Hook 4 (``engine._rank``): adjust one rank's parameter, activation, optimizer plans.
+        """Adjust one rank's parameter, activation and optimizer plans (hook 4, engine._rank).
 
         For what the framework's own modules save and its memory features do (the torchtune
         profile: its chunked loss, expanded GQA keys/values, activation offloading,

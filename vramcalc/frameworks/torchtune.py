@@ -37,8 +37,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from vramcalc.frameworks import FrameworkProfile
 from vramcalc.formulas.params import block, dtype_bytes
+from vramcalc.frameworks import FrameworkProfile
 
 if TYPE_CHECKING:
     from vramcalc.formulas.activations import ActivationProfile
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from vramcalc.formulas.params import ParamPlan
     from vramcalc.specs import EstimateRequest, ModelSpec, TrainingSpec
 
-__all__ = ["PROFILE", "OFFLOAD_STASH", "TorchtuneProfile"]
+__all__ = ["OFFLOAD_STASH", "PROFILE", "TorchtuneProfile"]
 
 OFFLOAD_STASH = 5
 """``OffloadActivations(max_fwd_stash_size=5)``: packed tensors kept on the GPU in forward."""

@@ -12,8 +12,9 @@ fake-CUDA trace of those recipes shows (``validation/torchtune_trace.py``, grid
   ``cross_entropy`` saves that chunk's fp32 ``log_softmax``; ``_loss_step`` then drops the
   logits (``del logits``). At the loss: the 16-bit logits, every chunk's fp32 log-softmax,
   and one chunk's fp32 copy. In backward one chunk's fp32 gradients at a time.
-- **full loss** (``torch.nn.CrossEntropyLoss`` in the config): ``cross_entropy`` on the
-  16-bit logits, no upcast: the saved log-softmax and its gradients are 16-bit.
+- **full loss** (``torch.nn.CrossEntropyLoss`` in the config): the model returns
+  ``self.output(h).float()`` (``modules/transformer.py``) and the loss runs on fp32 logits:
+  the same terms as transformers' causal-LM loss.
 - **GQA** (``modules/attention.py`` ``MultiHeadAttention.forward``): keys and values are
   expanded to the query heads (``expand(...).flatten(1, 2)``, a copy) before SDPA, so the
   saved keys and values are query-sized.
@@ -131,6 +132,9 @@ class TorchtuneProfile(FrameworkProfile):
             ) + extra * len(prof.layer_saved)
         changes["layer_saved"] = layer_saved
         # ------------------------------------------------------------ loss
+        # the full loss: TransformerDecoder.forward returns self.output(h).float() and the
+        # recipe's cross-entropy runs on the fp32 logits -- what transformers' loss does,
+        # so the profile keeps the hf loss terms
         if spec.has_lm_head:
             if recipe.loss == "chunked":
                 n = max(1, recipe.loss_chunks)
@@ -140,13 +144,18 @@ class TorchtuneProfile(FrameworkProfile):
                 changes["logits_fwd"] = logits + block(chunk * V * 4)
                 changes["loss_saved"] = lsm
                 changes["loss_bwd_extra"] = 2 * block(chunk * V * 4)
-                changes["head_bwd_extra"] = block(chunk * V * cb) + block(T * H * cb)
-            else:
-                changes["logits_fwd"] = block(T * V * cb)
-                changes["loss_saved"] = block(T * V * cb)
-                changes["loss_bwd_extra"] = 2 * block(T * V * cb)
-                changes["head_bwd_extra"] = block(T * V * cb) + block(T * H * cb)
-            details["activations/logits"] = int(changes["loss_saved"])  # type: ignore[call-overload]
+                # each chunk's output-projection backward makes its own V x H weight
+                # gradient, summed into the accumulated one (three alive at the sum)
+                wgrad = (
+                    block(V * H * cb)
+                    if "head/lm_head" in plan.trainable_keys
+                    or (spec.tie_word_embeddings and "embed/tokens" in plan.trainable_keys)
+                    else 0
+                )
+                changes["head_bwd_extra"] = (
+                    block(chunk * V * cb) + block(T * H * cb) + (3 if n > 1 else 1) * wgrad
+                )
+                details["activations/logits"] = int(changes["loss_saved"])  # type: ignore[call-overload]
         # ------------------------------------------------------------ activation offloading
         if recipe.activation_offload and tr.grad_ckpt and prof.ckpt_input:
             # the final norm packs its saved tensors after the last layer's input: x in fp32,
@@ -157,7 +166,7 @@ class TorchtuneProfile(FrameworkProfile):
             changes["ckpt_input"] = [
                 x if i >= L - kept else 0 for i, x in enumerate(prof.ckpt_input)
             ]
-            on_gpu = sum(changes["ckpt_input"])  # type: ignore[arg-type]
+            on_gpu = sum(x for x in changes["ckpt_input"])  # type: ignore[attr-defined]
             details["activations/checkpoints"] = on_gpu
         prof = replace(prof, details={k: v for k, v in details.items() if v > 0}, **changes)  # type: ignore[arg-type]
         # ------------------------------------------------------------ optimizer in backward

@@ -380,16 +380,21 @@ def _walk(
     reps = _run_ends(prof)
     saved = prof.ckpt_input if ckpt else prof.layer_saved
     amp_per = prof.amp_copy_per_layer or [0] * L
+    # logits a training loop keeps referenced (LitGPT): alive from the loss to the end of the
+    # step and through the next step's forward, until the new logits replace them
+    hl = prof.held_logits
+    held = [0]
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
+        held[0] = hl if step == 2 else 0
 
         def comps(
             act: int, grads: int, st: int = states, extra_opt: int = 0, gathered: int = 0
         ) -> dict[str, int]:
             return {
                 "params": params + inputs + gathered,
-                "activations": act + earlier,
+                "activations": act + earlier + held[0],
                 "gradients": grads,
                 "optimizer": st + extra_opt,
             }
@@ -446,8 +451,9 @@ def _walk(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act + rank.head_extra, g_fwd, gathered=head_fwd_gathered + zero_root),
+            comps(act + rank.head_extra + hl, g_fwd, gathered=head_fwd_gathered + zero_root),
         )
+        held[0] = hl
         w.add(
             step,
             Phase.LOSS,

@@ -676,7 +676,19 @@ class RecipeSpec(_Frozen):
         "F.gelu(approximate='tanh') (1 saved tensor)",
     )
     qkv_fused: bool = Field(
-        default=False, description="one fused q/k/v linear (LitGPT ``attn.qkv``)"
+        default=False,
+        description="one fused q/k/v linear (LitGPT ``attn.qkv``): under SDPA the value is a "
+        "view of its output, which stays saved whole; grouped K/V are repeated to all heads",
+    )
+    norm_impl: Literal["model", "fp32_normed"] = Field(
+        default="model",
+        description="RMSNorm: the model's (transformers: normalised tensor saved in the input "
+        "dtype) or fp32_normed (LitGPT: x.float() * rsqrt saved in fp32, times weight.float())",
+    )
+    rope_dtype: Literal["promoted", "input"] = Field(
+        default="promoted",
+        description="rotary output dtype under autocast: promoted to fp32 by fp32 cos/sin "
+        "(transformers) or cast back to the input dtype (LitGPT apply_rope)",
     )
     adapter_dtype: Literal["autocast", "base"] = Field(
         default="autocast",

@@ -53,6 +53,8 @@ _IMPL_KEYS = (
     "hold_logits",
     "gelu_tanh",
     "qkv_fused",
+    "norm_impl",
+    "rope_dtype",
     "adapter_dtype",
     "lora_dropout",
 )

@@ -335,12 +335,16 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
         logits = block(T * V * cb)
         prof.logits_fwd = logits + (block(rows * V * lb) if lb != cb else 0)
         prof.loss_saved = block(T * V * lb)
-        prof.loss_bwd_extra = 2 * block(rows * V * lb)
+        # one chunk's backward: its loss-dtype gradient and either the nll_loss gradient
+        # (same dtype) or the cast back to the logits' dtype (traced: trace-frameworks.jsonl
+        # litgpt-llama-lora-qv-bf16-b2s256, litgpt-llama-lora-qv-mixed-b2s128)
+        prof.loss_bwd_extra = block(rows * V * lb) + block(rows * V * cb)
         prof.head_bwd_extra = block(rows * V * cb) + block(T * H * cb) + wgrad
         if rc.hold_logits:
-            # the shifted last chunk is reshaped into a copy for cross_entropy
+            # the shifted last chunk becomes a contiguous copy for cross_entropy: in the loss
+            # dtype when it is upcast (the cast copies), else a reshape copy
             prof.held_logits = logits
-            prof.logits_fwd = block(rows * V * cb) + (block(rows * V * lb) if lb != cb else 0)
+            prof.logits_fwd = block(rows * V * lb)
         return
     logits_b = T * V * cb
     if rc.logits_fp32:
@@ -352,7 +356,7 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
         # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
         prof.logits_fwd = block(logits_b) + block(logits_b)
         prof.loss_saved = block(T * V * lb)
-        prof.loss_bwd_extra = 2 * block(T * V * lb) + block(logits_b)
+        prof.loss_bwd_extra = block(T * V * lb) + block(logits_b)
         if rc.hold_logits:
             prof.held_logits = block(logits_b)
             prof.logits_fwd = block(logits_b)

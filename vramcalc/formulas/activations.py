@@ -265,6 +265,10 @@ def activation_profile(
         _loss(prof, ctx, head_trainable)
         if amp:
             prof.amp_head_copy = block(V * H * 2)
+        if tr.quant is not None and ctx.recipe.quant_lm_head:
+            # a quantized LM head (LitGPT BitsandbytesPrecision) is dequantized for each
+            # chunk's forward and again for its input gradient
+            prof.head_bwd_extra += block(V * H * cb)
     prof.head_saved = head.total
     if prof.loss_saved:
         details["activations/logits"] = prof.loss_saved + prof.held_logits
@@ -374,6 +378,11 @@ def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainabl
     the weight trains (fp32 for Gemma, else in the input dtype).
     """
     gemma = ctx.spec.model_type.startswith("gemma")
+    if ctx.recipe.norm_impl == "liger":
+        # LigerRMSNormFunction saves its input tensor itself and the fp32 rstd per row
+        led.save(f"{name}_in", "norms", numel * xb)
+        led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
+        return
     led.save(f"{name}_x32", "norms", numel * 4)
     led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
     if ctx.recipe.norm_impl == "fp32_normed":
@@ -608,7 +617,8 @@ def _block(
                     else:
                         led.save("gate", "mlp", n_i * cb)
                         led.save("up", "mlp", n_i * cb)
-                    led.save("act", "mlp", n_i * cb)
+                    if ctx.recipe.swiglu_impl == "model":
+                        led.save("act", "mlp", n_i * cb)
                     prod_b = cb
                 elif spec.hidden_act == "relu":  # relu saves its output: fc2's input
                     led.save("prod", "mlp", n_i * cb)

@@ -403,12 +403,12 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             if peft["method"] == "qlora":
                 fields["qlora"] = opts
                 if group == "litgpt-resource-tables":
-                    notes.append(
-                        "LitGPT keeps the unquantized weights (embeddings, lm_head, norms) in "
-                        "bf16, where the HF QLoRA recipe (prepare_model_for_kbit_training) "
-                        "casts them to fp32"
-                    )
-                if "dq" not in str(peft.get("quant")):
+                    if "dq" in str(peft.get("quant")):
+                        notes.append(
+                            "bnb.nf4-dq: the litgpt profile models bnb.nf4 (no double "
+                            "quantization; 0.37 bit/weight more than the run's absmax)"
+                        )
+                elif "dq" not in str(peft.get("quant")):
                     notes.append(
                         "bnb.nf4 without double quantization; the request's QLoRA base is nf4 "
                         "(double quantization cannot be switched off: 0.37 bit/weight apart, "
@@ -430,8 +430,7 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         if "every" in str(fsdp.get("activation_checkpointing", "")):
             fields["grad_ckpt"] = True
         notes.append(
-            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is "
-            "estimated"
+            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is estimated"
         )
     zero = raw.get("zero")
     if zero:
@@ -443,15 +442,13 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         fields["deepspeed"] = _deepspeed_config(raw)
     # source-specific settings the request cannot carry but that change the peak little
     if group == "litgpt-resource-tables" and raw["task"] == "train":
-        from vramcalc.hf import resolve_model
-
-        vocab = resolve_model(model).vocab_size
-        logits = int(raw["batch_size"]) * int(raw["seq_len"]) * vocab * 4
+        # issue 10: LitGPT's own model code, chunked cross-entropy, adapters in bf16, its
+        # QLoRA load path and peak counter are the litgpt framework profile
+        fields["framework"] = "litgpt"
         notes.append(
-            "LitGPT's own model code and chunked cross-entropy (lm_head_chunk_size=128): the "
-            "request models transformers' loss, whose fp32 logits are B x S x V x 4 = "
-            f"{raw['batch_size']} x {raw['seq_len']} x {vocab:,} x 4 B = {logits / MIB:,.0f} MiB "
-            "per buffer, never materialised whole by LitGPT"
+            "framework litgpt: LitGPT's model code, chunked cross-entropy "
+            "(lm_head_chunk_size=128), LoRA adapters in bf16, BitsandbytesPrecision "
+            "(vramcalc/frameworks/litgpt.py)"
         )
     if group == "litgpt-resource-tables" and raw["task"] == "inference":
         notes.append(

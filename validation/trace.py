@@ -382,6 +382,12 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
     from validation import build
 
     req = scenario.request
+    if req.framework == "litgpt":
+        from validation.framework_trace import run_litgpt_trace
+
+        tracker = _make_tracker("cuda" if mode == "fake-cuda" else "cpu", ROUND_BYTES)
+        with trace_patches(tracker, mode, str(req.attn.value), route_sdpa=route_sdpa):
+            return run_litgpt_trace(scenario, mode, tracker)
     if req.qlora is not None or req.quant is not None:
         raise TraceSkipped(
             "QLoRA/quantized bases are not traced: bitsandbytes quantizes with real kernels "

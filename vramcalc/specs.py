@@ -694,7 +694,25 @@ class RecipeSpec(_Frozen):
         "F.gelu(approximate='tanh') (1 saved tensor)",
     )
     qkv_fused: bool = Field(
-        default=False, description="one fused q/k/v linear (LitGPT ``attn.qkv``)"
+        default=False,
+        description="one fused q/k/v linear (LitGPT ``attn.qkv``): under SDPA the value is a "
+        "view of its output, which stays saved whole; grouped K/V are repeated to all heads",
+    )
+    norm_impl: Literal["model", "fp32_normed", "liger"] = Field(
+        default="model",
+        description="RMSNorm: the model's (transformers: normalised tensor saved in the input "
+        "dtype), fp32_normed (LitGPT: x.float() * rsqrt saved in fp32, times weight.float()) "
+        "or liger (LigerRMSNormFunction: saves its input and the fp32 rstd)",
+    )
+    swiglu_impl: Literal["model", "fused"] = Field(
+        default="model",
+        description="gated MLP: the model's act(gate) * up (gate, up, act saved) or fused "
+        "(LigerSiLUMulFunction: gate and up saved, the activation recomputed)",
+    )
+    rope_dtype: Literal["promoted", "input"] = Field(
+        default="promoted",
+        description="rotary output dtype under autocast: promoted to fp32 by fp32 cos/sin "
+        "(transformers) or cast back to the input dtype (LitGPT apply_rope)",
     )
     adapter_dtype: Literal["autocast", "base"] = Field(
         default="autocast",
@@ -711,6 +729,11 @@ class RecipeSpec(_Frozen):
         "or load 16-bit weights, then quantize (LitGPT BitsandbytesPrecision)",
     )
     quant_lm_head: bool = Field(default=False, description="the LM head is quantized too")
+    kbit_upcast: bool = Field(
+        default=True,
+        description="with a quantized base, the other parameters are cast to fp32 (PEFT "
+        "prepare_model_for_kbit_training); False: they stay in the model dtype",
+    )
     double_quant: bool = Field(default=True, description="absmax scales double-quantized")
     peak_reset: Literal["after_load", "never"] = Field(
         default="after_load",

@@ -59,6 +59,9 @@ _IMPL_KEYS = (
     "hold_logits",
     "gelu_tanh",
     "qkv_fused",
+    "norm_impl",
+    "swiglu_impl",
+    "rope_dtype",
     "adapter_dtype",
     "lora_dropout",
 )
@@ -175,6 +178,7 @@ class FrameworkProfile:
             loss_chunks=chunks,
             quant_load=load["quantize"],
             quant_lm_head=bool(load["lm_head"]),
+            kbit_upcast=bool(load.get("upcast_other_fp32", True)),
             double_quant=bool(load["double_quant"]),
             peak_reset=self.row["peak_reset"]["at"],
             **impl,

@@ -95,7 +95,6 @@ _CASES: dict[str, dict[str, Any]] = {
         "grad_ckpt": True,
         "optimizer_in_backward": True,
     },
-    "llama-full-fp32-b2s256": {"model": LLAMA, "dtype": "fp32"},
     "llama-lora-qv-b2s256": {"model": LLAMA, "lora": QV},
     "llama-lora-all-ckpt-b2s256": {"model": LLAMA, "lora": ALL, "grad_ckpt": True},
     "llama-lora-all-ckpt-offload-b2s256": {

@@ -47,10 +47,7 @@ if TYPE_CHECKING:
     from vramcalc.formulas.params import ParamPlan
     from vramcalc.specs import EstimateRequest, ModelSpec, TrainingSpec
 
-__all__ = ["OFFLOAD_STASH", "PROFILE", "TorchtuneProfile"]
-
-OFFLOAD_STASH = 5
-"""``OffloadActivations(max_fwd_stash_size=5)``: packed tensors kept on the GPU in forward."""
+__all__ = ["PROFILE", "TorchtuneProfile"]
 
 
 class TorchtuneProfile(FrameworkProfile):
@@ -110,18 +107,7 @@ class TorchtuneProfile(FrameworkProfile):
             param_bytes=plan.param_bytes + rope,
             details={**plan.details, "params/rope_cache": rope},
         )
-        # ------------------------------------------------------------ RMSNorm
-        # modules/rms_norm.py: F.rms_norm(x.float(), weight=scale).to(x.dtype); with a
-        # trainable scale the weight product saves the fp32 normalised tensor where
-        # transformers' LlamaRMSNorm saves it in the input dtype (2 norms per block, 1 final)
-        norm_extra = block(T * H * (4 - cb)) if cb < 4 and _norm_trains(plan) else 0
         layer_saved = list(prof.layer_saved)
-        if norm_extra:
-            layer_saved = [x + 2 * norm_extra for x in layer_saved]
-            changes["head_saved"] = prof.head_saved + norm_extra
-            details["activations/norms"] = details.get("activations/norms", 0) + norm_extra * (
-                2 * len(layer_saved) + 1
-            )
         # ------------------------------------------------------------ GQA k/v expansion
         heads, kv = spec.num_attention_heads, spec.num_key_value_heads or spec.num_attention_heads
         if kv < heads and layer_saved:
@@ -156,27 +142,21 @@ class TorchtuneProfile(FrameworkProfile):
                     block(chunk * V * cb) + block(T * H * cb) + (3 if n > 1 else 1) * wgrad
                 )
                 details["activations/logits"] = int(changes["loss_saved"])  # type: ignore[call-overload]
-        # ------------------------------------------------------------ activation offloading
-        if recipe.activation_offload and tr.grad_ckpt and prof.ckpt_input:
-            # the final norm packs its saved tensors after the last layer's input: x in fp32,
-            # the rsqrt statistic (twice: pow and mul), and its output when its weight trains
-            head_tensors = 3 + (1 if plan.n_trainable and _norm_trains(plan) else 0)
-            kept = max(0, OFFLOAD_STASH - head_tensors)
-            L = len(prof.ckpt_input)
-            changes["ckpt_input"] = [
-                x if i >= L - kept else 0 for i, x in enumerate(prof.ckpt_input)
-            ]
-            on_gpu = sum(x for x in changes["ckpt_input"])  # type: ignore[attr-defined]
-            details["activations/checkpoints"] = on_gpu
         prof = replace(prof, details={k: v for k, v in details.items() if v > 0}, **changes)  # type: ignore[arg-type]
         # ------------------------------------------------------------ optimizer in backward
         if recipe.optimizer_in_backward:
             opt = replace(opt, stores_grads=False, step_temp_bytes=0)
+            if spec.tie_word_embeddings and "embed/tokens" in plan.trainable_keys:
+                # a tied weight's AccumulateGrad runs once, after its last use (the
+                # embedding): its summed gradient waits in autograd's input buffer through
+                # every block's backward, and its hook steps it only then
+                tied = block(V * H * cb)
+                prof = replace(
+                    prof,
+                    layer_bwd_extra=[x + tied for x in prof.layer_bwd_extra],
+                    head_bwd_extra=prof.head_bwd_extra + tied,
+                )
         return plan, prof, opt
-
-
-def _norm_trains(plan: ParamPlan) -> bool:
-    return any("norm" in k for k in plan.trainable_keys)
 
 
 PROFILE = TorchtuneProfile.from_data("torchtune")

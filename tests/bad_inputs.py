@@ -898,3 +898,62 @@ CASES: list[Case] = [
     ),
     _req("no_model", (), {"batch_size": 2}, ("Field required",), cli_needles=("MODEL",)),
 ]
+
+
+# ---- trainer configs (issue 10: vramcalc --config FILE, the request's ``config`` field)
+def _trainer(case_id: str, text: str, needles: tuple[str, ...], model: str | None = None) -> Case:
+    """A trainer-config case: the CLI reads the file; Python and REST get its text."""
+    head: tuple[str, ...] = (model,) if model else ()
+    extra: dict[str, Any] = {"model": model} if model else {}
+    return Case(
+        id=case_id,
+        needles=needles,
+        argv=(*head, "--config", "{tmp}/" + case_id + ".yaml"),
+        request={**extra, "config": text},
+        rest={**extra, "config": text},
+        files={case_id + ".yaml": text},
+    )
+
+
+CASES += [
+    _trainer(
+        "config_axolotl_qlora_without_4bit",
+        "base_model: meta-llama/Llama-3.2-1B\nadapter: qlora\nload_in_4bit: false\n",
+        ("adapter qlora needs load_in_4bit",),
+    ),
+    _trainer(
+        "config_torchtune_offload_without_ckpt",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "enable_activation_checkpointing: false\nenable_activation_offloading: true\n",
+        ("enable_activation_offloading true needs enable_activation_checkpointing",),
+    ),
+    _trainer(
+        "config_torchtune_inbwd_with_accum",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "optimizer_in_bwd: true\ngradient_accumulation_steps: 8\n",
+        ("optimizer_in_bwd true with gradient_accumulation_steps 8",),
+    ),
+    _trainer(
+        "config_llamafactory_bf16_and_fp16",
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetuning_type: full\n"
+        "bf16: true\nfp16: true\n",
+        ("bf16 and fp16 are both true",),
+    ),
+    _trainer(
+        "config_litgpt_global_below_micro",
+        "checkpoint_dir: checkpoints/meta-llama/Llama-3.2-1B\nprecision: bf16-true\n"
+        "train:\n  global_batch_size: 2\n  micro_batch_size: 4\n",
+        ("train.global_batch_size 2 is smaller than train.micro_batch_size 4",),
+    ),
+    _trainer(
+        "config_unknown_format",
+        "foo: 1\nbar: 2\n",
+        ("cannot tell which trainer this file is for",),
+        model="gpt2",
+    ),
+    _trainer(
+        "config_torchtune_unknown_builder",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_2b\n",
+        ("model._component_ 'torchtune.models.llama3_2.llama3_2_2b' has no catalog model",),
+    ),
+]

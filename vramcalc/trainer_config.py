@@ -287,13 +287,15 @@ def _model_field(r: _R, key: str, value: Any) -> None:
 
 
 def config_model(config: str | Mapping[str, Any]) -> str | None:
-    """Return the model a config (text or mapping) names, or None (also for a bad file)."""
-    if isinstance(config, str):
-        try:
-            config = parse_config_text(config)
-        except InvalidConfigError:
-            return None
-    return model_from_config(config)
+    """Return the model a config (text or mapping) names, or None.
+
+    Raises:
+        InvalidConfigError: the config cannot be read (the request cannot take it either).
+
+    """
+    cfg = parse_config_text(config) if isinstance(config, str) else config
+    model = request_fields_from_config(cfg).fields.get("model")
+    return model if isinstance(model, str) else None
 
 
 def model_from_config(cfg: Mapping[str, Any]) -> str | None:

@@ -595,6 +595,10 @@ def _torchtune(r: _R) -> None:
             )
         if opt.startswith("torchao.") and short == "AdamW8bit":
             r.notes.append("torchao AdamW8bit modelled as bitsandbytes 8-bit AdamW (same widths)")
+        if optim == "adamw_torch" and r.flag(
+            "optimizer.fused", False, r.section("optimizer").get("fused")
+        ):
+            optim = "adamw_torch_fused"
         r.set("optim", optim, "optimizer._component_", shown=f"{optim} ({opt})")
     fsdp_keys = [k for k in ("fsdp_cpu_offload", "fsdp_reshard_after_forward") if k in r.cfg]
     if fsdp_keys:

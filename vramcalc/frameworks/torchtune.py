@@ -97,7 +97,6 @@ class TorchtuneProfile(FrameworkProfile):
         cb = 2 if tr.mixed_precision.value != "no" else dtype_bytes(tr.param_dtype)
         H, V = spec.hidden_size, spec.vocab_size
         details = dict(prof.details)
-        changes: dict[str, object] = {}
         # ------------------------------------------------------------ RoPE cache buffer
         # modules/position_embeddings.py (and llama3_1/_position_embeddings.py): one fp32
         # cache of max_seq_len x head_dim/2 x 2 (cos, sin), shared by all layers
@@ -116,33 +115,34 @@ class TorchtuneProfile(FrameworkProfile):
             details["activations/attention"] = details.get(
                 "activations/attention", 0
             ) + extra * len(prof.layer_saved)
-        changes["layer_saved"] = layer_saved
+        prof = replace(prof, layer_saved=layer_saved)
         # ------------------------------------------------------------ loss
         # the full loss: TransformerDecoder.forward returns self.output(h).float() and the
         # recipe's cross-entropy runs on the fp32 logits -- what transformers' loss does,
         # so the profile keeps the hf loss terms
-        if spec.has_lm_head:
-            if recipe.loss == "chunked":
-                n = max(1, recipe.loss_chunks)
-                chunk = -(-T // n)
-                logits = n * block(chunk * V * cb)
-                lsm = n * block(chunk * V * 4)
-                changes["logits_fwd"] = logits + block(chunk * V * 4)
-                changes["loss_saved"] = lsm
-                changes["loss_bwd_extra"] = 2 * block(chunk * V * 4)
-                # each chunk's output-projection backward makes its own V x H weight
-                # gradient, summed into the accumulated one (three alive at the sum)
-                wgrad = (
-                    block(V * H * cb)
-                    if "head/lm_head" in plan.trainable_keys
-                    or (spec.tie_word_embeddings and "embed/tokens" in plan.trainable_keys)
-                    else 0
-                )
-                changes["head_bwd_extra"] = (
-                    block(chunk * V * cb) + block(T * H * cb) + (3 if n > 1 else 1) * wgrad
-                )
-                details["activations/logits"] = int(changes["loss_saved"])  # type: ignore[call-overload]
-        prof = replace(prof, details={k: v for k, v in details.items() if v > 0}, **changes)  # type: ignore[arg-type]
+        if spec.has_lm_head and recipe.loss == "chunked":
+            n = max(1, recipe.loss_chunks)
+            chunk = -(-T // n)
+            # logits.float() of one chunk at a time (a no-op for fp32 logits)
+            upcast = block(chunk * V * 4) if cb != 4 else 0
+            # each chunk's output-projection backward makes its own V x H weight gradient,
+            # summed into the accumulated one (three alive at the sum)
+            head_trains = "head/lm_head" in plan.trainable_keys or (
+                spec.tie_word_embeddings and "embed/tokens" in plan.trainable_keys
+            )
+            wgrad = block(V * H * cb) if head_trains else 0
+            lsm = n * block(chunk * V * 4)
+            prof = replace(
+                prof,
+                logits_fwd=n * block(chunk * V * cb) + upcast,
+                loss_saved=lsm,
+                loss_bwd_extra=2 * block(chunk * V * 4),
+                head_bwd_extra=block(chunk * V * cb)
+                + block(T * H * cb)
+                + (3 if n > 1 else 1) * wgrad,
+            )
+            details["activations/logits"] = lsm
+        prof = replace(prof, details={k: v for k, v in details.items() if v > 0})
         # ------------------------------------------------------------ optimizer in backward
         if recipe.optimizer_in_backward:
             opt = replace(opt, stores_grads=False, step_temp_bytes=0)

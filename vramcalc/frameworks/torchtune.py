@@ -50,6 +50,11 @@ if TYPE_CHECKING:
 __all__ = ["PROFILE", "TorchtuneProfile"]
 
 
+# model_type -> (RoPE cache width in head_dim x max_seq_len fp32 units, one cache per layer
+# under LoRA); source in TorchtuneProfile.adjust
+_ROPE_CACHE: dict[str, tuple[int, bool]] = {"qwen2": (2, True)}
+
+
 class TorchtuneProfile(FrameworkProfile):
     """torchtune's recipes: chunked CE, expanded GQA k/v, offloading, optimizer in backward."""
 
@@ -98,9 +103,14 @@ class TorchtuneProfile(FrameworkProfile):
         H, V = spec.hidden_size, spec.vocab_size
         details = dict(prof.details)
         # ------------------------------------------------------------ RoPE cache buffer
-        # modules/position_embeddings.py (and llama3_1/_position_embeddings.py): one fp32
-        # cache of max_seq_len x head_dim/2 x 2 (cos, sin), shared by all layers
-        rope = block((spec.max_position_embeddings or tr.seq_len) * spec.head_dim * 4)
+        # modules/position_embeddings.py and llama3_1/_position_embeddings.py: one fp32 cache
+        # of max_seq_len x head_dim/2 x (cos, sin) plus theta, shared by all layers;
+        # models/qwen2/_positional_embeddings.py: cat(cos, sin) of cat(freqs, freqs), twice
+        # as wide, and lora_qwen2_self_attention builds one per layer
+        width, per_layer_lora = _ROPE_CACHE.get(spec.model_type, (1, False))
+        caches = spec.num_hidden_layers if per_layer_lora and plan.adapters else 1
+        one = block((spec.max_position_embeddings or tr.seq_len) * spec.head_dim * 4 * width)
+        rope = caches * (one + block(spec.head_dim // 2 * 4))
         plan = replace(
             plan,
             param_bytes=plan.param_bytes + rope,

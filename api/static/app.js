@@ -87,9 +87,11 @@ function buildRequest() {
   const req = {};
   const config = parseJsonField("config", "config.json");
   const name = $("model").value.trim();
+  const trainer = $("trainer_config").value.trim();
+  if (trainer) req.config = trainer;
   if (config) req.model = config;
   else if (name) req.model = name;
-  else throw new Error("choose a catalog model or paste a config.json");
+  else if (!trainer) throw new Error("choose a catalog model, paste a config.json or a trainer config");
   for (const f of NUMBER_FIELDS) {
     const v = numberOrNull(f);
     if (v !== null && v !== DEFAULTS[f]) req[f] = v;
@@ -138,6 +140,7 @@ function requestToQuery(req) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(req)) {
     if (k === "model" && typeof v === "object") q.set("config", JSON.stringify(v));
+    else if (k === "config") q.set("trainer_config", v);
     else if (k === "deepspeed") q.set(k, JSON.stringify(v));
     else if (v !== null && typeof v === "object") {
       for (const [sub, sv] of Object.entries(v)) q.set(`${k}.${sub}`, String(sv));
@@ -151,6 +154,7 @@ function queryToRequest(query) {
   const req = {};
   for (const [k, v] of q.entries()) {
     if (k === "config") req.model = JSON.parse(v);
+    else if (k === "trainer_config") req.config = v;
     else if (k === "deepspeed") req.deepspeed = JSON.parse(v);
     else if (k.includes(".")) {
       const [outer, inner] = k.split(".", 2);
@@ -194,6 +198,10 @@ function fillForm(req) {
   }
   if (req.ia3) $("peft").value = "ia3";
   if (req.deepspeed) $("deepspeed").value = JSON.stringify(req.deepspeed, null, 2);
+  if (typeof req.config === "string") {
+    $("trainer_config").value = req.config;
+    $("trainer-config-box").open = true;
+  }
   showPeftOptions();
   showLayoutOptions();
 }
@@ -544,6 +552,10 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
+  $("trainer_config_file").addEventListener("change", async (ev) => {
+    const file = ev.target.files && ev.target.files[0];
+    if (file) $("trainer_config").value = await file.text();
+  });
   $("fsdp").addEventListener("change", showLayoutOptions);
   $("form").addEventListener("submit", run);
   $("share").addEventListener("click", async () => {

@@ -707,8 +707,7 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
         return
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
-        f"[bold]{fit.max_batch_size}[/]"
-        + (" or more" if fit.search_cap else "")
+        f"[bold]{fit.max_batch_size}[/]" + (" or more" if fit.search_cap else "")
     )
     if fit.search_cap:
         console.print(

@@ -897,6 +897,59 @@ CASES: list[Case] = [
         why="a CLI switch",
     ),
     _req("no_model", (), {"batch_size": 2}, ("Field required",), cli_needles=("MODEL",)),
+    # framework profiles and memory features (issue 10): refused where the framework's source
+    # has no such feature, with the frameworks that do have it
+    _req(
+        "framework_unknown",
+        ("gpt2", "--framework", "litgtp"),
+        {"model": "gpt2", "framework": "litgtp"},
+        ("unknown", "framework value 'litgtp'", "Did you mean 'litgpt'?"),
+    ),
+    _req(
+        "loss_unknown",
+        ("gpt2", "--loss", "chunk"),
+        {"model": "gpt2", "loss": "chunk"},
+        ("loss value 'chunk'", "Did you mean 'chunked'?"),
+    ),
+    _req(
+        "optimizer_in_backward_outside_torchtune",
+        ("gpt2", "--optimizer-in-backward"),
+        {"model": "gpt2", "optimizer_in_backward": True},
+        ("--optimizer-in-backward is not a hf feature", "supported by: torchtune"),
+    ),
+    _req(
+        "liger_with_litgpt",
+        ("gpt2", "--framework", "litgpt", "--liger"),
+        {"model": "gpt2", "framework": "litgpt", "liger": True},
+        ("--liger is not a litgpt feature", "supported by: hf"),
+    ),
+    _req(
+        "fused_loss_with_litgpt",
+        ("gpt2", "--framework", "litgpt", "--loss", "fused_linear"),
+        {"model": "gpt2", "framework": "litgpt", "loss": "fused_linear"},
+        (
+            "--loss fused_linear is not run by litgpt",
+            "accepted with --framework litgpt: full, chunked",
+        ),
+    ),
+    _req(
+        "loss_chunks_with_full_loss",
+        ("gpt2", "--loss-chunks", "4"),
+        {"model": "gpt2", "loss_chunks": 4},
+        ("--loss-chunks 4 needs a chunked or fused loss",),
+    ),
+    _req(
+        "checkpoint_offload_without_ckpt",
+        ("gpt2", "--framework", "unsloth", "--checkpoint-offload"),
+        {"model": "gpt2", "framework": "unsloth", "checkpoint_offload": True},
+        ("--checkpoint-offload", "needs --grad-ckpt"),
+    ),
+    _req(
+        "feature_with_inference",
+        ("gpt2", "--task", "infer", "--packing"),
+        {"model": "gpt2", "task": "inference", "packing": True},
+        ("--packing: training feature(s), not accepted with --task infer",),
+    ),
 ]
 
 

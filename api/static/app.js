@@ -10,17 +10,20 @@ const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
 const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
-  "tp", "cp", "ep", "pp", "pp_virtual_stages"];
+  "tp", "cp", "ep", "pp", "pp_virtual_stages", "loss_chunks"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule"];
+  "fsdp", "pp_schedule", "framework", "loss"];
+// Framework memory features (issue 10): checkboxes, sent only when ticked.
+const FEATURE_FIELDS = ["activation_offload", "optimizer_in_backward", "packing", "liger", "compile", "checkpoint_offload"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
-const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward"];
+const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
+  "activation_offload", "optimizer_in_backward", "packing", "liger", "compile", "checkpoint_offload"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
-  offload_optimizer: "none", offload_param: "none", zero: 0,
+  offload_optimizer: "none", offload_param: "none", zero: 0, framework: "hf",
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
 };
 
@@ -103,6 +106,7 @@ function buildRequest() {
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
+  for (const f of FEATURE_FIELDS) if ($(f).checked) req[f] = true;
   if ($("sequence_parallel").checked) req.sequence_parallel = true;
   if (req.fsdp) {
     for (const f of FSDP_NUMBER_FIELDS) {
@@ -179,6 +183,7 @@ function fillForm(req) {
   }
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
+  for (const f of FEATURE_FIELDS) $(f).checked = !!req[f];
   $("sequence_parallel").checked = !!req.sequence_parallel;
   $("fsdp_offload").checked = !!req.fsdp_offload;
   if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);

@@ -435,6 +435,98 @@ def _generate_section() -> list[str]:
     return lines
 
 
+FRAMEWORK_TRACES = REPO / "validation" / "measurements" / "trace-frameworks.jsonl"
+
+
+def framework_rows() -> list[tuple[str, str, int, int, float, str, str]]:
+    """Framework traces vs the estimate: (framework, id, traced, estimated, error %, phases)."""
+    if not FRAMEWORK_TRACES.exists():
+        return []
+    from validation.compare import predict
+    from validation.trace import load_measurements
+
+    out = []
+    for m in load_measurements(FRAMEWORK_TRACES):
+        est = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
+        t = m.measured.allocated_bytes
+        err = 100 * (est.peak.allocated_bytes - t) / t
+        out.append(
+            (m.scenario.request.framework, m.scenario.id, t, est.peak.allocated_bytes, err,
+             f"{m.measured.step}/{m.measured.phase}",
+             f"{est.peak.step}/{est.peak.phase.value}")
+        )  # fmt: skip
+    return out
+
+
+def _dist(errors: Sequence[float]) -> str:
+    a = sorted(abs(e) for e in errors)
+    if not a:
+        return "no rows"
+    p90 = a[max(0, -(-9 * len(a) // 10) - 1)]
+    return (
+        f"{len(a)} rows, median |error| {statistics.median(a):.2f} %, p90 {p90:.2f} %, "
+        f"max {a[-1]:.2f} %, within 3 %: {sum(x <= 3.0 for x in a)}/{len(a)}"
+    )
+
+
+def _frameworks_section(pub: Sequence[PublishedRow]) -> list[str]:
+    from vramcalc.frameworks import profiles
+
+    rows = framework_rows()
+    traced = {fw for fw, *_ in rows}
+    lines = [
+        "## Framework profiles",
+        "",
+        "Each `--framework` profile (`vramcalc/frameworks/`, `vramcalc/data/frameworks.json`) "
+        "is checked against that framework's own training step traced on fake CUDA "
+        "(`validation/framework_trace.py`, `validation/measurements/trace-frameworks.jsonl`) "
+        "and against the published rows of runs made with it.",
+        "",
+        "| framework | traced | traced grid (allocated peak) | published rows |",
+        "| --- | --- | --- | --- |",
+    ]
+    for prof in profiles():
+        errs = [e for fw, _, _, _, e, _, _ in rows if fw == prof.name]
+        pub_errs = [
+            r.error_pct
+            for r in pub
+            if r.case.request is not None
+            and r.case.request.framework == prof.name
+            and r.error_pct is not None
+        ]
+        status = "yes" if prof.name in traced else "**not traced**"
+        if prof.name == "unsloth" and prof.name not in traced:
+            status += " (Unsloth's Triton kernels need a GPU; modelled from its source)"
+        lines.append(
+            f"| {prof.name} | {status} | {_dist(errs) if errs else '—'} | "
+            f"{_dist(pub_errs) if pub_errs else '—'} |"
+        )
+    lines += [
+        "",
+        "| framework | scenario | traced MiB | estimated MiB | error | peak (trace / estimate) |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for fw, sid, t, e, err, pt, pe in rows:
+        lines.append(
+            f"| {fw} | {sid} | {t / MIB:,.2f} | {e / MIB:,.2f} | {err:+.2f} % | {pt} / {pe} |"
+        )
+    if not rows:
+        lines.append("| (no traces committed) | | | | | |")
+    lines.append("")
+    by_fw: dict[str, list[PublishedRow]] = {}
+    for r in pub:
+        if r.case.request is not None and r.error_pct is not None:
+            by_fw.setdefault(r.case.request.framework, []).append(r)
+    lines += ["Published rows by framework (errors as in the table above):", ""]
+    for fw, rs in sorted(by_fw.items()):
+        listed = ", ".join(f"{r.case.id} {_pct(r.error_pct)}" for r in rs)
+        lines.append(
+            f"- **{fw}** ({_dist([r.error_pct for r in rs if r.error_pct is not None])}): {listed}"
+        )
+    lines.append("")
+    return lines
+
+
 def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequence[CudaRow],
              reference: str, dist: Sequence[GridRow] = ()) -> str:  # fmt: skip
     """Render the whole of ``docs/accuracy.md``."""
@@ -454,6 +546,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "- " + cuda_line(cuda),
         "",
         *_generate_section(),
+        *_frameworks_section(pub),
         "## How measured",
         "",
         "**Published** figures come from `" + reference + "`: peaks that others measured and "

@@ -156,11 +156,17 @@ def _enum_value(option: str, value: str, enum: type[Enum]) -> str:
 
 
 def _add_estimate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="catalog name or alias (see `vramcalc models`), a path to a "
                         "config.json or a model folder, or a Hugging Face Hub repo id "
                         "org/name[@revision] (needs huggingface_hub; HF_TOKEN for gated "
-                        "repos, HF_HUB_OFFLINE=1 reads the cache)")  # fmt: skip
+                        "repos, HF_HUB_OFFLINE=1 reads the cache); optional with a --config "
+                        "that names the model")  # fmt: skip
+    p.add_argument("--config", metavar="FILE",
+                   help="dry run from a trainer's own config: a LitGPT fine-tune YAML, a "
+                        "torchtune recipe YAML, an axolotl YAML, a LLaMA-Factory YAML, a "
+                        "TRL/transformers TrainingArguments JSON or an accelerate config; "
+                        "options given here override the file")  # fmt: skip
     g = p.add_argument_group("training")
     g.add_argument("-b", "--batch-size", type=int, metavar="N",
                    help="micro-batch per GPU (default 1)")  # fmt: skip
@@ -177,6 +183,30 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default sdpa)")  # fmt: skip
+    g = p.add_argument_group(
+        "framework and memory features",
+        "the trainer whose code runs the step, and the memory features its recipes switch on "
+        "(each refused where the framework does not have it; see docs/model.md)",
+    )
+    g.add_argument("--framework", metavar="{hf,litgpt,torchtune,unsloth}",
+                   help="hf = transformers Trainer + PEFT, TRL, axolotl, LLaMA-Factory "
+                        "(default)")  # fmt: skip
+    g.add_argument("--loss", metavar="{full,chunked,fused_linear}",
+                   help="loss implementation (default: the framework's)")  # fmt: skip
+    g.add_argument("--loss-chunks", type=int, metavar="N",
+                   help="chunks of a chunked/fused loss (default: the framework's)")  # fmt: skip
+    g.add_argument("--activation-offload", action="store_true",
+                   help="saved activations offloaded to CPU (torchtune, TRL, axolotl)")  # fmt: skip
+    g.add_argument("--optimizer-in-backward", action="store_true",
+                   help="optimizer step in each gradient's hook (torchtune)")  # fmt: skip
+    g.add_argument("--packing", action="store_true",
+                   help="samples packed into full seq-len rows, no padding")  # fmt: skip
+    g.add_argument("--liger", action="store_true",
+                   help="Liger kernels: RMSNorm, RoPE, SwiGLU, fused linear CE (hf)")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile (an approximation, see notes)")  # fmt: skip
+    g.add_argument("--checkpoint-offload", action="store_true",
+                   help="offloaded checkpointing (Unsloth; needs --grad-ckpt)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
                    help="r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip
@@ -410,6 +440,36 @@ def _accelerate_fields(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _config_names_model(cfg: dict[str, Any]) -> bool:
+    from vramcalc.trainer_config import model_from_config
+
+    return model_from_config(cfg) is not None
+
+
+def _config_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--config FILE``: the parsed file as ``config`` (+ the DeepSpeed JSON it names)."""
+    from vramcalc.trainer_config import parse_config_text, request_fields_from_config
+
+    p = Path(ns.config).expanduser()
+    if not p.is_file():
+        raise InvalidConfigError(f"--config: no file at '{p}'")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"--config: cannot read '{p}': {exc}") from None
+    cfg = parse_config_text(text, f"--config '{p}'")
+    out: dict[str, Any] = {"config": cfg}
+    ds_file = request_fields_from_config(cfg).deepspeed_config_file
+    if ds_file is not None and ns.deepspeed is None:
+        # the trainers open the path from the launch directory; next to the config file is
+        # what it means when the two travel together
+        ds_path = Path(ds_file).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = p.parent / ds_path
+        out["deepspeed"] = _load_deepspeed(ds_path, "--config deepspeed")
+    return out
+
+
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
     """Turn parsed options into an ``EstimateRequest`` (validated by pydantic).
 
@@ -418,9 +478,16 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     from a default (``vramcalc.checks``).
     """
     from vramcalc.enums import Attention, DType, MixedPrecision, Quant
-    from vramcalc.specs import EstimateRequest
+    from vramcalc.specs import FEATURES, FRAMEWORKS, LOSS_KINDS, EstimateRequest
 
-    fields: dict[str, Any] = {"model": ns.model}
+    fields: dict[str, Any] = {} if ns.model is None else {"model": ns.model}
+    if getattr(ns, "config", None) is not None:
+        fields.update(_config_fields(ns))
+    if "model" not in fields and not ("config" in fields and _config_names_model(fields["config"])):
+        raise _UsageError(
+            "MODEL is required (a catalog name, config.json path or hub id), or a --config "
+            f"file that names the model (see `{PROG} --help`)"
+        )
     for name in ("batch_size", "seq_len", "grad_accum", "optim", "epochs",
                  "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
         if getattr(ns, name) is not None:
@@ -434,9 +501,17 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _enum_value(option, getattr(ns, name), enum)
-    for flag in ("ia3", "grad_ckpt"):
+    for flag in ("ia3", "grad_ckpt", *FEATURES):
         if getattr(ns, flag):
             fields[flag] = True
+    for name, accepted in (("framework", FRAMEWORKS), ("loss", LOSS_KINDS)):
+        value = getattr(ns, name)
+        if value is not None:
+            if value.strip().lower() not in accepted:
+                raise UnknownNameError(f"--{name} value", value, list(accepted))
+            fields[name] = value.strip().lower()
+    if ns.loss_chunks is not None:
+        fields["loss_chunks"] = ns.loss_chunks
     fields.update(_layout_fields(ns))
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),
@@ -746,8 +821,7 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
         return
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
-        f"[bold]{fit.max_batch_size}[/]"
-        + (" or more" if fit.search_cap else "")
+        f"[bold]{fit.max_batch_size}[/]" + (" or more" if fit.search_cap else "")
     )
     if fit.search_cap:
         console.print(

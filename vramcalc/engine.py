@@ -163,12 +163,14 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
     from vramcalc.accelerate_config import apply_accelerate
+    from vramcalc.trainer_config import apply_config
 
+    req, config_notes = apply_config(req)  # a trainer's config file fills unset fields
     req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
-    notes: list[str] = [*model_notes(req.model), *accelerate_notes]
+    notes: list[str] = [*model_notes(req.model), *config_notes, *accelerate_notes]
     catalog.optimizer(req.optim)  # unknown names fail early with the closest match
     quant = req.quant
     if req.qlora is not None:
@@ -219,6 +221,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         # fp32 master copy inside the optimizer.
         dtype = DType.BF16 if zp == "bf16" else DType.FP16
         mp = MixedPrecision.NO
+    from vramcalc.frameworks import profile
+
+    fw = profile(req.framework)
+    recipe = fw.recipe(req)
+    notes.extend(fw.notes(req, recipe))
     training = TrainingSpec(
         task=req.task,
         batch_size=req.batch_size,
@@ -233,6 +240,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         attn=req.attn,
         inference=InferenceSpec.from_request(req),
         trainer=TrainerSpec.from_request(req),
+        recipe=recipe,
     )
     if (
         spec.max_position_embeddings
@@ -387,23 +395,40 @@ def _walk(
     # any depth).
     reps = _run_ends(prof)
     saved = prof.ckpt_input if ckpt else prof.layer_saved
+    rc = tr.recipe
+    # activation offloading moves each block's saved tensors (or, with offloaded
+    # checkpointing, its checkpointed input) to CPU memory as the forward moves on and brings
+    # them back one block ahead in backward: on the GPU only the running block's (forward)
+    # or the running and the prefetched block's (backward) remain
+    offload = rc.activation_offload or (ckpt and rc.checkpoint_offload)
+    fwd_extra = list(prof.layer_fwd_extra)
+    bwd_extra = list(prof.layer_bwd_extra)
+    if offload:
+        fwd_extra = [x + s for x, s in zip(fwd_extra, saved, strict=True)]
+        bwd_extra = [x + 2 * s for x, s in zip(bwd_extra, saved, strict=True)]
+        saved = [0] * L
     amp_per = prof.amp_copy_per_layer or [0] * L
+    # logits a training loop keeps referenced (LitGPT): alive from the loss to the end of the
+    # step and through the next step's forward, until the new logits replace them
+    hl = prof.held_logits
+    held = [0]
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
+        held[0] = hl if step == 2 else 0
 
         def comps(
             act: int, grads: int, st: int = states, extra_opt: int = 0, gathered: int = 0
         ) -> dict[str, int]:
             return {
                 "params": params + inputs + gathered,
-                "activations": act + earlier,
+                "activations": act + earlier + held[0],
                 "gradients": grads,
                 "optimizer": st + extra_opt,
             }
 
         if step == 1:
-            w.add(1, Phase.LOAD, "model loaded", comps(0, 0))
+            w.add(1, Phase.LOAD, "model loaded", comps(0, 0, gathered=_load_transient(res, rank)))
         for tev in tw.before_forward if tw is not None else ():
             w.add(step, tev.phase, tev.event, comps(tev.bytes, g_fwd))
         # forward
@@ -420,7 +445,7 @@ def _walk(
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
-            transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
+            transient = (prof.layer_saved[i] if ckpt else 0) + fwd_extra[i]
             amp_live = cum_amp[i + 1]
             before = rs.gather_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:
@@ -456,8 +481,9 @@ def _walk(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act + rank.head_extra, g_fwd, gathered=head_fwd_gathered + zero_root),
+            comps(act + rank.head_extra + hl, g_fwd, gathered=head_fwd_gathered + zero_root),
         )
+        held[0] = hl
         for tev in tw.after_forward if tw is not None else ():
             w.add(
                 step,
@@ -541,7 +567,7 @@ def _walk(
                 Phase.BACKWARD,
                 f"block {i} backward",
                 comps(
-                    act + recompute + prof.layer_bwd_extra[i] + rank.extra_act,
+                    act + recompute + bwd_extra[i] + rank.extra_act,
                     grads_i + (0 if rs.gather_head else head_full) + rs.grad_block_full,
                     gathered=gathered,
                 ),
@@ -579,6 +605,25 @@ def _walk(
         )
         w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
     return w.events, cpu, zdetails, notes
+
+
+def _load_transient(res: Resolved, rank: _Rank) -> int:
+    """Bytes above the loaded model while its last weight is quantized, if the peak counts it.
+
+    A framework that loads 16-bit weights and quantizes them one linear at a time and never
+    resets the peak counter before training (LitGPT: ``BitsandbytesPrecision``'s
+    ``_Linear4bit.quantize`` copies each weight to the GPU as fp16 first) reports the largest
+    linear's fp16 copy on top of the quantized model. Source: lightning 2.6.6
+    ``fabric/plugins/precision/bitsandbytes.py``; litgpt 0.5.13 ``finetune/lora.py``.
+    """
+    rc = res.training.recipe
+    if res.training.quant is None or rc.peak_reset != "never":
+        return 0
+    if rc.quant_load != "after_16bit_load":
+        return 0
+    kinds = ("linear", "lm_head") if rc.quant_lm_head else ("linear",)
+    largest = max((g.weight_numel for g in rank.inventory if g.kind in kinds), default=0)
+    return max(block(largest * 2) - _input_bytes(res.training), 0)
 
 
 def _input_bytes(tr: TrainingSpec) -> int:
@@ -645,6 +690,10 @@ def _rank(
         spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
+    # the framework's own module implementations and memory features (frameworks/<name>.py)
+    from vramcalc.frameworks import profile as framework_profile
+
+    plan, prof, opt = framework_profile(tr.recipe.framework).adjust(spec, act_tr, plan, prof, opt)
     cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
     tw = None
     if tplan is not None:
@@ -1072,10 +1121,21 @@ def _not_modelled(res: Resolved) -> list[str]:
         )
     if par.ep > 1 and not res.model.num_local_experts:
         out.append("expert parallelism has no effect without experts")
-    if tr.quant is not None:
+    if tr.quant is not None and tr.recipe.quant_load == "on_load":
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "
             "(quantized layer by layer); scripts that load 16-bit weights first peak higher at load"
+        )
+    elif tr.quant is not None:
+        out.append(
+            f"{tr.recipe.framework} quantizes after loading 16-bit weights, one linear at a "
+            "time"
+            + (", the LM head too" if tr.recipe.quant_lm_head else "")
+            + (
+                "; its peak counter is never reset, so the load is inside the peak"
+                if tr.recipe.peak_reset == "never"
+                else ""
+            )
         )
     return out
 

@@ -59,6 +59,7 @@ __all__ = [
     "ParallelSpec",
     "PeftSpec",
     "PromptOptions",
+    "RecipeSpec",
     "TrainerSpec",
     "TrainingSpec",
     "ZeroSpec",
@@ -70,6 +71,20 @@ __all__ = [
 SInt = Annotated[int, Strict()]
 SFloat = Annotated[float, Strict(), AllowInfNan(False)]
 SBool = Annotated[bool, Strict()]
+
+Framework = Literal["hf", "litgpt", "torchtune", "unsloth"]
+LossKind = Literal["full", "chunked", "fused_linear"]
+FRAMEWORKS: tuple[str, ...] = ("hf", "litgpt", "torchtune", "unsloth")
+LOSS_KINDS: tuple[str, ...] = ("full", "chunked", "fused_linear")
+# the boolean memory features of a recipe (issue 10), in the order the CLI lists them
+FEATURES: tuple[str, ...] = (
+    "activation_offload",
+    "optimizer_in_backward",
+    "packing",
+    "liger",
+    "compile",
+    "checkpoint_offload",
+)
 
 
 class _Frozen(BaseModel):
@@ -231,6 +246,12 @@ class EstimateRequest(_Frozen):
         description="contents of an accelerate config YAML (distributed_type, fsdp_config, "
         "deepspeed_config, mixed_precision, num_processes, num_machines)",
     )
+    config: str | dict[str, Any] | None = Field(
+        default=None,
+        description="a trainer's own config: LitGPT/torchtune/axolotl/LLaMA-Factory YAML, TRL "
+        "TrainingArguments JSON or an accelerate config, as text or a parsed mapping; it fills "
+        "the fields the request leaves unset (vramcalc.trainer_config)",
+    )
     gpu: str | None = None
     tokens: SInt | None = Field(default=None, gt=0, le=10**15)
     epochs: SFloat = Field(default=1.0, gt=0, le=10_000)
@@ -294,6 +315,45 @@ class EstimateRequest(_Frozen):
         default=False,
         description="TRL padding_free (DPO: TRL 1.16 warns and falls back to padding)",
     )
+    # framework profile and memory features (issue 10); see vramcalc/frameworks/
+    framework: Framework = Field(
+        default="hf",
+        description="the trainer whose code runs the step: hf (transformers Trainer + PEFT, "
+        "TRL, axolotl, LLaMA-Factory), litgpt, torchtune, unsloth",
+    )
+    loss: LossKind | None = Field(
+        default=None,
+        description="full (B x S x V logits), chunked (chunked cross-entropy), fused_linear "
+        "(LM head and cross-entropy fused: Liger, Cut Cross-Entropy); default: the framework's",
+    )
+    loss_chunks: SInt | None = Field(
+        default=None,
+        gt=0,
+        le=65536,
+        description="chunks of the chunked/fused loss (default: the framework's)",
+    )
+    activation_offload: SBool = Field(
+        default=False, description="saved activations go to CPU memory during forward"
+    )
+    optimizer_in_backward: SBool = Field(
+        default=False,
+        description="each parameter's optimizer step runs in its gradient hook (torchtune)",
+    )
+    packing: SBool = Field(
+        default=False, description="several samples packed into each seq_len row"
+    )
+    liger: SBool = Field(
+        default=False,
+        description="Liger kernels: RMSNorm, RoPE, SwiGLU and fused linear cross-entropy",
+    )
+    compile: SBool = Field(
+        default=False, description="torch.compile of the model (a stated approximation)"
+    )
+    checkpoint_offload: SBool = Field(
+        default=False,
+        description="Unsloth's offloaded gradient checkpointing: checkpointed layer inputs "
+        "kept in CPU memory",
+    )
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -324,6 +384,8 @@ class EstimateRequest(_Frozen):
         "engine",
         "trainer",
         "ref_model",
+        "framework",
+        "loss",
         mode="before",
     )
     @classmethod
@@ -346,9 +408,15 @@ class EstimateRequest(_Frozen):
                     f"ref_model must be a string, got {type(v).__name__}; accepted: auto, copy"
                 )
             raise ValueError(str(UnknownNameError("ref_model value", v, values)))
-        if enum is None or v is None or isinstance(v, enum):
+        literal = {"framework": FRAMEWORKS, "loss": LOSS_KINDS}.get(info.field_name or "")
+        if literal is not None:
+            if v is None or (isinstance(v, str) and v in literal):
+                return v
+            values = list(literal)
+        elif enum is None or v is None or isinstance(v, enum):
             return v
-        values = [str(m.value) for m in enum]
+        else:
+            values = [str(m.value) for m in enum]
         if not isinstance(v, str):
             raise ValueError(
                 f"{info.field_name} must be a string, got {type(v).__name__}; "
@@ -447,6 +515,31 @@ class EstimateRequest(_Frozen):
                     "--engine vllm needs --gpu NAME: its budget is --gpu-memory-utilization "
                     "x the GPU's memory (see `vramcalc gpus`)"
                 )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_config(cls, data: Any) -> Any:
+        """Take the model from ``config`` when the request names none."""
+        if isinstance(data, dict) and data.get("model") is None and data.get("config"):
+            from vramcalc.trainer_config import config_model
+
+            model = config_model(data["config"])
+            if model is not None:
+                data = {**data, "model": model}
+        return data
+
+    @model_validator(mode="after")
+    def _framework_features(self) -> EstimateRequest:
+        """Refuse memory features the chosen framework does not have (one message each).
+
+        The support matrix is data (``data/frameworks.json``, read by
+        ``vramcalc.frameworks.request_problems``).
+        """
+        from vramcalc.frameworks import request_problems
+
+        for problem in request_problems(self):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -704,6 +797,84 @@ class TrainerSpec(_Frozen):
             precompute_ref_log_probs=req.precompute_ref_log_probs,
             padding_free=req.padding_free,
         )
+class RecipeSpec(_Frozen):
+    """A resolved framework recipe: which implementations run and which features are on.
+
+    Built by ``vramcalc.frameworks.resolve_recipe`` from the request and the framework's
+    profile (``data/frameworks.json``); the formulas branch on these fields, never on the
+    framework's name.
+    """
+
+    framework: Framework = "hf"
+    loss: LossKind = "full"
+    loss_chunks: int = Field(default=1, gt=0, description="chunks the loss runs over")
+    logits_fp32: bool = Field(
+        default=True,
+        description="the loss upcasts the logits to fp32 before log_softmax (transformers' "
+        "ForCausalLMLoss); False: cross_entropy on logits in the compute dtype (LitGPT)",
+    )
+    hold_logits: bool = Field(
+        default=False,
+        description="the training loop keeps the (chunked) logits alive through backward",
+    )
+    gelu_tanh: Literal["python", "fused"] = Field(
+        default="python",
+        description="tanh GELU: python formula (transformers NewGELU, 4 saved tensors) or "
+        "F.gelu(approximate='tanh') (1 saved tensor)",
+    )
+    qkv_fused: bool = Field(
+        default=False,
+        description="one fused q/k/v linear (LitGPT ``attn.qkv``): under SDPA the value is a "
+        "view of its output, which stays saved whole; grouped K/V are repeated to all heads",
+    )
+    norm_impl: Literal["model", "fp32_normed", "liger"] = Field(
+        default="model",
+        description="RMSNorm: the model's (transformers: normalised tensor saved in the input "
+        "dtype), fp32_normed (LitGPT: x.float() * rsqrt saved in fp32, times weight.float()) "
+        "or liger (LigerRMSNormFunction: saves its input and the fp32 rstd)",
+    )
+    swiglu_impl: Literal["model", "fused"] = Field(
+        default="model",
+        description="gated MLP: the model's act(gate) * up (gate, up, act saved) or fused "
+        "(LigerSiLUMulFunction: gate and up saved, the activation recomputed)",
+    )
+    rope_dtype: Literal["promoted", "input"] = Field(
+        default="promoted",
+        description="rotary output dtype under autocast: promoted to fp32 by fp32 cos/sin "
+        "(transformers) or cast back to the input dtype (LitGPT apply_rope)",
+    )
+    adapter_dtype: Literal["autocast", "base"] = Field(
+        default="autocast",
+        description="LoRA adapters: PEFT's (fp32 adapter weights, inputs autocast) or kept "
+        "in the base model's dtype (LitGPT)",
+    )
+    lora_dropout: Literal["per_linear", "per_fused_linear"] = Field(
+        default="per_linear",
+        description="one LoRA dropout per targeted linear (PEFT) or one on the fused qkv input",
+    )
+    quant_load: Literal["on_load", "after_16bit_load"] = Field(
+        default="on_load",
+        description="quantize layer by layer while loading (transformers BitsAndBytesConfig) "
+        "or load 16-bit weights, then quantize (LitGPT BitsandbytesPrecision)",
+    )
+    quant_lm_head: bool = Field(default=False, description="the LM head is quantized too")
+    kbit_upcast: bool = Field(
+        default=True,
+        description="with a quantized base, the other parameters are cast to fp32 (PEFT "
+        "prepare_model_for_kbit_training); False: they stay in the model dtype",
+    )
+    double_quant: bool = Field(default=True, description="absmax scales double-quantized")
+    peak_reset: Literal["after_load", "never"] = Field(
+        default="after_load",
+        description="where the framework's peak counter is reset: after loading (the load "
+        "transient is not in the reported peak) or never (it is)",
+    )
+    liger: bool = False
+    activation_offload: bool = False
+    optimizer_in_backward: bool = False
+    packing: bool = False
+    compile: bool = False
+    checkpoint_offload: bool = False
 
 
 class TrainingSpec(_Frozen):
@@ -722,6 +893,7 @@ class TrainingSpec(_Frozen):
     attn: Attention = Attention.SDPA
     inference: InferenceSpec | None = None
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    recipe: RecipeSpec = RecipeSpec()
 
 
 class ZeroSpec(_Frozen):

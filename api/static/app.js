@@ -10,18 +10,21 @@ const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
 const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
-  "tp", "cp", "ep", "pp", "pp_virtual_stages", "beta"];
+  "tp", "cp", "ep", "pp", "pp_virtual_stages", "beta", "loss_chunks"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule", "trainer", "ref_model"];
+  "fsdp", "pp_schedule", "trainer", "ref_model", "framework", "loss"];
+// Framework memory features (issue 10): checkboxes, sent only when ticked.
+const FEATURE_FIELDS = ["activation_offload", "optimizer_in_backward", "packing", "liger", "compile", "checkpoint_offload"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
 const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
-  "precompute_ref_log_probs"];
+  "precompute_ref_log_probs", "activation_offload", "optimizer_in_backward", "packing", "liger", "compile",
+  "checkpoint_offload"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
-  offload_optimizer: "none", offload_param: "none", zero: 0,
+  offload_optimizer: "none", offload_param: "none", zero: 0, framework: "hf",
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
   trainer: "sft", ref_model: "auto",
 };
@@ -89,9 +92,11 @@ function buildRequest() {
   const req = {};
   const config = parseJsonField("config", "config.json");
   const name = $("model").value.trim();
+  const trainer = $("trainer_config").value.trim();
+  if (trainer) req.config = trainer;
   if (config) req.model = config;
   else if (name) req.model = name;
-  else throw new Error("choose a catalog model or paste a config.json");
+  else if (!trainer) throw new Error("choose a catalog model, paste a config.json or a trainer config");
   for (const f of NUMBER_FIELDS) {
     const v = numberOrNull(f);
     if (v !== null && v !== DEFAULTS[f]) req[f] = v;
@@ -103,6 +108,7 @@ function buildRequest() {
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
+  for (const f of FEATURE_FIELDS) if ($(f).checked) req[f] = true;
   if ($("sequence_parallel").checked) req.sequence_parallel = true;
   // trainer options only for the trainers that read them (the API refuses the others)
   const trainer = $("trainer").value;
@@ -148,6 +154,7 @@ function requestToQuery(req) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(req)) {
     if (k === "model" && typeof v === "object") q.set("config", JSON.stringify(v));
+    else if (k === "config") q.set("trainer_config", v);
     else if (k === "deepspeed") q.set(k, JSON.stringify(v));
     else if (v !== null && typeof v === "object") {
       for (const [sub, sv] of Object.entries(v)) q.set(`${k}.${sub}`, String(sv));
@@ -161,6 +168,7 @@ function queryToRequest(query) {
   const req = {};
   for (const [k, v] of q.entries()) {
     if (k === "config") req.model = JSON.parse(v);
+    else if (k === "trainer_config") req.config = v;
     else if (k === "deepspeed") req.deepspeed = JSON.parse(v);
     else if (k.includes(".")) {
       const [outer, inner] = k.split(".", 2);
@@ -185,6 +193,7 @@ function fillForm(req) {
   }
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
+  for (const f of FEATURE_FIELDS) $(f).checked = !!req[f];
   $("sequence_parallel").checked = !!req.sequence_parallel;
   $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;
   $("fsdp_offload").checked = !!req.fsdp_offload;
@@ -205,6 +214,10 @@ function fillForm(req) {
   }
   if (req.ia3) $("peft").value = "ia3";
   if (req.deepspeed) $("deepspeed").value = JSON.stringify(req.deepspeed, null, 2);
+  if (typeof req.config === "string") {
+    $("trainer_config").value = req.config;
+    $("trainer-config-box").open = true;
+  }
   showPeftOptions();
   showLayoutOptions();
   showTrainerOptions();
@@ -563,6 +576,10 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
+  $("trainer_config_file").addEventListener("change", async (ev) => {
+    const file = ev.target.files && ev.target.files[0];
+    if (file) $("trainer_config").value = await file.text();
+  });
   $("fsdp").addEventListener("change", showLayoutOptions);
   $("trainer").addEventListener("change", showTrainerOptions);
   $("form").addEventListener("submit", run);

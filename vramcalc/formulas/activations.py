@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
-from vramcalc.specs import ModelSpec, TrainingSpec
+from vramcalc.specs import ModelSpec, RecipeSpec, TrainingSpec
 
 __all__ = ["ActivationProfile", "Ledger", "activation_profile"]
 
@@ -99,6 +99,8 @@ class ActivationProfile:
         head_bwd_extra: transient bytes of the LM-head backward.
         amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
         ckpt_input: with checkpointing, bytes kept per block (its input).
+        held_logits: logits the training loop keeps referenced from the loss to the end of
+            the step and through the next forward (LitGPT's ``logits`` variable).
         details: ``activations/...`` -> bytes at the end of forward.
 
     """
@@ -116,6 +118,7 @@ class ActivationProfile:
     amp_copy_per_layer: list[int] = field(default_factory=list)
     amp_head_copy: int = 0
     ckpt_input: list[int] = field(default_factory=list)
+    held_logits: int = 0
     details: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -150,6 +153,7 @@ class _Ctx:
     lora_dropout: float
     attn: Attention
     seq_shard: int = 1
+    recipe: RecipeSpec = field(default_factory=RecipeSpec)
 
 
 def activation_profile(
@@ -194,7 +198,7 @@ def activation_profile(
         full=peft is None, lora=set(plan.lora_modules),
         lora_r=peft.r if peft is not None else 0,
         lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
-        seq_shard=seq_shard,
+        seq_shard=seq_shard, recipe=tr.recipe,
     )  # fmt: skip
     prof = ActivationProfile()
     rb = 4 if amp else pb  # residual stream: fp32 under autocast (fp32 embeddings + casts)
@@ -267,20 +271,16 @@ def activation_profile(
     if spec.has_lm_head:
         if head_trainable:
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
-        logits_b = ctx.T * V * cb
-        prof.logits_fwd = block(logits_b) + (block(ctx.T * V * 4) if cb != 4 else 0)
-        prof.loss_saved = block(ctx.T * V * 4)
-        # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
-        prof.loss_bwd_extra = 2 * block(ctx.T * V * 4)
-        # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
-        wgrad = block(V * H * (2 if amp else pb)) if head_trainable else 0
-        prof.head_bwd_extra = (block(ctx.T * V * cb) if cb != 4 else block(ctx.T * V * 4)) + (
-            block(ctx.T * H * cb) + wgrad
-        )
+        _loss(prof, ctx, head_trainable)
         if amp:
             prof.amp_head_copy = block(V * H * 2)
-        details["activations/logits"] = prof.loss_saved
+        if tr.quant is not None and ctx.recipe.quant_lm_head:
+            # a quantized LM head (LitGPT BitsandbytesPrecision) is dequantized for each
+            # chunk's forward and again for its input gradient
+            prof.head_bwd_extra += block(V * H * cb)
     prof.head_saved = head.total
+    if prof.loss_saved:
+        details["activations/logits"] = prof.loss_saved + prof.held_logits
     for k, v in head.by_detail().items():
         details[k] = details.get(k, 0) + v
     if amp:
@@ -288,6 +288,95 @@ def activation_profile(
         details["activations/amp_weight_copies"] = prof.amp_weight_copies
     prof.details = {k: v for k, v in details.items() if v > 0}
     return prof
+
+
+def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
+    """Rows per chunk of Liger's fused linear cross-entropy.
+
+    ``inc_factor = cdiv(V, H)``; ``chunk_size = next_power_of_2(cdiv(BT, inc_factor))``.
+    Source: Liger-Kernel 0.5 ``ops/fused_linear_cross_entropy.py``
+    (``fused_linear_cross_entropy_forward``).
+    """
+    inc = -(-vocab // hidden)
+    rows = -(-tokens // inc)
+    return min(1 << (rows - 1).bit_length(), max(tokens, 1))
+
+
+def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
+    """Fill the loss fields of ``prof`` for the recipe's loss (full, chunked, fused_linear).
+
+    - full, fp32 logits (transformers ``ForCausalLMLoss``): logits, their fp32 copy, the
+      fp32 ``log_softmax`` output saved; backward two B*S*V fp32 buffers.
+    - chunked (LitGPT ``chunked_cross_entropy`` over ``lm_head_chunk_size`` chunks; torchtune
+      ``CEWithChunkedOutputLoss``): the chunked logits together are B*S*V in the compute
+      dtype; ``log_softmax`` saves its output per chunk (fp32 when the loss upcasts or under
+      autocast, else the compute dtype); backward runs chunk by chunk: the ``nll_loss`` and
+      ``log_softmax`` gradients of one chunk and the zero-filled gradient of the shifted last
+      chunk (``slice_backward``).
+    - fused_linear: Liger's ``LigerFusedLinearCrossEntropyFunction`` computes the gradients
+      of the LM head's input (B*S*H) and weight (V*H) inside the forward, chunk by chunk
+      (``liger_chunk_rows`` rows of logits and their fp32 softmax at a time), and saves them;
+      Cut Cross-Entropy (``cce_loss``, without ``--liger``) saves the B*S fp32 log-sum-exp and
+      recomputes logit blocks in backward.
+
+    Source: transformers 5.24 ``loss/loss_utils.py``; litgpt 0.5.13 ``utils.py``
+    (``chunked_cross_entropy``) and ``finetune/lora.py`` (``logits`` held by the loop);
+    Liger-Kernel 0.5 ``ops/fused_linear_cross_entropy.py``; cut-cross-entropy 25.1
+    ``cce.py``.
+    """
+    spec, rc = ctx.spec, ctx.recipe
+    T, H, V, cb = ctx.T, spec.hidden_size, spec.vocab_size, ctx.cb
+    wgrad = block(V * H * (2 if ctx.amp else ctx.pb)) if head_trainable else 0
+    if rc.loss == "fused_linear":
+        if rc.liger:
+            rows = liger_chunk_rows(T, H, V)
+            prof.loss_saved = block(T * H * cb) + (block(V * H * ctx.pb) if head_trainable else 0)
+            prof.logits_fwd = block(rows * V * cb) + block(rows * V * 4)
+            prof.loss_bwd_extra = 0
+            prof.head_bwd_extra = block(T * H * cb)
+        else:
+            rows = max(min(T, 1 << 16 // max(V // 8192, 1)), 1)
+            prof.loss_saved = block(T * 4)
+            prof.logits_fwd = block(T * 4)
+            prof.loss_bwd_extra = block(T * H * cb) + wgrad
+            prof.head_bwd_extra = block(T * H * cb)
+        return
+    lb = 4 if (rc.logits_fp32 or ctx.amp or cb == 4) else cb
+    if rc.loss == "chunked":
+        rows = ctx.B * -(-ctx.S // max(rc.loss_chunks, 1))
+        rows = min(rows, T)
+        logits = block(T * V * cb)
+        prof.logits_fwd = logits + (block(rows * V * lb) if lb != cb else 0)
+        prof.loss_saved = block(T * V * lb)
+        # one chunk's backward: its loss-dtype gradient and either the nll_loss gradient
+        # (same dtype) or the cast back to the logits' dtype (traced: trace-frameworks.jsonl
+        # litgpt-llama-lora-qv-bf16-b2s256, litgpt-llama-lora-qv-mixed-b2s128)
+        prof.loss_bwd_extra = block(rows * V * lb) + block(rows * V * cb)
+        prof.head_bwd_extra = block(rows * V * cb) + block(T * H * cb) + wgrad
+        if rc.hold_logits:
+            # the shifted last chunk becomes a contiguous copy for cross_entropy: in the loss
+            # dtype when it is upcast (the cast copies), else a reshape copy
+            prof.held_logits = logits
+            prof.logits_fwd = block(rows * V * lb)
+        return
+    logits_b = T * V * cb
+    if rc.logits_fp32:
+        prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != 4 else 0)
+        prof.loss_saved = block(T * V * 4)
+        # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
+        prof.loss_bwd_extra = 2 * block(T * V * 4)
+    else:
+        # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
+        prof.logits_fwd = block(logits_b) + block(logits_b)
+        prof.loss_saved = block(T * V * lb)
+        prof.loss_bwd_extra = block(T * V * lb) + block(logits_b)
+        if rc.hold_logits:
+            prof.held_logits = block(logits_b)
+            prof.logits_fwd = block(logits_b)
+    # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
+    prof.head_bwd_extra = (block(T * V * cb) if cb != 4 else block(T * V * 4)) + (
+        block(T * H * cb) + wgrad
+    )
 
 
 def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainable: bool) -> None:
@@ -298,8 +387,20 @@ def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainabl
     the weight trains (fp32 for Gemma, else in the input dtype).
     """
     gemma = ctx.spec.model_type.startswith("gemma")
+    if ctx.recipe.norm_impl == "liger":
+        # LigerRMSNormFunction saves its input tensor itself and the fp32 rstd per row
+        led.save(f"{name}_in", "norms", numel * xb)
+        led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
+        return
     led.save(f"{name}_x32", "norms", numel * 4)
     led.save(f"{name}_rsqrt", "norms", numel // ctx.spec.hidden_size * 4)
+    if ctx.recipe.norm_impl == "fp32_normed":
+        # LitGPT: (x_normed * weight.float()) saves the fp32 weight copy when x_normed needs a
+        # gradient, and the fp32 x_normed when the weight trains
+        led.save(f"{name}_w32", "norms", ctx.spec.hidden_size * 4)
+        if trainable:
+            led.save(f"{name}_normed", "norms", numel * 4)
+        return
     if trainable:
         led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
 
@@ -307,7 +408,7 @@ def _rmsnorm(led: Ledger, ctx: _Ctx, name: str, numel: int, xb: int, *, trainabl
 def _act_saved(led: Ledger, ctx: _Ctx, n: int, nb: int, prefix: str) -> None:
     """Record the saved tensors of a plain MLP's activation over ``n`` elements of ``nb`` bytes."""
     act = ctx.spec.hidden_act
-    if act in ("gelu_new", "gelu_fast"):
+    if act in ("gelu_new", "gelu_fast") and ctx.recipe.gelu_tanh == "python":
         if ctx.amp:  # pow runs in fp32 under autocast: fp32 copy, tanh fp32, 0.5x 16-bit, 1+t
             for part, b in (("in32", 4), ("tanh", 4), ("half", nb), ("onep", 4)):
                 led.save(f"{prefix}_{part}", "mlp", n * b)
@@ -391,7 +492,21 @@ def _block(
                 led.save(xname, "linear_inputs", T * g.in_features * x_bytes)
         if amp and (rg or ctx.full):
             amp_copy += block(g.weight_numel * 2)
-        if g.module in ctx.lora:
+        if g.module in ctx.lora and ctx.recipe.adapter_dtype == "base":
+            # adapters in the base dtype (LitGPT lora.py): lora_A's F.linear saves its input,
+            # the same tensor the base linear reads unless a dropout makes a new one -- one
+            # dropout on a fused qkv input, one per linear otherwise
+            n_in = T * g.in_features
+            if ctx.lora_dropout > 0:
+                drop = xname if ctx.recipe.lora_dropout == "per_fused_linear" else g.module
+                if rg:
+                    led.save(f"{xname}_lmask_{drop}", "dropout_masks", n_in)
+                led.save(f"{xname}_ldrop_{drop}", "lora", n_in * cb)
+            else:
+                led.save(xname, "lora", n_in * x_bytes)
+            led.save(f"{xname}_lA_{g.module}", "lora", T * ctx.lora_r * cb)
+            rg = True
+        elif g.module in ctx.lora:
             n_in = T * g.in_features
             lb = 2 if amp else 4
             if ctx.lora_dropout > 0:
@@ -439,7 +554,7 @@ def _block(
             rope = spec.position_embedding == "rotary"
             # under autocast, rotary embeddings come out fp32 (fp32 cos/sin), and SDPA is not
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
-            ab = 4 if amp and rope and not use_eager else cb
+            ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
             o_b = cb
             flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads)
             if rg or ctx.full:
@@ -459,6 +574,22 @@ def _block(
                         led.save("o_in", "attention", T * Hq * cb)
                     fwd_extra = max(fwd_extra, 2 * block(probs * 4))
                     bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                elif ctx.recipe.qkv_fused:
+                    # LitGPT: q and k are new tensors after RoPE; v is a view of the fused
+                    # qkv output, which SDPA's saved v keeps alive whole -- unless grouped
+                    # K/V are repeated to every head (repeat_interleave: new k and v)
+                    led.save("q", "attention", T * Hq * ab)
+                    if kvh != heads:
+                        led.save("k", "attention", T * Hq * ab)
+                        led.save("v", "attention", T * Hq * ab)
+                    else:
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
+                    led.save("lse", "attention", B * heads * S * 4)
+                    led.save("attn_out", "attention", T * Hq * ab)
+                    led.save("rng_seed", "attention", 8)
+                    led.save("rng_off", "attention", 8)
+                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
                 else:
                     if fused and not rope:
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
@@ -495,14 +626,17 @@ def _block(
                     else:
                         led.save("gate", "mlp", n_i * cb)
                         led.save("up", "mlp", n_i * cb)
-                    led.save("act", "mlp", n_i * cb)
+                    if ctx.recipe.swiglu_impl == "model":
+                        led.save("act", "mlp", n_i * cb)
                     prod_b = cb
                 elif spec.hidden_act == "relu":  # relu saves its output: fc2's input
                     led.save("prod", "mlp", n_i * cb)
                     prod_b = cb
                 else:
                     _act_saved(led, ctx, n_i, cb, "act")
-                    prod_b = 4 if amp and spec.hidden_act in ("gelu_new", "gelu_fast") else cb
+                    python_gelu = ctx.recipe.gelu_tanh == "python"
+                    tanh_gelu = spec.hidden_act in ("gelu_new", "gelu_fast")
+                    prod_b = 4 if amp and tanh_gelu and python_gelu else cb
                 if ctx.full or out.module in ctx.lora:
                     linear(out, "prod", prod_b)
                 elif amp:

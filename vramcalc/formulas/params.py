@@ -316,7 +316,9 @@ def plan_params(
     pb = dtype_bytes(training.param_dtype)
     plan = ParamPlan()
     quantized = quant is not None
-    other_bytes = 4 if quantized else pb  # prepare_model_for_kbit_training: fp32 for the rest
+    recipe = training.recipe
+    # prepare_model_for_kbit_training: fp32 for the rest (not in LitGPT/torchtune/Unsloth)
+    other_bytes = 4 if quantized and recipe.kbit_upcast else pb
     full = peft is None
     lora: list[LoraTarget] = []
     if peft is not None and peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
@@ -331,12 +333,15 @@ def plan_params(
         for t in lora:
             plan.lora_modules.add(t.group.module)
     for g in inventory:
-        quant_this = quantized and g.kind == "linear" and not g.expert
+        head_q = g.kind == "lm_head" and recipe.quant_lm_head
+        quant_this = quantized and (g.kind == "linear" or head_q) and not g.expert
         n_w, n_b = g.weight_numel, g.bias_numel
         trainable = full
         if quant_this:
             assert quant is not None
-            wbytes = _quantized_weight_bytes(n_w, g.out_features, quant)
+            wbytes = _quantized_weight_bytes(
+                n_w, g.out_features, quant, double_quant=recipe.double_quant
+            )
             plan.quantized_linear_numel += n_w * g.count
             key = f"params/{quant.value}"
         else:
@@ -375,15 +380,15 @@ def plan_params(
                 plan.n_trainable += n_b * g.count
                 plan.n_trainable_tensors += g.count
     if peft is not None:
-        plan.adapters = _adapters(spec, inventory, peft, lora)
+        ab = pb if recipe.adapter_dtype == "base" else 4
+        plan.adapters = _adapters(spec, inventory, peft, lora, ab)
         for a in plan.adapters:
             plan.tensors.append(
                 (a.key, a.shape[0] * a.shape[1] * a.bytes_per_elt, a.count, a.bytes_per_elt)
             )
             plan.param_bytes += a.tensor_bytes
-            plan.details["params/adapters_fp32"] = (
-                plan.details.get("params/adapters_fp32", 0) + a.tensor_bytes
-            )
+            akey = f"params/adapters_{_dtype_name(a.bytes_per_elt)}"
+            plan.details[akey] = plan.details.get(akey, 0) + a.tensor_bytes
             plan.trainable_keys.add(a.key)
             one = block(a.shape[0] * a.shape[1] * a.bytes_per_elt)
             plan.grad_tensors.append((one, a.count, 1))
@@ -403,7 +408,9 @@ def _dtype_name(nbytes: int) -> str:
     return {4: "fp32", 2: "16bit", 1: "int8"}.get(nbytes, f"{nbytes}B")
 
 
-def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
+def _quantized_weight_bytes(
+    numel: int, out_features: int, quant: Quant, *, double_quant: bool = True
+) -> int:
     """Allocated bytes of one bitsandbytes-quantized weight and its quantization state.
 
     4-bit: packed uint8 (2 values per byte), 8-bit absmax per ``bnb_blocksize_4bit`` values,
@@ -421,14 +428,20 @@ def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
     n_abs = -(-numel // bs)
     n_nested = -(-n_abs // nested)
     packed = block(-(-numel // 2))
+    if not double_quant:  # compress_statistics=False: one fp32 absmax per block, the code
+        return packed + block(n_abs * 4) + block(16 * 4)
     # absmax (uint8), nested absmax (fp32), nested code (256 fp32), offset (fp32), code (16 fp32)
     return packed + block(n_abs) + block(n_nested * 4) + block(256 * 4) + block(4) + block(16 * 4)
 
 
 def _adapters(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], peft: PeftSpec, lora: list[LoraTarget]
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    peft: PeftSpec,
+    lora: list[LoraTarget],
+    ab: int = 4,
 ) -> list[Adapter]:
-    """List the trainable groups a PEFT method adds (fp32, PEFT's default)."""
+    """List the trainable groups a PEFT method adds (``ab`` bytes: fp32, PEFT's default)."""
     out: list[Adapter] = []
     if peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
         for t in lora:
@@ -437,10 +450,10 @@ def _adapters(
             experts = g.experts if t.param and g.expert else 1
             width, count = rank * experts, g.count // experts
             out.append(
-                Adapter(f"{g.key}/lora_A", g.module, (width, g.in_features), count, 4, g.key)
+                Adapter(f"{g.key}/lora_A", g.module, (width, g.in_features), count, ab, g.key)
             )
             out.append(
-                Adapter(f"{g.key}/lora_B", g.module, (g.out_features, width), count, 4, g.key)
+                Adapter(f"{g.key}/lora_B", g.module, (g.out_features, width), count, ab, g.key)
             )
     elif peft.method == PeftMethod.IA3:
         for g in lora_target_groups(inventory, peft.targets, spec.model_type):

@@ -495,6 +495,8 @@ def _frameworks_section(pub: Sequence[PublishedRow]) -> list[str]:
             and r.error_pct is not None
         ]
         status = "yes" if prof.name in traced else "**not traced**"
+        if prof.name == "hf":
+            status = "yes (the traced grids below; Liger, fused losses, offload not traced)"
         if prof.name == "unsloth" and prof.name not in traced:
             status += " (Unsloth's Triton kernels need a GPU; modelled from its source)"
         lines.append(

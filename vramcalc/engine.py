@@ -594,7 +594,7 @@ def _rank(
     spec = rank_spec(res.model, par, stage)
     sliced = par.tp > 1 or par.pp > 1 or par.ep > 1
     inv = rank_inventory(inventory, res.model, par, stage) if sliced else inventory
-    plan = plan_params(spec, inv, tr)
+    plan = plan_params(spec, inv, tr, sharded_quant=par.fsdp is not None)
     if tr.task != Task.TRAIN:
         return _Rank(stage, spec, inv, plan, None, None, None)
     if plan.n_trainable == 0:
@@ -829,7 +829,11 @@ def _estimate(
     if peak_ev.phase != Phase.OPTIMIZER:
         details.pop("optimizer/step_temporaries", None)
     details = _details_at_peak(details, breakdown)
-    full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
+    full_plan = (
+        plan
+        if rank.inventory is inventory
+        else plan_params(spec, inventory, tr, sharded_quant=res.parallel.fsdp is not None)
+    )
     summary = ModelSummary(
         name=spec.name,
         hf_id=spec.hf_id,

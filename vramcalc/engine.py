@@ -250,6 +250,11 @@ def _has_peft(req: EstimateRequest) -> bool:
 # ----------------------------------------------------------------------------- walk
 
 
+_RawEvent = tuple[int, Phase, str, dict[str, int], int]
+"""(step, phase, event, components, allocated bytes): a timeline event before it becomes a
+``TimelineEvent`` (only the reported stage's events do)."""
+
+
 @dataclass
 class _Walk:
     """Timeline under construction.
@@ -259,19 +264,13 @@ class _Walk:
     the ends can be a peak that those three miss.
     """
 
-    events: list[TimelineEvent]
+    events: list[_RawEvent]
     pending: list[tuple[int, Phase, str, dict[str, int]]] | None = None
 
     @staticmethod
-    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> TimelineEvent:
+    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> _RawEvent:
         clean = {k: int(v) for k, v in comps.items()}
-        return TimelineEvent.model_construct(
-            step=step,
-            phase=phase,
-            event=event,
-            allocated_bytes=sum(clean.values()),
-            components=clean,
-        )
+        return step, phase, event, clean, sum(clean.values())
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
         self.flush()
@@ -293,6 +292,16 @@ class _Walk:
         self.pending = None
 
 
+def _timeline(raw: list[_RawEvent]) -> list[TimelineEvent]:
+    """Build the report's ``TimelineEvent`` objects of one walk."""
+    return [
+        TimelineEvent.model_construct(
+            step=step, phase=phase, event=event, allocated_bytes=total, components=comps
+        )
+        for step, phase, event, comps, total in raw
+    ]
+
+
 @dataclass(frozen=True)
 class _Rank:
     """One rank's slice of the job: what the walk of its step reads."""
@@ -312,7 +321,7 @@ class _Rank:
 
 def _walk(
     res: Resolved, rank: _Rank, emb_buffers: int = 1
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Walk one rank's training step (first step and steady state) and record live bytes.
 
     The sharding engine's buffers come from ``rank.states`` (``formulas/sharding.py``): the
@@ -704,7 +713,7 @@ def _layout(par: ParallelSpec, stage: Stage) -> Layout:
 
 def _inference_walk(
     res: Resolved, rank: _Rank, w: _Walk
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Inference: ``generate``'s prefill and decode (``--engine hf``) or vLLM's budget.
 
     Source: ``formulas/inference.py`` (transformers 5.24 ``generate``) and ``serving.py``
@@ -780,11 +789,11 @@ def _estimate(
     walked = []
     for stage in stages(spec, res.parallel, tr.grad_accum):
         rank = _rank(res, stage, inventory, optim_impl)
-        events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
-        # the first event among equal maxima, as max_memory_allocated records it
-        top = max(events, key=lambda e: e.allocated_bytes)
-        walked.append((top.allocated_bytes, -stage.index, rank, events, cpu, zdetails, znotes))
-    _, _, rank, events, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+        raw, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
+        top = max(e[4] for e in raw)
+        walked.append((top, -stage.index, rank, raw, cpu, zdetails, znotes))
+    _, _, rank, raw, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+    events = _timeline(raw)
     plan, prof, opt = rank.plan, rank.prof, rank.opt
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it

@@ -147,12 +147,16 @@ def trace_limitations(request: EstimateRequest) -> str | None:
     """Why the trace backend cannot measure ``request`` (``None`` when it can)."""
     if request.task.value != "train":
         return "the trace backend measures training steps, not inference"
-    if request.qlora is not None or request.quant is not None:
-        return "QLoRA/quantized bases need bitsandbytes kernels on a real GPU; use --backend cuda"
-    if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
-        return "the trace backend builds full fine-tuning and LoRA only"
     from validation.dist_trace import is_distributed, layout_limitations
 
+    quantized = request.qlora is not None or request.quant is not None
+    if quantized and request.fsdp is None:
+        return (
+            "QLoRA/quantized bases are traced under FSDP only (--fsdp, PEFT's FSDP+QLoRA "
+            "recipe); on one GPU use --backend cuda"
+        )
+    if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
+        return "the trace backend builds full fine-tuning and LoRA only"
     if is_distributed(request):
         why = layout_limitations(request)
         if why is not None:

@@ -76,9 +76,25 @@ outputs that do not become the sharded ``.grad``); ``peak_event`` names the last
 before the peak (``forward``/``backward``/``reduce`` + FSDP2 group fqn, or FSDP1
 ``unshard``/``reduce`` + unit fqn).
 
+- **QLoRA** (``qlora`` with nf4/fp4, FSDP1 or FSDP2, no TP): PEFT's FSDP+QLoRA recipe
+  (``validation.build.bnb_config``: double quantization, ``bnb_4bit_quant_storage`` = the
+  compute dtype so FSDP flattens/shards the packed weights; no
+  ``prepare_model_for_kbit_training``, as TRL skips it for sharded QLoRA). The model is built
+  on meta with transformers' ``replace_with_bnb_linear`` and PEFT LoRA, materialised on fake
+  CUDA and quantized with bitsandbytes' own ``quantize_4bit`` (its ops have registered fake
+  kernels); FSDP1 gets PEFT's ``fsdp_auto_wrap_policy`` (``use_orig_params`` as requested),
+  FSDP2 accelerate's ``fsdp2_prepare_model``. Stand-ins (``_bnb_standins``): the packed
+  weight is a plain ``Parameter`` carrying ``quant_state`` (``Params4bit`` cannot wrap a fake
+  tensor), the ``gemm_4bit`` forward replays the CUDA kernel's dispatch (dequantize + linear
+  above 1536 tokens or where the H100 heuristic prefers it), ``Linear4bit`` state-dict
+  serialisation (called and discarded by ``fsdp2_prepare_model``) skips the quant state.
+  The ``QuantState`` tensors are counted as ``params``. Not in the grid: AMP over an fp32
+  base (FSDP1 cannot flatten the bf16 packed storage with fp32 parameters, on a GPU too;
+  the recipe keeps everything bf16) and CPU offload with QLoRA.
+
 Not traced (``TraceSkipped``): DeepSpeed ZeRO (not attempted, see validation/README.md),
-context/pipeline/expert parallelism, TP with FSDP1, fp16 AMP under FSDP, QLoRA under FSDP
-(bitsandbytes quantizes with real CUDA kernels; see ``_qlora_reason``), plain DDP.
+context/pipeline/expert parallelism, TP with FSDP1, fp16 AMP under FSDP, QLoRA with TP or
+without FSDP (the single-device tracer does not build 4-bit bases), int8 bases, plain DDP.
 
 CLI::
 

@@ -132,7 +132,15 @@ from validation.trace import (
 if TYPE_CHECKING:
     from vramcalc.specs import EstimateRequest
 
-__all__ = ["is_distributed", "layout_limitations", "main", "run_dist_trace", "world_size"]
+__all__ = [
+    "build_base",
+    "is_distributed",
+    "layout_limitations",
+    "main",
+    "run_dist_trace",
+    "world_size",
+    "wrap_for_step",
+]
 
 EXTRA_CATEGORIES = ("gathered", "reduce")
 
@@ -697,8 +705,6 @@ def run_dist_trace(
     from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: TID251
     from transformers import Trainer  # noqa: F401  (imported before the CUDA stand-ins)
 
-    from validation import build
-
     req = scenario.request
     why = layout_limitations(req)
     if why is not None:
@@ -707,7 +713,6 @@ def run_dist_trace(
     device_type = "cuda" if mode == "fake-cuda" else "cpu"
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
     attn = str(req.attn.value)
-    build_attn = "sdpa" if attn == "flash_attention_2" else attn
     if fake:
         _init_pg(world_size(req), rank, backend or "fake")
     torch.manual_seed(0)
@@ -721,43 +726,85 @@ def run_dist_trace(
             patches += _bnb_standins(device_type == "cuda")
         with _patched(patches), storage_resizes(tracker):
             mesh, dim_names = _mesh(req, device_type)
-            model = build.build_model(
-                scenario, None if fake else device, on_meta=fake, attn_implementation=build_attn
-            )
+            model = build_base(scenario, device, fake=fake)
             mode_ctx: Any = contextlib.nullcontext()
             if fake:
                 mode_ctx = FakeTensorMode(allow_non_fake_inputs=True)
             with mode_ctx:
-                # FSDP1 with parameter offload needs the module on the host (as a Trainer
-                # loads it); everything else is materialised on the device
-                host = req.fsdp_offload and req.fsdp_version == 1
-                if fake:
-                    build.materialize(model, "cpu" if host else device)
-                quant_state: list[Any] = []
-                if req.qlora is not None:
-                    quant_state = build.quantize_base(model, req)
-                base = model
-                if req.tp > 1:
-                    _apply_tp(model, mesh["tp"], req.sequence_parallel)
-                if req.fsdp_version == 1 and req.fsdp is not None:
-                    wrapped = _wrap_fsdp1(model, req, device)
-                    names.update(_module_names(wrapped))
-                    params = [m._flat_param for m in _fsdp1_modules(wrapped) if m._has_params]
-                else:
-                    wrapped = _wrap_fsdp2(model, req, mesh, dim_names)
-                    params = []
-                setup = build.build_setup(scenario, device, model=wrapped, base=base)
-                if req.fsdp_version == 2 or req.fsdp is None:
-                    setup.autocast_dtype = None  # accelerate: no autocast under FSDP2
-                make_batch = None
-                if req.sequence_parallel:
-                    make_batch = functools.partial(_batch_with_positions, setup)
-                params += quant_state  # QuantState tensors: device storage, not parameters
+                setup, params, make_batch = wrap_for_step(
+                    model, scenario, device, mesh=mesh, dim_names=dim_names, names=names
+                )
+                del model
                 measured = run_steps(tracker, setup, scenario.steps, params, make_batch)
-                del setup, wrapped, model, base, params, quant_state
+                del setup, params
     if fake:
         dist.destroy_process_group()
     return measured
+
+
+def _host_first(req: EstimateRequest) -> bool:
+    """FSDP1 with parameter offload needs the module on the host (as a Trainer loads it)."""
+    return bool(req.fsdp_offload and req.fsdp_version == 1)
+
+
+def build_base(scenario: Scenario, device: Any, *, fake: bool) -> Any:
+    """Build the model of ``scenario`` before sharding (call outside any fake mode).
+
+    Fake runs and QLoRA build on meta (``wrap_for_step`` materialises and quantizes); real
+    runs of other methods build on the device (on the host for FSDP1 parameter offload).
+    """
+    from validation import build
+
+    req = scenario.request
+    attn = str(req.attn.value)
+    build_attn = "sdpa" if attn == "flash_attention_2" else attn
+    on_meta = fake or req.qlora is not None
+    target = None if on_meta else ("cpu" if _host_first(req) else device)
+    return build.build_model(scenario, target, on_meta=on_meta, attn_implementation=build_attn)
+
+
+def wrap_for_step(
+    model: Any,
+    scenario: Scenario,
+    device: Any,
+    *,
+    mesh: Any,
+    dim_names: tuple[str, ...],
+    names: dict[int, str] | None = None,
+) -> tuple[Any, list[Any], Callable[[], dict[str, Any]] | None]:
+    """Materialise, quantize, parallelize and wrap ``model`` as the layout runs it.
+
+    Shared by the rank-0 trace (inside its fake mode) and the multi-process CUDA runner
+    (``validation.dist_cuda``). Returns the ``validation.build.Setup`` of the step, device
+    storage that is not a module parameter (FSDP1 flat parameters, QLoRA quant state) and the
+    batch factory (``None``: ``Setup.make_batch``).
+    """
+    from validation import build
+
+    req = scenario.request
+    if next(model.parameters()).device.type == "meta":
+        build.materialize(model, "cpu" if _host_first(req) else device)
+    quant_state: list[Any] = []
+    if req.qlora is not None:
+        quant_state = build.quantize_base(model, req)
+    base = model
+    if req.tp > 1:
+        _apply_tp(model, mesh["tp"], req.sequence_parallel)
+    if req.fsdp_version == 1 and req.fsdp is not None:
+        wrapped = _wrap_fsdp1(model, req, device)
+        if names is not None:
+            names.update(_module_names(wrapped))
+        params = [m._flat_param for m in _fsdp1_modules(wrapped) if m._has_params]
+    else:
+        wrapped = _wrap_fsdp2(model, req, mesh, dim_names)
+        params = []
+    setup = build.build_setup(scenario, device, model=wrapped, base=base)
+    if req.fsdp_version == 2 or req.fsdp is None:
+        setup.autocast_dtype = None  # accelerate: no autocast under FSDP2
+    make_batch = None
+    if req.sequence_parallel:
+        make_batch = functools.partial(_batch_with_positions, setup)
+    return setup, params + quant_state, make_batch
 
 
 def _fsdp1_modules(model: Any) -> list[Any]:

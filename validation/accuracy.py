@@ -615,6 +615,19 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "PyTorch's fake process group and fake CUDA (`validation/dist_trace.py`), against the "
         'engine\'s estimate of the same layout (`target="trace"`).',
         "",
+        "The `qlora` rows run PEFT's FSDP+QLoRA recipe (nf4, double quantization, "
+        "`bnb_4bit_quant_storage` = bf16 so FSDP shards the packed weights; FSDP1 with PEFT's "
+        "`fsdp_auto_wrap_policy`, FSDP2 through accelerate): bitsandbytes' own "
+        "`quantize_4bit` and its ops' fake kernels on fake CUDA, with the CUDA `gemm_4bit` "
+        "dispatch replayed (2048 tokens: every weight is dequantized before its matmul). Not "
+        "traced: QLoRA with TP (the TP plan does not shard `Params4bit`), on one device (the "
+        "single-device tracer does not build 4-bit bases yet), with AMP over an fp32 base "
+        "(FSDP1 cannot flatten bf16 packed storage with fp32 parameters, on a GPU too) and "
+        "with CPU offload; int8 bases. At these small shapes the dequantization buffers "
+        "(< 0.4 MiB) are far below the logits at the peak, so the rows check the packed "
+        "shards, the whole `QuantState` per rank and the gathered units more than the "
+        "dequantization transients.",
+        "",
     ]
     lines += _grid_table(dist)
     lines += ["", "## CUDA measurements", ""]

@@ -268,6 +268,11 @@ def _has_peft(req: EstimateRequest) -> bool:
 # ----------------------------------------------------------------------------- walk
 
 
+_RawEvent = tuple[int, Phase, str, dict[str, int], int]
+"""(step, phase, event, components, allocated bytes): a timeline event before it becomes a
+``TimelineEvent`` (only the reported stage's events do)."""
+
+
 @dataclass
 class _Walk:
     """Timeline under construction.
@@ -277,19 +282,13 @@ class _Walk:
     the ends can be a peak that those three miss.
     """
 
-    events: list[TimelineEvent]
+    events: list[_RawEvent]
     pending: list[tuple[int, Phase, str, dict[str, int]]] | None = None
 
     @staticmethod
-    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> TimelineEvent:
+    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> _RawEvent:
         clean = {k: int(v) for k, v in comps.items()}
-        return TimelineEvent.model_construct(
-            step=step,
-            phase=phase,
-            event=event,
-            allocated_bytes=sum(clean.values()),
-            components=clean,
-        )
+        return step, phase, event, clean, sum(clean.values())
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
         self.flush()
@@ -309,6 +308,16 @@ class _Walk:
         for i in sorted({0, top, len(p) - 1}):
             self.events.append(self._event(*p[i]))
         self.pending = None
+
+
+def _timeline(raw: list[_RawEvent]) -> list[TimelineEvent]:
+    """Build the report's ``TimelineEvent`` objects of one walk."""
+    return [
+        TimelineEvent.model_construct(
+            step=step, phase=phase, event=event, allocated_bytes=total, components=comps
+        )
+        for step, phase, event, comps, total in raw
+    ]
 
 
 @dataclass(frozen=True)
@@ -332,7 +341,7 @@ class _Rank:
 
 def _walk(
     res: Resolved, rank: _Rank, emb_buffers: int = 1
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Walk one rank's training step (first step and steady state) and record live bytes.
 
     The sharding engine's buffers come from ``rank.states`` (``formulas/sharding.py``): the
@@ -665,7 +674,7 @@ def _rank(
     spec = rank_spec(res.model, par, stage)
     sliced = par.tp > 1 or par.pp > 1 or par.ep > 1
     inv = rank_inventory(inventory, res.model, par, stage) if sliced else inventory
-    plan = plan_params(spec, inv, tr)
+    plan = plan_params(spec, inv, tr, sharded_quant=par.fsdp is not None)
     if tr.task != Task.TRAIN:
         return _Rank(stage, spec, inv, plan, None, None, None)
     if plan.n_trainable == 0:
@@ -829,7 +838,7 @@ def _layout(par: ParallelSpec, stage: Stage) -> Layout:
 
 def _inference_walk(
     res: Resolved, rank: _Rank, w: _Walk
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Inference: ``generate``'s prefill and decode (``--engine hf``) or vLLM's budget.
 
     Source: ``formulas/inference.py`` (transformers 5.24 ``generate``) and ``serving.py``
@@ -909,11 +918,11 @@ def _estimate(
     walked = []
     for stage in stages(spec, res.parallel, tr.grad_accum):
         rank = _rank(res, stage, inventory, optim_impl)
-        events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
-        # the first event among equal maxima, as max_memory_allocated records it
-        top = max(events, key=lambda e: e.allocated_bytes)
-        walked.append((top.allocated_bytes, -stage.index, rank, events, cpu, zdetails, znotes))
-    _, _, rank, events, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+        raw, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
+        top = max(e[4] for e in raw)
+        walked.append((top, -stage.index, rank, raw, cpu, zdetails, znotes))
+    _, _, rank, raw, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+    events = _timeline(raw)
     plan, prof, opt = rank.plan, rank.prof, rank.opt
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
@@ -971,7 +980,11 @@ def _estimate(
     if rank.trainer is not None and "params/policy" not in details and "params/other" in details:
         # ZeRO-3 keeps no per-group row for the policy's shard: the rest is the policy
         details["params/policy"] = details.pop("params/other")
-    full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
+    full_plan = (
+        plan
+        if rank.inventory is inventory
+        else plan_params(spec, inventory, tr, sharded_quant=res.parallel.fsdp is not None)
+    )
     summary = ModelSummary(
         name=spec.name,
         hf_id=spec.hf_id,

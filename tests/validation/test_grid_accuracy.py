@@ -76,6 +76,17 @@ def test_distributed_grid_covers_the_layouts() -> None:
     assert all(m.fingerprint.backend == "trace" for m in DISTRIBUTED)
 
 
+def test_distributed_grid_covers_qlora_under_fsdp() -> None:
+    # issue 8: QLoRA under FSDP (PEFT's FSDP+QLoRA recipe), FSDP1 and FSDP2, world 2 and 8,
+    # two families
+    reqs = [m.scenario.request for m in DISTRIBUTED if m.scenario.request.qlora is not None]
+    assert len(reqs) >= 4
+    assert {r.fsdp_version for r in reqs} == {1, 2}
+    assert {r.gpus * r.nodes for r in reqs} >= {2, 8}
+    families = {str(r.model.get("model_type")) for r in reqs if isinstance(r.model, dict)}
+    assert len(families) >= 2
+
+
 @pytest.mark.parametrize("sid", list(BY_ID))
 def test_allocated_peak_within_5_percent(sid: str) -> None:
     m = BY_ID[sid]

@@ -181,7 +181,7 @@ def activation_profile(
     """
     B, S = tr.batch_size, tr.seq_len
     pb = dtype_bytes(tr.param_dtype)
-    if tr.quant is not None and tr.peft is not None:
+    if plan.kbit_upcast and tr.peft is not None:
         # QLoRA: ``prepare_model_for_kbit_training`` (peft 0.21 utils/other.py) casts every
         # parameter that is not quantized to fp32 -- embeddings, norms, lm_head -- so the
         # residual stream is fp32 from the embedding on, and bitsandbytes' ``Linear4bit``
@@ -229,7 +229,9 @@ def activation_profile(
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
         uses: dict[int, int] = {}
-        for i in range(n_layers[stack]):
+        ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
+        i, n = 0, n_layers[stack]
+        while i < n:
             # identical blocks give identical ledgers; only "does the input need a gradient"
             # differs (the first block under LoRA without checkpointing)
             if grad_flows not in memo:
@@ -237,17 +239,21 @@ def activation_profile(
                     ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0, experts=experts
                 )
             led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows]
+            # once the flag is stable, every remaining block reuses this ledger: add them at once
+            reps = n - i if grad_flows or not needs_grad_after else 1
             grad_flows = grad_flows or needs_grad_after
             if id(led) not in total_cache:
                 total_cache[id(led)] = led.total
-            prof.layer_saved.append(total_cache[id(led)])
-            prof.layer_fwd_extra.append(extra_f)
-            prof.layer_bwd_extra.append(extra_b)
-            prof.amp_copy_per_layer.append(amp_copy)
-            prof.ckpt_input.append(block(ctx.T * spec.hidden_size * rb)) if tr.grad_ckpt else None
+            prof.layer_saved += [total_cache[id(led)]] * reps
+            prof.layer_fwd_extra += [extra_f] * reps
+            prof.layer_bwd_extra += [extra_b] * reps
+            prof.amp_copy_per_layer += [amp_copy] * reps
+            if tr.grad_ckpt:
+                prof.ckpt_input += [ckpt_in] * reps
             if id(led) not in detail_cache:
                 detail_cache[id(led)] = led.by_detail()
-            uses[id(led)] = uses.get(id(led), 0) + 1
+            uses[id(led)] = uses.get(id(led), 0) + reps
+            i += reps
         for key, n_uses in uses.items():
             for k, v in detail_cache[key].items():
                 details[k] = details.get(k, 0) + v * n_uses

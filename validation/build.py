@@ -136,7 +136,6 @@ def build_model(
 ) -> Any:
     """Build the model of a scenario as a Trainer run holds it (see the module docstring)."""
     import torch  # noqa: TID251
-    from transformers import AutoModelForCausalLM
 
     req = scenario.request
     if req.qlora is not None or req.quant is not None:
@@ -147,14 +146,17 @@ def build_model(
     if req.adapter or req.prefix or req.prompt_tuning or req.ia3:
         raise Unsupported("only full fine-tuning and LoRA are built by validation.build")
     cfg = model_config(req)
-    attn = attn_implementation or str(req.attn.value)
+    attn: str | None = attn_implementation or str(req.attn.value)
     dtype = torch_dtype(req.dtype.value)
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()
+    model_cls = _model_class(cfg)
+    if attn == "sdpa" and not getattr(model_cls, "_supports_sdpa", True):
+        # attention-free models (Mamba) refuse an explicit "sdpa"; with none given,
+        # transformers picks its default (eager) as a user's from_pretrained would
+        attn = None
     with ctx:
-        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            cfg, dtype=dtype, attn_implementation=attn
-        )
+        model = model_cls._from_config(cfg, dtype=dtype, attn_implementation=attn)
     if req.lora is not None:
         from peft import get_peft_model
 
@@ -166,6 +168,17 @@ def build_model(
         enable()
     model.train()
     return model
+
+
+def _model_class(cfg: Any) -> Any:
+    """The class a fine-tuning script builds for ``cfg``: causal LM, or seq2seq LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
+        mapping = auto._model_mapping
+        if type(cfg) in mapping:
+            return mapping[type(cfg)]
+    raise Unsupported(f"transformers has no causal or seq2seq LM class for {cfg.model_type!r}")
 
 
 def _base_model(model: Any) -> Any:

@@ -171,7 +171,7 @@ def build_model(
 
 
 def _model_class(cfg: Any) -> Any:
-    """The class a fine-tuning script builds for ``cfg``: causal LM, or seq2seq LM."""
+    """Return the class a fine-tuning script builds for ``cfg`` (causal or seq2seq LM)."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):

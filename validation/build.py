@@ -250,13 +250,22 @@ class Setup:
     autocast_dtype: Any
     vocab_size: int
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
+    encoder_decoder: bool = False
 
     def make_batch(self) -> dict[str, Any]:
-        """Make an unpadded causal-LM batch (no attention mask, as an unpadded Trainer batch)."""
+        """Make an unpadded batch (no attention mask, as an unpadded Trainer batch).
+
+        Causal LM: ``labels`` are the inputs. Encoder-decoder: ``labels`` of ``target_len``
+        (default ``seq_len``) tokens, which the model shifts right into its decoder inputs.
+        """
         import torch  # noqa: TID251
 
         req = self.scenario.request
         ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
+        if self.encoder_decoder:
+            tgt = req.target_len or req.seq_len
+            labels = torch.randint(0, self.vocab_size, (req.batch_size, tgt), device=self.device)
+            return {"input_ids": ids, "labels": labels}
         return {"input_ids": ids, "labels": ids.clone()}
 
     def _autocast(self) -> Any:
@@ -316,7 +325,13 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
         scaler=scaler,
         autocast_dtype=autocast_dtype,
         vocab_size=int(base.config.vocab_size),
+        encoder_decoder=bool(getattr(base.config, "is_encoder_decoder", False)),
     )
+    if setup.encoder_decoder:
+        # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
+        # loss phase starts when the LM head has produced the logits
+        base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
     original = base.loss_function
 
     def loss_function(*args: Any, **kwargs: Any) -> Any:

@@ -137,6 +137,8 @@ def build_model(
     """Build the model of a scenario as a Trainer run holds it (see the module docstring)."""
     import torch  # noqa: TID251
 
+    from vramcalc.hf import untie_forced_heads
+
     req = scenario.request
     if req.qlora is not None or req.quant is not None:
         raise Unsupported(
@@ -157,6 +159,10 @@ def build_model(
         attn = None
     with ctx:
         model = model_cls._from_config(cfg, dtype=dtype, attn_implementation=attn)
+    # T5Config/MT5Config force a tied head; checkpoints saved untied (T5 v1.1, mT5, T0) load
+    # untied, and so are built here (vramcalc.hf.untie_forced_heads, re-applied by materialize)
+    model._vramcalc_config = _config_fields(req.model)
+    untie_forced_heads(model, model._vramcalc_config)
     if req.lora is not None:
         from peft import get_peft_model
 
@@ -188,11 +194,14 @@ def _base_model(model: Any) -> Any:
 
 def materialize(model: Any, device: str | torch.device) -> Any:
     """Allocate a meta-built model on ``device`` (uninitialised) and re-tie its weights."""
+    from vramcalc.hf import untie_forced_heads
+
     model.to_empty(device=device)
     base = _base_model(model)
     tie = getattr(base, "tie_weights", None)
     if callable(tie):
         tie()
+    untie_forced_heads(base, getattr(base, "_vramcalc_config", {}))
     return model
 
 

@@ -76,7 +76,8 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "t5": {  # the original T5: relu MLP, tied head, dropout 0.1, relative position bias
         "model_type": "t5", "d_model": 256, "d_ff": 1024, "num_layers": 2,
         "num_decoder_layers": 2, "num_heads": 4, "d_kv": 64, "vocab_size": 8000,
-        "feed_forward_proj": "relu", "dropout_rate": 0.1,
+        "feed_forward_proj": "relu", "dropout_rate": 0.1, "decoder_start_token_id": 0,
+        "pad_token_id": 0,
     },
     "mt5": {  # the T5 v1.1 / mT5 layout: gated-gelu MLP, untied head
         "model_type": "mt5", "d_model": 256, "d_ff": 640, "num_layers": 2,

@@ -199,6 +199,9 @@ def activation_profile(
     emb = Ledger()
     if spec.embedding_dropout > 0:
         emb.save("emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+    if spec.position_embedding == "relative":
+        # T5 compute_bias: the embedding lookup of the S x S bucket ids saves them (int64)
+        emb.save("rel_bucket_idx", "attention", S * S * 8)
     if spec.model_type.startswith("gemma"):
         pass  # embeddings * normalizer: a new tensor, saved by the first norm as its input
     prof.embed_saved = emb.total
@@ -225,11 +228,15 @@ def activation_profile(
             # stack drops out its embeddings and its final norm's output
             ctx = replace(base_ctx, T=B * dec_len, S=dec_len, kv_len=enc_len)
             _enc_tail(prof, base_ctx, rb, details)
+            dec = Ledger()
             if spec.embedding_dropout > 0:
-                prof.embed_saved += block(ctx.T * spec.hidden_size)
-                details["activations/dropout_masks"] = details.get(
-                    "activations/dropout_masks", 0
-                ) + block(ctx.T * spec.hidden_size)
+                dec.save("dec_emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+            if spec.position_embedding == "relative":  # bucket ids and the causal bool mask
+                dec.save("dec_bucket_idx", "attention", dec_len * dec_len * 8)
+                dec.save("dec_causal", "attention", dec_len * dec_len)
+            prof.embed_saved += dec.total
+            for k, v in dec.by_detail().items():
+                details[k] = details.get(k, 0) + v
         memo: dict[tuple[bool, str], tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
@@ -286,7 +293,7 @@ def activation_profile(
         prof.logits_fwd = block(logits_b) + (block(ctx.T * V * 4) if cb != lb else 0)
         prof.loss_saved = block(ctx.T * V * lb)
         # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
-        prof.loss_bwd_extra = 2 * block(ctx.T * V * 4)
+        prof.loss_bwd_extra = 2 * block(ctx.T * V * lb)
         # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
         wgrad = block(V * H * (2 if amp else pb)) if head_trainable else 0
         prof.head_bwd_extra = (block(ctx.T * V * cb) if cb != 4 else block(ctx.T * V * 4)) + (
@@ -479,16 +486,22 @@ def _block(
             flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads) and not bias_mask
             if rg or ctx.full:
                 if use_eager or not flash_ok:
-                    rep = T * Hq * ab
+                    # SDPA's math kernel upcasts 16-bit q, k, v to fp32 (T5's bias path);
+                    # T5's own eager softmax stays in the compute dtype
+                    qb = 4 if bias_mask and not use_eager else ab
+                    rep = T * Hq * qb
                     probs = B * heads * S * S
                     led.save("q", "attention", rep)
                     led.save("k", "attention", rep)
-                    led.save("probs32", "attention", probs * 4)
+                    if bias_mask and use_eager:
+                        led.save("probs_c", "attention", probs * cb)
+                    else:
+                        led.save("probs32", "attention", probs * 4)
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
                     if spec.attention_dropout > 0:
                         led.save("probs_mask", "dropout_masks", probs)
-                        led.save("probs_drop", "attention", probs * (cb if use_eager else ab))
+                        led.save("probs_drop", "attention", probs * (cb if use_eager else qb))
                     led.save("v", "attention", rep)
                     if use_eager or bias_mask:
                         led.save("o_in", "attention", T * Hq * cb)
@@ -509,7 +522,7 @@ def _block(
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
                     bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
-            o_name = "o_in" if (use_eager or (ab == cb and flash_ok)) else "attn_out_c"
+            o_name = "o_in" if (use_eager or bias_mask or (ab == cb and flash_ok)) else "attn_out_c"
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
@@ -863,13 +876,14 @@ def _cross_attention(
     if not (rg or ctx.full or ctx.lora):
         return 0, 0
     probs = B * heads * S * Skv
-    led.save("x_q", "attention", T * Hq * cb)
-    led.save("x_k", "attention", Tkv * Hq * cb)
-    led.save("x_v", "attention", Tkv * Hq * cb)
-    led.save("x_probs32", "attention", probs * 4)
+    mb = cb if ctx.attn == Attention.EAGER else 4  # math SDPA upcasts 16-bit inputs
+    led.save("x_q", "attention", T * Hq * mb)
+    led.save("x_k", "attention", Tkv * Hq * mb)
+    led.save("x_v", "attention", Tkv * Hq * mb)
+    led.save("x_probs", "attention", probs * mb)
     if spec.attention_dropout > 0:
         led.save("x_probs_mask", "dropout_masks", probs)
-        led.save("x_probs_drop", "attention", probs * 4)
+        led.save("x_probs_drop", "attention", probs * mb)
     if ctx.full or out.module in ctx.lora:
         linear(out, "x_o_in", cb)
     return 2 * block(probs * 4), 3 * block(probs * 4)

@@ -976,6 +976,10 @@ def _not_modelled(res: Resolved) -> list[str]:
         )
     if par.ep > 1 and not res.model.num_local_experts:
         out.append("expert parallelism has no effect without experts")
+    if tr.target_len is not None and tr.target_len != tr.seq_len:
+        out.append(
+            "time and cost count the decoder's FLOPs at --seq-len tokens (memory uses --target-len)"
+        )
     if tr.quant is not None:
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "

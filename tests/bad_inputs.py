@@ -555,6 +555,18 @@ CASES: list[Case] = [
         ("exceeds gpt2's learned position table",),
     ),
     _req(
+        "target_len_on_a_decoder",
+        ("gpt2", "--target-len", "64"),
+        {"model": "gpt2", "target_len": 64},
+        ("--target-len applies to encoder-decoder models only",),
+    ),
+    _req(
+        "target_len_zero",
+        ("t5-small", "--target-len", "0"),
+        {"model": "t5-small", "target_len": 0},
+        ("greater than 0",),
+    ),
+    _req(
         "grad_accum_zero",
         ("gpt2", "--grad-accum", "0"),
         {"model": "gpt2", "grad_accum": 0},

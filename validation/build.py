@@ -138,7 +138,8 @@ def build_model(
 ) -> Any:
     """Build the model of a scenario as a Trainer run holds it (see the module docstring)."""
     import torch  # noqa: TID251
-    from transformers import AutoModelForCausalLM
+
+    from vramcalc.hf import untie_forced_heads
 
     req = scenario.request
     quantized = req.qlora is not None or req.quant is not None
@@ -154,14 +155,21 @@ def build_model(
     if req.adapter or req.prefix or req.prompt_tuning or req.ia3:
         raise Unsupported("only full fine-tuning and LoRA are built by validation.build")
     cfg = model_config(req)
-    attn = attn_implementation or str(req.attn.value)
+    attn: str | None = attn_implementation or str(req.attn.value)
     dtype = torch_dtype(req.dtype.value)
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()
+    model_cls = _model_class(cfg)
+    if attn == "sdpa" and not getattr(model_cls, "_supports_sdpa", True):
+        # attention-free models (Mamba) refuse an explicit "sdpa"; with none given,
+        # transformers picks its default (eager) as a user's from_pretrained would
+        attn = None
     with ctx:
-        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            cfg, dtype=dtype, attn_implementation=attn
-        )
+        model = model_cls._from_config(cfg, dtype=dtype, attn_implementation=attn)
+    # T5Config/MT5Config force a tied head; checkpoints saved untied (T5 v1.1, mT5, T0) load
+    # untied, and so are built here (vramcalc.hf.untie_forced_heads, re-applied by materialize)
+    model._vramcalc_config = _config_fields(req.model)
+    untie_forced_heads(model, model._vramcalc_config)
     if quantized:
         from transformers.integrations.bitsandbytes import replace_with_bnb_linear
         from transformers.quantizers.base import get_keys_to_not_convert
@@ -182,6 +190,17 @@ def build_model(
         enable()
     model.train()
     return model
+
+
+def _model_class(cfg: Any) -> Any:
+    """Return the class a fine-tuning script builds for ``cfg`` (causal or seq2seq LM)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
+        mapping = auto._model_mapping
+        if type(cfg) in mapping:
+            return mapping[type(cfg)]
+    raise Unsupported(f"transformers has no causal or seq2seq LM class for {cfg.model_type!r}")
 
 
 def _base_model(model: Any) -> Any:
@@ -277,11 +296,14 @@ def quantize_base(model: Any, request: EstimateRequest) -> list[Any]:
 
 def materialize(model: Any, device: str | torch.device) -> Any:
     """Allocate a meta-built model on ``device`` (uninitialised) and re-tie its weights."""
+    from vramcalc.hf import untie_forced_heads
+
     model.to_empty(device=device)
     base = _base_model(model)
     tie = getattr(base, "tie_weights", None)
     if callable(tie):
         tie()
+    untie_forced_heads(base, getattr(base, "_vramcalc_config", {}))
     return model
 
 
@@ -339,13 +361,22 @@ class Setup:
     autocast_dtype: Any
     vocab_size: int
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
+    encoder_decoder: bool = False
 
     def make_batch(self) -> dict[str, Any]:
-        """Make an unpadded causal-LM batch (no attention mask, as an unpadded Trainer batch)."""
+        """Make an unpadded batch (no attention mask, as an unpadded Trainer batch).
+
+        Causal LM: ``labels`` are the inputs. Encoder-decoder: ``labels`` of ``target_len``
+        (default ``seq_len``) tokens, which the model shifts right into its decoder inputs.
+        """
         import torch  # noqa: TID251
 
         req = self.scenario.request
         ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
+        if self.encoder_decoder:
+            tgt = req.target_len or req.seq_len
+            labels = torch.randint(0, self.vocab_size, (req.batch_size, tgt), device=self.device)
+            return {"input_ids": ids, "labels": labels}
         return {"input_ids": ids, "labels": ids.clone()}
 
     def _autocast(self) -> Any:
@@ -405,7 +436,13 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
         scaler=scaler,
         autocast_dtype=autocast_dtype,
         vocab_size=int(base.config.vocab_size),
+        encoder_decoder=bool(getattr(base.config, "is_encoder_decoder", False)),
     )
+    if setup.encoder_decoder:
+        # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
+        # loss phase starts when the LM head has produced the logits
+        base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
     original = base.loss_function
 
     def loss_function(*args: Any, **kwargs: Any) -> Any:

@@ -172,6 +172,10 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="micro-batch per GPU (default 1)")  # fmt: skip
     g.add_argument("-s", "--seq-len", type=int, metavar="N",
                    help="sequence length in tokens (default 512)")  # fmt: skip
+    g.add_argument("--target-len", type=int, metavar="N",
+                   help="decoder (target) length of an encoder-decoder model such as T5; "
+                        "--seq-len is then the encoder (source) length "
+                        "(default: --seq-len)")  # fmt: skip
     g.add_argument("--grad-accum", type=int, metavar="N",
                    help="gradient accumulation steps (default 1)")  # fmt: skip
     g.add_argument("--dtype", metavar="{fp32,bf16,fp16}",
@@ -488,7 +492,7 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
             "MODEL is required (a catalog name, config.json path or hub id), or a --config "
             f"file that names the model (see `{PROG} --help`)"
         )
-    for name in ("batch_size", "seq_len", "grad_accum", "optim", "epochs",
+    for name in ("batch_size", "seq_len", "target_len", "grad_accum", "optim", "epochs",
                  "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
         if getattr(ns, name) is not None:
             fields[name] = getattr(ns, name)

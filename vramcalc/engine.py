@@ -230,6 +230,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         task=req.task,
         batch_size=req.batch_size,
         seq_len=req.seq_len,
+        target_len=req.target_len,
         grad_accum=req.grad_accum,
         param_dtype=dtype,
         mixed_precision=mp,
@@ -242,6 +243,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         trainer=TrainerSpec.from_request(req),
         recipe=recipe,
     )
+    if req.target_len is not None and not spec.is_encoder_decoder:
+        raise InvalidConfigError(
+            f"--target-len applies to encoder-decoder models only (t5, mt5); {spec.name} is "
+            f"{'a decoder' if spec.is_causal_lm else 'an encoder'}: use --seq-len"
+        )
     if (
         spec.max_position_embeddings
         and req.seq_len > spec.max_position_embeddings
@@ -1012,6 +1018,7 @@ def _estimate(
     if rank.trainer is not None:
         assumptions["trainer"] = rank.trainer.plan.name.value
         assumptions["reference"] = rank.trainer.plan.reference_kind
+    assumptions.update(_architecture_assumptions(spec, tr))
     return MemoryReport(
         version=__version__,
         model=summary,
@@ -1112,6 +1119,33 @@ def _details_at_peak(details: dict[str, int], breakdown: Breakdown) -> dict[str,
     return out
 
 
+def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, str | int]:
+    """State the kernel paths assumed for SSM layers and for encoder-decoder attention.
+
+    Source: transformers v5.24 ``models/mamba/modeling_mamba.py`` (``MambaMixer.forward``
+    falls back to ``mamba_selective_scan``'s sequential loop when ``mamba_ssm`` is missing),
+    ``models/t5/modeling_t5.py`` (position bias as an SDPA float mask); see
+    ``formulas/activations.py`` (``_ssm``, ``_cross_attention``).
+    """
+    out: dict[str, str | int] = {}
+    if int(spec.arch.get("ssm_layers") or 0) > 0:
+        out["ssm_scan"] = (
+            "transformers' pure-torch selective scan (mamba-ssm / causal-conv1d not "
+            "installed, as on CPU): per SSM layer three T x I x N fp32 tensors (exp(A*dt), "
+            "dt*B, the per-step states) are saved; with the CUDA kernels (mamba_inner_fn) the "
+            "scan runs in SRAM and saves only O(T x I) per layer, so this estimate is an "
+            "upper bound there"
+        )
+    if spec.is_encoder_decoder:
+        out["target_len"] = tr.target_len or tr.seq_len
+        out["encoder_decoder_attention"] = (
+            "encoder over seq_len tokens, decoder over target_len; T5's relative position "
+            "bias reaches SDPA as a float mask, so self- and cross-attention keep the "
+            "B x heads x S_q x S_k probabilities (math kernel)"
+        )
+    return out
+
+
 def _not_modelled(res: Resolved) -> list[str]:
     out = []
     tr = res.training
@@ -1134,6 +1168,10 @@ def _not_modelled(res: Resolved) -> list[str]:
         )
     if par.ep > 1 and not res.model.num_local_experts:
         out.append("expert parallelism has no effect without experts")
+    if tr.target_len is not None and tr.target_len != tr.seq_len:
+        out.append(
+            "time and cost count the decoder's FLOPs at --seq-len tokens (memory uses --target-len)"
+        )
     if tr.quant is not None and tr.recipe.quant_load == "on_load":
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "

@@ -184,6 +184,13 @@ class EstimateRequest(_Frozen):
     task: Task = Task.TRAIN
     batch_size: SInt = Field(default=1, gt=0, le=MAX_BATCH)
     seq_len: SInt = Field(default=512, gt=0, le=MAX_SEQ)
+    target_len: SInt | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SEQ,
+        description="decoder (target) length in tokens of an encoder-decoder model (T5, mT5); "
+        "default: seq_len. seq_len is then the encoder (source) length",
+    )
     grad_accum: SInt = Field(default=1, gt=0, le=MAX_BATCH)
     dtype: DType = DType.FP32
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -883,6 +890,9 @@ class TrainingSpec(_Frozen):
     task: Task = Task.TRAIN
     batch_size: int = Field(default=1, gt=0)
     seq_len: int = Field(default=512, gt=0)
+    target_len: int | None = Field(
+        default=None, gt=0, description="decoder length of an encoder-decoder model (None: seq_len)"
+    )
     grad_accum: int = Field(default=1, gt=0)
     param_dtype: DType = DType.FP32
     mixed_precision: MixedPrecision = MixedPrecision.NO

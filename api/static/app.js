@@ -9,7 +9,7 @@ const PHASES = ["load", "generation", "forward", "loss", "backward", "optimizer"
 const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
-const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
+const NUMBER_FIELDS = ["batch_size", "seq_len", "target_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
   "tp", "cp", "ep", "pp", "pp_virtual_stages", "beta", "loss_chunks"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
   "fsdp", "pp_schedule", "trainer", "ref_model", "framework", "loss"];

@@ -41,7 +41,8 @@ PyTorch 2.13 with ``validation.trace``; grid results in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
@@ -154,6 +155,8 @@ class _Ctx:
     attn: Attention
     seq_shard: int = 1
     recipe: RecipeSpec = field(default_factory=RecipeSpec)
+    ssm_inner_norms: bool = False
+    kv_len: int = 0  # decoder of an encoder-decoder: the encoder length cross-attention reads
 
 
 def activation_profile(
@@ -199,6 +202,7 @@ def activation_profile(
         lora_r=peft.r if peft is not None else 0,
         lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
         seq_shard=seq_shard, recipe=tr.recipe,
+        ssm_inner_norms=any(g.module == "dt_layernorm" for g in inventory),
     )  # fmt: skip
     prof = ActivationProfile()
     rb = 4 if amp else pb  # residual stream: fp32 under autocast (fp32 embeddings + casts)
@@ -208,6 +212,9 @@ def activation_profile(
     emb = Ledger()
     if spec.embedding_dropout > 0:
         emb.save("emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+    if spec.position_embedding == "relative":
+        # T5 compute_bias: the embedding lookup of the S x S bucket ids saves them (int64)
+        emb.save("rel_bucket_idx", "attention", S * S * 8)
     if spec.model_type.startswith("gemma"):
         pass  # embeddings * normalizer: a new tensor, saved by the first norm as its input
     prof.embed_saved = emb.total
@@ -222,25 +229,48 @@ def activation_profile(
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
+    enc_len = S
+    dec_len = tr.target_len or S
+    base_ctx = ctx
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
         experts = _expert_groups(inventory, stack)
-        memo: dict[bool, tuple[Ledger, int, int, bool, int]] = {}
+        if spec.is_encoder_decoder and stack == "decoder":
+            # the decoder runs over target_len tokens and cross-attends to the encoder's
+            # output, saved once (the k/v projections of every decoder layer read it); each
+            # stack drops out its embeddings and its final norm's output
+            ctx = replace(base_ctx, T=B * dec_len, S=dec_len, kv_len=enc_len)
+            _enc_tail(prof, base_ctx, rb, details)
+            dec = Ledger()
+            if spec.embedding_dropout > 0:
+                dec.save("dec_emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+            if spec.position_embedding == "relative":  # bucket ids and the causal bool mask
+                dec.save("dec_bucket_idx", "attention", dec_len * dec_len * 8)
+                dec.save("dec_causal", "attention", dec_len * dec_len)
+            prof.embed_saved += dec.total
+            for k, v in dec.by_detail().items():
+                details[k] = details.get(k, 0) + v
+        memo: dict[tuple[bool, str], tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
         uses: dict[int, int] = {}
         ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
         i, n = 0, n_layers[stack]
+        mixed = bool(_arch_int(spec, "attn_layer_period") or _arch_int(spec, "expert_layer_period"))
         while i < n:
             # identical blocks give identical ledgers; only "does the input need a gradient"
-            # differs (the first block under LoRA without checkpointing)
-            if grad_flows not in memo:
-                memo[grad_flows] = _block(
-                    ctx, groups, rb, x_requires_grad=grad_flows, first=i == 0, experts=experts
+            # differs (the first block under LoRA without checkpointing), and, in hybrids,
+            # the layer's mixer (attention or SSM) and feed-forward (dense or MoE)
+            kind = _hybrid_kind(spec, i)
+            if (grad_flows, kind) not in memo:
+                lg, le = _hybrid_groups(groups, experts, kind)
+                memo[grad_flows, kind] = _block(
+                    ctx, lg, rb, x_requires_grad=grad_flows, first=i == 0, experts=le
                 )
-            led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows]
-            # once the flag is stable, every remaining block reuses this ledger: add them at once
-            reps = n - i if grad_flows or not needs_grad_after else 1
+            led, extra_f, extra_b, needs_grad_after, amp_copy = memo[grad_flows, kind]
+            # once the flag is stable, every remaining block reuses this ledger (unless the
+            # stack mixes block kinds, as hybrids do): add them at once
+            reps = n - i if (grad_flows or not needs_grad_after) and not mixed else 1
             grad_flows = grad_flows or needs_grad_after
             if id(led) not in total_cache:
                 total_cache[id(led)] = led.total
@@ -367,10 +397,13 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
         return
     logits_b = T * V * cb
     if rc.logits_fp32:
-        prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != 4 else 0)
-        prof.loss_saved = block(T * V * 4)
+        # seq2seq LMs (T5) call nn.CrossEntropyLoss on the logits as they are: no fp32 upcast
+        # in 16-bit (autocast still runs cross_entropy in fp32)
+        lf = cb if spec.is_encoder_decoder and not ctx.amp else 4
+        prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != lf else 0)
+        prof.loss_saved = block(T * V * lf)
         # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
-        prof.loss_bwd_extra = 2 * block(T * V * 4)
+        prof.loss_bwd_extra = 2 * block(T * V * lf)
     else:
         # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
         prof.logits_fwd = block(logits_b) + block(logits_b)
@@ -431,12 +464,21 @@ def _is_attention(g: ParamGroup) -> bool:
 
 
 def _sub_blocks(groups: list[ParamGroup]) -> list[tuple[bool, list[ParamGroup]]]:
-    """Split a block's linears into (is_attention, linears) runs in module order."""
+    """Split a block's linears into (is_attention, linears) runs in module order.
+
+    An SSM mixer (``_is_ssm``) is a run of its own, followed by the block's feed-forward.
+    """
     out: list[tuple[bool, list[ParamGroup]]] = []
     for g in groups:
         attn = _is_attention(g)
         seg = g.key.split("/")[1] if "/" in g.key else g.key
-        if out and out[-1][0] == attn and (not attn or out[-1][1][0].key.split("/")[1] == seg):
+        same_ssm = not out or _is_ssm(out[-1][1][0]) == _is_ssm(g)
+        if (
+            out
+            and same_ssm
+            and out[-1][0] == attn
+            and (not attn or out[-1][1][0].key.split("/")[1] == seg)
+        ):
             out[-1][1].append(g)
         else:
             out.append((attn, [g]))
@@ -545,6 +587,11 @@ def _block(
         if not (spec.parallel_residual and si == 1):
             norm(f"n{si}")
         x_in = f"n{si}_out"
+        if sub and _is_ssm(sub[0]):
+            f_x, b_x = _ssm(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
+            fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
+            rg = rg or ctx.full or any(g.module in ctx.lora for g in sub[:1])
+            continue
         if experts and not is_attn:
             f_x, b_x, amp_x = _moe(led, ctx, experts, x_in, norm_out_b, rg=rg)
             fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
@@ -554,7 +601,11 @@ def _block(
         ins, out = sub[:-1], sub[-1]
         for g in ins:
             linear(g, x_in, norm_out_b)
-        if is_attn:
+        if is_attn and ctx.kv_len and any(a for a, _ in subs[:si]):
+            f_x, b_x = _cross_attention(led, ctx, ins, out, x_in, norm_out_b, rg=rg, linear=linear)
+            fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
+            rg = rg or ctx.full or any(g.module in ctx.lora for g in sub)
+        elif is_attn:
             fused = len(ins) == 1
             use_eager = ctx.attn == Attention.EAGER
             rope = spec.position_embedding == "rotary"
@@ -562,21 +613,29 @@ def _block(
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
             ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
             o_b = cb
-            flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads)
+            # T5's learned relative position bias reaches SDPA as a float mask: math kernel
+            bias_mask = spec.position_embedding == "relative"
+            flash_ok = hd % 8 == 0 and hd <= 256 and (ab != 4 or kvh == heads) and not bias_mask
             if rg or ctx.full:
                 if use_eager or not flash_ok:
-                    rep = T * Hq * ab
+                    # SDPA's math kernel upcasts 16-bit q, k, v to fp32 (T5's bias path);
+                    # T5's own eager softmax stays in the compute dtype
+                    qb = 4 if bias_mask and not use_eager else ab
+                    rep = T * Hq * qb
                     probs = B * heads * S * S
                     led.save("q", "attention", rep)
                     led.save("k", "attention", rep)
-                    led.save("probs32", "attention", probs * 4)
+                    if bias_mask and use_eager:
+                        led.save("probs_c", "attention", probs * cb)
+                    else:
+                        led.save("probs32", "attention", probs * 4)
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
                     if spec.attention_dropout > 0:
                         led.save("probs_mask", "dropout_masks", probs)
-                        led.save("probs_drop", "attention", probs * (cb if use_eager else ab))
+                        led.save("probs_drop", "attention", probs * (cb if use_eager else qb))
                     led.save("v", "attention", rep)
-                    if use_eager:
+                    if use_eager or bias_mask:
                         led.save("o_in", "attention", T * Hq * cb)
                     fwd_extra = max(fwd_extra, 2 * block(probs * 4))
                     bwd_extra = max(bwd_extra, 3 * block(probs * 4))
@@ -611,7 +670,7 @@ def _block(
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
                     bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
-            o_name = "o_in" if (use_eager or (ab == cb and flash_ok)) else "attn_out_c"
+            o_name = "o_in" if (use_eager or bias_mask or (ab == cb and flash_ok)) else "attn_out_c"
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
@@ -634,6 +693,9 @@ def _block(
                         led.save("up", "mlp", n_i * cb)
                     if ctx.recipe.swiglu_impl == "model":
                         led.save("act", "mlp", n_i * cb)
+                        if spec.hidden_act in ("gelu_new", "gelu_fast"):  # tanh formula's terms
+                            for part in ("tanh", "half", "onep"):
+                                led.save(f"gact_{part}", "mlp", n_i * (4 if amp else cb))
                     prod_b = cb
                 elif spec.hidden_act == "relu":  # relu saves its output: fc2's input
                     led.save("prod", "mlp", n_i * cb)
@@ -643,8 +705,13 @@ def _block(
                     python_gelu = ctx.recipe.gelu_tanh == "python"
                     tanh_gelu = spec.hidden_act in ("gelu_new", "gelu_fast")
                     prod_b = 4 if amp and tanh_gelu and python_gelu else cb
+                prod_name = "prod"
+                if float(spec.arch.get("mlp_dropout") or 0) > 0:
+                    # T5's DenseReluDense drops out the activation before wo: mask + output
+                    led.save("mlp_mask", "dropout_masks", n_i)
+                    prod_name = "prod_drop"
                 if ctx.full or out.module in ctx.lora:
-                    linear(out, "prod", prod_b)
+                    linear(out, prod_name, prod_b)
                 elif amp:
                     amp_copy += block(out.weight_numel * 2)
             for g in moe_gate:  # shared expert gate: sigmoid(linear(x)) * shared output
@@ -740,3 +807,234 @@ def _moe(
         block(S * up_out * eb) + 2 * block(S * inter * eb) + block(S * H * eb),
     )
     return fwd, bwd, amp_copy
+
+
+# ----------------------------------------------------------------------------- SSM and hybrids
+
+
+def _is_ssm(g: ParamGroup) -> bool:
+    """Tell whether ``g`` is a linear of a selective SSM mixer (``MambaMixer``, Jamba's)."""
+    seg = g.key.split("/")[1] if "/" in g.key else g.key
+    return seg in ("mixer", "mamba")
+
+
+def _arch_int(spec: ModelSpec, key: str) -> int:
+    v = spec.arch.get(key)
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0
+
+
+def _hybrid_kind(spec: ModelSpec, i: int) -> str:
+    """Name the mixer and feed-forward of hybrid layer ``i`` (``"ssm+moe"``; ``""`` if not).
+
+    Jamba's schedule: layer ``i`` is attention when ``i % attn_layer_period ==
+    attn_layer_offset`` (else a Mamba mixer) and its feed-forward is a sparse MoE block when
+    ``i % expert_layer_period == expert_layer_offset`` (else a dense MLP).
+
+    Source: transformers v5.24 ``models/jamba/configuration_jamba.py``
+    (``layers_block_type``, ``layers_num_experts``).
+    """
+    a_period = _arch_int(spec, "attn_layer_period")
+    e_period = _arch_int(spec, "expert_layer_period")
+    if not (a_period or e_period):
+        return ""
+    attn = a_period > 0 and i % a_period == _arch_int(spec, "attn_layer_offset")
+    moe = e_period > 0 and i % e_period == _arch_int(spec, "expert_layer_offset")
+    return ("attn" if attn else "ssm") + ("+moe" if moe else "+dense")
+
+
+def _hybrid_groups(
+    groups: list[ParamGroup], experts: list[ParamGroup], kind: str
+) -> tuple[list[ParamGroup], list[ParamGroup]]:
+    """Keep the linear and expert groups present in a hybrid layer of ``kind`` (all if ``""``)."""
+    if not kind:
+        return groups, experts
+    mixer, ffn = kind.split("+")
+    out = []
+    for g in groups:
+        if _is_attention(g):
+            keep = mixer == "attn"
+        elif _is_ssm(g):
+            keep = mixer == "ssm"
+        else:
+            keep = ffn == "dense"
+        if keep:
+            out.append(g)
+    return out, experts if ffn == "moe" else []
+
+
+def _ssm(
+    led: Ledger,
+    ctx: _Ctx,
+    sub: list[ParamGroup],
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a Mamba-1 mixer as transformers runs it without kernels; return (fwd, bwd extra).
+
+    This is the pure-torch path (``mamba_ssm`` / ``causal_conv1d`` not installed: CPU runs,
+    fake-CUDA traces, GPUs without those packages). ``in_proj`` (saves its input when it
+    trains) gives x and the gate z (T x 2I, saved whole by the convolution); the depthwise
+    ``conv1d`` output of S + K - 1 positions is saved by ``silu``; the silu output u is saved
+    (and an fp32 copy for the scan when 16-bit) and copied contiguous for ``x_proj`` (its
+    input); ``x_proj``'s output (dt, B, C) is saved; ``dt_proj.weight @ dt`` plus the bias is
+    saved by ``softplus``, whose output is saved. The scan discretises the whole sequence at
+    once: ``exp(A * dt)`` (T x I x N fp32, saved), ``dt * B`` (T x I x N fp32, saved) and
+    ``dB * u`` (T x I x N fp32, alive through the loop), then loops over the S positions:
+    each step's state (B x I x N fp32) is saved by the next step's product, and in 16-bit a
+    16-bit copy of it by the output ``matmul`` with C. The output ``y + u * D`` (fp32) and
+    ``silu(z)`` are saved by the gating product, whose 16-bit copy is ``out_proj``'s input.
+    Jamba adds RMSNorms on dt, B and C (small: T x (R + 2N)).
+
+    Backward of the loop: every ``select`` of ``exp(A*dt)`` and ``dB*u`` at one position
+    returns a full T x I x N gradient that autograd adds into the accumulated one -- two
+    T x I x N fp32 buffers for each of the two.
+
+    The CUDA kernel path differs: ``mamba_inner_fn`` (``selective_scan_cuda``,
+    ``causal_conv1d``) runs the scan in SRAM and saves only the T x 2I projection, the conv
+    output, ``x_proj``'s output, dt and ``out_proj``'s input, recomputing the rest in
+    backward: no T x I x N term at all.
+
+    Source: transformers v5.24 ``models/mamba/modeling_mamba.py`` (``MambaMixer.forward``,
+    ``mamba_selective_scan``'s sequential loop -- its associative scan runs only under
+    ``torch.compile``), ``models/jamba/modeling_jamba.py``, ``integrations/hub_kernels.py``
+    (the fallbacks); torch 2.13 ``tools/autograd/derivatives.yaml`` (``select``, ``mul``,
+    ``exp``, ``softplus``, ``convolution``); checked against fake-CUDA traces
+    (``validation/grid.py`` mamba and jamba rows).
+    """
+    by_module = {g.module: g for g in sub}
+    in_proj = by_module.get("in_proj", sub[0])
+    x_proj = by_module.get("x_proj")
+    dt_proj = by_module.get("dt_proj")
+    out_proj = by_module.get("out_proj", sub[-1])
+    T, B, S = ctx.T, ctx.B, ctx.S
+    cb = ctx.cb
+    inter = in_proj.out_features // 2
+    R = dt_proj.in_features if dt_proj is not None else 0
+    N = (x_proj.out_features - R) // 2 if x_proj is not None else 0
+    K = _arch_int(ctx.spec, "ssm_conv_kernel") or 4
+    linear(in_proj, xname, xb)
+    if not (rg or in_proj.module in ctx.lora):
+        return 0, 0
+    big = T * inter * N * 4  # one T x I x N fp32 tensor
+    led.save("ssm_xz", "ssm", T * 2 * inter * cb)
+    led.save("ssm_conv", "ssm", B * inter * (S + K - 1) * cb)
+    led.save("ssm_u", "ssm", T * inter * cb)
+    if cb != 4:
+        led.save("ssm_u32", "ssm", T * inter * 4)
+    if x_proj is not None:
+        linear(x_proj, "ssm_u_c", cb)
+        led.save("ssm_xdbl", "ssm", T * x_proj.out_features * cb)
+    if ctx.ssm_inner_norms:  # Jamba: RMSNorms on dt (R), B and C (N)
+        for name, d in (("dt", R), ("b", N), ("c", N)):
+            if cb != 4:
+                led.save(f"ssm_{name}n_x32", "ssm", T * d * 4)
+            led.save(f"ssm_{name}n_rsqrt", "ssm", T * 4)
+            led.save(f"ssm_{name}n_normed", "ssm", T * d * cb)
+            led.save(f"ssm_{name}n_out", "ssm", T * d * cb)
+    if dt_proj is not None and (ctx.full or dt_proj.module in ctx.lora):
+        led.save("ssm_dt_lowrank", "ssm", T * R * cb)  # dt_proj.weight @ dt saves dt
+    led.save("ssm_dt_in", "ssm", T * inter * cb)
+    led.save("ssm_dt", "ssm", T * inter * cb)
+    led.save("ssm_dA", "ssm", big)
+    if cb != 4:
+        led.save("ssm_B32", "ssm", T * N * 4)
+    led.save("ssm_dB", "ssm", big)
+    state = block(B * inter * N * 4)
+    state_c = block(B * inter * N * cb)
+    # 16-bit: S - 1 fp32 states saved by the next product, S 16-bit copies by matmul (+ init)
+    states = (S - 1) * state + (S + 1) * state_c if cb != 4 else S * state + state_c
+    led.save("ssm_states", "ssm", states)
+    led.save("ssm_y", "ssm", T * inter * 4)
+    led.save("ssm_gate", "ssm", T * inter * cb)
+    linear(out_proj, "ssm_y_c", 4 if ctx.amp else cb)
+    # forward: dB*u alive through the loop, with the per-step outputs and their stack
+    fwd = block(big) + 2 * block(T * inter * cb)
+    # backward of the loop: accumulated + fresh full-size select gradients, for dA and dB*u
+    bwd = 4 * block(big)
+    return fwd, bwd
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+
+def _enc_tail(prof: ActivationProfile, ctx: _Ctx, rb: int, details: dict[str, int]) -> None:
+    """Add the encoder's final T5LayerNorm, its dropout and the output the decoder reads.
+
+    Filed with the last encoder block. T5LayerNorm saves the fp32 copy (``pow``), the input
+    and ``rsqrt`` (the product), and the normalised tensor when its weight trains; dropout
+    keeps a 1-byte mask; its output is saved by every decoder layer's cross-attention k and
+    v projections -- one tensor.
+
+    Source: transformers v5.24 ``models/t5/modeling_t5.py`` (``T5Stack.forward``,
+    ``T5LayerNorm``), checked against fake-CUDA traces (``validation/grid.py`` t5 rows).
+    """
+    if not prof.layer_saved:
+        return
+    H = ctx.spec.hidden_size
+    led = Ledger()
+    if ctx.full or ctx.lora:
+        led.save("enc_x32", "norms", ctx.T * H * 4)
+        if rb != 4:
+            led.save("enc_in", "norms", ctx.T * H * rb)
+        led.save("enc_rsqrt", "norms", ctx.T * 4)
+        if ctx.full:
+            led.save("enc_normed", "norms", ctx.T * H * ctx.cb)
+        if ctx.spec.hidden_dropout > 0:
+            led.save("enc_mask", "dropout_masks", ctx.T * H)
+        led.save("enc_out", "attention", ctx.T * H * ctx.cb)
+    prof.layer_saved[-1] += led.total
+    for k, v in led.by_detail().items():
+        details[k] = details.get(k, 0) + v
+
+
+def _cross_attention(
+    led: Ledger,
+    ctx: _Ctx,
+    ins: list[ParamGroup],
+    out: ParamGroup,
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a decoder's cross-attention over ``ctx.kv_len`` encoder positions.
+
+    q projects the decoder's normalised input; k and v project the encoder output (saved
+    once, by ``_enc_tail``). T5 passes a zero position bias (plus the mask, if any) as a float
+    mask, so SDPA runs its math kernel: it saves q, k, v, the fp32 probabilities
+    (B x heads x S_dec x S_enc), the dropout mask and dropped probabilities, and the output
+    is made contiguous for ``o`` (its input). Return (fwd, bwd extra).
+
+    Source: transformers v5.24 ``models/t5/modeling_t5.py`` (``T5Attention.forward``,
+    ``T5LayerCrossAttention``), ``integrations/sdpa_attention.py``; torch 2.13
+    ``aten/src/ATen/native/transformers/attention.cpp`` (``_scaled_dot_product_attention_math``).
+    """
+    spec = ctx.spec
+    T, B, S, Skv = ctx.T, ctx.B, ctx.S, ctx.kv_len
+    Tkv = B * Skv
+    heads, hd = spec.num_attention_heads, spec.head_dim
+    Hq = heads * hd
+    cb = ctx.cb
+    q = ins[0]
+    linear(q, xname, xb)
+    for g in ins[1:]:
+        linear(g, "enc_out", cb)
+    led.saved.pop("enc_out", None)  # the encoder output is one tensor, filed by _enc_tail
+    if not (rg or ctx.full or ctx.lora):
+        return 0, 0
+    probs = B * heads * S * Skv
+    mb = cb if ctx.attn == Attention.EAGER else 4  # math SDPA upcasts 16-bit inputs
+    led.save("x_q", "attention", T * Hq * mb)
+    led.save("x_k", "attention", Tkv * Hq * mb)
+    led.save("x_v", "attention", Tkv * Hq * mb)
+    led.save("x_probs", "attention", probs * mb)
+    if spec.attention_dropout > 0:
+        led.save("x_probs_mask", "dropout_masks", probs)
+        led.save("x_probs_drop", "attention", probs * mb)
+    if ctx.full or out.module in ctx.lora:
+        linear(out, "x_o_in", cb)
+    return 2 * block(probs * 4), 3 * block(probs * 4)

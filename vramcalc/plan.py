@@ -193,7 +193,7 @@ class PlanRequest(_In):
             raise ValueError("task inference needs prompt_len (--prompt-len N)")
         if self.kv_dtype == KvDtype.FP8 and "hf" in self.engines:
             raise ValueError(
-                "kv_dtype fp8 needs engine vllm (transformers' caches store K/V in the model's "
+                "--kv-dtype fp8 needs --engine vllm (transformers' caches store K/V in the model's "
                 "dtype); pass --engine vllm or another --kv-dtype"
             )
         return self

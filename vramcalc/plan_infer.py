@@ -488,14 +488,15 @@ def _exclusions(req: PlanRequest, cands: list[PlanCandidate]) -> list[str]:
 def render_infer(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     """Render a serving plan as plain text in ``width`` columns."""
     lines = [
-        f"plan: serve {report.model}, {report.concurrency} concurrent sequences of "
-        f"{report.prompt_len:,} prompt + {report.new_tokens:,} new tokens",
+        f"serve {report.model}: {report.concurrency} concurrent sequences, "
+        f"{report.prompt_len:,} prompt + {report.new_tokens:,} new tokens each",
     ]
     n_ok = sum(1 for c in report.candidates if c.status == "ok")
     lines.append(
         f"{len(report.candidates)} candidates evaluated, {n_ok} fit the limits, "
         f"{len(report.front)} on the price-vs-throughput front"
     )
+    lines = [x for line in lines for x in _wrap(line, width)]
     lines.append("")
     head = (f"{'':2}{'GPUs':<13}{'engine':<7}{'weights':<8}{'TP xR':<7}{'seqs':>9}"
             f"{'peak':>6}{'free':>6}{'tok/s':>8}{'$/h':>7}{'$/Mtok':>7}")  # fmt: skip

@@ -33,6 +33,7 @@ non-dominated set (Deb 2001, Section 2.4).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vramcalc import __version__
@@ -55,6 +56,8 @@ __all__ = ["TP_DEGREES", "plan_infer", "render_infer"]
 
 TP_DEGREES = (1, 2, 4, 8)
 GIGA = 10**9
+# one replica holding s sequences: device peak, weights, KV bytes per token, headroom
+Probe = tuple[int, int, int, int]
 
 
 def _format_fields(fmt: str) -> dict[str, Any]:
@@ -139,7 +142,7 @@ class _Search:
 
 def _kv_per_token(rep: Any, res: Any, tp: int) -> int:
     """KV-cache bytes of one token on one rank (the serving report's, or the formula's)."""
-    if rep.serving is not None:
+    if rep is not None and rep.serving is not None:
         return int(rep.serving.kv_bytes_per_token)
     from vramcalc.formulas.inference import (
         compute_bytes,
@@ -188,24 +191,17 @@ def plan_infer(req: PlanRequest) -> PlanReport:
     ]
     label: dict[str, str] = {f: (req.dtype.value if f == "auto" else f) for f in req.weights}
 
-    def add(g: GpuSpec, engine: str, fmt: str, tp: int, r: int, seqs: int, rep: Any,
-            res: Any, cap: int, fields: dict[str, Any], status: Status,
+    def add(g: GpuSpec, engine: str, fmt: str, tp: int, r: int, seqs: int, m: Probe,
+            cap: int, fields: dict[str, Any], status: Status,
             reason: str) -> None:  # fmt: skip
         n = tp * r
-        dev = int(rep.peak.device_bytes)
-        if rep.serving is not None:
-            sv = rep.serving
-            per_seq = -(-sv.request_len // sv.block_size)
-            headroom = (sv.kv_blocks - seqs * per_seq) * sv.block_size * sv.kv_bytes_per_token
-        else:
-            headroom = g.memory_bytes - dev
+        dev, weights_b, kvpt, headroom = m
         usd_h = n * g.price_usd_per_gpu_hour
         tps = 0.0
         if status == "ok":
             per_replica = decode_tokens_per_s(
-                int(rep.breakdown.params), _kv_per_token(rep, res, tp), seqs, context,
-                g.bandwidth_gb_s * GIGA,
-            )  # fmt: skip
+                weights_b, kvpt, seqs, context, g.bandwidth_gb_s * GIGA
+            )
             tps = per_replica * C / seqs  # every replica runs at the fullest one's pace
             if req.max_usd_per_hour is not None and usd_h > req.max_usd_per_hour:
                 status = "over_budget"
@@ -245,37 +241,29 @@ def plan_infer(req: PlanRequest) -> PlanReport:
             )
         )
 
-    def emit(g: GpuSpec, engine: str, fmt: str, tp: int, cap: int, res: Any,
-             why: str) -> None:  # fmt: skip
-        """Candidates of one (GPU, engine, format, TP) given the sequences a replica holds."""
+    def emit(g: GpuSpec, engine: str, fmt: str, tp: int, cap: int,
+             probe: Callable[[int], Probe], why: str) -> None:  # fmt: skip
+        """Candidates of one (GPU, engine, format, TP) given the sequences a replica holds.
+
+        ``probe(s)`` is the engine's (device peak, weights, KV bytes per token, headroom) of
+        a replica holding ``s`` sequences; every share up to ``cap`` fits (monotone).
+        """
         if cap <= 0:
             f = search.fields(engine, fmt, tp, 1 if engine == "hf" else None, g.name)
-            add(g, engine, fmt, tp, 1, 1, search.report(f), res, 0, f, "no_fit", why)
+            add(g, engine, fmt, tp, 1, 1, probe(1), 0, f, "no_fit", why)
             return
         r_min = -(-C // min(cap, C))
         counts = _replica_counts(r_min, tp, req)
         if not counts:
-            f = search.fields(engine, fmt, tp, min(cap, C), g.name)
-            add(g, engine, fmt, tp, r_min, min(cap, C), search.report(f), res, cap, f,
-                "no_fit", f"needs {r_min} replicas x {tp} GPUs > --max-gpus "
-                f"{req.max_gpus}")  # fmt: skip
+            s0 = min(cap, C)
+            f = search.fields(engine, fmt, tp, s0, g.name)
+            add(g, engine, fmt, tp, r_min, s0, probe(s0), cap, f, "no_fit",
+                f"needs {r_min} replicas x {tp} GPUs > --max-gpus {req.max_gpus}")  # fmt: skip
             return
         for r in counts:
             seqs = -(-C // r)
             f = search.fields(engine, fmt, tp, seqs, g.name)
-            rep = search.report(f)
-            ok = rep.fit is not None and rep.fit.fits
-            ok = ok and (rep.serving is None or rep.serving.fits)
-            reason = (
-                ""
-                if ok
-                else (
-                    (rep.serving.reason if rep.serving else None)
-                    or f"device peak {_gib(rep.peak.device_bytes)} of {_gib(g.memory_bytes)} GiB"
-                )
-            )
-            add(g, engine, fmt, tp, r, seqs, rep, res, cap, f, "ok" if ok else "no_fit",
-                reason or "")  # fmt: skip
+            add(g, engine, fmt, tp, r, seqs, probe(seqs), cap, f, "ok", "")
 
     bad_tp: dict[int, str] = {}
     for engine in req.engines:
@@ -287,9 +275,9 @@ def plan_infer(req: PlanRequest) -> PlanReport:
                     f0 = search.fields(engine, fmt, tp, 1, gpus[0].name)
                     res = resolve(EstimateRequest(**f0))
                     if engine == "hf":
-                        _hf(search, req, gpus, engine, fmt, tp, res, head_min, emit)
+                        _hf(search, req, gpus, fmt, tp, res, head_min, emit)
                     else:
-                        _vllm(search, req, gpus, engine, fmt, tp, res, head_min, emit)
+                        _vllm(search, req, gpus, fmt, tp, head_min, emit)
                 except InvalidConfigError as exc:
                     if "--tp" in str(exc):
                         bad_tp[tp] = str(exc)
@@ -301,32 +289,44 @@ def plan_infer(req: PlanRequest) -> PlanReport:
     return _finish(req, candidates, excluded, search, t0, cpu0)
 
 
-def _hf(search: _Search, req: PlanRequest, gpus: list[GpuSpec], engine: str, fmt: str,
-        tp: int, res: Any, head_min: int, emit: Any) -> None:  # fmt: skip
-    """``generate``: the largest batch per GPU from GPU-less estimates plus a constant."""
+def _hf(search: _Search, req: PlanRequest, gpus: list[GpuSpec], fmt: str, tp: int,
+        res: Any, head_min: int, emit: Any) -> None:  # fmt: skip
+    """``generate``: the largest batch per GPU from GPU-less estimates plus a constant.
+
+    The walk never reads the GPU; the engine adds the CUDA context and workspaces of the GPU
+    family after it (``engine._overheads``), measured once per family as an offset.
+    """
     C = req.concurrency
-    ref = search.report(search.fields(engine, fmt, tp, 1, None)).peak.device_bytes
+    kvpt = _kv_per_token(None, res, tp)
+
+    def rep0(b: int) -> Any:
+        return search.report(search.fields("hf", fmt, tp, b, None))
+
+    ref = rep0(1).peak.device_bytes
     offset: dict[tuple[str, str], int] = {}
-
-    def peak0(b: int) -> int:
-        return int(search.report(search.fields(engine, fmt, tp, b, None)).peak.device_bytes)
-
     for g in gpus:
         sig = (g.family, g.vendor)
-        if sig not in offset:  # CUDA context and workspaces: constant per GPU family
-            on = search.report(search.fields(engine, fmt, tp, 1, g.name)).peak.device_bytes
+        if sig not in offset:
+            on = search.report(search.fields("hf", fmt, tp, 1, g.name)).peak.device_bytes
             offset[sig] = on - ref
         off = offset[sig]
+
+        def peak(b: int, off: int = off) -> int:
+            return int(rep0(b).peak.device_bytes) + off
+
+        def probe(s: int, off: int = off, mem: int = g.memory_bytes) -> Probe:
+            r = rep0(s)
+            dev = int(r.peak.device_bytes) + off
+            return dev, int(r.breakdown.params), kvpt, mem - dev
+
         limit = g.memory_bytes - head_min
-        b = largest_batch(lambda b, off=off: peak0(b) + off, C, limit)  # type: ignore[misc]
-        need = peak0(1) + off
-        why = f"needs {_gib(need)} of {_gib(g.memory_bytes)} GiB for one sequence" + (
+        b = largest_batch(peak, C, limit)
+        why = f"needs {_gib(peak(1))} of {_gib(g.memory_bytes)} GiB for one sequence" + (
             f" (+{req.min_headroom:g} GiB --min-headroom)" if head_min else ""
         )
-        if b > 0:
-            # the sequences a replica holds: the largest batch <= C, then every share below
-            b = _largest_share(lambda s, off=off: peak0(s) + off, b, C, limit)
-        emit(g, engine, fmt, tp, b, res, why)
+        if b > 0:  # the most sequences one replica holds, up to C
+            b = _largest_share(peak, b, C, limit)
+        emit(g, "hf", fmt, tp, b, probe, why)
 
 
 def _largest_share(peak: Any, b: int, C: int, limit: int) -> int:
@@ -343,17 +343,33 @@ def _largest_share(peak: Any, b: int, C: int, limit: int) -> int:
     return lo
 
 
-def _vllm(search: _Search, req: PlanRequest, gpus: list[GpuSpec], engine: str, fmt: str,
-          tp: int, res: Any, head_min: int, emit: Any) -> None:  # fmt: skip
-    """vLLM: one estimate per GPU gives the KV blocks, so the sequences a replica holds."""
+def _vllm(search: _Search, req: PlanRequest, gpus: list[GpuSpec], fmt: str, tp: int,
+          head_min: int, emit: Any) -> None:  # fmt: skip
+    """vLLM: one estimate per GPU gives the KV blocks, so the sequences a replica holds.
+
+    The budget, weights, profile activations and KV pool do not depend on the concurrency;
+    only the check ``concurrency x blocks per sequence <= KV blocks`` does.
+    """
     for g in gpus:
-        rep = search.report(search.fields(engine, fmt, tp, None, g.name))
+        rep = search.report(search.fields("vllm", fmt, tp, None, g.name))
         sv = rep.serving
         per_seq = -(-sv.request_len // sv.block_size)
-        spare = -(-head_min // (sv.block_size * sv.kv_bytes_per_token)) if head_min else 0
+        per_block = sv.block_size * sv.kv_bytes_per_token
+        spare = -(-head_min // per_block) if head_min else 0
         fits = sv.fits and rep.fit is not None and rep.fit.fits
         cap = max(0, (sv.kv_blocks - spare) // per_seq) if fits else 0
-        dev = rep.peak.device_bytes
+        dev = int(rep.peak.device_bytes)
+
+        def probe(s: int, rep: Any = rep, sv: Any = sv, per_seq: int = per_seq,
+                  per_block: int = per_block) -> Probe:  # fmt: skip
+            room = (sv.kv_blocks - s * per_seq) * per_block
+            return (
+                int(rep.peak.device_bytes),
+                int(rep.breakdown.params),
+                sv.kv_bytes_per_token,
+                room,
+            )
+
         why = (
             sv.reason
             or (
@@ -368,7 +384,7 @@ def _vllm(search: _Search, req: PlanRequest, gpus: list[GpuSpec], engine: str, f
                 + (f" after {req.min_headroom:g} GiB --min-headroom" if head_min else "")
             )
         )
-        emit(g, engine, fmt, tp, cap, res, why)
+        emit(g, "vllm", fmt, tp, cap, probe, why)
 
 
 def pareto_front(cands: list[PlanCandidate]) -> list[PlanCandidate]:

@@ -264,7 +264,6 @@ class EstimateRequest(_Frozen):
         default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
     )
 
-
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
     def _strict_int_choice(cls, v: Any, info: ValidationInfo) -> Any:

@@ -258,3 +258,18 @@ def test_json_and_api_agree(capsys: pytest.CaptureFixture[str]) -> None:
     assert from_cli == from_api
     assert from_cli["task"] == "inference" and from_cli["candidates"]
     assert all(c["tokens_per_s"] for c in from_cli["candidates"] if c["status"] == "ok")
+
+
+def test_context_beyond_the_model_is_one_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # GPT-2's config.json: n_positions 1024
+    assert cli.run(["plan", "gpt2", "--task", "infer", "--prompt-len", "1000", "--new-tokens",
+                    "100"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "1024" in err and "1100" in err
+
+
+def test_repeated_choices_count_once() -> None:
+    r = _plan(model="qwen2.5-0.5b", prompt_len=256, new_tokens=16, concurrency=2,
+              gpus_from="t4", engines=("vllm", "vllm"), weights=("auto", "auto"),
+              max_gpus=1)  # fmt: skip
+    assert len(r.candidates) == 1

@@ -156,6 +156,11 @@ class PlanRequest(_In):
             return tuple(m.strip() for m in v.split(",") if m.strip())
         return v
 
+    @field_validator("engines", "weights", mode="after")
+    @classmethod
+    def _once_each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
+
     @field_validator("gpus_from", "layouts", mode="before")
     @classmethod
     def _split_names(cls, v: Any) -> Any:
@@ -191,6 +196,11 @@ class PlanRequest(_In):
             )
         if self.prompt_len is None:
             raise ValueError("task inference needs prompt_len (--prompt-len N)")
+        if self.prompt_len + self.new_tokens > MAX_SEQ:
+            raise ValueError(
+                f"--prompt-len {self.prompt_len} + --new-tokens {self.new_tokens} is above the "
+                f"limit of {MAX_SEQ} tokens"
+            )
         if self.kv_dtype == KvDtype.FP8 and "hf" in self.engines:
             raise ValueError(
                 "--kv-dtype fp8 needs --engine vllm (transformers' caches store K/V in the model's "

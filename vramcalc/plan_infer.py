@@ -132,12 +132,25 @@ class _Search:
         rep = self.cache.get(key)
         if rep is None:
             t, c = time.perf_counter(), time.process_time()
-            rep = self._estimate(EstimateRequest(**fields))
+            rep = self._estimate(_request(fields))
             self.estimate_s += time.perf_counter() - t
             self.estimate_cpu_s += time.process_time() - c
             self.estimates += 1
             self.cache[key] = rep
         return rep
+
+
+def _request(fields: dict[str, Any]) -> EstimateRequest:
+    """Build an estimate request; a field the estimate refuses becomes the planner's error."""
+    from pydantic import ValidationError
+
+    try:
+        return EstimateRequest(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        raise InvalidConfigError(f"{where}: {msg}" if where else msg) from None
 
 
 def _kv_per_token(rep: Any, res: Any, tp: int) -> int:
@@ -184,7 +197,14 @@ def plan_infer(req: PlanRequest) -> PlanReport:
     context = req.prompt_len + req.new_tokens / 2  # mean cached length while decoding
     head_min = int(req.min_headroom * GIB)
     # bad model names and over-long requests fail here, once, with the engine's message
-    resolve(EstimateRequest(**search.fields(req.engines[0], req.weights[0], 1, 1, gpus[0].name)))
+    spec = resolve(_request(search.fields(req.engines[0], req.weights[0], 1, 1, gpus[0].name)))
+    limit = spec.model.max_position_embeddings
+    if limit and req.prompt_len + req.new_tokens > limit:
+        raise InvalidConfigError(
+            f"--prompt-len {req.prompt_len} + --new-tokens {req.new_tokens} = "
+            f"{req.prompt_len + req.new_tokens} exceeds {spec.model.name}'s "
+            f"max_position_embeddings ({limit}); no engine serves it without rope scaling"
+        )
     candidates: list[PlanCandidate] = []
     excluded = [
         f"{name}: no on-demand price in the catalog, costs cannot be compared" for name in unpriced
@@ -273,7 +293,7 @@ def plan_infer(req: PlanRequest) -> PlanReport:
                     continue
                 try:
                     f0 = search.fields(engine, fmt, tp, 1, gpus[0].name)
-                    res = resolve(EstimateRequest(**f0))
+                    res = resolve(_request(f0))
                     if engine == "hf":
                         _hf(search, req, gpus, fmt, tp, res, head_min, emit)
                     else:

@@ -18,6 +18,7 @@ published cases that map to a request; the 90th percentile is the nearest-rank o
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -406,6 +407,69 @@ def generate_rows() -> list[tuple[str, int, int, float, str, str]]:
     return out
 
 
+def published_cli_rows(
+    cases: Sequence[PublishedCase] | None = None,
+) -> list[tuple[PublishedCase, list[str], int]]:
+    """Run the published inference cases through the command line.
+
+    Returns (case, ``vramcalc`` arguments, the CLI's ``--json`` peak in the case's metric) for
+    every inference case with a request (``published.cli_args``): the figure a user gets by
+    typing the command, scored against the published measurement.
+    """
+    import contextlib
+    import io
+
+    from validation.published import cli_args
+    from vramcalc import cli
+
+    out = []
+    for case in load_cases() if cases is None else cases:
+        req = case.request
+        if req is None or req.task.value != "inference":
+            continue
+        args = cli_args(req)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = cli.run([*args, "--json"])
+        if rc != 0:
+            raise RuntimeError(f"{case.id}: vramcalc {' '.join(args)} exited {rc}")
+        peak = json.loads(buf.getvalue())["peak"]
+        out.append((case, args, int(peak[f"{case.metric}_bytes"])))
+    return out
+
+
+def _published_cli_lines() -> list[str]:
+    rows = published_cli_rows()
+    lines = [
+        "**Published generation runs from the CLI.** The reference file's inference rows "
+        "(LitGPT's resource tables: `generate/base.py`, 50 new tokens) expressed as "
+        "`vramcalc` commands (`validation/published.py` `cli_args`; the approximations are "
+        "listed under the published table below) and scored against the published figure:",
+        "",
+        "| id | command | metric | measured MiB | CLI MiB | error |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for case, args, got in rows:
+        err = error_pct(got, case.measured_bytes)
+        lines.append(
+            f"| {case.id} | `vramcalc {' '.join(args)}` | {case.metric} | "
+            f"{_mib(case.measured_bytes)} | {_mib(got)} | {_pct(err)} |"
+        )
+    if not rows:
+        lines.append("| (no inference rows) | | | | | |")
+    errs = {c.id: e for c, _, g in rows if (e := error_pct(g, c.measured_bytes)) is not None}
+    if errs:
+        worst = max(errs, key=lambda k: abs(errs[k]))
+        lines += [
+            "",
+            f"{len(errs)} rows: median absolute error "
+            f"{statistics.median(abs(e) for e in errs.values()):.1f} %, worst {worst} "
+            f"({errs[worst]:+.1f} %). The same rows, estimated through the Python API, are in "
+            "the published table below; the two agree (`tests/validation/test_accuracy.py`).",
+        ]
+    return [*lines, ""]
+
+
 def _generate_section() -> list[str]:
     rows = generate_rows()
     lines = [
@@ -431,6 +495,7 @@ def _generate_section() -> list[str]:
         "(`v1/worker/gpu_worker.py` `determine_available_memory`, `v1/core/kv_cache_utils.py`); "
         "the CUDA-graph memory is a labelled prior. Not measured against a real vLLM run yet.",
         "",
+        *_published_cli_lines(),
     ]
     return lines
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum, StrEnum
@@ -1055,6 +1056,12 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (2 on bad input, with one stderr line)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "serve":
+        # pydantic looks plugins up through every installed distribution's entry points
+        # (importlib.metadata) the first time a model class is built: ~8 % of a cold
+        # ``vramcalc MODEL --json`` (benchmarks/bench_cold.py). A one-shot command has no use
+        # for them; the service keeps them. A value the user set wins.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     try:
         if args and args[0] in _COMMANDS:
             return _COMMANDS[args[0]](args[1:])

@@ -20,10 +20,11 @@ from api.schemas import ErrorResponse, Health, ModelDetail, ModelInfo, Optimizer
 from api.settings import Settings, get_settings
 from api.strict import strict_type_issues
 from vramcalc import catalog
+from vramcalc.enums import Task
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.plan import PlanReport, PlanRequest
 from vramcalc.report import FitReport, MemoryReport
-from vramcalc.specs import EstimateRequest, GpuSpec
+from vramcalc.specs import MAX_SEQ, EstimateRequest, GpuSpec
 
 __all__ = ["router"]
 
@@ -215,12 +216,20 @@ async def fit(
 def plan(request: PlanRequest, settings: SettingsDep) -> Response:
     """Plan what to rent and how to lay the job out (``vramcalc plan ... --json``).
 
+    ``task: "train"`` (the default) searches training layouts for ``tokens``; ``task:
+    "inference"`` searches serving layouts (engine, weight format, TP, replicas) for
+    ``prompt_len + new_tokens`` tokens x ``concurrency`` sequences, front of price per hour
+    vs a decode throughput proxy.
+
     Every evaluated candidate (GPU type and count, layout, method, checkpointing,
     micro-batch x accumulation, peak, time, cost), the time-vs-cost front, the cheapest and
     the fastest, and one line per exclusion. A plan runs hundreds of estimates (about a
     second for a 70B model over the catalog), so it runs in a worker thread.
     """
-    check_request(EstimateRequest(model=request.model, seq_len=request.seq_len), settings)
+    length = request.seq_len
+    if request.task == Task.INFERENCE:  # the longest sequence a serving candidate holds
+        length = min((request.prompt_len or 0) + request.new_tokens, MAX_SEQ)
+    check_request(EstimateRequest(model=request.model, seq_len=length), settings)
     from vramcalc.plan import plan as run_plan
 
     report = _run_engine(lambda _: run_plan(request), EstimateRequest(model=request.model))

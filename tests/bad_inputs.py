@@ -555,6 +555,18 @@ CASES: list[Case] = [
         ("exceeds gpt2's learned position table",),
     ),
     _req(
+        "target_len_on_a_decoder",
+        ("gpt2", "--target-len", "64"),
+        {"model": "gpt2", "target_len": 64},
+        ("--target-len applies to encoder-decoder models only",),
+    ),
+    _req(
+        "target_len_zero",
+        ("t5-small", "--target-len", "0"),
+        {"model": "t5-small", "target_len": 0},
+        ("greater than 0",),
+    ),
+    _req(
         "grad_accum_zero",
         ("gpt2", "--grad-accum", "0"),
         {"model": "gpt2", "grad_accum": 0},
@@ -897,4 +909,166 @@ CASES: list[Case] = [
         why="a CLI switch",
     ),
     _req("no_model", (), {"batch_size": 2}, ("Field required",), cli_needles=("MODEL",)),
+    # ---- preference and RL trainers (issue 11): names, and options a trainer does not read
+    _req(
+        "trainer_unknown",
+        ("gpt2", "--trainer", "dpp"),
+        {"model": "gpt2", "trainer": "dpp"},
+        ("trainer value 'dpp'", "dpo"),
+    ),
+    _req(
+        "trainer_option_not_used",
+        ("gpt2", "--trainer", "reward", "--beta", "0.1"),
+        {"model": "gpt2", "trainer": "reward", "beta": 0.1},
+        ("--beta: not used by --trainer reward",),
+    ),
+    _req(
+        "precompute_without_reference_trainer",
+        ("gpt2", "--trainer", "orpo", "--precompute-ref-log-probs"),
+        {"model": "gpt2", "trainer": "orpo", "precompute_ref_log_probs": True},
+        ("--precompute-ref-log-probs: not used by --trainer orpo", "dpo, kto"),
+    ),
+    _req(
+        "trainer_option_with_sft",
+        ("gpt2", "--ref-model", "copy"),
+        {"model": "gpt2", "ref_model": "copy"},
+        ("--ref-model: not used by --trainer sft",),
+    ),
+    _req(
+        "ref_model_unknown",
+        ("gpt2", "--trainer", "dpo", "--ref-model", "cpy"),
+        {"model": "gpt2", "trainer": "dpo", "ref_model": "cpy"},
+        ("ref_model value 'cpy'", "copy"),
+        cli_needles=("--ref-model value 'cpy'", "copy"),
+    ),
+    _req(
+        "ref_copy_and_precompute",
+        ("gpt2", "--trainer", "dpo", "--ref-model", "copy", "--precompute-ref-log-probs"),
+        {"model": "gpt2", "trainer": "dpo", "ref_model": "copy", "precompute_ref_log_probs": True},
+        ("--ref-model copy and --precompute-ref-log-probs",),
+    ),
+    _req(
+        "trainer_with_inference",
+        ("gpt2", "--trainer", "dpo", "--task", "infer"),
+        {"model": "gpt2", "trainer": "dpo", "task": "inference"},
+        ("--trainer dpo is a training step",),
+    ),
+    _req(
+        "trainer_with_pipeline",
+        ("gpt2", "--trainer", "dpo", "--gpus", "2", "--pp", "2"),
+        {"model": "gpt2", "trainer": "dpo", "gpus": 2, "pp": 2},
+        ("--pp 2 with --trainer dpo",),
+    ),
+    # framework profiles and memory features (issue 10): refused where the framework's source
+    # has no such feature, with the frameworks that do have it
+    _req(
+        "framework_unknown",
+        ("gpt2", "--framework", "litgtp"),
+        {"model": "gpt2", "framework": "litgtp"},
+        ("unknown", "framework value 'litgtp'", "Did you mean 'litgpt'?"),
+    ),
+    _req(
+        "loss_unknown",
+        ("gpt2", "--loss", "chunk"),
+        {"model": "gpt2", "loss": "chunk"},
+        ("loss value 'chunk'", "Did you mean 'chunked'?"),
+    ),
+    _req(
+        "optimizer_in_backward_outside_torchtune",
+        ("gpt2", "--optimizer-in-backward"),
+        {"model": "gpt2", "optimizer_in_backward": True},
+        ("--optimizer-in-backward is not a hf feature", "supported by: torchtune"),
+    ),
+    _req(
+        "liger_with_litgpt",
+        ("gpt2", "--framework", "litgpt", "--liger"),
+        {"model": "gpt2", "framework": "litgpt", "liger": True},
+        ("--liger is not a litgpt feature", "supported by: hf"),
+    ),
+    _req(
+        "fused_loss_with_litgpt",
+        ("gpt2", "--framework", "litgpt", "--loss", "fused_linear"),
+        {"model": "gpt2", "framework": "litgpt", "loss": "fused_linear"},
+        (
+            "--loss fused_linear is not run by litgpt",
+            "accepted with --framework litgpt: full, chunked",
+        ),
+    ),
+    _req(
+        "loss_chunks_with_full_loss",
+        ("gpt2", "--loss-chunks", "4"),
+        {"model": "gpt2", "loss_chunks": 4},
+        ("--loss-chunks 4 needs a chunked or fused loss",),
+    ),
+    _req(
+        "checkpoint_offload_without_ckpt",
+        ("gpt2", "--framework", "unsloth", "--checkpoint-offload"),
+        {"model": "gpt2", "framework": "unsloth", "checkpoint_offload": True},
+        ("--checkpoint-offload", "needs --grad-ckpt"),
+    ),
+    _req(
+        "feature_with_inference",
+        ("gpt2", "--task", "infer", "--packing"),
+        {"model": "gpt2", "task": "inference", "packing": True},
+        ("--packing: training feature(s), not accepted with --task infer",),
+    ),
+]
+
+
+# ---- trainer configs (issue 10: vramcalc --config FILE, the request's ``config`` field)
+def _trainer(case_id: str, text: str, needles: tuple[str, ...], model: str | None = None) -> Case:
+    """A trainer-config case: the CLI reads the file; Python and REST get its text."""
+    head: tuple[str, ...] = (model,) if model else ()
+    extra: dict[str, Any] = {"model": model} if model else {}
+    return Case(
+        id=case_id,
+        needles=needles,
+        argv=(*head, "--config", "{tmp}/" + case_id + ".yaml"),
+        request={**extra, "config": text},
+        rest={**extra, "config": text},
+        files={case_id + ".yaml": text},
+    )
+
+
+CASES += [
+    _trainer(
+        "config_axolotl_qlora_without_4bit",
+        "base_model: meta-llama/Llama-3.2-1B\nadapter: qlora\nload_in_4bit: false\n",
+        ("adapter qlora needs load_in_4bit",),
+    ),
+    _trainer(
+        "config_torchtune_offload_without_ckpt",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "enable_activation_checkpointing: false\nenable_activation_offloading: true\n",
+        ("enable_activation_offloading true needs enable_activation_checkpointing",),
+    ),
+    _trainer(
+        "config_torchtune_inbwd_with_accum",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_1b\n"
+        "optimizer_in_bwd: true\ngradient_accumulation_steps: 8\n",
+        ("optimizer_in_bwd true with gradient_accumulation_steps 8",),
+    ),
+    _trainer(
+        "config_llamafactory_bf16_and_fp16",
+        "model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetuning_type: full\n"
+        "bf16: true\nfp16: true\n",
+        ("bf16 and fp16 are both true",),
+    ),
+    _trainer(
+        "config_litgpt_global_below_micro",
+        "checkpoint_dir: checkpoints/meta-llama/Llama-3.2-1B\nprecision: bf16-true\n"
+        "train:\n  global_batch_size: 2\n  micro_batch_size: 4\n",
+        ("train.global_batch_size 2 is smaller than train.micro_batch_size 4",),
+    ),
+    _trainer(
+        "config_unknown_format",
+        "foo: 1\nbar: 2\n",
+        ("cannot tell which trainer this file is for",),
+        model="gpt2",
+    ),
+    _trainer(
+        "config_torchtune_unknown_builder",
+        "model:\n  _component_: torchtune.models.llama3_2.llama3_2_2b\n",
+        ("model._component_ 'torchtune.models.llama3_2.llama3_2_2b' has no catalog model",),
+    ),
 ]

@@ -83,3 +83,71 @@ def test_korthikanti_table2_sequence_parallel(t: int) -> None:
     assert y == pytest.approx(9 / t, abs=0.01)
     megatron = 34 / t + 24 / t  # Table 2's 34/t plus the split gelu_new extras
     assert x - megatron == pytest.approx(4 - 4 / t + 16 / 768 / t, abs=0.05)
+
+
+# ----------------------------------------------------------------------------- SSM, hybrids, T5
+
+MAMBA = {"model_type": "mamba", "hidden_size": 128, "num_hidden_layers": 2, "state_size": 16,
+         "vocab_size": 1000}  # fmt: skip
+
+
+def _forward_activations(cfg: dict[str, object], **kw: object) -> int:
+    r = vramcalc.estimate(model=cfg, **kw)  # type: ignore[arg-type]
+    ev = next(e for e in r.timeline if e.step == 1 and e.event.startswith("final norm"))
+    return ev.components["activations"]
+
+
+def test_mamba_slow_scan_is_three_t_i_n_fp32_terms_per_layer() -> None:
+    # transformers 5.24 mamba_selective_scan (sequential loop, fp32 model): exp(A*dt), dt*B
+    # and the S per-position states (B x I x N each) are saved: 3 x T x I x N x 4 bytes per
+    # layer; the rest of the layer is O(T x I). Doubling the state size N adds that much.
+    b, s, inter = 2, 64, 2 * 128
+    small = _forward_activations(MAMBA, batch_size=b, seq_len=s)
+    big = _forward_activations({**MAMBA, "state_size": 32}, batch_size=b, seq_len=s)
+    per_layer_n16 = 3 * b * s * inter * 16 * 4
+    # x_proj's output (T x (R + 2N)) grows by 2 x 16 per token too: allow those few KiB
+    assert big - small == pytest.approx(2 * per_layer_n16, rel=0.02)
+
+
+def test_jamba_layers_follow_the_schedule() -> None:
+    from vramcalc.engine import resolve
+    from vramcalc.formulas.activations import activation_profile
+    from vramcalc.formulas.counts import param_inventory
+    from vramcalc.formulas.params import plan_params
+
+    cfg = {"model_type": "jamba", "hidden_size": 128, "intermediate_size": 256,
+           "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "num_experts": 4, "num_experts_per_tok": 2, "attn_layer_period": 3,
+           "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 0,
+           "vocab_size": 1000}  # fmt: skip
+    res = resolve(vramcalc.EstimateRequest(model=cfg, seq_len=64))
+    inv = param_inventory(res.model)
+    prof = activation_profile(
+        res.model, inv, res.training, plan_params(res.model, inv, res.training)
+    )
+    saved = prof.layer_saved
+    # configuration_jamba.layers_block_type: attention at 1, 4; layers_num_experts: MoE at 0, 2, 4
+    kinds = ["ssm+moe", "attn+dense", "ssm+moe", "ssm+dense", "attn+moe", "ssm+dense"]
+    for i in range(6):
+        for j in range(6):
+            assert (saved[i] == saved[j]) == (kinds[i] == kinds[j]), (i, j, saved)
+    # a Mamba layer (T x I x N terms, I = 256, N = 16) keeps more than an attention layer
+    assert saved[3] > saved[1]
+
+
+T5 = {"model_type": "t5", "d_model": 128, "d_ff": 256, "num_layers": 2, "num_heads": 4,
+      "d_kv": 32, "vocab_size": 1000, "dropout_rate": 0.0}  # fmt: skip
+
+
+def test_t5_target_len_sizes_the_decoder_and_the_logits() -> None:
+    same = vramcalc.estimate(model=T5, seq_len=128)
+    explicit = vramcalc.estimate(model=T5, seq_len=128, target_len=128)
+    assert same.peak == explicit.peak
+    short = vramcalc.estimate(model=T5, seq_len=128, target_len=32, batch_size=8)
+    long = vramcalc.estimate(model=T5, seq_len=128, target_len=128, batch_size=8)
+    # T5ForConditionalGeneration: nn.CrossEntropyLoss over B x target x V logits; its
+    # log_softmax output (fp32 model) is saved: 8 x 32 x 1000 x 4 bytes (peak: loss backward)
+    assert short.details["activations/logits"] == 8 * 32 * 1000 * 4
+    assert long.details["activations/logits"] == 8 * 128 * 1000 * 4
+    assert short.assumptions["target_len"] == 32
+    assert short.peak.allocated_bytes < long.peak.allocated_bytes

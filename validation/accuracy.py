@@ -18,6 +18,7 @@ published cases that map to a request; the 90th percentile is the nearest-rank o
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -30,6 +31,7 @@ from validation.published import PublishedCase, load_cases, reference_path
 from validation.records import Measurement
 from vramcalc.errors import VramcalcError
 from vramcalc.report import COMPONENTS
+from vramcalc.specs import EstimateRequest
 
 __all__ = [
     "GridRow",
@@ -170,6 +172,26 @@ def grid_rows(path: Path = GRID) -> list[GridRow]:
     return [grid_row(m) for m in load_jsonl(path) if not m.error]
 
 
+def _on_device(m: Measurement) -> EstimateRequest:
+    """Return the measured request, on the GPU it ran on when the request names none.
+
+    The GPU selects per-family constants (cuBLAS workspace size, calibration), so a case
+    measured on an H200 is estimated as ``--gpu h200``. A device missing from the catalog
+    leaves the request unchanged.
+    """
+    from vramcalc import catalog
+    from vramcalc.errors import UnknownNameError
+
+    req = m.scenario.request
+    if req.gpu is not None or not m.fingerprint.device:
+        return req
+    try:
+        gpu = catalog.gpu(m.fingerprint.device)
+    except UnknownNameError:
+        return req
+    return req.model_copy(update={"gpu": gpu.name})
+
+
 def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
     """Every committed CUDA measurement (``cuda-*.jsonl``) against the engine."""
     out: list[CudaRow] = []
@@ -184,7 +206,7 @@ def cuda_rows(directory: Path = GRID.parent) -> list[CudaRow]:
                 "device": got.device_bytes,
             }
             try:
-                report = predict(m.scenario.request, m.scenario.optim_impl)
+                report = predict(_on_device(m), m.scenario.optim_impl)
             except Exception as exc:  # recorded per case; one failure must not hide the rest
                 none = dict.fromkeys(measured)
                 why = _describe(exc)
@@ -335,6 +357,33 @@ def _dist_line(rows: Sequence[GridRow]) -> str:
     return line.replace("Traced grid (", "Traced distributed grid, rank 0 (", 1)
 
 
+def cuda_line(rows: Sequence[CudaRow]) -> str:
+    """One line on the committed real-GPU measurements: allocated and device peak errors."""
+    if not rows:
+        return "Real GPU: no CUDA measurement committed yet."
+    devices = ", ".join(sorted({r.device for r in rows}))
+    parts = []
+    for metric in ("allocated", "device"):
+        errs = {
+            r.id: e
+            for r in rows
+            if (e := error_pct(r.predicted[metric], r.measured[metric])) is not None
+        }
+        s = summarize(errs)
+        if s is None:
+            continue
+        within = sum(abs(e) <= 3 for e in errs.values())
+        parts.append(
+            f"{metric} peak median absolute error {s.median_abs_pct:.2f} %, 90th percentile "
+            f"{s.p90_abs_pct:.2f} %, max {s.max_abs_pct:.2f} % ({within}/{s.n} within 3 %)"
+        )
+    return (
+        f"Real GPU ({len(rows)} cases on {devices}, `validation/measurements/cuda-*.jsonl`): "
+        + "; ".join(parts)
+        + ". The device peak uses the per-family constants fitted on these same runs "
+        "(`vramcalc calibrate`; its leave-one-out error is in `vramcalc/data/calibration.json`)."
+    )
+
 
 GENERATE_TRACES = REPO / "validation" / "measurements" / "trace-generate.jsonl"
 
@@ -356,6 +405,69 @@ def generate_rows() -> list[tuple[str, int, int, float, str, str]]:
              est.peak.phase.value)
         )  # fmt: skip
     return out
+
+
+def published_cli_rows(
+    cases: Sequence[PublishedCase] | None = None,
+) -> list[tuple[PublishedCase, list[str], int]]:
+    """Run the published inference cases through the command line.
+
+    Returns (case, ``vramcalc`` arguments, the CLI's ``--json`` peak in the case's metric) for
+    every inference case with a request (``published.cli_args``): the figure a user gets by
+    typing the command, scored against the published measurement.
+    """
+    import contextlib
+    import io
+
+    from validation.published import cli_args
+    from vramcalc import cli
+
+    out = []
+    for case in load_cases() if cases is None else cases:
+        req = case.request
+        if req is None or req.task.value != "inference":
+            continue
+        args = cli_args(req)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = cli.run([*args, "--json"])
+        if rc != 0:
+            raise RuntimeError(f"{case.id}: vramcalc {' '.join(args)} exited {rc}")
+        peak = json.loads(buf.getvalue())["peak"]
+        out.append((case, args, int(peak[f"{case.metric}_bytes"])))
+    return out
+
+
+def _published_cli_lines() -> list[str]:
+    rows = published_cli_rows()
+    lines = [
+        "**Published generation runs from the CLI.** The reference file's inference rows "
+        "(LitGPT's resource tables: `generate/base.py`, 50 new tokens) expressed as "
+        "`vramcalc` commands (`validation/published.py` `cli_args`; the approximations are "
+        "listed under the published table below) and scored against the published figure:",
+        "",
+        "| id | command | metric | measured MiB | CLI MiB | error |",
+        "| --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for case, args, got in rows:
+        err = error_pct(got, case.measured_bytes)
+        lines.append(
+            f"| {case.id} | `vramcalc {' '.join(args)}` | {case.metric} | "
+            f"{_mib(case.measured_bytes)} | {_mib(got)} | {_pct(err)} |"
+        )
+    if not rows:
+        lines.append("| (no inference rows) | | | | | |")
+    errs = {c.id: e for c, _, g in rows if (e := error_pct(g, c.measured_bytes)) is not None}
+    if errs:
+        worst = max(errs, key=lambda k: abs(errs[k]))
+        lines += [
+            "",
+            f"{len(errs)} rows: median absolute error "
+            f"{statistics.median(abs(e) for e in errs.values()):.1f} %, worst {worst} "
+            f"({errs[worst]:+.1f} %). The same rows, estimated through the Python API, are in "
+            "the published table below; the two agree (`tests/validation/test_accuracy.py`).",
+        ]
+    return [*lines, ""]
 
 
 def _generate_section() -> list[str]:
@@ -383,7 +495,102 @@ def _generate_section() -> list[str]:
         "(`v1/worker/gpu_worker.py` `determine_available_memory`, `v1/core/kv_cache_utils.py`); "
         "the CUDA-graph memory is a labelled prior. Not measured against a real vLLM run yet.",
         "",
+        *_published_cli_lines(),
     ]
+    return lines
+
+
+FRAMEWORK_TRACES = REPO / "validation" / "measurements" / "trace-frameworks.jsonl"
+
+
+def framework_rows() -> list[tuple[str, str, int, int, float, str, str]]:
+    """Framework traces vs the estimate: (framework, id, traced, estimated, error %, phases)."""
+    if not FRAMEWORK_TRACES.exists():
+        return []
+    from validation.compare import predict
+    from validation.trace import load_measurements
+
+    out = []
+    for m in load_measurements(FRAMEWORK_TRACES):
+        est = predict(m.scenario.request, m.scenario.optim_impl, target="trace")
+        t = m.measured.allocated_bytes
+        err = 100 * (est.peak.allocated_bytes - t) / t
+        out.append(
+            (m.scenario.request.framework, m.scenario.id, t, est.peak.allocated_bytes, err,
+             f"{m.measured.step}/{m.measured.phase}",
+             f"{est.peak.step}/{est.peak.phase.value}")
+        )  # fmt: skip
+    return out
+
+
+def _dist(errors: Sequence[float]) -> str:
+    a = sorted(abs(e) for e in errors)
+    if not a:
+        return "no rows"
+    p90 = a[max(0, -(-9 * len(a) // 10) - 1)]
+    return (
+        f"{len(a)} rows, median |error| {statistics.median(a):.2f} %, p90 {p90:.2f} %, "
+        f"max {a[-1]:.2f} %, within 3 %: {sum(x <= 3.0 for x in a)}/{len(a)}"
+    )
+
+
+def _frameworks_section(pub: Sequence[PublishedRow]) -> list[str]:
+    from vramcalc.frameworks import profiles
+
+    rows = framework_rows()
+    traced = {fw for fw, *_ in rows}
+    lines = [
+        "## Framework profiles",
+        "",
+        "Each `--framework` profile (`vramcalc/frameworks/`, `vramcalc/data/frameworks.json`) "
+        "is checked against that framework's own training step traced on fake CUDA "
+        "(`validation/framework_trace.py`, `validation/measurements/trace-frameworks.jsonl`) "
+        "and against the published rows of runs made with it.",
+        "",
+        "| framework | traced | traced grid (allocated peak) | published rows |",
+        "| --- | --- | --- | --- |",
+    ]
+    for prof in profiles():
+        errs = [e for fw, _, _, _, e, _, _ in rows if fw == prof.name]
+        pub_errs = [
+            r.error_pct
+            for r in pub
+            if r.case.request is not None
+            and r.case.request.framework == prof.name
+            and r.error_pct is not None
+        ]
+        status = "yes" if prof.name in traced else "**not traced**"
+        if prof.name == "hf":
+            status = "yes (the traced grids below; Liger, fused losses, offload not traced)"
+        if prof.name == "unsloth" and prof.name not in traced:
+            status += " (Unsloth's Triton kernels need a GPU; modelled from its source)"
+        lines.append(
+            f"| {prof.name} | {status} | {_dist(errs) if errs else '—'} | "
+            f"{_dist(pub_errs) if pub_errs else '—'} |"
+        )
+    lines += [
+        "",
+        "| framework | scenario | traced MiB | estimated MiB | error | peak (trace / estimate) |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for fw, sid, t, e, err, pt, pe in rows:
+        lines.append(
+            f"| {fw} | {sid} | {t / MIB:,.2f} | {e / MIB:,.2f} | {err:+.2f} % | {pt} / {pe} |"
+        )
+    if not rows:
+        lines.append("| (no traces committed) | | | | | |")
+    lines.append("")
+    by_fw: dict[str, list[PublishedRow]] = {}
+    for r in pub:
+        if r.case.request is not None and r.error_pct is not None:
+            by_fw.setdefault(r.case.request.framework, []).append(r)
+    lines += ["Published rows by framework (errors as in the table above):", ""]
+    for fw, rs in sorted(by_fw.items()):
+        listed = ", ".join(f"{r.case.id} {_pct(r.error_pct)}" for r in rs)
+        lines.append(
+            f"- **{fw}** ({_dist([r.error_pct for r in rs if r.error_pct is not None])}): {listed}"
+        )
+    lines.append("")
     return lines
 
 
@@ -403,10 +610,10 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
-        f"- Committed CUDA measurements: {len(cuda)} cases"
-        + ("." if cuda else " (none committed yet)."),
+        "- " + cuda_line(cuda),
         "",
         *_generate_section(),
+        *_frameworks_section(pub),
         "## How measured",
         "",
         "**Published** figures come from `" + reference + "`: peaks that others measured and "
@@ -483,6 +690,19 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "PyTorch's fake process group and fake CUDA (`validation/dist_trace.py`), against the "
         'engine\'s estimate of the same layout (`target="trace"`).',
         "",
+        "The `qlora` rows run PEFT's FSDP+QLoRA recipe (nf4, double quantization, "
+        "`bnb_4bit_quant_storage` = bf16 so FSDP shards the packed weights; FSDP1 with PEFT's "
+        "`fsdp_auto_wrap_policy`, FSDP2 through accelerate): bitsandbytes' own "
+        "`quantize_4bit` and its ops' fake kernels on fake CUDA, with the CUDA `gemm_4bit` "
+        "dispatch replayed (2048 tokens: every weight is dequantized before its matmul). Not "
+        "traced: QLoRA with TP (the TP plan does not shard `Params4bit`), on one device (the "
+        "single-device tracer does not build 4-bit bases yet), with AMP over an fp32 base "
+        "(FSDP1 cannot flatten bf16 packed storage with fp32 parameters, on a GPU too) and "
+        "with CPU offload; int8 bases. At these small shapes the dequantization buffers "
+        "(< 0.4 MiB) are far below the logits at the peak, so the rows check the packed "
+        "shards, the whole `QuantState` per rank and the gathered units more than the "
+        "dequantization transients.",
+        "",
     ]
     lines += _grid_table(dist)
     lines += ["", "## CUDA measurements", ""]
@@ -503,7 +723,10 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
 
 
 def readme_block(
-    pub: Sequence[PublishedRow], grid: Sequence[GridRow], dist: Sequence[GridRow] = ()
+    pub: Sequence[PublishedRow],
+    grid: Sequence[GridRow],
+    dist: Sequence[GridRow] = (),
+    cuda: Sequence[CudaRow] = (),
 ) -> str:
     """Render the README's accuracy block (between the markers, markers excluded)."""
     ps, gs = published_summary(pub), grid_summary(grid)
@@ -518,6 +741,7 @@ def readme_block(
         + f" ({coverage(pub)})",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
+        "- " + cuda_line(cuda),
         "",
         "| id | metric | measured MiB | predicted MiB | error | confidence |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -588,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(markdown(pub, grid, cuda, shown, dist), encoding="utf-8")
     print(f"wrote {DOC.relative_to(REPO)}")
-    block = readme_block(pub, grid, dist)
+    block = readme_block(pub, grid, dist, cuda)
     text = README.read_text("utf-8") if README.exists() else ""
     new = replace_block(text, block)
     if new is None:

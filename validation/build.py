@@ -58,11 +58,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Setup",
     "Unsupported",
+    "bnb_config",
     "build_model",
     "build_optimizer",
     "build_setup",
     "materialize",
     "model_config",
+    "quantize_base",
     "request_attn",
     "torch_dtype",
 ]
@@ -151,13 +153,19 @@ def build_model(
 ) -> Any:
     """Build the model of a scenario as a Trainer run holds it (see the module docstring)."""
     import torch  # noqa: TID251
-    from transformers import AutoModelForCausalLM
+
+    from vramcalc.hf import untie_forced_heads
 
     req = scenario.request
-    if req.qlora is not None or req.quant is not None:
+    quantized = req.qlora is not None or req.quant is not None
+    if quantized and (
+        req.lora is not None or str(req.quant.value if req.quant else "nf4") not in ("nf4", "fp4")
+    ):
+        raise Unsupported("validation.build quantizes 4-bit QLoRA bases only (nf4/fp4)")
+    if quantized and not on_meta:
         raise Unsupported(
-            "QLoRA/quantized bases need bitsandbytes kernels on a real CUDA device; "
-            "they cannot be built on fake tensors or on CPU here"
+            "QLoRA bases are built on meta and quantized by quantize_base() after "
+            "materialize(); pass on_meta=True"
         )
     if req.adapter or req.prefix or req.prompt_tuning or req.ia3:
         raise Unsupported("only full fine-tuning and LoRA are built by validation.build")
@@ -166,11 +174,27 @@ def build_model(
     dtype = torch_dtype(req.dtype.value)
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()
+    model_cls = _model_class(cfg)
+    if attn == "sdpa" and not getattr(model_cls, "_supports_sdpa", True):
+        # attention-free models (Mamba) refuse an explicit "sdpa"; with none given,
+        # transformers picks its default (eager) as a user's from_pretrained would
+        attn = None
     with ctx:
-        model = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
-            cfg, dtype=dtype, attn_implementation=attn
+        model = model_cls._from_config(cfg, dtype=dtype, attn_implementation=attn)
+    # T5Config/MT5Config force a tied head; checkpoints saved untied (T5 v1.1, mT5, T0) load
+    # untied, and so are built here (vramcalc.hf.untie_forced_heads, re-applied by materialize)
+    model._vramcalc_config = _config_fields(req.model)
+    untie_forced_heads(model, model._vramcalc_config)
+    if quantized:
+        from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        model = replace_with_bnb_linear(
+            model,
+            modules_to_not_convert=get_keys_to_not_convert(model),
+            quantization_config=bnb_config(req),
         )
-    if req.lora is not None:
+    if req.lora is not None or req.qlora is not None:
         from peft import get_peft_model
 
         model = get_peft_model(model, _lora_config(req, cfg.model_type))
@@ -183,18 +207,118 @@ def build_model(
     return model
 
 
+def _model_class(cfg: Any) -> Any:
+    """Return the class a fine-tuning script builds for ``cfg`` (causal or seq2seq LM)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
+        mapping = auto._model_mapping
+        if type(cfg) in mapping:
+            return mapping[type(cfg)]
+    raise Unsupported(f"transformers has no causal or seq2seq LM class for {cfg.model_type!r}")
+
+
 def _base_model(model: Any) -> Any:
     get = getattr(model, "get_base_model", None)
     return get() if callable(get) else model
 
 
+def bnb_config(request: EstimateRequest) -> Any:
+    """Return the ``BitsAndBytesConfig`` of a QLoRA request (PEFT's FSDP+QLoRA recipe).
+
+    4-bit ``request.quant`` (nf4 default) with double quantization, the compute dtype of the
+    forward (the AMP dtype, else the storage dtype); under FSDP ``bnb_4bit_quant_storage`` is
+    that dtype as well, so FSDP can flatten and shard the packed weights with the other
+    parameters (PEFT ``docs/source/accelerate/fsdp.md``, Answer.AI ``fsdp_qlora``); otherwise
+    uint8 (the default).
+    """
+    import torch  # noqa: TID251
+    from transformers import BitsAndBytesConfig
+
+    mp = str(request.mixed_precision.value)
+    compute = torch_dtype(mp if mp != "no" else request.dtype.value)
+    storage = compute if request.fsdp is not None else torch.uint8
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=str(request.quant.value) if request.quant else "nf4",
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def quantize_base(model: Any, request: EstimateRequest) -> list[Any]:
+    """Quantize every bitsandbytes ``Linear4bit`` of a materialised model in place.
+
+    Each (uninitialised) 16-bit weight is quantized with ``bitsandbytes.functional.
+    quantize_4bit`` -- the op ``Params4bit._quantize`` calls when transformers loads a
+    4-bit model -- and replaced by the packed storage with its ``QuantState``. On fake
+    tensors ``Params4bit`` cannot wrap the data (a fake tensor is already a tensor subclass):
+    the packed weight is a plain frozen ``Parameter`` carrying ``quant_state``, which is
+    what ``Linear4bit.forward`` reads (``fix_4bit_weight_quant_state_from_module`` restores
+    it on the parameters FSDP re-creates). Returns the quant-state tensors (absmax, nested
+    absmax, codes, offset), device storage that is not a parameter or buffer.
+    """
+    import bitsandbytes as bnb
+    import torch  # noqa: TID251
+    from torch._subclasses.fake_tensor import FakeTensor, unset_fake_temporarily  # noqa: TID251
+
+    cfg = bnb_config(request)
+    state: list[Any] = []
+    qmaps = bnb.functional.name2qmap
+    if "dynamic" not in qmaps:
+        # the nested quantization's 8-bit code is built with host-side Python (``tolist``),
+        # which fake tensors cannot run: build it for real, then move it like the library
+        with unset_fake_temporarily():
+            code = bnb.functional.create_dynamic_map()
+        device = next(m.weight.device for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+        qmaps["dynamic"] = code.to(device)
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit):
+            continue
+        weight = module.weight
+        data = (
+            weight.data
+            if weight.dtype == cfg.bnb_4bit_compute_dtype
+            else weight.data.to(cfg.bnb_4bit_compute_dtype)
+        )
+        packed, qs = bnb.functional.quantize_4bit(
+            data,
+            blocksize=64,
+            compress_statistics=cfg.bnb_4bit_use_double_quant,
+            quant_type=cfg.bnb_4bit_quant_type,
+            quant_storage=cfg.bnb_4bit_quant_storage,
+        )
+        del data, weight
+        if isinstance(packed, FakeTensor):
+            param = torch.nn.Parameter(packed, requires_grad=False)
+            param.quant_state = qs  # type: ignore[attr-defined]
+        else:
+            param = bnb.nn.Params4bit(
+                packed, requires_grad=False, quant_state=qs, blocksize=64,
+                compress_statistics=cfg.bnb_4bit_use_double_quant,
+                quant_type=cfg.bnb_4bit_quant_type, quant_storage=cfg.bnb_4bit_quant_storage,
+                module=module, bnb_quantized=True,
+            )  # fmt: skip
+        module.weight = param
+        module.quant_state = qs
+        module.quant_storage = cfg.bnb_4bit_quant_storage
+        state += [qs.absmax, qs.code, qs.offset]
+        if qs.state2 is not None:
+            state += [qs.state2.absmax, qs.state2.code]
+    return [t for t in state if isinstance(t, torch.Tensor)]
+
+
 def materialize(model: Any, device: str | torch.device) -> Any:
     """Allocate a meta-built model on ``device`` (uninitialised) and re-tie its weights."""
+    from vramcalc.hf import untie_forced_heads
+
     model.to_empty(device=device)
     base = _base_model(model)
     tie = getattr(base, "tie_weights", None)
     if callable(tie):
         tie()
+    untie_forced_heads(base, getattr(base, "_vramcalc_config", {}))
     return model
 
 
@@ -252,13 +376,22 @@ class Setup:
     autocast_dtype: Any
     vocab_size: int
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
+    encoder_decoder: bool = False
 
     def make_batch(self) -> dict[str, Any]:
-        """Make an unpadded causal-LM batch (no attention mask, as an unpadded Trainer batch)."""
+        """Make an unpadded batch (no attention mask, as an unpadded Trainer batch).
+
+        Causal LM: ``labels`` are the inputs. Encoder-decoder: ``labels`` of ``target_len``
+        (default ``seq_len``) tokens, which the model shifts right into its decoder inputs.
+        """
         import torch  # noqa: TID251
 
         req = self.scenario.request
         ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
+        if self.encoder_decoder:
+            tgt = req.target_len or req.seq_len
+            labels = torch.randint(0, self.vocab_size, (req.batch_size, tgt), device=self.device)
+            return {"input_ids": ids, "labels": labels}
         return {"input_ids": ids, "labels": ids.clone()}
 
     def _autocast(self) -> Any:
@@ -318,7 +451,13 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
         scaler=scaler,
         autocast_dtype=autocast_dtype,
         vocab_size=int(base.config.vocab_size),
+        encoder_decoder=bool(getattr(base.config, "is_encoder_decoder", False)),
     )
+    if setup.encoder_decoder:
+        # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
+        # loss phase starts when the LM head has produced the logits
+        base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
     original = base.loss_function
 
     def loss_function(*args: Any, **kwargs: Any) -> Any:

@@ -112,8 +112,25 @@ def _ratio(m: Measurement) -> float | None:
     return None if r is None else r / m.measured.allocated_bytes
 
 
+def _beyond_reserved(m: Measurement) -> int | None:
+    """NVML-visible bytes beyond ``max_memory_reserved`` during the step (the schema's context).
+
+    This is larger than the context measured right after ``torch.cuda.init()``
+    (``measured.context_bytes``): the cuBLAS/cuBLASLt handles and the kernel images loaded
+    lazily at the first matmul of the step are device memory outside the allocator too
+    (on the H200 of ``cuda-h200-2026-11-30.jsonl``: 616 MiB after init, ~1366 MiB during a
+    training step). Paged optimizer states (unified memory) are excluded.
+    """
+    got = m.measured
+    if got.device_bytes is None or got.reserved_bytes is None or not _judged(m):
+        return None
+    return got.device_bytes - got.reserved_bytes
+
+
 def _constants(ms: Sequence[Measurement]) -> tuple[int | None, float | None]:
-    contexts = [m.measured.context_bytes for m in ms if m.measured.context_bytes is not None]
+    contexts = [c for c in (_beyond_reserved(m) for m in ms) if c is not None]
+    if not contexts:  # records without NVML figures: the context measured after init
+        contexts = [m.measured.context_bytes for m in ms if m.measured.context_bytes is not None]
     ratios = [r for r in (_ratio(m) for m in ms) if r is not None]
     ctx = round(statistics.median(contexts)) if contexts else None
     factor = statistics.median(ratios) if ratios else None

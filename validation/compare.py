@@ -47,6 +47,7 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_OK",
     "EXIT_UNAVAILABLE",
+    "cuda_limitations",
     "error_pct",
     "measured_components",
     "predict",
@@ -147,12 +148,16 @@ def trace_limitations(request: EstimateRequest) -> str | None:
     """Why the trace backend cannot measure ``request`` (``None`` when it can)."""
     if request.task.value != "train":
         return "the trace backend measures training steps, not inference"
-    if request.qlora is not None or request.quant is not None:
-        return "QLoRA/quantized bases need bitsandbytes kernels on a real GPU; use --backend cuda"
-    if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
-        return "the trace backend builds full fine-tuning and LoRA only"
     from validation.dist_trace import is_distributed, layout_limitations
 
+    quantized = request.qlora is not None or request.quant is not None
+    if quantized and request.fsdp is None:
+        return (
+            "QLoRA/quantized bases are traced under FSDP only (--fsdp, PEFT's FSDP+QLoRA "
+            "recipe); on one GPU use --backend cuda"
+        )
+    if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
+        return "the trace backend builds full fine-tuning and LoRA only"
     if is_distributed(request):
         why = layout_limitations(request)
         if why is not None:
@@ -173,6 +178,29 @@ def trace_limitations(request: EstimateRequest) -> str | None:
     if not resolve_model(request.model).is_causal_lm:
         return "the trace backend builds causal language models (AutoModelForCausalLM) only"
     return None
+
+
+def cuda_limitations(request: EstimateRequest) -> str | None:
+    """Why the CUDA backend cannot launch ``request`` from here (``None`` when it can).
+
+    FSDP/TP layouts run under ``torchrun`` on this node (``validation.dist_cuda``) with the
+    wrapping the rank-0 trace uses, so they share its limits; several nodes need a
+    launcher on every node.
+    """
+    from validation.dist_cuda import launcher_for
+
+    if launcher_for(request) != "torchrun":
+        return None
+    if request.nodes > 1:
+        return (
+            f"--nodes {request.nodes}: validate launches one node; run "
+            "'python -m torch.distributed.run --nnodes N ... -m validation.dist_cuda' on every "
+            "node (validation/dist_cuda.py)"
+        )
+    from validation.dist_trace import layout_limitations
+
+    why = layout_limitations(request)
+    return None if why is None else why.replace("is not traced", "is not measured")
 
 
 # ----------------------------------------------------------------------------- backends
@@ -224,7 +252,12 @@ def _measure_cuda(scenario: Scenario, timeout_s: float = 1800) -> Measurement:
         sc.write_text(scenario.model_dump_json(), encoding="utf-8")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-        if int(req.zero) > 0 or req.deepspeed is not None or req.gpus * req.nodes > 1:
+        from validation import dist_cuda
+
+        launcher = dist_cuda.launcher_for(req)
+        if launcher == "torchrun":  # FSDP1/FSDP2/FSDP2+TP: one process per GPU, NCCL
+            cmd = dist_cuda.launch_command(sc, res, nproc=req.gpus)
+        elif launcher == "deepspeed":
             from validation.deepspeed_run import launch_command
 
             cmd = launch_command(sc, res, gpus=req.gpus)
@@ -341,6 +374,10 @@ def validate_main(request: EstimateRequest, backend: str, as_json: bool) -> int:
         report = predict(request, target="trace" if backend == "trace" else "cuda")
         if backend == "trace":
             why = trace_limitations(request)
+            if why is not None:
+                raise _BadInput(why)
+        else:
+            why = cuda_limitations(request)
             if why is not None:
                 raise _BadInput(why)
     except VramcalcError as exc:

@@ -878,8 +878,11 @@ def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measuremen
         for step in range(1, plan.steps + 1):
             t0 = time.perf_counter()
             if setup is None:
-                with torch.no_grad(), rec.phase(f"{step}/forward"):
-                    model(input_ids=batch["input_ids"])
+                if scenario.request.new_tokens:
+                    _generate(model, scenario.request, dev, rec, step)
+                else:
+                    with torch.no_grad(), rec.phase(f"{step}/forward"):
+                        model(input_ids=batch["input_ids"])
                 step_s.append(time.perf_counter() - t0)
                 continue
             opt = setup.optimizer
@@ -925,6 +928,48 @@ def run_scenario(scenario: Scenario, *, device_type: str = "cuda") -> Measuremen
         created=_now(),
         wall_s=round(time.perf_counter() - t_start, 3),
     )
+
+
+def _generate(model: Any, req: Any, dev: Any, rec: PhaseRecorder, step: int) -> None:
+    """Run ``model.generate`` (greedy, exactly ``new_tokens`` new tokens) as two phases.
+
+    The same inputs as the fake-CUDA tracer's ``validation.trace._trace_generate``: a batch
+    of ``batch x prompt_len`` token ids with an all-ones attention mask, no EOS token. A
+    forward pre-hook splits the call: the first forward is ``prefill``, the rest ``decode``;
+    the recorder resets the peak counters at each boundary, so each phase keeps its own
+    maximum of ``max_memory_allocated``.
+    """
+    import torch  # noqa: TID251
+
+    prompt = req.prompt_len or req.seq_len
+    model.eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    calls = [0]
+
+    def pre_hook(_module: Any, _args: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            rec.end(f"{step}/input")
+            rec.begin(f"{step}/prefill")
+        elif calls[0] == 2:
+            rec.end(f"{step}/prefill")
+            rec.begin(f"{step}/decode")
+
+    rec.begin(f"{step}/input")
+    ids = torch.zeros(req.batch_size, prompt, dtype=torch.long, device=dev)
+    mask = torch.ones(req.batch_size, prompt, dtype=torch.long, device=dev)
+    handle = model.register_forward_pre_hook(pre_hook)
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=req.new_tokens,
+                min_new_tokens=req.new_tokens, do_sample=False,
+            )  # fmt: skip
+    finally:
+        handle.remove()
+    rec.end(f"{step}/decode" if calls[0] >= 2 else f"{step}/prefill")
+    del out, ids, mask
 
 
 class _GradProbe:

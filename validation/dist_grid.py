@@ -7,7 +7,8 @@ takes seconds. Settings vary over FSDP1/FSDP2 x {full_shard, shard_grad_op, hybr
 FSDP2 (with and without sequence parallel) x {full, LoRA, QLoRA} x {fp32, bf16, AMP bf16} x
 checkpointing on/off x batch/sequence. Not the full cross product; the llama rows vary one
 setting at a time from a base case (FSDP2 full_shard, world 4, fp32) so each effect can be read
-off a pair of rows. QLoRA rows are kept and skipped by the tracer with its reason.
+off a pair of rows. QLoRA rows follow PEFT's FSDP+QLoRA recipe
+(``validation.build.bnb_config``).
 
 ``scenarios()`` lists them all, ``scenario(id)`` finds one; ``MOE_FAMILY`` is the MoE config.
 """
@@ -55,7 +56,6 @@ _ROWS: list[_Row] = [
     ("llama", "lora", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {}),
     ("llama", "lora", 2, "full_shard", 4, 1, 1, "bf16", True, 2, 256, {}),
     ("llama", "lora", 2, "full_shard", 2, 1, 1, "ampbf16", False, 2, 256, {}),
-    ("llama", "qlora", 2, "full_shard", 2, 1, 1, "bf16", True, 2, 256, {}),
     # llama, FSDP2 + TP 2 (2-D mesh dp_shard x tp)
     ("llama", "full", 2, "full_shard", 4, 1, 2, "fp32", False, 2, 256, {}),
     ("llama", "full", 2, "full_shard", 4, 1, 2, "fp32", False, 2, 256, {"sp": True}),
@@ -76,7 +76,12 @@ _ROWS: list[_Row] = [
     ("llama", "full", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"bwd_post": True}),
     ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {}),
     ("llama", "lora", 1, "full_shard", 2, 1, 1, "bf16", True, 2, 256, {}),
-    ("llama", "qlora", 1, "full_shard", 4, 1, 1, "bf16", True, 2, 256, {}),
+    # QLoRA (PEFT's FSDP+QLoRA recipe: nf4, double quant, bf16 quant storage): 2048 tokens
+    # so bitsandbytes' CUDA dispatch dequantizes every weight (M > 1536)
+    ("llama", "qlora", 1, "full_shard", 4, 1, 1, "bf16", True, 2, 1024, {}),
+    ("llama", "qlora", 1, "full_shard", 8, 1, 1, "bf16", False, 2, 1024, {}),
+    ("llama", "qlora", 2, "full_shard", 2, 1, 1, "bf16", True, 2, 1024, {}),
+    ("llama", "qlora", 2, "full_shard", 8, 1, 1, "bf16", False, 1, 2048, {}),
     # mistral (GQA)
     ("mistral", "full", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {}),
     ("mistral", "full", 2, "full_shard", 8, 1, 1, "ampbf16", True, 2, 256, {}),
@@ -84,6 +89,8 @@ _ROWS: list[_Row] = [
     ("mistral", "full", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {}),
     ("mistral", "full", 1, "full_shard", 2, 1, 1, "ampbf16", True, 4, 128, {}),
     ("mistral", "lora", 2, "full_shard", 4, 1, 1, "bf16", False, 2, 256, {}),
+    ("mistral", "qlora", 2, "full_shard", 8, 1, 1, "bf16", True, 2, 1024, {}),
+    ("mistral", "qlora", 1, "full_shard", 2, 1, 1, "bf16", False, 2, 1024, {}),
     ("mistral", "full", 2, "full_shard", 4, 1, 2, "bf16", False, 2, 256, {}),
     ("mistral", "full", 2, "full_shard", 4, 1, 2, "ampbf16", False, 2, 256, {"sp": True}),
     # mixtral (MoE; grouped_mm experts, which take 16-bit weights only, like the CUDA kernel)
@@ -129,7 +136,7 @@ def _make(row: _Row) -> Scenario:
         kw["quant"] = "nf4"
     request = EstimateRequest(
         model=_family(family), batch_size=batch, seq_len=seq, dtype=dtype,
-        mixed_precision=mp, grad_ckpt=ckpt, fsdp=strategy, fsdp_version=version,
+        mixed_precision=mp, grad_ckpt=ckpt, attn="sdpa", fsdp=strategy, fsdp_version=version,
         gpus=gpus, nodes=nodes, tp=tp, sequence_parallel=bool(extra.get("sp")), **kw,
     )  # fmt: skip
     return Scenario(id="-".join(parts), request=request, steps=2, optim_impl="default")

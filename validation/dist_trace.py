@@ -76,9 +76,25 @@ outputs that do not become the sharded ``.grad``); ``peak_event`` names the last
 before the peak (``forward``/``backward``/``reduce`` + FSDP2 group fqn, or FSDP1
 ``unshard``/``reduce`` + unit fqn).
 
+- **QLoRA** (``qlora`` with nf4/fp4, FSDP1 or FSDP2, no TP): PEFT's FSDP+QLoRA recipe
+  (``validation.build.bnb_config``: double quantization, ``bnb_4bit_quant_storage`` = the
+  compute dtype so FSDP flattens/shards the packed weights; no
+  ``prepare_model_for_kbit_training``, as TRL skips it for sharded QLoRA). The model is built
+  on meta with transformers' ``replace_with_bnb_linear`` and PEFT LoRA, materialised on fake
+  CUDA and quantized with bitsandbytes' own ``quantize_4bit`` (its ops have registered fake
+  kernels); FSDP1 gets PEFT's ``fsdp_auto_wrap_policy`` (``use_orig_params`` as requested),
+  FSDP2 accelerate's ``fsdp2_prepare_model``. Stand-ins (``_bnb_standins``): the packed
+  weight is a plain ``Parameter`` carrying ``quant_state`` (``Params4bit`` cannot wrap a fake
+  tensor), the ``gemm_4bit`` forward replays the CUDA kernel's dispatch (dequantize + linear
+  above 1536 tokens or where the H100 heuristic prefers it), ``Linear4bit`` state-dict
+  serialisation (called and discarded by ``fsdp2_prepare_model``) skips the quant state.
+  The ``QuantState`` tensors are counted as ``params``. Not in the grid: AMP over an fp32
+  base (FSDP1 cannot flatten the bf16 packed storage with fp32 parameters, on a GPU too;
+  the recipe keeps everything bf16) and CPU offload with QLoRA.
+
 Not traced (``TraceSkipped``): DeepSpeed ZeRO (not attempted, see validation/README.md),
-context/pipeline/expert parallelism, TP with FSDP1, fp16 AMP under FSDP, QLoRA under FSDP
-(bitsandbytes quantizes with real CUDA kernels; see ``_qlora_reason``), plain DDP.
+context/pipeline/expert parallelism, TP with FSDP1, fp16 AMP under FSDP, QLoRA with TP or
+without FSDP (the single-device tracer does not build 4-bit bases), int8 bases, plain DDP.
 
 CLI::
 
@@ -116,15 +132,17 @@ from validation.trace import (
 if TYPE_CHECKING:
     from vramcalc.specs import EstimateRequest
 
-__all__ = ["is_distributed", "layout_limitations", "main", "run_dist_trace", "world_size"]
+__all__ = [
+    "build_base",
+    "is_distributed",
+    "layout_limitations",
+    "main",
+    "run_dist_trace",
+    "world_size",
+    "wrap_for_step",
+]
 
 EXTRA_CATEGORIES = ("gathered", "reduce")
-_QLORA_REASON = (
-    "QLoRA under FSDP is not traced: bitsandbytes quantizes and dequantizes with real CUDA "
-    "kernels (Params4bit.cuda(), dequantize_4bit) that do not run on fake tensors, and a "
-    "hand-made stand-in of its packed storage and quant state was not made faithful in time "
-    "(measure it with the CUDA backend)"
-)
 
 
 def world_size(request: EstimateRequest) -> int:
@@ -163,7 +181,10 @@ def layout_limitations(request: EstimateRequest) -> str | None:
     if str(request.mixed_precision.value) == "fp16":
         return "fp16 AMP under FSDP (sharded GradScaler) is not traced; bf16 AMP is"
     if request.qlora is not None or request.quant is not None:
-        return _QLORA_REASON
+        if request.fsdp is None or request.tp > 1:
+            return "QLoRA is traced under FSDP1/FSDP2 without TP only"
+        if request.quant is not None and str(request.quant.value) not in ("nf4", "fp4"):
+            return f"--quant {request.quant.value} is not traced under FSDP; 4-bit QLoRA is"
     if request.adapter or request.prefix or request.prompt_tuning or request.ia3:
         return "the distributed trace builds full fine-tuning and LoRA only"
     return None
@@ -313,6 +334,85 @@ def _fake_standins() -> list[tuple[Any, str, Any]]:
         (flat_param, "_data_ptr_allocated", _data_ptr_allocated),
         (torch.Tensor, "data", data),
     ]
+
+
+# H100 SXM (sm90, 132 SMs): what bitsandbytes' CUDA dispatch reads from the device
+_BNB_DEVICE_PROPS = (132, 9, 0)
+
+
+def _bnb_standins(cuda: bool) -> list[tuple[Any, str, Any]]:
+    """Stand-ins that let bitsandbytes' 4-bit QLoRA path run on fake tensors.
+
+    * ``fix_4bit_weight_quant_state_from_module`` re-wraps a parameter that FSDP re-created
+      (FSDP2's unsharded parameters, FSDP1's flat-parameter views) in ``Params4bit``, which
+      cannot wrap a fake tensor: the stand-in attaches the module's ``quant_state`` to the
+      parameter instead (the same storage either way).
+    * ``bitsandbytes::gemm_4bit`` (``MatMul4Bit.forward``): its registered fake kernel only
+      allocates the output, while the CUDA kernel (bitsandbytes 0.50
+      ``backends/cuda/ops.py``) takes ``_dequant_linear_fallback`` -- the nested absmax
+      dequantized to fp32 (+ offset), the whole weight dequantized to the input dtype, then
+      ``F.linear`` -- whenever ``M`` (tokens) exceeds ``_gemm_4bit_custom_max_m`` (1536) or
+      its per-architecture heuristic ``_gemm_4bit_use_custom_cuda`` prefers it; the stand-in
+      asks that same heuristic (with an H100's properties) and runs the fallback through the
+      dequantization ops' fake kernels, so the traced transients are the GPU's.
+    """
+    import bitsandbytes as bnb
+    import bitsandbytes.nn.modules as bnb_modules
+    import torch  # noqa: TID251
+
+    def fix(module: Any) -> None:
+        if getattr(module.weight, "quant_state", None) is None:
+            module.weight.quant_state = module.quant_state
+
+    def save_to_state_dict(self: Any, destination: Any, prefix: str, keep_vars: bool) -> None:
+        # accelerate's fsdp2_prepare_model takes a state_dict it discards (it reloads it only
+        # with cpu_ram_efficient_loading); the quant-state entries read the nested offset
+        # with .item(), which a fake tensor cannot answer: serialise the parameters only
+        torch.nn.Module._save_to_state_dict(self, destination, prefix, keep_vars)
+
+    out: list[tuple[Any, str, Any]] = [
+        (bnb_modules, "fix_4bit_weight_quant_state_from_module", fix),
+        (bnb.nn.Linear4bit, "_save_to_state_dict", save_to_state_dict),
+    ]
+    if not cuda:
+        return out
+    if not hasattr(torch._C, "_cuda_getCurrentRawStream"):
+        # a CPU-only torch: the module reads this at import (for real kernel launches only)
+        torch._C._cuda_getCurrentRawStream = lambda _index: 0
+    import bitsandbytes.backends.cuda.ops as cuda_ops
+
+    ops = torch.ops.bitsandbytes
+    gemm = ops.gemm_4bit
+    fake_gemm = gemm.default
+
+    def gemm_4bit(
+        A: Any, B: Any, shapeB: Any, absmax: Any, blocksize: int, quant_type: str,
+        bias: Any = None, absmax_8bit: Any = None, absmax_code: Any = None,
+        absmax_offset: Any = None,
+    ) -> Any:  # fmt: skip
+        K = A.shape[-1]
+        M = A.numel() // K
+        if cuda_ops._gemm_4bit_custom_max_m < M or K % blocksize:
+            custom = False
+        else:
+            custom = cuda_ops._gemm_4bit_use_custom_fn(0, A.dtype, M, shapeB[0], K)
+        if custom:
+            return fake_gemm(A, B, shapeB, absmax, blocksize, quant_type, bias=bias,
+                             absmax_8bit=absmax_8bit, absmax_code=absmax_code,
+                             absmax_offset=absmax_offset)  # fmt: skip
+        if absmax_8bit is not None:  # _dequant_linear_fallback
+            absmax_dq = ops.dequantize_blockwise.default(
+                absmax_8bit, absmax, absmax_code, 256, torch.float32
+            )
+            absmax = absmax_dq + absmax_offset
+        b_dq = ops.dequantize_4bit.default(B, absmax, blocksize, quant_type, shapeB, A.dtype)
+        return torch.nn.functional.linear(A, b_dq, bias)
+
+    out += [
+        (ops, "gemm_4bit", SimpleNamespace(default=gemm_4bit)),
+        (cuda_ops, "_gpu_dispatch_props", lambda _index: _BNB_DEVICE_PROPS),
+    ]
+    return out
 
 
 def _gloo_internal(tracker: Any) -> list[tuple[Any, str, Any]]:
@@ -480,7 +580,7 @@ def _wrap_fsdp1(model: Any, req: EstimateRequest, device: Any) -> Any:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: TID251
 
     plugin = _plugin(req)
-    if req.lora is not None:  # Trainer: update_fsdp_plugin_peft
+    if req.lora is not None or req.qlora is not None:  # Trainer: update_fsdp_plugin_peft
         from peft.utils.other import fsdp_auto_wrap_policy
 
         plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
@@ -607,8 +707,6 @@ def run_dist_trace(
     from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: TID251
     from transformers import Trainer  # noqa: F401  (imported before the CUDA stand-ins)
 
-    from validation import build
-
     req = scenario.request
     why = layout_limitations(req)
     if why is not None:
@@ -616,8 +714,9 @@ def run_dist_trace(
     fake = mode != "cpu"
     device_type = "cuda" if mode == "fake-cuda" else "cpu"
     device = torch.device(device_type, 0) if device_type == "cuda" else torch.device("cpu")
+    from validation import build
+
     attn = build.request_attn(req)
-    build_attn = "sdpa" if attn == "flash_attention_2" else attn
     if fake:
         _init_pg(world_size(req), rank, backend or "fake")
     torch.manual_seed(0)
@@ -627,41 +726,89 @@ def run_dist_trace(
     with runtime, trace_patches(tracker, mode, attn, route_sdpa=route_sdpa):  # type: ignore[arg-type]
         patches = _instrumentation(tracker, names)
         patches += _fake_standins() if fake else _gloo_internal(tracker)
+        if req.qlora is not None and fake:
+            patches += _bnb_standins(device_type == "cuda")
         with _patched(patches), storage_resizes(tracker):
             mesh, dim_names = _mesh(req, device_type)
-            model = build.build_model(
-                scenario, None if fake else device, on_meta=fake, attn_implementation=build_attn
-            )
+            model = build_base(scenario, device, fake=fake)
             mode_ctx: Any = contextlib.nullcontext()
             if fake:
                 mode_ctx = FakeTensorMode(allow_non_fake_inputs=True)
             with mode_ctx:
-                # FSDP1 with parameter offload needs the module on the host (as a Trainer
-                # loads it); everything else is materialised on the device
-                host = req.fsdp_offload and req.fsdp_version == 1
-                if fake:
-                    build.materialize(model, "cpu" if host else device)
-                base = model
-                if req.tp > 1:
-                    _apply_tp(model, mesh["tp"], req.sequence_parallel)
-                if req.fsdp_version == 1 and req.fsdp is not None:
-                    wrapped = _wrap_fsdp1(model, req, device)
-                    names.update(_module_names(wrapped))
-                    params = [m._flat_param for m in _fsdp1_modules(wrapped) if m._has_params]
-                else:
-                    wrapped = _wrap_fsdp2(model, req, mesh, dim_names)
-                    params = []
-                setup = build.build_setup(scenario, device, model=wrapped, base=base)
-                if req.fsdp_version == 2 or req.fsdp is None:
-                    setup.autocast_dtype = None  # accelerate: no autocast under FSDP2
-                make_batch = None
-                if req.sequence_parallel:
-                    make_batch = functools.partial(_batch_with_positions, setup)
+                setup, params, make_batch = wrap_for_step(
+                    model, scenario, device, mesh=mesh, dim_names=dim_names, names=names
+                )
+                del model
                 measured = run_steps(tracker, setup, scenario.steps, params, make_batch)
-                del setup, wrapped, model, base, params
+                del setup, params
     if fake:
         dist.destroy_process_group()
     return measured
+
+
+def _host_first(req: EstimateRequest) -> bool:
+    """FSDP1 with parameter offload needs the module on the host (as a Trainer loads it)."""
+    return bool(req.fsdp_offload and req.fsdp_version == 1)
+
+
+def build_base(scenario: Scenario, device: Any, *, fake: bool) -> Any:
+    """Build the model of ``scenario`` before sharding (call outside any fake mode).
+
+    Fake runs and QLoRA build on meta (``wrap_for_step`` materialises and quantizes); real
+    runs of other methods build on the device (on the host for FSDP1 parameter offload).
+    """
+    from validation import build
+
+    req = scenario.request
+    attn = build.request_attn(req)
+    build_attn = "sdpa" if attn == "flash_attention_2" else attn
+    on_meta = fake or req.qlora is not None
+    target = None if on_meta else ("cpu" if _host_first(req) else device)
+    return build.build_model(scenario, target, on_meta=on_meta, attn_implementation=build_attn)
+
+
+def wrap_for_step(
+    model: Any,
+    scenario: Scenario,
+    device: Any,
+    *,
+    mesh: Any,
+    dim_names: tuple[str, ...],
+    names: dict[int, str] | None = None,
+) -> tuple[Any, list[Any], Callable[[], dict[str, Any]] | None]:
+    """Materialise, quantize, parallelize and wrap ``model`` as the layout runs it.
+
+    Shared by the rank-0 trace (inside its fake mode) and the multi-process CUDA runner
+    (``validation.dist_cuda``). Returns the ``validation.build.Setup`` of the step, device
+    storage that is not a module parameter (FSDP1 flat parameters, QLoRA quant state) and the
+    batch factory (``None``: ``Setup.make_batch``).
+    """
+    from validation import build
+
+    req = scenario.request
+    if next(model.parameters()).device.type == "meta":
+        build.materialize(model, "cpu" if _host_first(req) else device)
+    quant_state: list[Any] = []
+    if req.qlora is not None:
+        quant_state = build.quantize_base(model, req)
+    base = model
+    if req.tp > 1:
+        _apply_tp(model, mesh["tp"], req.sequence_parallel)
+    if req.fsdp_version == 1 and req.fsdp is not None:
+        wrapped = _wrap_fsdp1(model, req, device)
+        if names is not None:
+            names.update(_module_names(wrapped))
+        params = [m._flat_param for m in _fsdp1_modules(wrapped) if m._has_params]
+    else:
+        wrapped = _wrap_fsdp2(model, req, mesh, dim_names)
+        params = []
+    setup = build.build_setup(scenario, device, model=wrapped, base=base)
+    if req.fsdp_version == 2 or req.fsdp is None:
+        setup.autocast_dtype = None  # accelerate: no autocast under FSDP2
+    make_batch = None
+    if req.sequence_parallel:
+        make_batch = functools.partial(_batch_with_positions, setup)
+    return setup, params + quant_state, make_batch
 
 
 def _fsdp1_modules(model: Any) -> list[Any]:

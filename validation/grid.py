@@ -135,6 +135,28 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "num_experts": 8, "num_experts_per_tok": 2, "vocab_size": 16000,
         "max_position_embeddings": 512,
     },
+    "mamba": {  # selective SSM, transformers' pure-torch scan (no mamba-ssm kernels)
+        "model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 2, "state_size": 16,
+        "vocab_size": 8000,
+    },
+    "jamba": {  # hybrid: layers 0,1,3 Mamba, layer 2 attention; layers 1,3 MoE (4 experts)
+        "model_type": "jamba", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_experts": 4, "num_experts_per_tok": 2, "attn_layer_period": 4,
+        "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
+        "mamba_d_state": 16, "vocab_size": 8000, "tie_word_embeddings": False,
+    },
+    "t5": {  # the original T5: relu MLP, tied head, dropout 0.1, relative position bias
+        "model_type": "t5", "d_model": 256, "d_ff": 1024, "num_layers": 2,
+        "num_decoder_layers": 2, "num_heads": 4, "d_kv": 64, "vocab_size": 8000,
+        "feed_forward_proj": "relu", "dropout_rate": 0.1, "decoder_start_token_id": 0,
+        "pad_token_id": 0,
+    },
+    "mt5": {  # the T5 v1.1 / mT5 layout: gated-gelu MLP, untied head
+        "model_type": "mt5", "d_model": 256, "d_ff": 640, "num_layers": 2,
+        "num_decoder_layers": 3, "num_heads": 4, "d_kv": 32, "vocab_size": 16000,
+        "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "dropout_rate": 0.1,
+    },
 }  # fmt: skip
 
 # (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
@@ -237,6 +259,21 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("falcon", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
     ("gemma3_text", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
     ("gemma2", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 1, 1024),
+    # SSM and hybrid (the sequential selective scan keeps T x I x N fp32 tensors per layer)
+    ("mamba", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+    ("mamba", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+    ("jamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("jamba", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+    ("jamba", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "fused", 1, 64),
+    # encoder-decoder: source seq_len, target _TARGET_LEN[family] tokens
+    ("t5", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 256),
+    ("t5", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("t5", "lora", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mt5", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 256),
+    ("mt5", "lora", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 4, 256),
+    ("mt5", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 4, 256),
 ]
 
 _NO_PEFT_DEFAULT = {
@@ -245,6 +282,12 @@ _NO_PEFT_DEFAULT = {
     "gpt_oss": ("q_proj", "v_proj"), "olmoe": ("q_proj", "v_proj"),
     "qwen2_moe": ("q_proj", "v_proj"), "phimoe": ("q_proj", "v_proj"),
 }  # fmt: skip
+
+# PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)
+_LORA_TARGETS = {"mamba": ("in_proj", "x_proj"), "jamba": ("q_proj", "v_proj", "in_proj")}
+
+# decoder (target) length of the encoder-decoder families' scenarios
+_TARGET_LEN = {"t5": 64, "mt5": 48}
 
 _ABBR = {
     "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "fa2",
@@ -259,10 +302,15 @@ def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scen
              _ABBR[attn], _ABBR[optim] + ("" if impl in ("default", "fused") else f"-{impl}"),
              f"b{batch}s{seq}"]  # fmt: skip
     extra: dict[str, Any] = {}
+    if family in _TARGET_LEN:
+        extra["target_len"] = _TARGET_LEN[family]
+        parts[-1] += f"t{_TARGET_LEN[family]}"
     if method == "lora":
         extra["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         if family in _NO_PEFT_DEFAULT:  # PEFT has no default targets for these model types
             extra["lora"]["targets"] = list(_NO_PEFT_DEFAULT[family])
+        elif family in _LORA_TARGETS:  # PEFT refuses its defaults on these (Mamba layers)
+            extra["lora"]["targets"] = list(_LORA_TARGETS[family])
     elif method == "qlora":
         extra["qlora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         extra["quant"] = "nf4"

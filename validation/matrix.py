@@ -328,9 +328,49 @@ def _group4() -> list[Case]:
     return [Case(4, r, est, kind="deepspeed", reference=ref) for r, est, ref in rows]
 
 
+MIXTRAL_SMALL: dict[str, Any] = {
+    "model_type": "mixtral", "hidden_size": 256, "intermediate_size": 512,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "num_local_experts": 4, "num_experts_per_tok": 2, "vocab_size": 16000,
+    "max_position_embeddings": 512, "sliding_window": None, "tie_word_embeddings": False,
+}  # fmt: skip
+"""The small Mixtral of the fake-CUDA grid (``mixtral-*`` in trace-grid.jsonl)."""
+
+
+def _group1_more() -> list[Case]:
+    """Return the generation and MoE cases: fake-CUDA generate traces and a small Mixtral.
+
+    The generate cases reuse the exact requests of ``measurements/trace-generate.jsonl`` (so
+    tracer and GPU can be compared line by line), plus two 7B-class HF ``generate`` runs.
+    On a real GPU transformers may take its grouped-GEMM MoE path, which the CPU tracer
+    cannot (it falls back to the per-expert loop); the Mixtral cases measure that difference.
+    """
+    rows: list[Case] = []
+    path = REPO / "validation" / "measurements" / "trace-generate.jsonl"
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        req = {k: v for k, v in rec["scenario"]["request"].items() if v is not None}
+        sc = {"id": f"cmp-gen-{rec['scenario']['id']}", "steps": 1, "optim_impl": "default",
+              "request": req}  # fmt: skip
+        rows.append(Case(1, sc, 4.0))
+    gen: dict[str, Any] = {"task": "inference", "dtype": "bf16", "batch_size": 1, "seq_len": 2048}
+    rows += [
+        Case(1, _sc("gen-llama2-7b-bf16-b1-p2048-n128", LLAMA2_7B, steps=1, prompt_len=2048,
+                    new_tokens=128, **gen), 20.0),
+        Case(1, _sc("gen-llama2-7b-bf16-b8-p1024-n256", LLAMA2_7B, steps=1, prompt_len=1024,
+                    new_tokens=256, **(gen | {"batch_size": 8, "seq_len": 1024})), 25.0),
+        Case(1, _sc("cmp-mixtral-bf16-adamw-b2s256", MIXTRAL_SMALL, batch_size=2, seq_len=256,
+                    dtype="bf16"), 3.0),
+        Case(1, _sc("cmp-mixtral-bf16-lora-ckpt-b2s256", MIXTRAL_SMALL, batch_size=2,
+                    seq_len=256, dtype="bf16", grad_ckpt=True,
+                    lora={"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}), 3.0),
+    ]  # fmt: skip
+    return rows
+
+
 def cases() -> list[Case]:
     """Every case of the matrix, in priority order."""
-    return [*_group1(), *_group2(), *_group3(), *_group4()]
+    return [*_group1(), *_group1_more(), *_group2(), *_group3(), *_group4()]
 
 
 def select(all_cases: Sequence[Case], only: str | None) -> list[Case]:
@@ -502,13 +542,18 @@ def _preimport(dry_run: bool) -> bool:
         for mod in ("gpt2", "llama", "mistral", "qwen2", "phi", "gemma", "opt", "bert"):
             importlib.import_module(f"transformers.models.{mod}.modeling_{mod}")
         transformers.AutoConfig  # noqa: B018 - resolve the lazy attribute
-    except Exception:
+    except Exception as exc:
+        print(f"no fork: pre-import failed: {type(exc).__name__}: {exc}"[:300], flush=True)
         return False
     if torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        print("no fork: CUDA was initialized while importing", flush=True)
         return False
     if dry_run or not torch.cuda.is_available():
         return True
-    return _fork_probe()
+    ok = _fork_probe()
+    if not ok:
+        print("no fork: a forked child could not create a CUDA context", flush=True)
+    return ok
 
 
 def _probe_child() -> None:

@@ -221,19 +221,6 @@ _CATALOG_MODELS = {
 # Cases a request cannot express, with the reason (checked against the case's own fields in
 # ``case_to_published``: the reason must name something the case really has).
 _NOT_EXPRESSIBLE: dict[str, str] = {
-    "tt-llama32-3b-full-packed4096-bs2-compile-chunkce-ac": (
-        "torch.compile and torchtune's chunked cross-entropy (CEWithChunkedOutputLoss) have no "
-        "request field; at a 128,256-token vocabulary and 2x4096 tokens the fp32 logits alone "
-        "are 4.2 GB, and the source's own previous rows show compile cutting the peak 15 %"
-    ),
-    "tt-llama32-3b-lora-r64-packed4096-bs2": (
-        "activation offloading to CPU, torch.compile and chunked cross-entropy have no request "
-        "field (each changes the activation peak by gigabytes at 2x4096 tokens)"
-    ),
-    "tt-llama32-3b-qlora-r64-packed4096-bs2": (
-        "torchao NF4 tensors (not bitsandbytes), activation offloading to CPU, torch.compile "
-        "and chunked cross-entropy have no request field"
-    ),
     "tt-llama31-8b-full-4090": (
         "the metric is not stated (active, allocated or reserved), and optimizer-in-backward "
         "(no full gradient buffer), torch.compile and chunked cross-entropy have no request "
@@ -298,6 +285,9 @@ def _lora_targets(model: str, targets: Sequence[str]) -> tuple[tuple[str, ...], 
         ]
     if names == ["q_proj", "v_proj"]:
         return ("q_proj", "v_proj"), []
+    if names[:3] == ["q_proj", "v_proj", "output_proj"] and any("w1" in n for n in names):
+        # torchtune: lora_attn_modules [q_proj, v_proj, output_proj] + apply_lora_to_mlp
+        return ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), []
     raise ValueError(f"unrecognised LoRA targets {targets!r}")
 
 
@@ -403,12 +393,12 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             if peft["method"] == "qlora":
                 fields["qlora"] = opts
                 if group == "litgpt-resource-tables":
-                    notes.append(
-                        "LitGPT keeps the unquantized weights (embeddings, lm_head, norms) in "
-                        "bf16, where the HF QLoRA recipe (prepare_model_for_kbit_training) "
-                        "casts them to fp32"
-                    )
-                if "dq" not in str(peft.get("quant")):
+                    if "dq" in str(peft.get("quant")):
+                        notes.append(
+                            "bnb.nf4-dq: the litgpt profile models bnb.nf4 (no double "
+                            "quantization; 0.37 bit/weight more than the run's absmax)"
+                        )
+                elif "dq" not in str(peft.get("quant")):
                     notes.append(
                         "bnb.nf4 without double quantization; the request's QLoRA base is nf4 "
                         "(double quantization cannot be switched off: 0.37 bit/weight apart, "
@@ -442,15 +432,13 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         fields["deepspeed"] = _deepspeed_config(raw)
     # source-specific settings the request cannot carry but that change the peak little
     if group == "litgpt-resource-tables" and raw["task"] == "train":
-        from vramcalc.hf import resolve_model
-
-        vocab = resolve_model(model).vocab_size
-        logits = int(raw["batch_size"]) * int(raw["seq_len"]) * vocab * 4
+        # issue 10: LitGPT's own model code, chunked cross-entropy, adapters in bf16, its
+        # QLoRA load path and peak counter are the litgpt framework profile
+        fields["framework"] = "litgpt"
         notes.append(
-            "LitGPT's own model code and chunked cross-entropy (lm_head_chunk_size=128): the "
-            "request models transformers' loss, whose fp32 logits are B x S x V x 4 = "
-            f"{raw['batch_size']} x {raw['seq_len']} x {vocab:,} x 4 B = {logits / MIB:,.0f} MiB "
-            "per buffer, never materialised whole by LitGPT"
+            "framework litgpt: LitGPT's model code, chunked cross-entropy "
+            "(lm_head_chunk_size=128), LoRA adapters in bf16, BitsandbytesPrecision "
+            "(vramcalc/frameworks/litgpt.py)"
         )
     if group == "litgpt-resource-tables" and raw["task"] == "inference":
         notes.append(
@@ -460,10 +448,27 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             "is' + BOS) + 50 new; the two differ by under 1 MiB here"
         )
     if group == "torchtune":
+        # issue 10: torchtune's recipes are the torchtune framework profile; the table's
+        # flags are request fields now (vramcalc/frameworks/torchtune.py)
+        extra = raw["extra_settings"]
+        fields["framework"] = "torchtune"
+        fields["packing"] = "packed" in str(extra.get("dataset", ""))
+        chunked = "CEWithChunkedOutputLoss" in str(extra.get("loss", ""))
+        fields["loss"] = "chunked" if chunked else "full"
+        fields["compile"] = bool(extra.get("compile"))
+        fields["activation_offload"] = bool(extra.get("activation_offloading"))
+        fields["optimizer_in_backward"] = bool(extra.get("optimizer_in_bwd"))
         notes.append(
-            "torchtune's own Llama code on packed 4096-token samples (flex attention, a "
-            "flash-like kernel); sdpa assumed"
+            "framework torchtune: torchtune's own Llama code (vramcalc/frameworks/torchtune.py) "
+            "on packed 4096-token samples (flex attention, a flash-like kernel; sdpa assumed)"
         )
+        if fields["compile"]:
+            notes.append("torch.compile as eager (the profile's stated approximation)")
+        if raw.get("peft") and raw["peft"].get("method") == "qlora":
+            notes.append(
+                "torchao NF4 (block 64 absmax quantized per 256 blocks) as the request's nf4 "
+                "base (bitsandbytes nf4 with double quantization: the same storage widths)"
+            )
     if group == "hf-transformers-docs" and model == "bert-large-uncased":
         notes.append(
             "BertForSequenceClassification (2 labels) as the catalog's bert-large-uncased "

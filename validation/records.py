@@ -71,6 +71,14 @@ class Measured(BaseModel):
         default_factory=dict,
         description="bytes at the peak: params, gradients, optimizer, activations, temporaries",
     )
+    rank_allocated_bytes: list[int] | None = Field(
+        default=None,
+        description="multi-process CUDA runs: every rank's allocated peak, in rank order (the "
+        "other fields are rank 0's)",
+    )
+    max_rank_allocated_bytes: int | None = Field(
+        default=None, description="multi-process CUDA runs: the largest allocated peak of any rank"
+    )
 
 
 class Measurement(BaseModel):
@@ -84,3 +92,6 @@ class Measurement(BaseModel):
     created: str = Field(description="ISO 8601 UTC timestamp")
     wall_s: float | None = None
     error: str | None = None
+    trainer: str | None = Field(
+        default=None, description="TRL trainer of the scenario (trace-trl.jsonl lines)"
+    )

@@ -211,6 +211,9 @@ def _make_tracker(device_type: str, round_to: int, extra: tuple[str, ...] = ()) 
                 return None
             if is_traceable_wrapper_subclass(t) and type(t).__name__ == "DTensor":
                 return self.track(t._local_tensor)  # type: ignore[attr-defined]
+            if is_traceable_wrapper_subclass(t):  # e.g. torchao NF4Tensor: its inner tensors
+                recs = [self.track(getattr(t, n)) for n in t.__tensor_flatten__()[0]]
+                return next((r for r in recs if r is not None), None)
             if t.device.type != device_type:
                 return None
             return self.refresh(t.untyped_storage())
@@ -419,6 +422,12 @@ def run_trace(scenario: Scenario, mode: Mode = "fake-cuda", *, route_sdpa: bool 
     from validation import build
 
     req = scenario.request
+    if req.framework == "litgpt":
+        from validation.framework_trace import run_litgpt_trace
+
+        tracker = _make_tracker("cuda" if mode == "fake-cuda" else "cpu", ROUND_BYTES)
+        with trace_patches(tracker, mode, build.request_attn(req), route_sdpa=route_sdpa):
+            return run_litgpt_trace(scenario, mode, tracker)
     if req.qlora is not None or req.quant is not None:
         raise TraceSkipped(
             "QLoRA/quantized bases are not traced: bitsandbytes quantizes with real kernels "
@@ -673,7 +682,7 @@ def _child(mode: Mode, route_sdpa: bool = True) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    from validation import dist_trace
+    from validation import dist_trace, torchtune_trace
     from validation import trace as trace_module
 
     for line in sys.stdin:
@@ -682,7 +691,11 @@ def _child(mode: Mode, route_sdpa: bool = True) -> int:
         scenario = Scenario.model_validate_json(line)
         t0 = time.perf_counter()
         try:
-            if dist_trace.is_distributed(scenario.request):
+            if torchtune_trace.is_torchtune(scenario.request):
+                measured = torchtune_trace.run_torchtune_trace(
+                    scenario, functools.partial(_make_tracker, "cuda", ROUND_BYTES)
+                )
+            elif dist_trace.is_distributed(scenario.request):
                 measured = dist_trace.run_dist_trace(scenario, mode, route_sdpa=route_sdpa)
             else:
                 measured = run_trace(scenario, mode, route_sdpa=route_sdpa)

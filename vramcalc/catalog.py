@@ -20,6 +20,7 @@ __all__ = [
     "calibration",
     "constant",
     "dtype_bits",
+    "framework_row",
     "gpu",
     "gpus",
     "load",
@@ -60,6 +61,17 @@ def dtype_bits(dtype: str) -> int:
         raise UnknownNameError("dtype", dtype, table)
     bits: int = table[dtype]["bits"]
     return bits
+
+
+# ---------------------------------------------------------------- frameworks
+
+
+def framework_row(name: str) -> dict[str, Any]:
+    """Return a framework profile's data row (``data/frameworks.json``)."""
+    table: dict[str, dict[str, Any]] = load("frameworks")["frameworks"]
+    if name not in table:
+        raise UnknownNameError("framework", name, table)
+    return table[name]
 
 
 # ---------------------------------------------------------------- optimizers

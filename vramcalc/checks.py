@@ -52,6 +52,8 @@ def check_request(req: EstimateRequest) -> None:
         _deepspeed_flags(req)
     if req.accelerate_config is not None:
         check_tree(req.accelerate_config, "accelerate_config", lim, sizes=False)
+    if isinstance(req.config, dict):
+        check_tree(req.config, "config", lim, sizes=False)
 
 
 def _deepspeed_flags(req: EstimateRequest) -> None:
@@ -88,6 +90,4 @@ def check_global_batch(target: int | None) -> None:
             f"--global-batch must be a positive integer, got {target!r}; accepted: 1 or more"
         )
     if target > 1 << 40:
-        raise InvalidConfigError(
-            f"--global-batch {target} is above the limit of {1 << 40} (2**40)"
-        )
+        raise InvalidConfigError(f"--global-batch {target} is above the limit of {1 << 40} (2**40)")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum, StrEnum
@@ -156,16 +157,26 @@ def _enum_value(option: str, value: str, enum: type[Enum]) -> str:
 
 
 def _add_estimate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL",
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="catalog name or alias (see `vramcalc models`), a path to a "
                         "config.json or a model folder, or a Hugging Face Hub repo id "
                         "org/name[@revision] (needs huggingface_hub; HF_TOKEN for gated "
-                        "repos, HF_HUB_OFFLINE=1 reads the cache)")  # fmt: skip
+                        "repos, HF_HUB_OFFLINE=1 reads the cache); optional with a --config "
+                        "that names the model")  # fmt: skip
+    p.add_argument("--config", metavar="FILE",
+                   help="dry run from a trainer's own config: a LitGPT fine-tune YAML, a "
+                        "torchtune recipe YAML, an axolotl YAML, a LLaMA-Factory YAML, a "
+                        "TRL/transformers TrainingArguments JSON or an accelerate config; "
+                        "options given here override the file")  # fmt: skip
     g = p.add_argument_group("training")
     g.add_argument("-b", "--batch-size", type=int, metavar="N",
                    help="micro-batch per GPU (default 1)")  # fmt: skip
     g.add_argument("-s", "--seq-len", type=int, metavar="N",
                    help="sequence length in tokens (default 512)")  # fmt: skip
+    g.add_argument("--target-len", type=int, metavar="N",
+                   help="decoder (target) length of an encoder-decoder model such as T5; "
+                        "--seq-len is then the encoder (source) length "
+                        "(default: --seq-len)")  # fmt: skip
     g.add_argument("--grad-accum", type=int, metavar="N",
                    help="gradient accumulation steps (default 1)")  # fmt: skip
     g.add_argument("--dtype", metavar="{fp32,bf16,fp16}",
@@ -178,6 +189,30 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default: what transformers picks for the "
                         "model: sdpa, or eager for Gemma-2, GPT-OSS, BLOOM)")  # fmt: skip
+    g = p.add_argument_group(
+        "framework and memory features",
+        "the trainer whose code runs the step, and the memory features its recipes switch on "
+        "(each refused where the framework does not have it; see docs/model.md)",
+    )
+    g.add_argument("--framework", metavar="{hf,litgpt,torchtune,unsloth}",
+                   help="hf = transformers Trainer + PEFT, TRL, axolotl, LLaMA-Factory "
+                        "(default)")  # fmt: skip
+    g.add_argument("--loss", metavar="{full,chunked,fused_linear}",
+                   help="loss implementation (default: the framework's)")  # fmt: skip
+    g.add_argument("--loss-chunks", type=int, metavar="N",
+                   help="chunks of a chunked/fused loss (default: the framework's)")  # fmt: skip
+    g.add_argument("--activation-offload", action="store_true",
+                   help="saved activations offloaded to CPU (torchtune, TRL, axolotl)")  # fmt: skip
+    g.add_argument("--optimizer-in-backward", action="store_true",
+                   help="optimizer step in each gradient's hook (torchtune)")  # fmt: skip
+    g.add_argument("--packing", action="store_true",
+                   help="samples packed into full seq-len rows, no padding")  # fmt: skip
+    g.add_argument("--liger", action="store_true",
+                   help="Liger kernels: RMSNorm, RoPE, SwiGLU, fused linear CE (hf)")  # fmt: skip
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile (an approximation, see notes)")  # fmt: skip
+    g.add_argument("--checkpoint-offload", action="store_true",
+                   help="offloaded checkpointing (Unsloth; needs --grad-ckpt)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
     g.add_argument("--lora", metavar="SPEC", nargs="?", const="",
                    help="r=16,alpha=32,dropout=0.05,targets=q_proj+v_proj|all-linear")  # fmt: skip
@@ -255,6 +290,21 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="vLLM: context length (default: the model's)")  # fmt: skip
     g.add_argument("--concurrency", type=int, metavar="N",
                    help="vLLM: concurrent sequences to check")  # fmt: skip
+    g = p.add_argument_group("preference and RL trainers (TRL 1.16 names)")
+    g.add_argument("--trainer", metavar="{sft,dpo,orpo,kto,simpo,cpo,reward,ppo,grpo,rloo}",
+                   help="TRL trainer (default sft: a plain causal-LM step); -b counts "
+                        "pairs (dpo/orpo/simpo/cpo/reward) or examples (kto)")  # fmt: skip
+    g.add_argument("--beta", type=float, metavar="F",
+                   help="TRL beta (DPO family; GRPO/RLOO: a reference model when > 0)")  # fmt: skip
+    g.add_argument("--ref-model", metavar="{auto,copy}",
+                   help="auto (default): as TRL does without ref_model (PEFT: the base with "
+                        "adapters disabled; full: a second copy); copy: a separate reference "
+                        "model")  # fmt: skip
+    g.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="reference log-probs computed before training (no reference "
+                        "model in the step)")  # fmt: skip
+    g.add_argument("--padding-free", action="store_true",
+                   help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -396,6 +446,36 @@ def _accelerate_fields(ns: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _config_names_model(cfg: dict[str, Any]) -> bool:
+    from vramcalc.trainer_config import model_from_config
+
+    return model_from_config(cfg) is not None
+
+
+def _config_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--config FILE``: the parsed file as ``config`` (+ the DeepSpeed JSON it names)."""
+    from vramcalc.trainer_config import parse_config_text, request_fields_from_config
+
+    p = Path(ns.config).expanduser()
+    if not p.is_file():
+        raise InvalidConfigError(f"--config: no file at '{p}'")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfigError(f"--config: cannot read '{p}': {exc}") from None
+    cfg = parse_config_text(text, f"--config '{p}'")
+    out: dict[str, Any] = {"config": cfg}
+    ds_file = request_fields_from_config(cfg).deepspeed_config_file
+    if ds_file is not None and ns.deepspeed is None:
+        # the trainers open the path from the launch directory; next to the config file is
+        # what it means when the two travel together
+        ds_path = Path(ds_file).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = p.parent / ds_path
+        out["deepspeed"] = _load_deepspeed(ds_path, "--config deepspeed")
+    return out
+
+
 def build_request(ns: argparse.Namespace) -> EstimateRequest:
     """Turn parsed options into an ``EstimateRequest`` (validated by pydantic).
 
@@ -404,10 +484,17 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
     from a default (``vramcalc.checks``).
     """
     from vramcalc.enums import Attention, DType, MixedPrecision, Quant
-    from vramcalc.specs import EstimateRequest
+    from vramcalc.specs import FEATURES, FRAMEWORKS, LOSS_KINDS, EstimateRequest
 
-    fields: dict[str, Any] = {"model": ns.model}
-    for name in ("batch_size", "seq_len", "grad_accum", "optim", "epochs",
+    fields: dict[str, Any] = {} if ns.model is None else {"model": ns.model}
+    if getattr(ns, "config", None) is not None:
+        fields.update(_config_fields(ns))
+    if "model" not in fields and not ("config" in fields and _config_names_model(fields["config"])):
+        raise _UsageError(
+            "MODEL is required (a catalog name, config.json path or hub id), or a --config "
+            f"file that names the model (see `{PROG} --help`)"
+        )
+    for name in ("batch_size", "seq_len", "target_len", "grad_accum", "optim", "epochs",
                  "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
         if getattr(ns, name) is not None:
             fields[name] = getattr(ns, name)
@@ -420,9 +507,17 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _enum_value(option, getattr(ns, name), enum)
-    for flag in ("ia3", "grad_ckpt"):
+    for flag in ("ia3", "grad_ckpt", *FEATURES):
         if getattr(ns, flag):
             fields[flag] = True
+    for name, accepted in (("framework", FRAMEWORKS), ("loss", LOSS_KINDS)):
+        value = getattr(ns, name)
+        if value is not None:
+            if value.strip().lower() not in accepted:
+                raise UnknownNameError(f"--{name} value", value, list(accepted))
+            fields[name] = value.strip().lower()
+    if ns.loss_chunks is not None:
+        fields["loss_chunks"] = ns.loss_chunks
     fields.update(_layout_fields(ns))
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),
@@ -435,7 +530,28 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if text is not None:
             fields[name] = _typed_spec(option, parse_spec(option, text, keys))
     fields.update(_inference_fields(ns))
+    fields.update(_trainer_fields(ns))
     return EstimateRequest(**fields)
+
+
+def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``--trainer`` options as request fields (only those given)."""
+    from vramcalc.enums import Trainer
+
+    out: dict[str, Any] = {}
+    if getattr(ns, "trainer", None) is not None:
+        out["trainer"] = _enum_value("--trainer", ns.trainer, Trainer)
+    if getattr(ns, "ref_model", None) is not None:
+        value = ns.ref_model.strip().lower()
+        if value not in ("auto", "copy"):
+            raise UnknownNameError("--ref-model value", ns.ref_model, ["auto", "copy"])
+        out["ref_model"] = value
+    if getattr(ns, "beta", None) is not None:
+        out["beta"] = ns.beta
+    for flag in ("precompute_ref_log_probs", "padding_free"):
+        if getattr(ns, flag, False):
+            out[flag] = True
+    return out
 
 
 def _inference_fields(ns: argparse.Namespace) -> dict[str, Any]:
@@ -532,6 +648,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g} days"
 
 
+def _render_trainer(report: MemoryReport, console: Console) -> None:
+    """Print a trainer's models and the allocated peak of each phase (steady state)."""
+    from rich.table import Table
+
+    models = Table(title=f"Models on the GPU ({report.assumptions['trainer']})",
+                   title_justify="left", padding=(0, 1))  # fmt: skip
+    models.add_column("model")
+    models.add_column("GiB", justify="right")
+    for key, v in report.details.items():
+        if key.startswith("params/") and key not in ("params/inputs", "params/gathered"):
+            models.add_row(key.split("/", 1)[1], f"{v / 2**30:.2f}")
+    ref = report.assumptions.get("reference")
+    if ref in ("adapter_disabled", "precomputed"):
+        label = "the PEFT base, adapters disabled" if ref == "adapter_disabled" else (
+            "precomputed log-probs"
+        )  # fmt: skip
+        models.add_row(f"reference ({label})", "0.00")
+    console.print(models)
+    phases = Table(title="Allocated peak by phase (steady state)", title_justify="left",
+                   padding=(0, 1))  # fmt: skip
+    phases.add_column("phase")
+    phases.add_column("GiB", justify="right")
+    phases.add_column("at", style="dim")
+    last = max((e.step for e in report.timeline), default=1)
+    best: dict[str, tuple[int, str]] = {}
+    for e in report.timeline:
+        if e.step == last and e.allocated_bytes > best.get(e.phase.value, (-1, ""))[0]:
+            best[e.phase.value] = (e.allocated_bytes, e.event)
+    for phase, (n, event) in best.items():
+        phases.add_row(phase, f"{n / 2**30:.2f}", event)
+    console.print(phases)
+
+
 def render_report(report: MemoryReport, console: Console) -> None:
     """Print a ``MemoryReport`` as tables that fit ``console.width`` (80 columns)."""
     from rich.table import Table
@@ -590,6 +739,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{total / 2**30:.2f}[/]", "100.0", "")
     console.print(table)
+    if report.assumptions.get("trainer", "sft") != "sft":
+        _render_trainer(report, console)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
     if report.serving is not None:
@@ -676,8 +827,7 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
         return
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
-        f"[bold]{fit.max_batch_size}[/]"
-        + (" or more" if fit.search_cap else "")
+        f"[bold]{fit.max_batch_size}[/]" + (" or more" if fit.search_cap else "")
     )
     if fit.search_cap:
         console.print(
@@ -907,6 +1057,12 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (2 on bad input, with one stderr line)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] != "serve":
+        # pydantic looks plugins up through every installed distribution's entry points
+        # (importlib.metadata) the first time a model class is built: ~8 % of a cold
+        # ``vramcalc MODEL --json`` (benchmarks/bench_cold.py). A one-shot command has no use
+        # for them; the service keeps them. A value the user set wins.
+        os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     try:
         if args and args[0] in _COMMANDS:
             return _COMMANDS[args[0]](args[1:])

@@ -25,6 +25,7 @@ from vramcalc.enums import (
     Phase,
     Quant,
     Task,
+    Trainer,
     ZeroStage,
 )
 from vramcalc.errors import InvalidConfigError, VramcalcError
@@ -43,6 +44,13 @@ from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.overhead import overheads
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
 from vramcalc.formulas.sharding import RankStates, rank_states
+from vramcalc.formulas.trainers import (
+    TrainerPlan,
+    TrainerWalk,
+    apply_head,
+    trainer_plan,
+    trainer_walk,
+)
 from vramcalc.report import (
     Breakdown,
     CostReport,
@@ -65,6 +73,7 @@ from vramcalc.specs import (
     ModelSpec,
     ParallelSpec,
     PeftSpec,
+    TrainerSpec,
     TrainingSpec,
 )
 
@@ -154,12 +163,14 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
     from vramcalc.accelerate_config import apply_accelerate
+    from vramcalc.trainer_config import apply_config
 
+    req, config_notes = apply_config(req)  # a trainer's config file fills unset fields
     req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)
-    notes: list[str] = [*model_notes(req.model), *accelerate_notes]
+    notes: list[str] = [*model_notes(req.model), *config_notes, *accelerate_notes]
     catalog.optimizer(req.optim)  # unknown names fail early with the closest match
     quant = req.quant
     if req.qlora is not None:
@@ -214,10 +225,16 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         # fp32 master copy inside the optimizer.
         dtype = DType.BF16 if zp == "bf16" else DType.FP16
         mp = MixedPrecision.NO
+    from vramcalc.frameworks import profile
+
+    fw = profile(req.framework)
+    recipe = fw.recipe(req)
+    notes.extend(fw.notes(req, recipe))
     training = TrainingSpec(
         task=req.task,
         batch_size=req.batch_size,
         seq_len=req.seq_len,
+        target_len=req.target_len,
         grad_accum=req.grad_accum,
         param_dtype=dtype,
         mixed_precision=mp,
@@ -227,7 +244,14 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         grad_ckpt=req.grad_ckpt,
         attn=attn,
         inference=InferenceSpec.from_request(req),
+        trainer=TrainerSpec.from_request(req),
+        recipe=recipe,
     )
+    if req.target_len is not None and not spec.is_encoder_decoder:
+        raise InvalidConfigError(
+            f"--target-len applies to encoder-decoder models only (t5, mt5); {spec.name} is "
+            f"{'a decoder' if spec.is_causal_lm else 'an encoder'}: use --seq-len"
+        )
     if (
         spec.max_position_embeddings
         and req.seq_len > spec.max_position_embeddings
@@ -254,6 +278,11 @@ def _has_peft(req: EstimateRequest) -> bool:
 # ----------------------------------------------------------------------------- walk
 
 
+_RawEvent = tuple[int, Phase, str, dict[str, int], int]
+"""(step, phase, event, components, allocated bytes): a timeline event before it becomes a
+``TimelineEvent`` (only the reported stage's events do)."""
+
+
 @dataclass
 class _Walk:
     """Timeline under construction.
@@ -263,19 +292,13 @@ class _Walk:
     the ends can be a peak that those three miss.
     """
 
-    events: list[TimelineEvent]
+    events: list[_RawEvent]
     pending: list[tuple[int, Phase, str, dict[str, int]]] | None = None
 
     @staticmethod
-    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> TimelineEvent:
+    def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> _RawEvent:
         clean = {k: int(v) for k, v in comps.items()}
-        return TimelineEvent.model_construct(
-            step=step,
-            phase=phase,
-            event=event,
-            allocated_bytes=sum(clean.values()),
-            components=clean,
-        )
+        return step, phase, event, clean, sum(clean.values())
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
         self.flush()
@@ -297,6 +320,16 @@ class _Walk:
         self.pending = None
 
 
+def _timeline(raw: list[_RawEvent]) -> list[TimelineEvent]:
+    """Build the report's ``TimelineEvent`` objects of one walk."""
+    return [
+        TimelineEvent.model_construct(
+            step=step, phase=phase, event=event, allocated_bytes=total, components=comps
+        )
+        for step, phase, event, comps, total in raw
+    ]
+
+
 @dataclass(frozen=True)
 class _Rank:
     """One rank's slice of the job: what the walk of its step reads."""
@@ -312,11 +345,13 @@ class _Rank:
     """Per-block transient of the layout (context-parallel K/V exchange, expert all-to-all)."""
     head_extra: int = 0
     """Transient of the LM head's forward under the layout (the gathered TP logits)."""
+    trainer: TrainerWalk | None = None
+    """What a preference/RL trainer adds: resident models, extra events (trainers.py)."""
 
 
 def _walk(
     res: Resolved, rank: _Rank, emb_buffers: int = 1
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Walk one rank's training step (first step and steady state) and record live bytes.
 
     The sharding engine's buffers come from ``rank.states`` (``formulas/sharding.py``): the
@@ -335,6 +370,8 @@ def _walk(
     spec = rank.spec
     stage = rank.stage
     params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
+    tw = rank.trainer
+    params += tw.resident_bytes if tw is not None else 0
     zdetails, notes = dict(rs.details), list(rs.notes)
     split = grad_split(spec, inventory, plan)
     head_g, layer_g, embed_g, other_g = split.head, split.per_block, split.embed, split.other
@@ -377,23 +414,42 @@ def _walk(
     # any depth).
     reps = _run_ends(prof)
     saved = prof.ckpt_input if ckpt else prof.layer_saved
+    rc = tr.recipe
+    # activation offloading moves each block's saved tensors (or, with offloaded
+    # checkpointing, its checkpointed input) to CPU memory as the forward moves on and brings
+    # them back one block ahead in backward: on the GPU only the running block's (forward)
+    # or the running and the prefetched block's (backward) remain
+    offload = rc.activation_offload or (ckpt and rc.checkpoint_offload)
+    fwd_extra = list(prof.layer_fwd_extra)
+    bwd_extra = list(prof.layer_bwd_extra)
+    if offload:
+        fwd_extra = [x + s for x, s in zip(fwd_extra, saved, strict=True)]
+        bwd_extra = [x + 2 * s for x, s in zip(bwd_extra, saved, strict=True)]
+        saved = [0] * L
     amp_per = prof.amp_copy_per_layer or [0] * L
+    # logits a training loop keeps referenced (LitGPT): alive from the loss to the end of the
+    # step and through the next step's forward, until the new logits replace them
+    hl = prof.held_logits
+    held = [0]
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
+        held[0] = hl if step == 2 else 0
 
         def comps(
             act: int, grads: int, st: int = states, extra_opt: int = 0, gathered: int = 0
         ) -> dict[str, int]:
             return {
                 "params": params + inputs + gathered,
-                "activations": act + earlier,
+                "activations": act + earlier + held[0],
                 "gradients": grads,
                 "optimizer": st + extra_opt,
             }
 
         if step == 1:
-            w.add(1, Phase.LOAD, "model loaded", comps(0, 0))
+            w.add(1, Phase.LOAD, "model loaded", comps(0, 0, gathered=_load_transient(res, rank)))
+        for tev in tw.before_forward if tw is not None else ():
+            w.add(step, tev.phase, tev.event, comps(tev.bytes, g_fwd))
         # forward
         act0 = prof.embed_saved
         if rs.gather_embed:
@@ -408,7 +464,7 @@ def _walk(
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
-            transient = (prof.layer_saved[i] if ckpt else 0) + prof.layer_fwd_extra[i]
+            transient = (prof.layer_saved[i] if ckpt else 0) + fwd_extra[i]
             amp_live = cum_amp[i + 1]
             before = rs.gather_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:
@@ -444,12 +500,20 @@ def _walk(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act + rank.head_extra, g_fwd, gathered=head_fwd_gathered + zero_root),
+            comps(act + rank.head_extra + hl, g_fwd, gathered=head_fwd_gathered + zero_root),
         )
+        held[0] = hl
+        for tev in tw.after_forward if tw is not None else ():
+            w.add(
+                step,
+                tev.phase,
+                tev.event,
+                comps(act + prof.loss_saved + tev.bytes, g_fwd, gathered=fwd_gathered + zero_root),
+            )
         w.add(
             step,
             Phase.LOSS,
-            "loss (fp32 logits, log-softmax)",
+            tw.plan.loss_event if tw is not None else "loss (fp32 logits, log-softmax)",
             comps(
                 act + prof.logits_fwd + prof.loss_saved, g_fwd, gathered=fwd_gathered + zero_root
             ),
@@ -522,7 +586,7 @@ def _walk(
                 Phase.BACKWARD,
                 f"block {i} backward",
                 comps(
-                    act + recompute + prof.layer_bwd_extra[i] + rank.extra_act,
+                    act + recompute + bwd_extra[i] + rank.extra_act,
                     grads_i + (0 if rs.gather_head else head_full) + rs.grad_block_full,
                     gathered=gathered,
                 ),
@@ -562,6 +626,25 @@ def _walk(
     return w.events, cpu, zdetails, notes
 
 
+def _load_transient(res: Resolved, rank: _Rank) -> int:
+    """Bytes above the loaded model while its last weight is quantized, if the peak counts it.
+
+    A framework that loads 16-bit weights and quantizes them one linear at a time and never
+    resets the peak counter before training (LitGPT: ``BitsandbytesPrecision``'s
+    ``_Linear4bit.quantize`` copies each weight to the GPU as fp16 first) reports the largest
+    linear's fp16 copy on top of the quantized model. Source: lightning 2.6.6
+    ``fabric/plugins/precision/bitsandbytes.py``; litgpt 0.5.13 ``finetune/lora.py``.
+    """
+    rc = res.training.recipe
+    if res.training.quant is None or rc.peak_reset != "never":
+        return 0
+    if rc.quant_load != "after_16bit_load":
+        return 0
+    kinds = ("linear", "lm_head") if rc.quant_lm_head else ("linear",)
+    largest = max((g.weight_numel for g in rank.inventory if g.kind in kinds), default=0)
+    return max(block(largest * 2) - _input_bytes(res.training), 0)
+
+
 def _input_bytes(tr: TrainingSpec) -> int:
     """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S)."""
     return 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
@@ -591,14 +674,17 @@ def _run_ends(prof: ActivationProfile) -> list[int]:
 
 
 def _rank(
-    res: Resolved, stage: Stage, inventory: tuple[ParamGroup, ...], optim_impl: str | None
+    res: Resolved,
+    stage: Stage,
+    inventory: tuple[ParamGroup, ...],
+    optim_impl: str | None,
 ) -> _Rank:
     """Build one rank's slice: local model, parameters, activations, optimizer, states."""
     par, tr = res.parallel, res.training
     spec = rank_spec(res.model, par, stage)
     sliced = par.tp > 1 or par.pp > 1 or par.ep > 1
     inv = rank_inventory(inventory, res.model, par, stage) if sliced else inventory
-    plan = plan_params(spec, inv, tr)
+    plan = plan_params(spec, inv, tr, sharded_quant=par.fsdp is not None)
     if tr.task != Task.TRAIN:
         return _Rank(stage, spec, inv, plan, None, None, None)
     if plan.n_trainable == 0:
@@ -615,11 +701,22 @@ def _rank(
                 "mixed_precision": MixedPrecision.NO,
             }
         )
+    tplan = None
+    if tr.trainer.name != Trainer.SFT:
+        tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
+        act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
     prof = activation_profile(
         spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
+    # the framework's own module implementations and memory features (frameworks/<name>.py)
+    from vramcalc.frameworks import profile as framework_profile
+
+    plan, prof, opt = framework_profile(tr.recipe.framework).adjust(spec, act_tr, plan, prof, opt)
     cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
+    tw = None
+    if tplan is not None:
+        tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     states = rank_states(
         spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
     )
@@ -637,7 +734,50 @@ def _rank(
     head_extra = 0
     if par.tp > 1 and spec.has_lm_head and stage.last:
         head_extra = tp_logits_gather_bytes(tokens, spec.vocab_size, par.tp, cb)
-    return _Rank(stage, spec, inv, plan, prof, opt, states, extra, head_extra)
+    return _Rank(stage, spec, inv, plan, prof, opt, states, extra, head_extra, tw)
+
+
+def _trainer_walk(
+    res: Resolved,
+    spec: ModelSpec,
+    inv: tuple[ParamGroup, ...],
+    plan: ParamPlan,
+    prof: ActivationProfile,
+    tplan: TrainerPlan,
+    act_tr: TrainingSpec,
+    cb: int,
+) -> TrainerWalk:
+    """Apply a trainer's head to the policy's profile; build its resident models and events.
+
+    The reference copy is loaded in the policy's dtype and quantization (TRL passes the same
+    ``model_init_kwargs``); it is sharded over the data-parallel ranks under ZeRO-3 and FSDP
+    and replicated otherwise (``trl/models/utils.py`` ``prepare_deepspeed``/``prepare_fsdp``).
+    """
+    from vramcalc.formulas.inference import _layer_temporaries
+
+    par, tr = res.parallel, res.training
+    amp = act_tr.mixed_precision != MixedPrecision.NO
+    pb = dtype_bytes(act_tr.param_dtype)
+    # the final norm's output: fp32 under autocast over fp32 weights, else the weights' dtype
+    hb = 4 if amp else pb
+    apply_head(
+        prof, tplan, spec=spec, rows=act_tr.batch_size, seq_len=act_tr.seq_len,
+        compute_bytes=cb, hidden_bytes=hb, param_bytes=pb,
+        head_trainable=tr.peft is None,
+    )  # fmt: skip
+    ref_bytes = 0
+    if tplan.reference_kind == "copy":
+        ref_plan = plan_params(spec, inv, tr.model_copy(update={"peft": None}))
+        ref_bytes = ref_plan.param_bytes
+        if par.zero_stage == ZeroStage.PARAMETERS or (par.fsdp is not None and par.dp_shard > 1):
+            ref_bytes = -(-ref_bytes // par.dp_shard)
+    rows = max(tplan.reference_rows, tplan.kl_rows, 1)
+    tokens = rows * act_tr.seq_len
+    layer_tmp = _layer_temporaries(spec, tokens, rows, act_tr.seq_len, cb, act_tr.attn)
+    return trainer_walk(
+        tplan, spec=spec, tokens_per_row=act_tr.seq_len, compute_bytes=cb, hidden_bytes=hb,
+        reference_bytes=ref_bytes, layer_temporaries=layer_tmp,
+    )  # fmt: skip
 
 
 def _layout(par: ParallelSpec, stage: Stage) -> Layout:
@@ -708,7 +848,7 @@ def _layout(par: ParallelSpec, stage: Stage) -> Layout:
 
 def _inference_walk(
     res: Resolved, rank: _Rank, w: _Walk
-) -> tuple[list[TimelineEvent], int, dict[str, int], list[str]]:
+) -> tuple[list[_RawEvent], int, dict[str, int], list[str]]:
     """Inference: ``generate``'s prefill and decode (``--engine hf``) or vLLM's budget.
 
     Source: ``formulas/inference.py`` (transformers 5.24 ``generate``) and ``serving.py``
@@ -778,17 +918,21 @@ def _estimate(
     if embedding_backward_buffers is None:
         embedding_backward_buffers = 2 if trace else 1
     res = resolve(req)
+    if res.training.trainer.name == Trainer.REWARD:
+        res = _reward_model(res)
     spec, tr = res.model, res.training
     inventory = param_inventory(spec)
+    if tr.trainer.name == Trainer.REWARD:  # the score head replaces the LM head
+        inventory = tuple(g for g in inventory if g.kind != "lm_head")
     notes = list(res.notes)
     walked = []
     for stage in stages(spec, res.parallel, tr.grad_accum):
         rank = _rank(res, stage, inventory, optim_impl)
-        events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
-        # the first event among equal maxima, as max_memory_allocated records it
-        top = max(events, key=lambda e: e.allocated_bytes)
-        walked.append((top.allocated_bytes, -stage.index, rank, events, cpu, zdetails, znotes))
-    _, _, rank, events, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+        raw, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
+        top = max(e[4] for e in raw)
+        walked.append((top, -stage.index, rank, raw, cpu, zdetails, znotes))
+    _, _, rank, raw, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
+    events = _timeline(raw)
     plan, prof, opt = rank.plan, rank.prof, rank.opt
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
@@ -816,12 +960,14 @@ def _estimate(
         inputs = _input_bytes(tr)
         details = {k: v for k, v in details.items() if not k.startswith("params/")}
         details["params/inputs"] = inputs
-        details["params/gathered"] = max(live_params - rs.params - inputs, 0)
+        resident = rank.trainer.resident_bytes if rank.trainer is not None else 0
+        details["params/gathered"] = max(live_params - rs.params - inputs - resident, 0)
         block_bwd = peak_ev.event.startswith("block") and peak_ev.event.endswith("backward")
         if block_bwd and rs.grad_block_full:
             details["gradients/reduce_scatter"] = rs.grad_block_full
     else:
-        details["params/inputs"] = max(live_params - plan.param_bytes, 0)
+        resident = rank.trainer.resident_bytes if rank.trainer is not None else 0
+        details["params/inputs"] = max(live_params - plan.param_bytes - resident, 0)
     if prof is not None:
         details.update(prof.details)
     if opt is not None and res.parallel.fsdp is None:
@@ -832,8 +978,23 @@ def _estimate(
     details.update(base_details)
     if peak_ev.phase != Phase.OPTIMIZER:
         details.pop("optimizer/step_temporaries", None)
+    if rank.trainer is not None:
+        details = _trainer_details(details, rank.trainer, peak_ev.event)
+        notes += list(rank.trainer.plan.notes)
+        if rank.trainer.plan.reference_kind == "copy" and rs is not None and rs.sharded:
+            notes.append(
+                "the sharded reference's per-layer all-gathers during its no-grad forward are "
+                "not itemised (the policy's gather buffers of the same size are)"
+            )
     details = _details_at_peak(details, breakdown)
-    full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
+    if rank.trainer is not None and "params/policy" not in details and "params/other" in details:
+        # ZeRO-3 keeps no per-group row for the policy's shard: the rest is the policy
+        details["params/policy"] = details.pop("params/other")
+    full_plan = (
+        plan
+        if rank.inventory is inventory
+        else plan_params(spec, inventory, tr, sharded_quant=res.parallel.fsdp is not None)
+    )
     summary = ModelSummary(
         name=spec.name,
         hf_id=spec.hf_id,
@@ -859,6 +1020,10 @@ def _estimate(
             "hf_trainer_param_groups": 2,
         }
     )
+    if rank.trainer is not None:
+        assumptions["trainer"] = rank.trainer.plan.name.value
+        assumptions["reference"] = rank.trainer.plan.reference_kind
+    assumptions.update(_architecture_assumptions(spec, tr))
     return MemoryReport(
         version=__version__,
         model=summary,
@@ -881,6 +1046,40 @@ def _estimate(
         assumptions=assumptions,
         notes=notes,
     )
+
+
+def _reward_model(res: Resolved) -> Resolved:
+    """Replace the causal LM's head by a reward model's bias-free ``score`` Linear(H, 1).
+
+    ``AutoModelForSequenceClassification`` with ``num_labels=1`` keeps the backbone and adds
+    ``score`` (untied); its ``H`` weights are negligible and not counted, its saved input is
+    (``trainers.apply_head``).
+
+    Source: trl 1.16.0 ``trl/trainer/reward_trainer.py``; transformers 5.24
+    ``modeling_layers.py`` (``GenericForSequenceClassification``).
+    """
+    from dataclasses import replace
+
+    spec = res.model.model_copy(update={"has_lm_head": False, "tie_word_embeddings": False})
+    return replace(res, model=spec)
+
+
+def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) -> dict[str, int]:
+    """Name the model each parameter byte belongs to; add the trainer's event rows at the peak.
+
+    ``params/policy`` is the policy's weights (and adapters), ``params/reference`` a reference
+    copy, ``params/inputs`` the batch.
+    """
+    keep = ("params/inputs", "params/gathered")
+    out = {k: v for k, v in details.items() if not k.startswith("params/") or k in keep}
+    out["params/policy"] = sum(
+        v for k, v in details.items() if k.startswith("params/") and k not in keep
+    )
+    out.update(tw.resident)
+    for tev in (*tw.before_forward, *tw.after_forward):
+        if tev.event == peak_event:
+            out.update(tev.rows)
+    return out
 
 
 def _serving(res: Resolved, rank: _Rank) -> ServingReport | None:
@@ -925,6 +1124,33 @@ def _details_at_peak(details: dict[str, int], breakdown: Breakdown) -> dict[str,
     return out
 
 
+def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, str | int]:
+    """State the kernel paths assumed for SSM layers and for encoder-decoder attention.
+
+    Source: transformers v5.24 ``models/mamba/modeling_mamba.py`` (``MambaMixer.forward``
+    falls back to ``mamba_selective_scan``'s sequential loop when ``mamba_ssm`` is missing),
+    ``models/t5/modeling_t5.py`` (position bias as an SDPA float mask); see
+    ``formulas/activations.py`` (``_ssm``, ``_cross_attention``).
+    """
+    out: dict[str, str | int] = {}
+    if int(spec.arch.get("ssm_layers") or 0) > 0:
+        out["ssm_scan"] = (
+            "transformers' pure-torch selective scan (mamba-ssm / causal-conv1d not "
+            "installed, as on CPU): per SSM layer three T x I x N fp32 tensors (exp(A*dt), "
+            "dt*B, the per-step states) are saved; with the CUDA kernels (mamba_inner_fn) the "
+            "scan runs in SRAM and saves only O(T x I) per layer, so this estimate is an "
+            "upper bound there"
+        )
+    if spec.is_encoder_decoder:
+        out["target_len"] = tr.target_len or tr.seq_len
+        out["encoder_decoder_attention"] = (
+            "encoder over seq_len tokens, decoder over target_len; T5's relative position "
+            "bias reaches SDPA as a float mask, so self- and cross-attention keep the "
+            "B x heads x S_q x S_k probabilities (math kernel)"
+        )
+    return out
+
+
 def _not_modelled(res: Resolved) -> list[str]:
     out = []
     tr = res.training
@@ -947,10 +1173,25 @@ def _not_modelled(res: Resolved) -> list[str]:
         )
     if par.ep > 1 and not res.model.num_local_experts:
         out.append("expert parallelism has no effect without experts")
-    if tr.quant is not None:
+    if tr.target_len is not None and tr.target_len != tr.seq_len:
+        out.append(
+            "time and cost count the decoder's FLOPs at --seq-len tokens (memory uses --target-len)"
+        )
+    if tr.quant is not None and tr.recipe.quant_load == "on_load":
         out.append(
             "the quantized base is assumed loaded through transformers' BitsAndBytesConfig "
             "(quantized layer by layer); scripts that load 16-bit weights first peak higher at load"
+        )
+    elif tr.quant is not None:
+        out.append(
+            f"{tr.recipe.framework} quantizes after loading 16-bit weights, one linear at a "
+            "time"
+            + (", the LM head too" if tr.recipe.quant_lm_head else "")
+            + (
+                "; its peak counter is never reset, so the load is inside the peak"
+                if tr.recipe.peak_reset == "never"
+                else ""
+            )
         )
     return out
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 __all__ = ["InvalidConfigError", "UnknownNameError", "VramcalcError", "closest_match"]
@@ -22,6 +21,8 @@ def closest_match(name: str, choices: Iterable[str]) -> str | None:
     """Return the accepted value closest to ``name`` (case-insensitive), or ``None``."""
     pool = list(choices)
     lowered = {c.lower(): c for c in pool}
+    import difflib  # only on an error path: keeps it off the CLI's cold start
+
     hits = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.5)
     if hits:
         return lowered[hits[0]]

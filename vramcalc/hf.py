@@ -414,7 +414,10 @@ def untie_forced_heads(model: Any, config: Mapping[str, Any]) -> None:
         return
     head = model.get_output_embeddings()
     if head is not None and head.weight is model.get_input_embeddings().weight:
-        head.weight = torch.nn.Parameter(torch.empty_like(head.weight))
+        weight = head.weight
+        head.weight = torch.nn.Parameter(
+            torch.empty_like(weight), requires_grad=weight.requires_grad
+        )
 
 
 def meta_param_count(config: Mapping[str, Any]) -> int:

@@ -35,12 +35,12 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from vramcalc import __version__
-from vramcalc.enums import Attention, DType, MixedPrecision, Task
+from vramcalc.enums import Attention, DType, KvDtype, MixedPrecision, Task
 from vramcalc.errors import InvalidConfigError, UnknownNameError
-from vramcalc.specs import MAX_SEQ, EstimateRequest, GpuSpec, LoraOptions
+from vramcalc.specs import MAX_BATCH, MAX_SEQ, EstimateRequest, GpuSpec, LoraOptions
 
 Status = Literal["ok", "no_fit", "over_budget", "low_headroom"]
 
@@ -70,6 +70,17 @@ LAYOUTS: dict[str, dict[str, Any]] = {
     "fsdp2_full_shard": {"fsdp": "full_shard", "fsdp_version": 2},
     "fsdp2_shard_grad_op": {"fsdp": "shard_grad_op", "fsdp_version": 2},
 }
+_INFER_ONLY = ("prompt_len", "new_tokens", "concurrency", "engines", "weights", "kv_dtype",
+               "gpu_memory_utilization", "max_usd_per_hour")  # fmt: skip
+_TRAIN_ONLY = ("tokens", "epochs", "global_batch", "seq_len", "methods", "lora",
+               "mixed_precision", "optim", "grad_ckpt", "layouts", "max_usd", "max_hours",
+               "mfu")  # fmt: skip
+
+
+def _flags(names: Any) -> str:
+    return ", ".join("--" + ("engine" if n == "engines" else n).replace("_", "-") for n in names)
+
+
 # PEFT trains a few million parameters: ZeRO-1/2 and shard_grad_op shard only their states
 # and gradients, which leaves the frozen base replicated as under DDP.
 _PEFT_SKIPS = ("zero1", "zero2", "fsdp2_shard_grad_op")
@@ -90,7 +101,9 @@ class PlanRequest(_In):
         description="catalog name/alias, a config.json path (CLI/Python) or an inline config"
     )
     task: Task = Task.TRAIN
-    tokens: int = Field(gt=0, le=10**15, description="training tokens per epoch")
+    tokens: int | None = Field(
+        default=None, gt=0, le=10**15, description="training tokens per epoch (train: required)"
+    )
     epochs: float = Field(default=1.0, gt=0, le=10_000)
     global_batch: int = Field(default=64, gt=0, le=1 << 16, description="sequences per step")
     seq_len: int = Field(default=2048, gt=0, le=MAX_SEQ)
@@ -114,13 +127,39 @@ class PlanRequest(_In):
     max_hours: float | None = Field(default=None, gt=0)
     min_headroom: float = Field(default=0.0, ge=0, description="GiB left free on every GPU")
     mfu: float | None = Field(default=None, gt=0, le=1)
+    # serving (``task="inference"``): see plan_infer.py
+    prompt_len: int | None = Field(
+        default=None, gt=0, le=MAX_SEQ, description="inference: prompt tokens (required)"
+    )
+    new_tokens: int = Field(default=1, gt=0, le=MAX_SEQ, description="inference: new tokens")
+    concurrency: int = Field(
+        default=1, gt=0, le=MAX_BATCH, description="inference: concurrent sequences to serve"
+    )
+    engines: tuple[Literal["hf", "vllm"], ...] = Field(
+        default=("hf", "vllm"), min_length=1, description="inference: engines allowed"
+    )
+    weights: tuple[Literal["auto", "int8", "nf4", "awq", "gptq", "fp8"], ...] = Field(
+        default=("auto",),
+        min_length=1,
+        description="inference: weight formats allowed (auto = --dtype, unquantized)",
+    )
+    kv_dtype: KvDtype = KvDtype.AUTO
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    max_usd_per_hour: float | None = Field(
+        default=None, ge=0, description="inference: budget in USD per hour, all GPUs"
+    )
 
-    @field_validator("methods", mode="before")
+    @field_validator("methods", "engines", "weights", mode="before")
     @classmethod
     def _split_methods(cls, v: Any) -> Any:
         if isinstance(v, str):
             return tuple(m.strip() for m in v.split(",") if m.strip())
         return v
+
+    @field_validator("engines", "weights", mode="after")
+    @classmethod
+    def _once_each(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v))
 
     @field_validator("gpus_from", "layouts", mode="before")
     @classmethod
@@ -128,6 +167,46 @@ class PlanRequest(_In):
         if isinstance(v, str):
             return tuple(m.strip() for m in v.split(",") if m.strip())
         return v
+
+    @field_validator("task", mode="before")
+    @classmethod
+    def _infer_alias(cls, v: Any) -> Any:
+        return "inference" if isinstance(v, str) and v.lower() == "infer" else v
+
+    @model_validator(mode="after")
+    def _task_options(self) -> PlanRequest:
+        given = self.model_fields_set
+        if self.task == Task.TRAIN:
+            wrong = sorted(given & set(_INFER_ONLY))
+            if wrong:
+                raise ValueError(
+                    f"{_flags(wrong)}: serving option(s), need task inference (--task infer)"
+                )
+            if self.tokens is None:
+                raise ValueError(
+                    "the plan compares time and cost: pass tokens (--tokens N, training tokens "
+                    "per epoch)"
+                )
+            return self
+        wrong = sorted(given & set(_TRAIN_ONLY))
+        if wrong:
+            raise ValueError(
+                f"{_flags(wrong)}: training option(s), not accepted with task inference; "
+                f"serving takes {_flags(_INFER_ONLY)}"
+            )
+        if self.prompt_len is None:
+            raise ValueError("task inference needs prompt_len (--prompt-len N)")
+        if self.prompt_len + self.new_tokens > MAX_SEQ:
+            raise ValueError(
+                f"--prompt-len {self.prompt_len} + --new-tokens {self.new_tokens} is above the "
+                f"limit of {MAX_SEQ} tokens"
+            )
+        if self.kv_dtype == KvDtype.FP8 and "hf" in self.engines:
+            raise ValueError(
+                "--kv-dtype fp8 needs --engine vllm (transformers' caches store K/V in the model's "
+                "dtype); pass --engine vllm or another --kv-dtype"
+            )
+        return self
 
 
 class PlanCandidate(_Out):
@@ -156,6 +235,19 @@ class PlanCandidate(_Out):
     request: dict[str, Any] = Field(
         default_factory=dict, description="the EstimateRequest fields that reproduce it"
     )
+    # serving candidates (task inference); None for training
+    engine: str | None = None
+    weights: str | None = Field(default=None, description="weight format (auto = --dtype)")
+    tp: int | None = None
+    replicas: int | None = Field(default=None, description="independent servers of tp GPUs")
+    max_concurrency: int | None = Field(
+        default=None, description="sequences of the target length one replica can hold"
+    )
+    usd_per_hour: float | None = None
+    tokens_per_s: float | None = Field(
+        default=None, description="decode throughput proxy (memory roofline, all replicas)"
+    )
+    usd_per_mtok: float | None = Field(default=None, description="USD per million tokens")
 
 
 class PlanReport(_Out):
@@ -164,10 +256,13 @@ class PlanReport(_Out):
     version: str
     model: str
     task: str
-    tokens: int
+    tokens: int | None
     epochs: float
     global_batch: int
     seq_len: int
+    prompt_len: int | None = None
+    new_tokens: int | None = None
+    concurrency: int | None = None
     front: list[PlanCandidate]
     cheapest: PlanCandidate | None = None
     fastest: PlanCandidate | None = None
@@ -767,9 +862,9 @@ def _exclusions(req: PlanRequest, cands: list[PlanCandidate]) -> list[str]:
 
 
 def _plan_infer(req: PlanRequest) -> PlanReport:
-    raise InvalidConfigError(
-        "planning for --task inference is not available yet; accepted: --task train"
-    )
+    from vramcalc.plan_infer import plan_infer
+
+    return plan_infer(req)
 
 
 PLANNERS: dict[Task, Callable[[PlanRequest], PlanReport]] = {
@@ -796,6 +891,10 @@ def plan(request: PlanRequest | Mapping[str, Any] | None = None, /, **kwargs: An
 
 def render_plan(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     """Render the plan as plain text in ``width`` columns: the front, then the exclusions."""
+    if report.task == Task.INFERENCE.value:
+        from vramcalc.plan_infer import render_infer
+
+        return render_infer(report, width=width, rows=rows)
     lines = [
         f"plan: {report.model}, {report.tokens:,} tokens x {report.epochs:g} epoch, "
         f"global batch {report.global_batch} x {report.seq_len} tokens",

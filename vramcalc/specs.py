@@ -35,6 +35,7 @@ from vramcalc.enums import (
     Quant,
     ServeEngine,
     Task,
+    Trainer,
     WeightFormat,
     ZeroStage,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_GPUS",
     "MAX_SEQ",
+    "TRAINER_OPTIONS",
     "AdapterOptions",
     "CostSpec",
     "EstimateRequest",
@@ -57,6 +59,8 @@ __all__ = [
     "ParallelSpec",
     "PeftSpec",
     "PromptOptions",
+    "RecipeSpec",
+    "TrainerSpec",
     "TrainingSpec",
     "ZeroSpec",
 ]
@@ -67,6 +71,20 @@ __all__ = [
 SInt = Annotated[int, Strict()]
 SFloat = Annotated[float, Strict(), AllowInfNan(False)]
 SBool = Annotated[bool, Strict()]
+
+Framework = Literal["hf", "litgpt", "torchtune", "unsloth"]
+LossKind = Literal["full", "chunked", "fused_linear"]
+FRAMEWORKS: tuple[str, ...] = ("hf", "litgpt", "torchtune", "unsloth")
+LOSS_KINDS: tuple[str, ...] = ("full", "chunked", "fused_linear")
+# the boolean memory features of a recipe (issue 10), in the order the CLI lists them
+FEATURES: tuple[str, ...] = (
+    "activation_offload",
+    "optimizer_in_backward",
+    "packing",
+    "liger",
+    "compile",
+    "checkpoint_offload",
+)
 
 
 class _Frozen(BaseModel):
@@ -166,6 +184,13 @@ class EstimateRequest(_Frozen):
     task: Task = Task.TRAIN
     batch_size: SInt = Field(default=1, gt=0, le=MAX_BATCH)
     seq_len: SInt = Field(default=512, gt=0, le=MAX_SEQ)
+    target_len: SInt | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SEQ,
+        description="decoder (target) length in tokens of an encoder-decoder model (T5, mT5); "
+        "default: seq_len. seq_len is then the encoder (source) length",
+    )
     grad_accum: SInt = Field(default=1, gt=0, le=MAX_BATCH)
     dtype: DType = DType.FP32
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -232,6 +257,12 @@ class EstimateRequest(_Frozen):
         description="contents of an accelerate config YAML (distributed_type, fsdp_config, "
         "deepspeed_config, mixed_precision, num_processes, num_machines)",
     )
+    config: str | dict[str, Any] | None = Field(
+        default=None,
+        description="a trainer's own config: LitGPT/torchtune/axolotl/LLaMA-Factory YAML, TRL "
+        "TrainingArguments JSON or an accelerate config, as text or a parsed mapping; it fills "
+        "the fields the request leaves unset (vramcalc.trainer_config)",
+    )
     gpu: str | None = None
     tokens: SInt | None = Field(default=None, gt=0, le=10**15)
     epochs: SFloat = Field(default=1.0, gt=0, le=10_000)
@@ -267,6 +298,73 @@ class EstimateRequest(_Frozen):
     concurrency: SInt | None = Field(
         default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
     )
+    # preference and RL trainers (``--trainer``); see formulas/trainers.py. Names are TRL's.
+    trainer: Trainer = Field(
+        default=Trainer.SFT,
+        description="TRL trainer: sft (plain causal LM), dpo, orpo, kto, simpo, cpo, reward, "
+        "ppo, grpo, rloo",
+    )
+    beta: SFloat | None = Field(
+        default=None,
+        ge=0,
+        le=1_000,
+        description="TRL beta (DPO-family temperature; GRPO/RLOO KL coefficient: a reference "
+        "model only when beta > 0)",
+    )
+    ref_model: Literal["auto", "copy"] = Field(
+        default="auto",
+        description="auto: as TRL does without a ref_model argument (PEFT: the base with the "
+        "adapters disabled, full fine-tuning: a second copy loaded from the same checkpoint); "
+        "copy: a separate reference model is passed (a second copy under PEFT too)",
+    )
+    precompute_ref_log_probs: SBool = Field(
+        default=False,
+        description="TRL precompute_ref_log_probs: reference log-probs computed over the "
+        "dataset before training; no reference model during the step",
+    )
+    padding_free: SBool = Field(
+        default=False,
+        description="TRL padding_free (DPO: TRL 1.16 warns and falls back to padding)",
+    )
+    # framework profile and memory features (issue 10); see vramcalc/frameworks/
+    framework: Framework = Field(
+        default="hf",
+        description="the trainer whose code runs the step: hf (transformers Trainer + PEFT, "
+        "TRL, axolotl, LLaMA-Factory), litgpt, torchtune, unsloth",
+    )
+    loss: LossKind | None = Field(
+        default=None,
+        description="full (B x S x V logits), chunked (chunked cross-entropy), fused_linear "
+        "(LM head and cross-entropy fused: Liger, Cut Cross-Entropy); default: the framework's",
+    )
+    loss_chunks: SInt | None = Field(
+        default=None,
+        gt=0,
+        le=65536,
+        description="chunks of the chunked/fused loss (default: the framework's)",
+    )
+    activation_offload: SBool = Field(
+        default=False, description="saved activations go to CPU memory during forward"
+    )
+    optimizer_in_backward: SBool = Field(
+        default=False,
+        description="each parameter's optimizer step runs in its gradient hook (torchtune)",
+    )
+    packing: SBool = Field(
+        default=False, description="several samples packed into each seq_len row"
+    )
+    liger: SBool = Field(
+        default=False,
+        description="Liger kernels: RMSNorm, RoPE, SwiGLU and fused linear cross-entropy",
+    )
+    compile: SBool = Field(
+        default=False, description="torch.compile of the model (a stated approximation)"
+    )
+    checkpoint_offload: SBool = Field(
+        default=False,
+        description="Unsloth's offloaded gradient checkpointing: checkpointed layer inputs "
+        "kept in CPU memory",
+    )
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -295,6 +393,10 @@ class EstimateRequest(_Frozen):
         "kv_dtype",
         "weights",
         "engine",
+        "trainer",
+        "ref_model",
+        "framework",
+        "loss",
         mode="before",
     )
     @classmethod
@@ -308,9 +410,24 @@ class EstimateRequest(_Frozen):
         )  # fmt: skip
         if info.field_name == "task" and isinstance(v, str) and v.lower() == "infer":
             return "inference"  # ``infer`` is the CLI spelling of ``inference``
-        if enum is None or v is None or isinstance(v, enum):
+        if info.field_name == "ref_model":
+            if isinstance(v, str) and v in ("auto", "copy"):
+                return v
+            values = ["auto", "copy"]
+            if not isinstance(v, str):
+                raise ValueError(
+                    f"ref_model must be a string, got {type(v).__name__}; accepted: auto, copy"
+                )
+            raise ValueError(str(UnknownNameError("ref_model value", v, values)))
+        literal = {"framework": FRAMEWORKS, "loss": LOSS_KINDS}.get(info.field_name or "")
+        if literal is not None:
+            if v is None or (isinstance(v, str) and v in literal):
+                return v
+            values = list(literal)
+        elif enum is None or v is None or isinstance(v, enum):
             return v
-        values = [str(m.value) for m in enum]
+        else:
+            values = [str(m.value) for m in enum]
         if not isinstance(v, str):
             raise ValueError(
                 f"{info.field_name} must be a string, got {type(v).__name__}; "
@@ -409,6 +526,38 @@ class EstimateRequest(_Frozen):
                     "--engine vllm needs --gpu NAME: its budget is --gpu-memory-utilization "
                     "x the GPU's memory (see `vramcalc gpus`)"
                 )
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_config(cls, data: Any) -> Any:
+        """Take the model from ``config`` when the request names none."""
+        if isinstance(data, dict) and data.get("model") is None and data.get("config"):
+            from vramcalc.trainer_config import config_model
+
+            model = config_model(data["config"])
+            if model is not None:
+                data = {**data, "model": model}
+        return data
+
+    @model_validator(mode="after")
+    def _framework_features(self) -> EstimateRequest:
+        """Refuse memory features the chosen framework does not have (one message each).
+
+        The support matrix is data (``data/frameworks.json``, read by
+        ``vramcalc.frameworks.request_problems``).
+        """
+        from vramcalc.frameworks import request_problems
+
+        for problem in request_problems(self):
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _trainer_options(self) -> EstimateRequest:
+        """Refuse trainer options the chosen trainer does not read (``TRAINER_OPTIONS``)."""
+        for problem in _trainer_problems(self):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -520,6 +669,67 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
     return out
 
 
+# Request fields each trainer reads (TRL 1.16 config names). A trainer option given with a
+# trainer that does not read it is refused. The RL helper adds its fields (num_generations,
+# max_completion_length, vllm, ...) here and to EstimateRequest.
+# Source: trl 1.16.0 trl/trainer/{dpo,kto,reward,grpo,rloo}_config.py,
+# trl/experimental/{orpo,cpo}/*_config.py.
+TRAINER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "sft": (),
+    "dpo": ("beta", "ref_model", "precompute_ref_log_probs", "padding_free"),
+    "kto": ("beta", "ref_model", "precompute_ref_log_probs"),
+    "orpo": ("beta",),
+    "simpo": ("beta",),
+    "cpo": ("beta",),
+    "reward": (),
+    "ppo": ("ref_model",),
+    "grpo": ("beta", "ref_model"),
+    "rloo": ("beta", "ref_model"),
+}
+# every trainer option and the value that means "not asked for" (its field default)
+TRAINER_OPTION_DEFAULTS: dict[str, Any] = {
+    "beta": None,
+    "ref_model": "auto",
+    "precompute_ref_log_probs": False,
+    "padding_free": False,
+}
+
+
+def _trainer_problems(req: EstimateRequest) -> list[str]:
+    """Messages for trainer options the chosen trainer does not use (empty when consistent)."""
+    trainer = str(req.trainer.value)
+    given = [n for n, off in TRAINER_OPTION_DEFAULTS.items() if getattr(req, n) != off]
+    if trainer != "sft" and req.task != Task.TRAIN:
+        return [f"--trainer {trainer} is a training step; it needs --task train"]
+    accepted = TRAINER_OPTIONS.get(trainer, ())
+    wrong = [n for n in given if n not in accepted]
+    if wrong:
+        users = sorted({t for t, opts in TRAINER_OPTIONS.items() for n in wrong if n in opts})
+        return [
+            f"{_opts(wrong)}: not used by --trainer {trainer}; "
+            + (
+                f"accepted with it: {_opts(list(accepted))}"
+                if accepted
+                else "it takes no trainer options"
+            )
+            + (f" (used by --trainer {', '.join(users)})" if users else "")
+        ]
+    out: list[str] = []
+    if trainer != "sft":
+        multi = [f"--{n} {getattr(req, n)}" for n in ("tp", "cp", "pp") if getattr(req, n) > 1]
+        if multi:
+            out.append(
+                f"{', '.join(multi)} with --trainer {trainer}: TRL's trainers run data parallel "
+                "(DDP, ZeRO or FSDP); accepted: --tp 1 --cp 1 --pp 1"
+            )
+    if req.ref_model == "copy" and req.precompute_ref_log_probs:
+        out.append(
+            "--ref-model copy and --precompute-ref-log-probs: with precomputed log-probs the "
+            "step holds no reference model; choose one"
+        )
+    return out
+
+
 _VLLM_ONLY = ("gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "concurrency")
 
 
@@ -579,12 +789,116 @@ class InferenceSpec(_Frozen):
         )
 
 
+class TrainerSpec(_Frozen):
+    """A resolved trainer (``--trainer`` and its options); see ``formulas/trainers.py``."""
+
+    name: Trainer = Trainer.SFT
+    beta: float | None = None
+    ref_model: Literal["auto", "copy"] = "auto"
+    precompute_ref_log_probs: bool = False
+    padding_free: bool = False
+
+    @classmethod
+    def from_request(cls, req: EstimateRequest) -> TrainerSpec:
+        """Return the trainer part of a request."""
+        return cls(
+            name=req.trainer,
+            beta=req.beta,
+            ref_model=req.ref_model,
+            precompute_ref_log_probs=req.precompute_ref_log_probs,
+            padding_free=req.padding_free,
+        )
+
+
+class RecipeSpec(_Frozen):
+    """A resolved framework recipe: which implementations run and which features are on.
+
+    Built by ``vramcalc.frameworks.resolve_recipe`` from the request and the framework's
+    profile (``data/frameworks.json``); the formulas branch on these fields, never on the
+    framework's name.
+    """
+
+    framework: Framework = "hf"
+    loss: LossKind = "full"
+    loss_chunks: int = Field(default=1, gt=0, description="chunks the loss runs over")
+    logits_fp32: bool = Field(
+        default=True,
+        description="the loss upcasts the logits to fp32 before log_softmax (transformers' "
+        "ForCausalLMLoss); False: cross_entropy on logits in the compute dtype (LitGPT)",
+    )
+    hold_logits: bool = Field(
+        default=False,
+        description="the training loop keeps the (chunked) logits alive through backward",
+    )
+    gelu_tanh: Literal["python", "fused"] = Field(
+        default="python",
+        description="tanh GELU: python formula (transformers NewGELU, 4 saved tensors) or "
+        "F.gelu(approximate='tanh') (1 saved tensor)",
+    )
+    qkv_fused: bool = Field(
+        default=False,
+        description="one fused q/k/v linear (LitGPT ``attn.qkv``): under SDPA the value is a "
+        "view of its output, which stays saved whole; grouped K/V are repeated to all heads",
+    )
+    norm_impl: Literal["model", "fp32_normed", "liger"] = Field(
+        default="model",
+        description="RMSNorm: the model's (transformers: normalised tensor saved in the input "
+        "dtype), fp32_normed (LitGPT: x.float() * rsqrt saved in fp32, times weight.float()) "
+        "or liger (LigerRMSNormFunction: saves its input and the fp32 rstd)",
+    )
+    swiglu_impl: Literal["model", "fused"] = Field(
+        default="model",
+        description="gated MLP: the model's act(gate) * up (gate, up, act saved) or fused "
+        "(LigerSiLUMulFunction: gate and up saved, the activation recomputed)",
+    )
+    rope_dtype: Literal["promoted", "input"] = Field(
+        default="promoted",
+        description="rotary output dtype under autocast: promoted to fp32 by fp32 cos/sin "
+        "(transformers) or cast back to the input dtype (LitGPT apply_rope)",
+    )
+    adapter_dtype: Literal["autocast", "base"] = Field(
+        default="autocast",
+        description="LoRA adapters: PEFT's (fp32 adapter weights, inputs autocast) or kept "
+        "in the base model's dtype (LitGPT)",
+    )
+    lora_dropout: Literal["per_linear", "per_fused_linear"] = Field(
+        default="per_linear",
+        description="one LoRA dropout per targeted linear (PEFT) or one on the fused qkv input",
+    )
+    quant_load: Literal["on_load", "after_16bit_load"] = Field(
+        default="on_load",
+        description="quantize layer by layer while loading (transformers BitsAndBytesConfig) "
+        "or load 16-bit weights, then quantize (LitGPT BitsandbytesPrecision)",
+    )
+    quant_lm_head: bool = Field(default=False, description="the LM head is quantized too")
+    kbit_upcast: bool = Field(
+        default=True,
+        description="with a quantized base, the other parameters are cast to fp32 (PEFT "
+        "prepare_model_for_kbit_training); False: they stay in the model dtype",
+    )
+    double_quant: bool = Field(default=True, description="absmax scales double-quantized")
+    peak_reset: Literal["after_load", "never"] = Field(
+        default="after_load",
+        description="where the framework's peak counter is reset: after loading (the load "
+        "transient is not in the reported peak) or never (it is)",
+    )
+    liger: bool = False
+    activation_offload: bool = False
+    optimizer_in_backward: bool = False
+    packing: bool = False
+    compile: bool = False
+    checkpoint_offload: bool = False
+
+
 class TrainingSpec(_Frozen):
     """A resolved training (or inference) step on one GPU."""
 
     task: Task = Task.TRAIN
     batch_size: int = Field(default=1, gt=0)
     seq_len: int = Field(default=512, gt=0)
+    target_len: int | None = Field(
+        default=None, gt=0, description="decoder length of an encoder-decoder model (None: seq_len)"
+    )
     grad_accum: int = Field(default=1, gt=0)
     param_dtype: DType = DType.FP32
     mixed_precision: MixedPrecision = MixedPrecision.NO
@@ -594,6 +908,8 @@ class TrainingSpec(_Frozen):
     grad_ckpt: bool = False
     attn: Attention = Attention.SDPA
     inference: InferenceSpec | None = None
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    recipe: RecipeSpec = RecipeSpec()
 
 
 class ZeroSpec(_Frozen):

@@ -5,23 +5,28 @@
 
 const GIB = 2 ** 30;
 const COMPONENTS = ["base", "params", "activations", "gradients", "optimizer"];
-const PHASES = ["load", "forward", "loss", "backward", "optimizer"];
+const PHASES = ["load", "generation", "forward", "loss", "backward", "optimizer"];
 const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
-const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
-  "tp", "cp", "ep", "pp", "pp_virtual_stages"];
+const NUMBER_FIELDS = ["batch_size", "seq_len", "target_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
+  "tp", "cp", "ep", "pp", "pp_virtual_stages", "beta", "loss_chunks"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule"];
+  "fsdp", "pp_schedule", "trainer", "ref_model", "framework", "loss"];
+// Framework memory features (issue 10): checkboxes, sent only when ticked.
+const FEATURE_FIELDS = ["activation_offload", "optimizer_in_backward", "packing", "liger", "compile", "checkpoint_offload"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
-const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward"];
+const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
+  "precompute_ref_log_probs", "activation_offload", "optimizer_in_backward", "packing", "liger", "compile",
+  "checkpoint_offload"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "", optim: "adamw_torch", task: "train",
-  offload_optimizer: "none", offload_param: "none", zero: 0,
+  offload_optimizer: "none", offload_param: "none", zero: 0, framework: "hf",
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
+  trainer: "sft", ref_model: "auto",
 };
 
 export_helpers();
@@ -87,9 +92,11 @@ function buildRequest() {
   const req = {};
   const config = parseJsonField("config", "config.json");
   const name = $("model").value.trim();
+  const trainerConfig = $("trainer_config").value.trim();
+  if (trainerConfig) req.config = trainerConfig;
   if (config) req.model = config;
   else if (name) req.model = name;
-  else throw new Error("choose a catalog model or paste a config.json");
+  else if (!trainerConfig) throw new Error("choose a catalog model, paste a config.json or a trainer config");
   for (const f of NUMBER_FIELDS) {
     const v = numberOrNull(f);
     if (v !== null && v !== DEFAULTS[f]) req[f] = v;
@@ -101,7 +108,16 @@ function buildRequest() {
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
+  for (const f of FEATURE_FIELDS) if ($(f).checked) req[f] = true;
   if ($("sequence_parallel").checked) req.sequence_parallel = true;
+  // trainer options only for the trainers that read them (the API refuses the others)
+  const trainer = $("trainer").value;
+  for (const el of document.querySelectorAll(".trainer-opts")) {
+    if (el.dataset.for.split(" ").includes(trainer)) continue;
+    const ctl = el.querySelector("input, select") || el;
+    if (ctl.id && ctl.id in req) delete req[ctl.id];
+  }
+  if ($("precompute_ref_log_probs").checked && ["dpo", "kto"].includes(trainer)) req.precompute_ref_log_probs = true;
   if (req.fsdp) {
     for (const f of FSDP_NUMBER_FIELDS) {
       const v = Number($(f).value);
@@ -138,6 +154,7 @@ function requestToQuery(req) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(req)) {
     if (k === "model" && typeof v === "object") q.set("config", JSON.stringify(v));
+    else if (k === "config") q.set("trainer_config", v);
     else if (k === "deepspeed") q.set(k, JSON.stringify(v));
     else if (v !== null && typeof v === "object") {
       for (const [sub, sv] of Object.entries(v)) q.set(`${k}.${sub}`, String(sv));
@@ -151,6 +168,7 @@ function queryToRequest(query) {
   const req = {};
   for (const [k, v] of q.entries()) {
     if (k === "config") req.model = JSON.parse(v);
+    else if (k === "trainer_config") req.config = v;
     else if (k === "deepspeed") req.deepspeed = JSON.parse(v);
     else if (k.includes(".")) {
       const [outer, inner] = k.split(".", 2);
@@ -175,7 +193,9 @@ function fillForm(req) {
   }
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
+  for (const f of FEATURE_FIELDS) $(f).checked = !!req[f];
   $("sequence_parallel").checked = !!req.sequence_parallel;
+  $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;
   $("fsdp_offload").checked = !!req.fsdp_offload;
   if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);
   if (req.fsdp_reshard_after_forward !== undefined) $("fsdp_reshard_after_forward").value = String(req.fsdp_reshard_after_forward);
@@ -194,8 +214,20 @@ function fillForm(req) {
   }
   if (req.ia3) $("peft").value = "ia3";
   if (req.deepspeed) $("deepspeed").value = JSON.stringify(req.deepspeed, null, 2);
+  if (typeof req.config === "string") {
+    $("trainer_config").value = req.config;
+    $("trainer-config-box").open = true;
+  }
   showPeftOptions();
   showLayoutOptions();
+  showTrainerOptions();
+}
+
+function showTrainerOptions() {
+  const trainer = $("trainer").value;
+  for (const el of document.querySelectorAll(".trainer-opts")) {
+    el.hidden = !el.dataset.for.split(" ").includes(trainer);
+  }
 }
 
 const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name
@@ -544,7 +576,12 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
+  $("trainer_config_file").addEventListener("change", async (ev) => {
+    const file = ev.target.files && ev.target.files[0];
+    if (file) $("trainer_config").value = await file.text();
+  });
   $("fsdp").addEventListener("change", showLayoutOptions);
+  $("trainer").addEventListener("change", showTrainerOptions);
   $("form").addEventListener("submit", run);
   $("share").addEventListener("click", async () => {
     let req;
@@ -556,6 +593,7 @@ async function init() {
   });
   showPeftOptions();
   showLayoutOptions();
+  showTrainerOptions();
   await loadCatalogs();
   document.body.dataset.ready = "true";
   if (location.search) {

@@ -61,3 +61,54 @@ def test_planner_table_and_scatter_match_the_api(browser: Any, live_server: str)
     page.check("#plan-all")
     assert page.locator("#plan-table tbody tr").count() == len(api["candidates"])
     assert not errors
+
+
+def test_serving_planner_table_and_scatter_match_the_api(browser: Any, live_server: str) -> None:  # noqa: F811
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(live_server + "/")
+    page.fill("#plan-model", "qwen2.5-0.5b")
+    page.select_option("#plan-task", "inference")
+    assert page.locator("#plan-prompt-len").is_visible()
+    assert not page.locator("#plan-tokens").is_visible()
+    page.fill("#plan-gpus", "t4,l4")
+    page.fill("#plan-max-gpus", "4")
+    page.fill("#plan-prompt-len", "2048")
+    page.fill("#plan-new-tokens", "256")
+    page.fill("#plan-concurrency", "8")
+    page.check("#plan-form input[name=weights][value=awq]")
+    page.click("#plan-go")
+    page.wait_for_selector("body[data-plan-ready=true]", timeout=60_000)
+    body = {
+        "model": "qwen2.5-0.5b",
+        "task": "inference",
+        "prompt_len": 2048,
+        "new_tokens": 256,
+        "concurrency": 8,
+        "max_gpus": 4,
+        "min_headroom": 0,
+        "engines": ["hf", "vllm"],
+        "weights": ["auto", "awq"],
+        "gpus_from": ["t4", "l4"],
+    }
+    api = httpx.post(live_server + "/v1/plan", json=body, timeout=60).json()
+    ok = [c for c in api["candidates"] if c["status"] == "ok"]
+    assert ok
+    assert page.locator("#plan-table tbody tr").count() == len(ok)
+    assert page.locator("#plan-scatter circle").count() == len(ok)
+    assert page.locator("#plan-scatter circle.front").count() == len(api["front"])
+    assert "price-vs-throughput" in page.locator("#plan-summary").inner_text()
+    # sorted by price per hour (the serving default): the first row is the cheapest
+    first = page.locator("#plan-table tbody tr").first.locator("td")
+    assert "cheapest" in first.nth(0).inner_text()
+    heads = page.locator("#plan-table th").all_inner_texts()
+    col = heads.index("tok/s") + 1
+    page.click("#plan-table th[data-key=tokens_per_s]")
+    page.click("#plan-table th[data-key=tokens_per_s]")
+    tps = [
+        float(t.replace(",", ""))
+        for t in page.locator(f"#plan-table tbody tr td:nth-child({col})").all_inner_texts()
+    ]
+    assert tps == sorted(tps, reverse=True)
+    assert not errors

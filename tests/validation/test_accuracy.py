@@ -70,3 +70,19 @@ def test_replace_block() -> None:
     assert new == f"# T\n\nintro\n{BEGIN}\nnew table\n{END}\ntail\n"
     assert replace_block("# no markers\n", "x") is None
     assert replace_block(f"{END}\n{BEGIN}\n", "x") is None
+
+
+def test_published_inference_rows_run_from_the_cli() -> None:
+    """Every published generation row is a ``vramcalc`` command giving the engine's figure."""
+    from validation.accuracy import published_cli_rows, published_rows
+    from validation.published import load_cases
+
+    cases = [c for c in load_cases() if c.request is not None and c.request.task == "inference"]
+    assert len(cases) >= 6  # LitGPT's resource tables: six generation rows
+    cli_rows = published_cli_rows(cases)
+    assert [c.id for c, _, _ in cli_rows] == [c.id for c in cases]
+    api = {r.case.id: r.predicted_bytes for r in published_rows(cases)}
+    for case, args, got in cli_rows:
+        assert case.request is not None
+        assert args[:3] == [case.request.model, "--task", "infer"]
+        assert got == api[case.id], case.id

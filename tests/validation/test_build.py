@@ -70,9 +70,33 @@ def test_grad_ckpt_enabled() -> None:
     assert model.is_gradient_checkpointing
 
 
-def test_qlora_is_unsupported() -> None:
+def test_qlora_is_built_on_meta_only() -> None:
+    pytest.importorskip("bitsandbytes")
     with pytest.raises(build.Unsupported, match="QLoRA"):
-        build.build_model(scen(qlora={"r": 8}, quant="nf4"), on_meta=True)
+        build.build_model(scen(qlora={"r": 8}, quant="nf4"), "cpu")
+    with pytest.raises(build.Unsupported, match="4-bit"):
+        build.build_model(scen(lora={"r": 8}, quant="int8"), on_meta=True)
+
+
+def test_qlora_base_is_bitsandbytes_4bit_with_lora_adapters() -> None:
+    bnb = pytest.importorskip("bitsandbytes")
+    req = {"qlora": {"r": 8}, "quant": "nf4", "dtype": "bf16", "fsdp": "full_shard", "gpus": 2}
+    model = build.build_model(scen(LLAMA, **req), on_meta=True)
+    linears = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    # q, k, v, o, gate, up, down per layer; the LM head stays 16-bit (transformers' rule)
+    assert len(linears) == 7 * L
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    build.materialize(model, "cpu")
+    state = build.quantize_base(model, scen(LLAMA, **req).request)
+    q = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    # PEFT's FSDP+QLoRA recipe: packed nf4 in bf16 storage (4 values per element), H*H/4
+    assert q.weight.dtype == torch.bfloat16 and q.weight.numel() == H * H // 4
+    assert q.weight.quant_state.quant_type == "nf4" and q.weight.quant_state.nested
+    # absmax is double-quantized to uint8, one per 64 values
+    assert q.weight.quant_state.absmax.dtype == torch.uint8
+    assert q.weight.quant_state.absmax.numel() == H * H // 64
+    assert len(state) == 5 * 7 * L  # absmax, code, offset, nested absmax, nested code
 
 
 @pytest.mark.parametrize(

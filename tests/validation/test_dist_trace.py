@@ -99,6 +99,46 @@ def test_fsdp2_rank0_holds_one_padded_shard_of_each_parameter(
         assert cats["optimizer"] == 2 * shard
 
 
+def _quant_state_bytes(n: int) -> int:
+    """bitsandbytes 0.50 ``quantize_4bit(compress_statistics=True)``: uint8 absmax per 64
+    values, fp32 nested absmax per 256 of those, the nested 256-entry fp32 code (a copy per
+    weight), the fp32 offset and the 16-entry nf4 code; none of it is a parameter."""
+    absmax = math.ceil(n / 64)
+    return (
+        _blocks(absmax) + _blocks(math.ceil(absmax / 256) * 4) + _blocks(256 * 4)
+        + _blocks(4) + _blocks(16 * 4)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sid", "world"),
+    [
+        ("llama-qlora-fsdp2-fs-w2-bf16-ckpt-b2s1024", 2),
+        ("llama-qlora-fsdp2-fs-w8-bf16-nockpt-b1s2048", 8),
+        ("mistral-qlora-fsdp2-fs-w8-bf16-ckpt-b2s1024", 8),
+    ],
+)
+def test_fsdp2_qlora_rank0_shards_packed_weights_and_keeps_quant_state(
+    sid: str, world: int
+) -> None:
+    # PEFT's FSDP+QLoRA recipe: nf4 weights packed 4 per bf16 element ((numel/4, 1) tensors
+    # that FSDP2 shards on dim 0 like any parameter), the other parameters bf16, the LoRA
+    # adapters (default q_proj/v_proj, r=8) fp32; QuantState tensors stay whole on each rank
+    m = _committed()[sid]
+    cfg = dict(m.scenario.request.model)  # type: ignore[arg-type]
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    r, n_layers = 8, cfg["num_hidden_layers"]
+    quantized = [h * h, kv * h, kv * h, h * h, i * h, i * h, h * i]
+    packed = [(n // 4, 1) for n in quantized]
+    plain = _fsdp2_shard_bytes([(v, h), (h,), (v, h)], world, 2)
+    plain += n_layers * _fsdp2_shard_bytes([(h,), (h,), *packed], world, 2)
+    lora = [(r, h), (h, r), (r, h), (kv, r)]
+    plain += n_layers * _fsdp2_shard_bytes(lora, world, 4)
+    state = n_layers * sum(_quant_state_bytes(n) for n in quantized)
+    assert m.measured.by_category["params"] == plain + state + 2 * BLOCK
+
+
 def test_more_ranks_never_raise_rank0_state() -> None:
     recs = _committed()
     peaks = [
@@ -126,7 +166,9 @@ def test_layout_detection_and_limits() -> None:
     zero = _maybe_request(**base, fsdp="full_shard", gpus=2, zero=3)
     assert zero is None or "DeepSpeed" in (layout_limitations(zero) or "")
     qlora = EstimateRequest(**base, fsdp="full_shard", gpus=2, qlora={"r": 4}, quant="nf4")
-    assert "QLoRA" in (layout_limitations(qlora) or "")
+    assert layout_limitations(qlora) is None
+    qlora_tp = EstimateRequest(**base, fsdp="full_shard", gpus=2, tp=2, qlora={"r": 4})
+    assert "QLoRA" in (layout_limitations(qlora_tp) or "")
     pp = EstimateRequest(**base, fsdp="full_shard", gpus=4, pp=2)
     assert "pipeline" in (layout_limitations(pp) or "")
     assert layout_limitations(EstimateRequest(**base, fsdp="full_shard", gpus=4)) is None

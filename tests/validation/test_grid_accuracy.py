@@ -56,8 +56,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 89
-    assert len({m.scenario.id for m in SINGLE}) == 89
+    assert len(SINGLE) == 102
+    assert len({m.scenario.id for m in SINGLE}) == 102
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 
@@ -85,6 +85,17 @@ def test_distributed_grid_covers_the_layouts() -> None:
     families = {str(r.model.get("model_type")) for r in reqs if isinstance(r.model, dict)}
     assert {"llama", "mistral", "mixtral"} <= families
     assert all(m.fingerprint.backend == "trace" for m in DISTRIBUTED)
+
+
+def test_distributed_grid_covers_qlora_under_fsdp() -> None:
+    # issue 8: QLoRA under FSDP (PEFT's FSDP+QLoRA recipe), FSDP1 and FSDP2, world 2 and 8,
+    # two families
+    reqs = [m.scenario.request for m in DISTRIBUTED if m.scenario.request.qlora is not None]
+    assert len(reqs) >= 4
+    assert {r.fsdp_version for r in reqs} == {1, 2}
+    assert {r.gpus * r.nodes for r in reqs} >= {2, 8}
+    families = {str(r.model.get("model_type")) for r in reqs if isinstance(r.model, dict)}
+    assert len(families) >= 2
 
 
 @pytest.mark.parametrize("sid", list(BY_ID))

@@ -41,13 +41,14 @@ PyTorch 2.13 with ``validation.trace``; grid results in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from vramcalc import catalog
 from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
-from vramcalc.specs import ModelSpec, TrainingSpec
+from vramcalc.specs import ModelSpec, RecipeSpec, TrainingSpec
 
 __all__ = ["ActivationProfile", "LayerKind", "Ledger", "activation_profile", "attention_kernels",
            "layer_kinds"]  # fmt: skip
@@ -101,6 +102,8 @@ class ActivationProfile:
         head_bwd_extra: transient bytes of the LM-head backward.
         amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
         ckpt_input: with checkpointing, bytes kept per block (its input).
+        held_logits: logits the training loop keeps referenced from the loss to the end of
+            the step and through the next forward (LitGPT's ``logits`` variable).
         details: ``activations/...`` -> bytes at the end of forward.
 
     """
@@ -118,6 +121,7 @@ class ActivationProfile:
     amp_copy_per_layer: list[int] = field(default_factory=list)
     amp_head_copy: int = 0
     ckpt_input: list[int] = field(default_factory=list)
+    held_logits: int = 0
     details: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -227,6 +231,8 @@ def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
     repeats = spec.arch.get("kv_repeat", True) is not False
     if not ok_dims:
         return "sdpa math"
+    if spec.position_embedding == "relative":
+        return "sdpa math (float position-bias mask)"  # T5's learned relative bias
     if masked:
         if kvh != heads and not repeats:
             return "sdpa math (broadcast K/V heads with a mask)"
@@ -293,6 +299,9 @@ class _Ctx:
     lora_dropout: float
     attn: Attention
     seq_shard: int = 1
+    recipe: RecipeSpec = field(default_factory=RecipeSpec)
+    ssm_inner_norms: bool = False
+    kv_len: int = 0  # decoder of an encoder-decoder: the encoder length cross-attention reads
 
 
 def activation_profile(
@@ -320,6 +329,15 @@ def activation_profile(
     """
     B, S = tr.batch_size, tr.seq_len
     pb = dtype_bytes(tr.param_dtype)
+    if plan.kbit_upcast and tr.peft is not None:
+        # QLoRA: ``prepare_model_for_kbit_training`` (peft 0.21 utils/other.py) casts every
+        # parameter that is not quantized to fp32 -- embeddings, norms, lm_head -- so the
+        # residual stream is fp32 from the embedding on, and bitsandbytes' ``Linear4bit``
+        # casts its output back to the input dtype: the block saves what an fp32 model
+        # saves. Calibration record: validation/measurements/cuda-h200-2026-11-30.jsonl
+        # (llama2-7b QLoRA b1 s1304: 11.2 GiB of activations on the H200, the bf16 ledger
+        # gave 7.2 GiB, this one 11.0 GiB).
+        pb = 4
     amp = tr.mixed_precision != MixedPrecision.NO
     cb = 2 if amp else pb
     peft = tr.peft
@@ -328,7 +346,8 @@ def activation_profile(
         full=peft is None, lora=set(plan.lora_modules),
         lora_r=peft.r if peft is not None else 0,
         lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
-        seq_shard=seq_shard,
+        seq_shard=seq_shard, recipe=tr.recipe,
+        ssm_inner_norms=any(g.module == "dt_layernorm" for g in inventory),
     )  # fmt: skip
     prof = ActivationProfile()
     rb = 4 if amp else pb  # residual stream: fp32 under autocast (fp32 embeddings + casts)
@@ -338,6 +357,9 @@ def activation_profile(
     emb = Ledger()
     if spec.embedding_dropout > 0:
         emb.save("emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+    if spec.position_embedding == "relative":
+        # T5 compute_bias: the embedding lookup of the S x S bucket ids saves them (int64)
+        emb.save("rel_bucket_idx", "attention", S * S * 8)
     if spec.model_type.startswith("gemma"):
         pass  # embeddings * normalizer: a new tensor, saved by the first norm as its input
     prof.embed_saved = emb.total
@@ -353,41 +375,82 @@ def activation_profile(
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
     decoder_kinds = layer_kinds(spec, S) if not spec.is_encoder_decoder else []
+    enc_len = S
+    dec_len = tr.target_len or S
+    base_ctx = ctx
+    hybrid = bool(_arch_int(spec, "attn_layer_period") or _arch_int(spec, "expert_layer_period"))
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
         experts = _expert_groups(inventory, stack)
         dense_groups, moe_groups = _split_schedule(groups, spec, bool(experts))
-        memo: dict[tuple[bool, LayerKind], tuple[Ledger, int, int, bool, int]] = {}
+        if spec.is_encoder_decoder and stack == "decoder":
+            # the decoder runs over target_len tokens and cross-attends to the encoder's
+            # output, saved once (the k/v projections of every decoder layer read it); each
+            # stack drops out its embeddings and its final norm's output
+            ctx = replace(base_ctx, T=B * dec_len, S=dec_len, kv_len=enc_len)
+            _enc_tail(prof, base_ctx, rb, details)
+            dec = Ledger()
+            if spec.embedding_dropout > 0:
+                dec.save("dec_emb_mask", "dropout_masks", ctx.T * spec.hidden_size)
+            if spec.position_embedding == "relative":  # bucket ids and the causal bool mask
+                dec.save("dec_bucket_idx", "attention", dec_len * dec_len * 8)
+                dec.save("dec_causal", "attention", dec_len * dec_len)
+            prof.embed_saved += dec.total
+            for k, v in dec.by_detail().items():
+                details[k] = details.get(k, 0) + v
+        memo: dict[tuple[bool, str, LayerKind], tuple[Ledger, int, int, bool, int]] = {}
         detail_cache: dict[int, dict[str, int]] = {}
         total_cache: dict[int, int] = {}
         uses: dict[int, int] = {}
-        for i in range(n_layers[stack]):
-            kind = (
-                decoder_kinds[i]
-                if stack == "decoder" and i < len(decoder_kinds)
-                else LayerKind(moe=bool(experts))
-            )
+        ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
+        i, n = 0, n_layers[stack]
+        kinds = [
+            decoder_kinds[j]
+            if stack == "decoder" and j < len(decoder_kinds)
+            else LayerKind(moe=bool(experts))
+            for j in range(n)
+        ]
+        # a stack whose blocks differ (hybrids, per-layer attention or MLP kinds) walks block
+        # by block
+        mixed = hybrid or len(set(kinds)) > 1
+        while i < n:
             # identical blocks give identical ledgers; what differs is "does the input need a
-            # gradient" (the first block under LoRA without checkpointing) and the layer kind
-            key = (grad_flows, kind)
+            # gradient" (the first block under LoRA without checkpointing), the layer kind
+            # (attention pattern, dense or MoE MLP) and, in hybrids, the layer's mixer
+            # (attention or SSM) and feed-forward (dense or MoE)
+            kind = kinds[i]
+            hkind = _hybrid_kind(spec, i)
+            key = (grad_flows, hkind, kind)
             if key not in memo:
-                memo[key] = _block(
-                    ctx, moe_groups if kind.moe else dense_groups, rb,
-                    x_requires_grad=grad_flows, first=i == 0,
-                    experts=experts if kind.moe else None, kind=kind,
-                )  # fmt: skip
+                if hkind:
+                    lg, le = _hybrid_groups(groups, experts, hkind)
+                    memo[key] = _block(
+                        ctx, lg, rb, x_requires_grad=grad_flows, first=i == 0, experts=le,
+                        kind=kind,
+                    )  # fmt: skip
+                else:
+                    memo[key] = _block(
+                        ctx, moe_groups if kind.moe else dense_groups, rb,
+                        x_requires_grad=grad_flows, first=i == 0,
+                        experts=experts if kind.moe else None, kind=kind,
+                    )  # fmt: skip
             led, extra_f, extra_b, needs_grad_after, amp_copy = memo[key]
+            # once the flag is stable, every remaining block reuses this ledger (unless the
+            # stack mixes block kinds): add them at once
+            reps = n - i if (grad_flows or not needs_grad_after) and not mixed else 1
             grad_flows = grad_flows or needs_grad_after
             if id(led) not in total_cache:
                 total_cache[id(led)] = led.total
-            prof.layer_saved.append(total_cache[id(led)])
-            prof.layer_fwd_extra.append(extra_f)
-            prof.layer_bwd_extra.append(extra_b)
-            prof.amp_copy_per_layer.append(amp_copy)
-            prof.ckpt_input.append(block(ctx.T * spec.hidden_size * rb)) if tr.grad_ckpt else None
+            prof.layer_saved += [total_cache[id(led)]] * reps
+            prof.layer_fwd_extra += [extra_f] * reps
+            prof.layer_bwd_extra += [extra_b] * reps
+            prof.amp_copy_per_layer += [amp_copy] * reps
+            if tr.grad_ckpt:
+                prof.ckpt_input += [ckpt_in] * reps
             if id(led) not in detail_cache:
                 detail_cache[id(led)] = led.by_detail()
-            uses[id(led)] = uses.get(id(led), 0) + 1
+            uses[id(led)] = uses.get(id(led), 0) + reps
+            i += reps
         for led_id, n_uses in uses.items():
             for k, v in detail_cache[led_id].items():
                 details[k] = details.get(k, 0) + v * n_uses
@@ -411,25 +474,21 @@ def activation_profile(
     if spec.has_lm_head:
         if head_trainable:
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
-        logits_b = ctx.T * V * cb
-        prof.logits_fwd = block(logits_b) + (block(ctx.T * V * 4) if cb != 4 else 0)
-        if _arch_num(spec, "final_logit_softcapping"):
+        _loss(prof, ctx, head_trainable)
+        if _arch_num(spec, "final_logit_softcapping") and ctx.recipe.loss != "fused_linear":
             # Gemma-2: logits / cap -> tanh -> * cap; tanh saves its output, and backward
             # runs through one more logits-sized gradient (modeling_gemma2.py
             # Gemma2ForCausalLM.forward)
-            head.save("softcap_tanh", "logits", logits_b)
-        prof.loss_saved = block(ctx.T * V * 4)
-        # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
-        prof.loss_bwd_extra = 2 * block(ctx.T * V * 4)
-        # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
-        wgrad = block(V * H * (2 if amp else pb)) if head_trainable else 0
-        prof.head_bwd_extra = (block(ctx.T * V * cb) if cb != 4 else block(ctx.T * V * 4)) + (
-            block(ctx.T * H * cb) + wgrad
-        )
+            head.save("softcap_tanh", "logits", ctx.T * V * cb)
         if amp:
             prof.amp_head_copy = block(V * H * 2)
-        details["activations/logits"] = prof.loss_saved
+        if tr.quant is not None and ctx.recipe.quant_lm_head:
+            # a quantized LM head (LitGPT BitsandbytesPrecision) is dequantized for each
+            # chunk's forward and again for its input gradient
+            prof.head_bwd_extra += block(V * H * cb)
     prof.head_saved = head.total
+    if prof.loss_saved:
+        details["activations/logits"] = prof.loss_saved + prof.held_logits
     for k, v in head.by_detail().items():
         details[k] = details.get(k, 0) + v
     if amp:
@@ -437,6 +496,98 @@ def activation_profile(
         details["activations/amp_weight_copies"] = prof.amp_weight_copies
     prof.details = {k: v for k, v in details.items() if v > 0}
     return prof
+
+
+def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
+    """Rows per chunk of Liger's fused linear cross-entropy.
+
+    ``inc_factor = cdiv(V, H)``; ``chunk_size = next_power_of_2(cdiv(BT, inc_factor))``.
+    Source: Liger-Kernel 0.5 ``ops/fused_linear_cross_entropy.py``
+    (``fused_linear_cross_entropy_forward``).
+    """
+    inc = -(-vocab // hidden)
+    rows = -(-tokens // inc)
+    return min(1 << (rows - 1).bit_length(), max(tokens, 1))
+
+
+def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
+    """Fill the loss fields of ``prof`` for the recipe's loss (full, chunked, fused_linear).
+
+    - full, fp32 logits (transformers ``ForCausalLMLoss``): logits, their fp32 copy, the
+      fp32 ``log_softmax`` output saved; backward two B*S*V fp32 buffers.
+    - chunked (LitGPT ``chunked_cross_entropy`` over ``lm_head_chunk_size`` chunks; torchtune
+      ``CEWithChunkedOutputLoss``): the chunked logits together are B*S*V in the compute
+      dtype; ``log_softmax`` saves its output per chunk (fp32 when the loss upcasts or under
+      autocast, else the compute dtype); backward runs chunk by chunk: the ``nll_loss`` and
+      ``log_softmax`` gradients of one chunk and the zero-filled gradient of the shifted last
+      chunk (``slice_backward``).
+    - fused_linear: Liger's ``LigerFusedLinearCrossEntropyFunction`` computes the gradients
+      of the LM head's input (B*S*H) and weight (V*H) inside the forward, chunk by chunk
+      (``liger_chunk_rows`` rows of logits and their fp32 softmax at a time), and saves them;
+      Cut Cross-Entropy (``cce_loss``, without ``--liger``) saves the B*S fp32 log-sum-exp and
+      recomputes logit blocks in backward.
+
+    Source: transformers 5.24 ``loss/loss_utils.py``; litgpt 0.5.13 ``utils.py``
+    (``chunked_cross_entropy``) and ``finetune/lora.py`` (``logits`` held by the loop);
+    Liger-Kernel 0.5 ``ops/fused_linear_cross_entropy.py``; cut-cross-entropy 25.1
+    ``cce.py``.
+    """
+    spec, rc = ctx.spec, ctx.recipe
+    T, H, V, cb = ctx.T, spec.hidden_size, spec.vocab_size, ctx.cb
+    wgrad = block(V * H * (2 if ctx.amp else ctx.pb)) if head_trainable else 0
+    if rc.loss == "fused_linear":
+        if rc.liger:
+            rows = liger_chunk_rows(T, H, V)
+            prof.loss_saved = block(T * H * cb) + (block(V * H * ctx.pb) if head_trainable else 0)
+            prof.logits_fwd = block(rows * V * cb) + block(rows * V * 4)
+            prof.loss_bwd_extra = 0
+            prof.head_bwd_extra = block(T * H * cb)
+        else:
+            rows = max(min(T, 1 << 16 // max(V // 8192, 1)), 1)
+            prof.loss_saved = block(T * 4)
+            prof.logits_fwd = block(T * 4)
+            prof.loss_bwd_extra = block(T * H * cb) + wgrad
+            prof.head_bwd_extra = block(T * H * cb)
+        return
+    lb = 4 if (rc.logits_fp32 or ctx.amp or cb == 4) else cb
+    if rc.loss == "chunked":
+        rows = ctx.B * -(-ctx.S // max(rc.loss_chunks, 1))
+        rows = min(rows, T)
+        logits = block(T * V * cb)
+        prof.logits_fwd = logits + (block(rows * V * lb) if lb != cb else 0)
+        prof.loss_saved = block(T * V * lb)
+        # one chunk's backward: its loss-dtype gradient and either the nll_loss gradient
+        # (same dtype) or the cast back to the logits' dtype (traced: trace-frameworks.jsonl
+        # litgpt-llama-lora-qv-bf16-b2s256, litgpt-llama-lora-qv-mixed-b2s128)
+        prof.loss_bwd_extra = block(rows * V * lb) + block(rows * V * cb)
+        prof.head_bwd_extra = block(rows * V * cb) + block(T * H * cb) + wgrad
+        if rc.hold_logits:
+            # the shifted last chunk becomes a contiguous copy for cross_entropy: in the loss
+            # dtype when it is upcast (the cast copies), else a reshape copy
+            prof.held_logits = logits
+            prof.logits_fwd = block(rows * V * lb)
+        return
+    logits_b = T * V * cb
+    if rc.logits_fp32:
+        # seq2seq LMs (T5) call nn.CrossEntropyLoss on the logits as they are: no fp32 upcast
+        # in 16-bit (autocast still runs cross_entropy in fp32)
+        lf = cb if spec.is_encoder_decoder and not ctx.amp else 4
+        prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != lf else 0)
+        prof.loss_saved = block(T * V * lf)
+        # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
+        prof.loss_bwd_extra = 2 * block(T * V * lf)
+    else:
+        # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
+        prof.logits_fwd = block(logits_b) + block(logits_b)
+        prof.loss_saved = block(T * V * lb)
+        prof.loss_bwd_extra = block(T * V * lb) + block(logits_b)
+        if rc.hold_logits:
+            prof.held_logits = block(logits_b)
+            prof.logits_fwd = block(logits_b)
+    # head backward: grad of logits (16-bit) alive with the hidden grad and weight grad
+    prof.head_bwd_extra = (block(T * V * cb) if cb != 4 else block(T * V * 4)) + (
+        block(T * H * cb) + wgrad
+    )
 
 
 def _rmsnorm(
@@ -450,8 +601,20 @@ def _rmsnorm(
     for Gemma, else in the input dtype).
     """
     gemma = ctx.spec.model_type.startswith("gemma")
+    if ctx.recipe.norm_impl == "liger":
+        # LigerRMSNormFunction saves its input tensor itself and the fp32 rstd per row
+        led.save(f"{name}_in", "norms", numel * xb)
+        led.save(f"{name}_rsqrt", "norms", numel // (width or ctx.spec.hidden_size) * 4)
+        return
     led.save(f"{name}_x32", "norms", numel * 4)
     led.save(f"{name}_rsqrt", "norms", numel // (width or ctx.spec.hidden_size) * 4)
+    if ctx.recipe.norm_impl == "fp32_normed":
+        # LitGPT: (x_normed * weight.float()) saves the fp32 weight copy when x_normed needs a
+        # gradient, and the fp32 x_normed when the weight trains
+        led.save(f"{name}_w32", "norms", (width or ctx.spec.hidden_size) * 4)
+        if trainable:
+            led.save(f"{name}_normed", "norms", numel * 4)
+        return
     if trainable:
         led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
 
@@ -486,7 +649,7 @@ def _qk_norm(led: Ledger, ctx: _Ctx, Hq: int, Hkv: int) -> None:
 def _act_saved(led: Ledger, ctx: _Ctx, n: int, nb: int, prefix: str) -> None:
     """Record the saved tensors of a plain MLP's activation over ``n`` elements of ``nb`` bytes."""
     act = ctx.spec.hidden_act
-    if act in ("gelu_new", "gelu_fast"):
+    if act in ("gelu_new", "gelu_fast") and ctx.recipe.gelu_tanh == "python":
         if ctx.amp:  # pow runs in fp32 under autocast: fp32 copy, tanh fp32, 0.5x 16-bit, 1+t
             for part, b in (("in32", 4), ("tanh", 4), ("half", nb), ("onep", 4)):
                 led.save(f"{prefix}_{part}", "mlp", n * b)
@@ -503,12 +666,21 @@ def _is_attention(g: ParamGroup) -> bool:
 
 
 def _sub_blocks(groups: list[ParamGroup]) -> list[tuple[bool, list[ParamGroup]]]:
-    """Split a block's linears into (is_attention, linears) runs in module order."""
+    """Split a block's linears into (is_attention, linears) runs in module order.
+
+    An SSM mixer (``_is_ssm``) is a run of its own, followed by the block's feed-forward.
+    """
     out: list[tuple[bool, list[ParamGroup]]] = []
     for g in groups:
         attn = _is_attention(g)
         seg = g.key.split("/")[1] if "/" in g.key else g.key
-        if out and out[-1][0] == attn and (not attn or out[-1][1][0].key.split("/")[1] == seg):
+        same_ssm = not out or _is_ssm(out[-1][1][0]) == _is_ssm(g)
+        if (
+            out
+            and same_ssm
+            and out[-1][0] == attn
+            and (not attn or out[-1][1][0].key.split("/")[1] == seg)
+        ):
             out[-1][1].append(g)
         else:
             out.append((attn, [g]))
@@ -579,7 +751,21 @@ def _block(
                 led.save(xname, "linear_inputs", T * g.in_features * x_bytes)
         if amp and (rg or ctx.full):
             amp_copy += block(g.weight_numel * 2)
-        if g.module in ctx.lora:
+        if g.module in ctx.lora and ctx.recipe.adapter_dtype == "base":
+            # adapters in the base dtype (LitGPT lora.py): lora_A's F.linear saves its input,
+            # the same tensor the base linear reads unless a dropout makes a new one -- one
+            # dropout on a fused qkv input, one per linear otherwise
+            n_in = T * g.in_features
+            if ctx.lora_dropout > 0:
+                drop = xname if ctx.recipe.lora_dropout == "per_fused_linear" else g.module
+                if rg:
+                    led.save(f"{xname}_lmask_{drop}", "dropout_masks", n_in)
+                led.save(f"{xname}_ldrop_{drop}", "lora", n_in * cb)
+            else:
+                led.save(xname, "lora", n_in * x_bytes)
+            led.save(f"{xname}_lA_{g.module}", "lora", T * ctx.lora_r * cb)
+            rg = True
+        elif g.module in ctx.lora:
             n_in = T * g.in_features
             lb = 2 if amp else 4
             if ctx.lora_dropout > 0:
@@ -615,6 +801,11 @@ def _block(
         if not (spec.parallel_residual and si == 1):
             norm(f"n{si}")
         x_in = f"n{si}_out"
+        if sub and _is_ssm(sub[0]):
+            f_x, b_x = _ssm(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
+            fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
+            rg = rg or ctx.full or any(g.module in ctx.lora for g in sub[:1])
+            continue
         if experts and not is_attn:
             f_x, b_x, amp_x = _moe(led, ctx, experts, x_in, norm_out_b, rg=rg)
             fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
@@ -634,14 +825,21 @@ def _block(
                 linear(g, f"{lat}_out", cb)
             else:
                 linear(g, x_in, norm_out_b)
-        if is_attn:
+        if is_attn and ctx.kv_len and any(a for a, _ in subs[:si]):
+            f_x, b_x = _cross_attention(led, ctx, ins, out, x_in, norm_out_b, rg=rg, linear=linear)
+            fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
+            rg = rg or ctx.full or any(g.module in ctx.lora for g in sub)
+        elif is_attn:
             fused = len(ins) == 1
             use_eager = ctx.attn == Attention.EAGER
             rope = spec.position_embedding == "rotary"
             # under autocast, rotary embeddings come out fp32 (fp32 cos/sin), and SDPA is not
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
-            ab = 4 if amp and rope and not use_eager else cb
+            ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
             o_b = cb
+            # T5's learned relative position bias reaches SDPA as a float mask: math kernel
+            # (_sdpa_kernel)
+            bias_mask = spec.position_embedding == "relative"
             qk_hd, v_hd = _qk_v_head_dims(spec)
             Hv = heads * v_hd
             kernel = "eager" if use_eager else _sdpa_kernel(spec, ab, masked=kind.masked)
@@ -653,7 +851,10 @@ def _block(
             if rg or ctx.full:
                 _qk_norm(led, ctx, Hq, Hkv)
                 if math:
-                    rep = T * Hq * ab
+                    # SDPA's math kernel upcasts 16-bit q, k, v to fp32 (T5's bias path);
+                    # T5's own eager softmax stays in the compute dtype
+                    qb = 4 if bias_mask and not use_eager else ab
+                    rep = T * Hq * qb
                     probs = B * heads * S * S
                     led.save("q", "attention", rep)
                     led.save("k", "attention", rep)
@@ -661,14 +862,17 @@ def _block(
                         # scores / cap -> tanh (saves its output) -> * cap, in 16 bit
                         led.save("softcap_tanh", "attention", probs * cb)
                         fwd_extra = max(fwd_extra, 2 * block(probs * cb))
-                    led.save("probs32", "attention", probs * 4)
+                    if bias_mask and use_eager:
+                        led.save("probs_c", "attention", probs * cb)
+                    else:
+                        led.save("probs32", "attention", probs * 4)
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
                     if spec.attention_dropout > 0:
                         led.save("probs_mask", "dropout_masks", probs)
-                        led.save("probs_drop", "attention", probs * (cb if use_eager else ab))
+                        led.save("probs_drop", "attention", probs * (cb if use_eager else qb))
                     led.save("v", "attention", rep)
-                    if use_eager:
+                    if use_eager or bias_mask:
                         led.save("o_in", "attention", T * Hq * cb)
                     fwd_extra = max(fwd_extra, 2 * block(probs * 4))
                     bwd_extra = max(bwd_extra, 3 * block(probs * 4))
@@ -687,6 +891,22 @@ def _block(
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
                     bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
+                elif ctx.recipe.qkv_fused:
+                    # LitGPT: q and k are new tensors after RoPE; v is a view of the fused
+                    # qkv output, which SDPA's saved v keeps alive whole -- unless grouped
+                    # K/V are repeated to every head (repeat_interleave: new k and v)
+                    led.save("q", "attention", T * Hq * ab)
+                    if kvh != heads:
+                        led.save("k", "attention", T * Hq * ab)
+                        led.save("v", "attention", T * Hq * ab)
+                    else:
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
+                    led.save("lse", "attention", B * heads * S * 4)
+                    led.save("attn_out", "attention", T * Hq * ab)
+                    led.save("rng_seed", "attention", 8)
+                    led.save("rng_off", "attention", 8)
+                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
                 else:
                     if fused and not rope:
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
@@ -702,7 +922,7 @@ def _block(
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
                     bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
-            o_name = "o_in" if (use_eager or (ab == cb and flash_ok)) else "attn_out_c"
+            o_name = "o_in" if (use_eager or bias_mask or (ab == cb and flash_ok)) else "attn_out_c"
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
@@ -723,16 +943,27 @@ def _block(
                     else:
                         led.save("gate", "mlp", n_i * cb)
                         led.save("up", "mlp", n_i * cb)
-                    led.save("act", "mlp", n_i * cb)
+                    if ctx.recipe.swiglu_impl == "model":
+                        led.save("act", "mlp", n_i * cb)
+                        if spec.hidden_act in ("gelu_new", "gelu_fast"):  # tanh formula's terms
+                            for part in ("tanh", "half", "onep"):
+                                led.save(f"gact_{part}", "mlp", n_i * (4 if amp else cb))
                     prod_b = cb
                 elif spec.hidden_act == "relu":  # relu saves its output: fc2's input
                     led.save("prod", "mlp", n_i * cb)
                     prod_b = cb
                 else:
                     _act_saved(led, ctx, n_i, cb, "act")
-                    prod_b = 4 if amp and spec.hidden_act in ("gelu_new", "gelu_fast") else cb
+                    python_gelu = ctx.recipe.gelu_tanh == "python"
+                    tanh_gelu = spec.hidden_act in ("gelu_new", "gelu_fast")
+                    prod_b = 4 if amp and tanh_gelu and python_gelu else cb
+                prod_name = "prod"
+                if float(spec.arch.get("mlp_dropout") or 0) > 0:
+                    # T5's DenseReluDense drops out the activation before wo: mask + output
+                    led.save("mlp_mask", "dropout_masks", n_i)
+                    prod_name = "prod_drop"
                 if ctx.full or out.module in ctx.lora:
-                    linear(out, "prod", prod_b)
+                    linear(out, prod_name, prod_b)
                 elif amp:
                     amp_copy += block(out.weight_numel * 2)
             for g in moe_gate:  # shared expert gate: sigmoid(linear(x)) * shared output
@@ -876,3 +1107,229 @@ def _moe_dense(
     fwd = 2 * block(R * H * cb) + block(T * H * cb)
     bwd = block(R * up_out * cb) + 2 * block(R * inter * cb) + block(R * H * cb)
     return fwd, bwd, amp_copy
+
+
+# ----------------------------------------------------------------------------- SSM and hybrids
+
+
+def _is_ssm(g: ParamGroup) -> bool:
+    """Tell whether ``g`` is a linear of a selective SSM mixer (``MambaMixer``, Jamba's)."""
+    seg = g.key.split("/")[1] if "/" in g.key else g.key
+    return seg in ("mixer", "mamba")
+
+
+def _hybrid_kind(spec: ModelSpec, i: int) -> str:
+    """Name the mixer and feed-forward of hybrid layer ``i`` (``"ssm+moe"``; ``""`` if not).
+
+    Jamba's schedule: layer ``i`` is attention when ``i % attn_layer_period ==
+    attn_layer_offset`` (else a Mamba mixer) and its feed-forward is a sparse MoE block when
+    ``i % expert_layer_period == expert_layer_offset`` (else a dense MLP).
+
+    Source: transformers v5.24 ``models/jamba/configuration_jamba.py``
+    (``layers_block_type``, ``layers_num_experts``).
+    """
+    a_period = _arch_int(spec, "attn_layer_period")
+    e_period = _arch_int(spec, "expert_layer_period")
+    if not (a_period or e_period):
+        return ""
+    attn = a_period > 0 and i % a_period == _arch_int(spec, "attn_layer_offset")
+    moe = e_period > 0 and i % e_period == _arch_int(spec, "expert_layer_offset")
+    return ("attn" if attn else "ssm") + ("+moe" if moe else "+dense")
+
+
+def _hybrid_groups(
+    groups: list[ParamGroup], experts: list[ParamGroup], kind: str
+) -> tuple[list[ParamGroup], list[ParamGroup]]:
+    """Keep the linear and expert groups present in a hybrid layer of ``kind`` (all if ``""``)."""
+    if not kind:
+        return groups, experts
+    mixer, ffn = kind.split("+")
+    out = []
+    for g in groups:
+        if _is_attention(g):
+            keep = mixer == "attn"
+        elif _is_ssm(g):
+            keep = mixer == "ssm"
+        else:
+            keep = ffn == "dense"
+        if keep:
+            out.append(g)
+    return out, experts if ffn == "moe" else []
+
+
+def _ssm(
+    led: Ledger,
+    ctx: _Ctx,
+    sub: list[ParamGroup],
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a Mamba-1 mixer as transformers runs it without kernels; return (fwd, bwd extra).
+
+    This is the pure-torch path (``mamba_ssm`` / ``causal_conv1d`` not installed: CPU runs,
+    fake-CUDA traces, GPUs without those packages). ``in_proj`` (saves its input when it
+    trains) gives x and the gate z (T x 2I, saved whole by the convolution); the depthwise
+    ``conv1d`` output of S + K - 1 positions is saved by ``silu``; the silu output u is saved
+    (and an fp32 copy for the scan when 16-bit) and copied contiguous for ``x_proj`` (its
+    input); ``x_proj``'s output (dt, B, C) is saved; ``dt_proj.weight @ dt`` plus the bias is
+    saved by ``softplus``, whose output is saved. The scan discretises the whole sequence at
+    once: ``exp(A * dt)`` (T x I x N fp32, saved), ``dt * B`` (T x I x N fp32, saved) and
+    ``dB * u`` (T x I x N fp32, alive through the loop), then loops over the S positions:
+    each step's state (B x I x N fp32) is saved by the next step's product, and in 16-bit a
+    16-bit copy of it by the output ``matmul`` with C. The output ``y + u * D`` (fp32) and
+    ``silu(z)`` are saved by the gating product, whose 16-bit copy is ``out_proj``'s input.
+    Jamba adds RMSNorms on dt, B and C (small: T x (R + 2N)).
+
+    Backward of the loop: every ``select`` of ``exp(A*dt)`` and ``dB*u`` at one position
+    returns a full T x I x N gradient that autograd adds into the accumulated one -- two
+    T x I x N fp32 buffers for each of the two.
+
+    The CUDA kernel path differs: ``mamba_inner_fn`` (``selective_scan_cuda``,
+    ``causal_conv1d``) runs the scan in SRAM and saves only the T x 2I projection, the conv
+    output, ``x_proj``'s output, dt and ``out_proj``'s input, recomputing the rest in
+    backward: no T x I x N term at all.
+
+    Source: transformers v5.24 ``models/mamba/modeling_mamba.py`` (``MambaMixer.forward``,
+    ``mamba_selective_scan``'s sequential loop -- its associative scan runs only under
+    ``torch.compile``), ``models/jamba/modeling_jamba.py``, ``integrations/hub_kernels.py``
+    (the fallbacks); torch 2.13 ``tools/autograd/derivatives.yaml`` (``select``, ``mul``,
+    ``exp``, ``softplus``, ``convolution``); checked against fake-CUDA traces
+    (``validation/grid.py`` mamba and jamba rows).
+    """
+    by_module = {g.module: g for g in sub}
+    in_proj = by_module.get("in_proj", sub[0])
+    x_proj = by_module.get("x_proj")
+    dt_proj = by_module.get("dt_proj")
+    out_proj = by_module.get("out_proj", sub[-1])
+    T, B, S = ctx.T, ctx.B, ctx.S
+    cb = ctx.cb
+    inter = in_proj.out_features // 2
+    R = dt_proj.in_features if dt_proj is not None else 0
+    N = (x_proj.out_features - R) // 2 if x_proj is not None else 0
+    K = _arch_int(ctx.spec, "ssm_conv_kernel") or 4
+    linear(in_proj, xname, xb)
+    if not (rg or in_proj.module in ctx.lora):
+        return 0, 0
+    big = T * inter * N * 4  # one T x I x N fp32 tensor
+    led.save("ssm_xz", "ssm", T * 2 * inter * cb)
+    led.save("ssm_conv", "ssm", B * inter * (S + K - 1) * cb)
+    led.save("ssm_u", "ssm", T * inter * cb)
+    if cb != 4:
+        led.save("ssm_u32", "ssm", T * inter * 4)
+    if x_proj is not None:
+        linear(x_proj, "ssm_u_c", cb)
+        led.save("ssm_xdbl", "ssm", T * x_proj.out_features * cb)
+    if ctx.ssm_inner_norms:  # Jamba: RMSNorms on dt (R), B and C (N)
+        for name, d in (("dt", R), ("b", N), ("c", N)):
+            if cb != 4:
+                led.save(f"ssm_{name}n_x32", "ssm", T * d * 4)
+            led.save(f"ssm_{name}n_rsqrt", "ssm", T * 4)
+            led.save(f"ssm_{name}n_normed", "ssm", T * d * cb)
+            led.save(f"ssm_{name}n_out", "ssm", T * d * cb)
+    if dt_proj is not None and (ctx.full or dt_proj.module in ctx.lora):
+        led.save("ssm_dt_lowrank", "ssm", T * R * cb)  # dt_proj.weight @ dt saves dt
+    led.save("ssm_dt_in", "ssm", T * inter * cb)
+    led.save("ssm_dt", "ssm", T * inter * cb)
+    led.save("ssm_dA", "ssm", big)
+    if cb != 4:
+        led.save("ssm_B32", "ssm", T * N * 4)
+    led.save("ssm_dB", "ssm", big)
+    state = block(B * inter * N * 4)
+    state_c = block(B * inter * N * cb)
+    # 16-bit: S - 1 fp32 states saved by the next product, S 16-bit copies by matmul (+ init)
+    states = (S - 1) * state + (S + 1) * state_c if cb != 4 else S * state + state_c
+    led.save("ssm_states", "ssm", states)
+    led.save("ssm_y", "ssm", T * inter * 4)
+    led.save("ssm_gate", "ssm", T * inter * cb)
+    linear(out_proj, "ssm_y_c", 4 if ctx.amp else cb)
+    # forward: dB*u alive through the loop, with the per-step outputs and their stack
+    fwd = block(big) + 2 * block(T * inter * cb)
+    # backward of the loop: accumulated + fresh full-size select gradients, for dA and dB*u
+    bwd = 4 * block(big)
+    return fwd, bwd
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+
+def _enc_tail(prof: ActivationProfile, ctx: _Ctx, rb: int, details: dict[str, int]) -> None:
+    """Add the encoder's final T5LayerNorm, its dropout and the output the decoder reads.
+
+    Filed with the last encoder block. T5LayerNorm saves the fp32 copy (``pow``), the input
+    and ``rsqrt`` (the product), and the normalised tensor when its weight trains; dropout
+    keeps a 1-byte mask; its output is saved by every decoder layer's cross-attention k and
+    v projections -- one tensor.
+
+    Source: transformers v5.24 ``models/t5/modeling_t5.py`` (``T5Stack.forward``,
+    ``T5LayerNorm``), checked against fake-CUDA traces (``validation/grid.py`` t5 rows).
+    """
+    if not prof.layer_saved:
+        return
+    H = ctx.spec.hidden_size
+    led = Ledger()
+    if ctx.full or ctx.lora:
+        led.save("enc_x32", "norms", ctx.T * H * 4)
+        if rb != 4:
+            led.save("enc_in", "norms", ctx.T * H * rb)
+        led.save("enc_rsqrt", "norms", ctx.T * 4)
+        if ctx.full:
+            led.save("enc_normed", "norms", ctx.T * H * ctx.cb)
+        if ctx.spec.hidden_dropout > 0:
+            led.save("enc_mask", "dropout_masks", ctx.T * H)
+        led.save("enc_out", "attention", ctx.T * H * ctx.cb)
+    prof.layer_saved[-1] += led.total
+    for k, v in led.by_detail().items():
+        details[k] = details.get(k, 0) + v
+
+
+def _cross_attention(
+    led: Ledger,
+    ctx: _Ctx,
+    ins: list[ParamGroup],
+    out: ParamGroup,
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a decoder's cross-attention over ``ctx.kv_len`` encoder positions.
+
+    q projects the decoder's normalised input; k and v project the encoder output (saved
+    once, by ``_enc_tail``). T5 passes a zero position bias (plus the mask, if any) as a float
+    mask, so SDPA runs its math kernel: it saves q, k, v, the fp32 probabilities
+    (B x heads x S_dec x S_enc), the dropout mask and dropped probabilities, and the output
+    is made contiguous for ``o`` (its input). Return (fwd, bwd extra).
+
+    Source: transformers v5.24 ``models/t5/modeling_t5.py`` (``T5Attention.forward``,
+    ``T5LayerCrossAttention``), ``integrations/sdpa_attention.py``; torch 2.13
+    ``aten/src/ATen/native/transformers/attention.cpp`` (``_scaled_dot_product_attention_math``).
+    """
+    spec = ctx.spec
+    T, B, S, Skv = ctx.T, ctx.B, ctx.S, ctx.kv_len
+    Tkv = B * Skv
+    heads, hd = spec.num_attention_heads, spec.head_dim
+    Hq = heads * hd
+    cb = ctx.cb
+    q = ins[0]
+    linear(q, xname, xb)
+    for g in ins[1:]:
+        linear(g, "enc_out", cb)
+    led.saved.pop("enc_out", None)  # the encoder output is one tensor, filed by _enc_tail
+    if not (rg or ctx.full or ctx.lora):
+        return 0, 0
+    probs = B * heads * S * Skv
+    mb = cb if ctx.attn == Attention.EAGER else 4  # math SDPA upcasts 16-bit inputs
+    led.save("x_q", "attention", T * Hq * mb)
+    led.save("x_k", "attention", Tkv * Hq * mb)
+    led.save("x_v", "attention", Tkv * Hq * mb)
+    led.save("x_probs", "attention", probs * mb)
+    if spec.attention_dropout > 0:
+        led.save("x_probs_mask", "dropout_masks", probs)
+        led.save("x_probs_drop", "attention", probs * mb)
+    if ctx.full or out.module in ctx.lora:
+        linear(out, "x_o_in", cb)
+    return 2 * block(probs * 4), 3 * block(probs * 4)

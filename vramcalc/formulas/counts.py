@@ -86,6 +86,7 @@ class ParamGroup(BaseModel):
 
 # ---------------------------------------------------------------- template expressions
 
+
 def _every(n: int, step: int, offset: int, exclude: Any = None) -> int:
     """Layers ``i < n`` with ``i % step == offset`` and not in ``exclude`` (layer schedules)."""
     skip = set(exclude or ())

@@ -36,6 +36,7 @@ __all__ = [
     "GenerateEvent",
     "GenerateWalk",
     "compute_bytes",
+    "decode_tokens_per_s",
     "generate_walk",
     "kv_bytes_per_token",
     "kv_dtype_bytes",
@@ -53,6 +54,33 @@ def compute_bytes(param_dtype: DType, weights: WeightFormat | None) -> int:
     if weights is not None:
         return 2
     return dtype_bytes(param_dtype)
+
+
+def decode_tokens_per_s(
+    weights_bytes: int,
+    kv_bytes_per_token: int,
+    seqs: int,
+    context: float,
+    bandwidth_bytes_per_s: float,
+) -> float:
+    """Decode throughput proxy of one replica: tokens/s if each step only streams memory.
+
+    One decode step produces one token for each of ``seqs`` sequences and reads every weight of
+    the rank once plus each sequence's cached K and V (``context`` tokens on average):
+    ``step_s = (weights_bytes + seqs x context x kv_bytes_per_token) / bandwidth``, tokens/s
+    ``= seqs / step_s``. An upper bound (the memory roofline): it ignores compute, kernel
+    launch gaps, tensor-parallel all-reduces and the prefill, so it ranks layouts and is not a
+    measured throughput. Under tensor parallelism every rank streams its own slice at once, so
+    ``weights_bytes`` and ``kv_bytes_per_token`` are one rank's.
+
+    Source: the roofline model (Williams, Waterman, Patterson, CACM 52(4), 2009) applied to
+    autoregressive decoding, which is memory-bandwidth bound at small batch (Pope et al.,
+    "Efficiently Scaling Transformer Inference", MLSys 2023, Section 2.1).
+    """
+    if seqs <= 0 or bandwidth_bytes_per_s <= 0:
+        return 0.0
+    step_bytes = weights_bytes + seqs * context * kv_bytes_per_token
+    return seqs * bandwidth_bytes_per_s / step_bytes if step_bytes > 0 else 0.0
 
 
 def kv_dtype_bytes(kv_dtype: KvDtype, compute: int) -> int:

@@ -16,7 +16,6 @@ from vramcalc.enums import PeftMethod, Quant
 from vramcalc.errors import InvalidConfigError, closest_match
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.specs import ModelSpec, PeftSpec, TrainingSpec
-from vramcalc.units import round_up
 
 __all__ = [
     "Adapter",
@@ -38,7 +37,8 @@ def block(nbytes: int | float) -> int:
     n = int(nbytes)
     if n <= 0:
         return 0
-    return round_up(n, _block_bytes())
+    size = _block_bytes()
+    return -(-n // size) * size  # units.round_up, inlined: the walk calls this a lot
 
 
 @cache
@@ -107,6 +107,13 @@ class ParamPlan:
     n_trainable: int = 0
     n_trainable_tensors: int = 0
     quantized_linear_numel: int = 0
+    kbit_upcast: bool = False
+    """``prepare_model_for_kbit_training`` cast every non-quantized parameter to fp32 (the HF
+    QLoRA recipe on one device or DeepSpeed; not LitGPT/torchtune/Unsloth, not FSDP QLoRA)."""
+    replicated_bytes: int = 0
+    """Device bytes that go with the parameters but are no parameter (the ``QuantState`` of
+    FSDP-sharded 4-bit weights): whole on every rank, never sharded or gathered. Included in
+    ``param_bytes``."""
     lora_modules: set[str] = field(default_factory=set)
     trainable_elements: list[tuple[int, int, int]] = field(default_factory=list)
     """(elements of one tensor, count, bytes per element) of every trainable tensor kind."""
@@ -291,7 +298,11 @@ def lora_target_groups(
 
 
 def plan_params(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], training: TrainingSpec
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    training: TrainingSpec,
+    *,
+    sharded_quant: bool = False,
 ) -> ParamPlan:
     """Bytes of every parameter tensor and which ones train.
 
@@ -303,6 +314,13 @@ def plan_params(
       absmax, double-quantized to 8 bit with an fp32 absmax per ``bnb_nested_blocksize``) or
       int8 with an fp32 scale per row; ``prepare_model_for_kbit_training`` casts the other
       parameters to fp32.
+    * ``sharded_quant`` (4-bit QLoRA under FSDP, PEFT's FSDP+QLoRA recipe): the packed
+      weights are stored in the compute dtype (``bnb_4bit_quant_storage``) so FSDP flattens
+      and shards them like any parameter, ``prepare_model_for_kbit_training`` is not called
+      (TRL skips it for sharded QLoRA; it would upcast and break FSDP's uniform dtypes), so
+      the other parameters keep ``param_dtype``; each quantized weight's ``QuantState``
+      (absmax, nested absmax, codes, offset) is not a parameter: it stays whole on every
+      rank (``ParamPlan.replicated_bytes``) and only the packed storage is in ``tensors``.
     * IA3: one scaling vector per targeted key/value/down projection (fp32).
     * Adapters: two bottleneck linears (+bias) per block (fp32).
     * Prefix / prompt tuning: the virtual-token embeddings (prefix: key and value per layer).
@@ -316,7 +334,12 @@ def plan_params(
     pb = dtype_bytes(training.param_dtype)
     plan = ParamPlan()
     quantized = quant is not None
-    other_bytes = 4 if quantized else pb  # prepare_model_for_kbit_training: fp32 for the rest
+    recipe = training.recipe
+    sharded_quant = sharded_quant and quantized and quant != Quant.INT8
+    # prepare_model_for_kbit_training: fp32 for the rest (not in LitGPT/torchtune/Unsloth, and
+    # not called for FSDP-sharded QLoRA)
+    plan.kbit_upcast = quantized and recipe.kbit_upcast and not sharded_quant
+    other_bytes = 4 if plan.kbit_upcast else pb
     full = peft is None
     lora: list[LoraTarget] = []
     if peft is not None and peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
@@ -331,12 +354,15 @@ def plan_params(
         for t in lora:
             plan.lora_modules.add(t.group.module)
     for g in inventory:
-        quant_this = quantized and g.kind == "linear" and not g.expert
+        head_q = g.kind == "lm_head" and recipe.quant_lm_head
+        quant_this = quantized and (g.kind == "linear" or head_q) and not g.expert
         n_w, n_b = g.weight_numel, g.bias_numel
         trainable = full
         if quant_this:
             assert quant is not None
-            wbytes = _quantized_weight_bytes(n_w, g.out_features, quant)
+            wbytes = _quantized_weight_bytes(
+                n_w, g.out_features, quant, double_quant=recipe.double_quant
+            )
             plan.quantized_linear_numel += n_w * g.count
             key = f"params/{quant.value}"
         else:
@@ -345,6 +371,9 @@ def plan_params(
         plan.details[key] = plan.details.get(key, 0) + wbytes * g.count
         plan.param_bytes += wbytes * g.count
         one = wbytes if quant_this else n_w * other_bytes
+        if quant_this and sharded_quant:
+            one = _packed_4bit_bytes(n_w)
+            plan.replicated_bytes += (wbytes - block(one)) * g.count
         plan.tensors.append((g.key, one, g.count, 0 if quant_this else other_bytes))
         if n_b:
             plan.tensors.append((g.key, n_b * other_bytes, g.count, other_bytes))
@@ -375,15 +404,15 @@ def plan_params(
                 plan.n_trainable += n_b * g.count
                 plan.n_trainable_tensors += g.count
     if peft is not None:
-        plan.adapters = _adapters(spec, inventory, peft, lora)
+        ab = pb if recipe.adapter_dtype == "base" else 4
+        plan.adapters = _adapters(spec, inventory, peft, lora, ab)
         for a in plan.adapters:
             plan.tensors.append(
                 (a.key, a.shape[0] * a.shape[1] * a.bytes_per_elt, a.count, a.bytes_per_elt)
             )
             plan.param_bytes += a.tensor_bytes
-            plan.details["params/adapters_fp32"] = (
-                plan.details.get("params/adapters_fp32", 0) + a.tensor_bytes
-            )
+            akey = f"params/adapters_{_dtype_name(a.bytes_per_elt)}"
+            plan.details[akey] = plan.details.get(akey, 0) + a.tensor_bytes
             plan.trainable_keys.add(a.key)
             one = block(a.shape[0] * a.shape[1] * a.bytes_per_elt)
             plan.grad_tensors.append((one, a.count, 1))
@@ -403,7 +432,9 @@ def _dtype_name(nbytes: int) -> str:
     return {4: "fp32", 2: "16bit", 1: "int8"}.get(nbytes, f"{nbytes}B")
 
 
-def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
+def _quantized_weight_bytes(
+    numel: int, out_features: int, quant: Quant, *, double_quant: bool = True
+) -> int:
     """Allocated bytes of one bitsandbytes-quantized weight and its quantization state.
 
     4-bit: packed uint8 (2 values per byte), 8-bit absmax per ``bnb_blocksize_4bit`` values,
@@ -420,15 +451,30 @@ def _quantized_weight_bytes(numel: int, out_features: int, quant: Quant) -> int:
     nested = int(catalog.constant("bnb_nested_blocksize"))
     n_abs = -(-numel // bs)
     n_nested = -(-n_abs // nested)
-    packed = block(-(-numel // 2))
+    packed = block(_packed_4bit_bytes(numel))
+    if not double_quant:  # compress_statistics=False: one fp32 absmax per block, the code
+        return packed + block(n_abs * 4) + block(16 * 4)
     # absmax (uint8), nested absmax (fp32), nested code (256 fp32), offset (fp32), code (16 fp32)
     return packed + block(n_abs) + block(n_nested * 4) + block(256 * 4) + block(4) + block(16 * 4)
 
 
+def _packed_4bit_bytes(numel: int) -> int:
+    """Bytes of a 4-bit packed weight (two values per byte), before block rounding.
+
+    Source: bitsandbytes 0.50 ``_ops.py`` (``quantize_4bit``: ``(numel + 1) // (2 *
+    itemsize)`` elements of ``quant_storage``).
+    """
+    return -(-numel // 2)
+
+
 def _adapters(
-    spec: ModelSpec, inventory: tuple[ParamGroup, ...], peft: PeftSpec, lora: list[LoraTarget]
+    spec: ModelSpec,
+    inventory: tuple[ParamGroup, ...],
+    peft: PeftSpec,
+    lora: list[LoraTarget],
+    ab: int = 4,
 ) -> list[Adapter]:
-    """List the trainable groups a PEFT method adds (fp32, PEFT's default)."""
+    """List the trainable groups a PEFT method adds (``ab`` bytes: fp32, PEFT's default)."""
     out: list[Adapter] = []
     if peft.method in (PeftMethod.LORA, PeftMethod.QLORA):
         for t in lora:
@@ -437,10 +483,10 @@ def _adapters(
             experts = g.experts if t.param and g.expert else 1
             width, count = rank * experts, g.count // experts
             out.append(
-                Adapter(f"{g.key}/lora_A", g.module, (width, g.in_features), count, 4, g.key)
+                Adapter(f"{g.key}/lora_A", g.module, (width, g.in_features), count, ab, g.key)
             )
             out.append(
-                Adapter(f"{g.key}/lora_B", g.module, (g.out_features, width), count, 4, g.key)
+                Adapter(f"{g.key}/lora_B", g.module, (g.out_features, width), count, ab, g.key)
             )
     elif peft.method == PeftMethod.IA3:
         for g in lora_target_groups(inventory, peft.targets, spec.model_type):

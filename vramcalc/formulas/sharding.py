@@ -400,7 +400,10 @@ def _fsdp(
         shard_params = block(_shard(u.block_bytes, n)) * n_blocks + block(_shard(u.root_bytes, n))
     sharded_plan = _sharded_plan(plan, 1, n)
     sopt = plan_optimizer(opt.name, sharded_plan)
-    out.params = shard_params
+    # 4-bit QLoRA: FSDP shards (and gathers) the packed storage; each weight's QuantState is
+    # no parameter and stays whole on every rank (bitsandbytes 0.50 ``Linear4bit``)
+    replicated = plan.replicated_bytes
+    out.params = shard_params + replicated
     out.gradients = _grads_bytes(sharded_plan, sopt) if opt.stores_grads else 0
     out.optimizer = sopt.state_bytes
     out.step_temps = sopt.step_temp_bytes
@@ -437,6 +440,8 @@ def _fsdp(
             rest_tr -= u.head_trainable_elements
             out.grad_root_full = _unsharded_grad(max(rest_tr, 0), compute_bytes, n)
     out.details["params/sharded"] = shard_params
+    if replicated:
+        out.details["params/quant_state"] = replicated
     out.details.update(sopt.details)
     if sopt.step_temp_bytes:
         out.details["optimizer/step_temporaries"] = sopt.step_temp_bytes
@@ -446,12 +451,13 @@ def _fsdp(
         out.gather_block += block(_shard(u.block_bytes, n))
         out.gather_root += block(_shard(u.root_bytes, n))
     if f.offload:
-        out.cpu = out.params + out.gradients + out.optimizer
+        out.cpu = shard_params + out.gradients + out.optimizer
         out.notes.append(
             "FSDP CPU offload: parameter shards, their gradients and the optimizer states are "
             f"in CPU memory ({out.cpu} bytes per rank); the optimizer steps on the CPU"
         )
-        out.params = out.gradients = out.optimizer = out.step_temps = 0
+        out.params = replicated
+        out.gradients = out.optimizer = out.step_temps = 0
     if f.strategy == FsdpStrategy.SHARD_GRAD_OP or not f.reshard_after_forward:
         out.notes.append(
             "parameters are not resharded after forward: every block's unsharded parameters "

@@ -1,0 +1,9 @@
+"""The unsloth profile (data: ``data/frameworks.json`` row ``unsloth``)."""
+
+from __future__ import annotations
+
+from vramcalc.frameworks import FrameworkProfile
+
+__all__ = ["PROFILE"]
+
+PROFILE = FrameworkProfile.from_data("unsloth")

@@ -254,6 +254,21 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="vLLM: context length (default: the model's)")  # fmt: skip
     g.add_argument("--concurrency", type=int, metavar="N",
                    help="vLLM: concurrent sequences to check")  # fmt: skip
+    g = p.add_argument_group("preference and RL trainers (TRL 1.16 names)")
+    g.add_argument("--trainer", metavar="{sft,dpo,orpo,kto,simpo,cpo,reward,ppo,grpo,rloo}",
+                   help="TRL trainer (default sft: a plain causal-LM step); -b counts "
+                        "pairs (dpo/orpo/simpo/cpo/reward) or examples (kto)")  # fmt: skip
+    g.add_argument("--beta", type=float, metavar="F",
+                   help="TRL beta (DPO family; GRPO/RLOO: a reference model when > 0)")  # fmt: skip
+    g.add_argument("--ref-model", metavar="{auto,copy}",
+                   help="auto (default): as TRL does without ref_model (PEFT: the base with "
+                        "adapters disabled; full: a second copy); copy: a separate reference "
+                        "model")  # fmt: skip
+    g.add_argument("--precompute-ref-log-probs", action="store_true",
+                   help="reference log-probs computed before training (no reference "
+                        "model in the step)")  # fmt: skip
+    g.add_argument("--padding-free", action="store_true",
+                   help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -434,7 +449,28 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if text is not None:
             fields[name] = _typed_spec(option, parse_spec(option, text, keys))
     fields.update(_inference_fields(ns))
+    fields.update(_trainer_fields(ns))
     return EstimateRequest(**fields)
+
+
+def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
+    """Return the ``--trainer`` options as request fields (only those given)."""
+    from vramcalc.enums import Trainer
+
+    out: dict[str, Any] = {}
+    if getattr(ns, "trainer", None) is not None:
+        out["trainer"] = _enum_value("--trainer", ns.trainer, Trainer)
+    if getattr(ns, "ref_model", None) is not None:
+        value = ns.ref_model.strip().lower()
+        if value not in ("auto", "copy"):
+            raise UnknownNameError("--ref-model value", ns.ref_model, ["auto", "copy"])
+        out["ref_model"] = value
+    if getattr(ns, "beta", None) is not None:
+        out["beta"] = ns.beta
+    for flag in ("precompute_ref_log_probs", "padding_free"):
+        if getattr(ns, flag, False):
+            out[flag] = True
+    return out
 
 
 def _inference_fields(ns: argparse.Namespace) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from vramcalc.enums import (
     Phase,
     Quant,
     Task,
+    Trainer,
     ZeroStage,
 )
 from vramcalc.errors import InvalidConfigError, VramcalcError
@@ -43,6 +44,13 @@ from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.overhead import overheads
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
 from vramcalc.formulas.sharding import RankStates, rank_states
+from vramcalc.formulas.trainers import (
+    TrainerPlan,
+    TrainerWalk,
+    apply_head,
+    trainer_plan,
+    trainer_walk,
+)
 from vramcalc.report import (
     Breakdown,
     CostReport,
@@ -65,6 +73,7 @@ from vramcalc.specs import (
     ModelSpec,
     ParallelSpec,
     PeftSpec,
+    TrainerSpec,
     TrainingSpec,
 )
 
@@ -223,6 +232,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         grad_ckpt=req.grad_ckpt,
         attn=req.attn,
         inference=InferenceSpec.from_request(req),
+        trainer=TrainerSpec.from_request(req),
     )
     if (
         spec.max_position_embeddings
@@ -308,6 +318,8 @@ class _Rank:
     """Per-block transient of the layout (context-parallel K/V exchange, expert all-to-all)."""
     head_extra: int = 0
     """Transient of the LM head's forward under the layout (the gathered TP logits)."""
+    trainer: TrainerWalk | None = None
+    """What a preference/RL trainer adds: resident models, extra events (trainers.py)."""
 
 
 def _walk(
@@ -331,6 +343,8 @@ def _walk(
     spec = rank.spec
     stage = rank.stage
     params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
+    tw = rank.trainer
+    params += tw.resident_bytes if tw is not None else 0
     zdetails, notes = dict(rs.details), list(rs.notes)
     split = grad_split(spec, inventory, plan)
     head_g, layer_g, embed_g, other_g = split.head, split.per_block, split.embed, split.other
@@ -390,6 +404,8 @@ def _walk(
 
         if step == 1:
             w.add(1, Phase.LOAD, "model loaded", comps(0, 0))
+        for tev in tw.before_forward if tw is not None else ():
+            w.add(step, tev.phase, tev.event, comps(tev.bytes, g_fwd))
         # forward
         act0 = prof.embed_saved
         if rs.gather_embed:
@@ -442,10 +458,17 @@ def _walk(
             "final norm and LM head",
             comps(act + rank.head_extra, g_fwd, gathered=head_fwd_gathered + zero_root),
         )
+        for tev in tw.after_forward if tw is not None else ():
+            w.add(
+                step,
+                tev.phase,
+                tev.event,
+                comps(act + prof.loss_saved + tev.bytes, g_fwd, gathered=fwd_gathered + zero_root),
+            )
         w.add(
             step,
             Phase.LOSS,
-            "loss (fp32 logits, log-softmax)",
+            tw.plan.loss_event if tw is not None else "loss (fp32 logits, log-softmax)",
             comps(
                 act + prof.logits_fwd + prof.loss_saved, g_fwd, gathered=fwd_gathered + zero_root
             ),
@@ -587,7 +610,11 @@ def _run_ends(prof: ActivationProfile) -> list[int]:
 
 
 def _rank(
-    res: Resolved, stage: Stage, inventory: tuple[ParamGroup, ...], optim_impl: str | None
+    res: Resolved,
+    stage: Stage,
+    inventory: tuple[ParamGroup, ...],
+    optim_impl: str | None,
+    trace: bool = False,
 ) -> _Rank:
     """Build one rank's slice: local model, parameters, activations, optimizer, states."""
     par, tr = res.parallel, res.training
@@ -611,11 +638,18 @@ def _rank(
                 "mixed_precision": MixedPrecision.NO,
             }
         )
+    tplan = None
+    if tr.trainer.name != Trainer.SFT:
+        tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
+        act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
     prof = activation_profile(
         spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
     cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
+    tw = None
+    if tplan is not None:
+        tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb, trace)
     states = rank_states(
         spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
     )
@@ -633,7 +667,51 @@ def _rank(
     head_extra = 0
     if par.tp > 1 and spec.has_lm_head and stage.last:
         head_extra = tp_logits_gather_bytes(tokens, spec.vocab_size, par.tp, cb)
-    return _Rank(stage, spec, inv, plan, prof, opt, states, extra, head_extra)
+    return _Rank(stage, spec, inv, plan, prof, opt, states, extra, head_extra, tw)
+
+
+def _trainer_walk(
+    res: Resolved,
+    spec: ModelSpec,
+    inv: tuple[ParamGroup, ...],
+    plan: ParamPlan,
+    prof: ActivationProfile,
+    tplan: TrainerPlan,
+    act_tr: TrainingSpec,
+    cb: int,
+    trace: bool,
+) -> TrainerWalk:
+    """Apply a trainer's head to the policy's profile; build its resident models and events.
+
+    The reference copy is loaded in the policy's dtype and quantization (TRL passes the same
+    ``model_init_kwargs``); it is sharded over the data-parallel ranks under ZeRO-3 and FSDP
+    and replicated otherwise (``trl/models/utils.py`` ``prepare_deepspeed``/``prepare_fsdp``).
+    """
+    from vramcalc.formulas.inference import _layer_temporaries
+
+    par, tr = res.parallel, res.training
+    amp = act_tr.mixed_precision != MixedPrecision.NO
+    pb = dtype_bytes(act_tr.param_dtype)
+    # the final norm's output: fp32 under autocast over fp32 weights, else the weights' dtype
+    hb = 4 if amp else pb
+    apply_head(
+        prof, tplan, spec=spec, rows=act_tr.batch_size, seq_len=act_tr.seq_len,
+        compute_bytes=cb, hidden_bytes=hb, param_bytes=pb,
+        head_trainable=tr.peft is None, trace=trace,
+    )  # fmt: skip
+    ref_bytes = 0
+    if tplan.reference_kind == "copy":
+        ref_plan = plan_params(spec, inv, tr.model_copy(update={"peft": None}))
+        ref_bytes = ref_plan.param_bytes
+        if par.zero_stage == ZeroStage.PARAMETERS or (par.fsdp is not None and par.dp_shard > 1):
+            ref_bytes = -(-ref_bytes // par.dp_shard)
+    rows = max(tplan.reference_rows, tplan.kl_rows, 1)
+    tokens = rows * act_tr.seq_len
+    layer_tmp = _layer_temporaries(spec, tokens, rows, act_tr.seq_len, cb, act_tr.attn)
+    return trainer_walk(
+        tplan, spec=spec, tokens_per_row=act_tr.seq_len, compute_bytes=cb, hidden_bytes=hb,
+        reference_bytes=ref_bytes, layer_temporaries=layer_tmp, trace=trace,
+    )  # fmt: skip
 
 
 def _layout(par: ParallelSpec, stage: Stage) -> Layout:
@@ -774,12 +852,14 @@ def _estimate(
     if embedding_backward_buffers is None:
         embedding_backward_buffers = 2 if trace else 1
     res = resolve(req)
+    if res.training.trainer.name == Trainer.REWARD:
+        res = _reward_model(res)
     spec, tr = res.model, res.training
     inventory = param_inventory(spec)
     notes = list(res.notes)
     walked = []
     for stage in stages(spec, res.parallel, tr.grad_accum):
-        rank = _rank(res, stage, inventory, optim_impl)
+        rank = _rank(res, stage, inventory, optim_impl, trace)
         events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
         # the first event among equal maxima, as max_memory_allocated records it
         top = max(events, key=lambda e: e.allocated_bytes)
@@ -828,6 +908,9 @@ def _estimate(
     details.update(base_details)
     if peak_ev.phase != Phase.OPTIMIZER:
         details.pop("optimizer/step_temporaries", None)
+    if rank.trainer is not None:
+        details = _trainer_details(details, rank.trainer, peak_ev.event)
+        notes += list(rank.trainer.plan.notes)
     details = _details_at_peak(details, breakdown)
     full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
     summary = ModelSummary(
@@ -876,6 +959,39 @@ def _estimate(
         assumptions=assumptions,
         notes=notes,
     )
+
+
+def _reward_model(res: Resolved) -> Resolved:
+    """Replace the causal LM's head by a reward model's bias-free ``score`` Linear(H, 1).
+
+    ``AutoModelForSequenceClassification`` with ``num_labels=1`` keeps the backbone and adds
+    ``score`` (untied); its ``H`` weights are negligible and not counted, its saved input is
+    (``trainers.apply_head``).
+
+    Source: trl 1.16.0 ``trl/trainer/reward_trainer.py``; transformers 5.24
+    ``modeling_layers.py`` (``GenericForSequenceClassification``).
+    """
+    from dataclasses import replace
+
+    spec = res.model.model_copy(update={"has_lm_head": False, "tie_word_embeddings": False})
+    return replace(res, model=spec)
+
+
+def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) -> dict[str, int]:
+    """Name the model each parameter byte belongs to; add the trainer's event rows at the peak.
+
+    ``params/policy`` is the policy's weights (and adapters), ``params/reference`` a reference
+    copy, ``params/inputs`` the batch.
+    """
+    out = {k: v for k, v in details.items() if not k.startswith("params/")}
+    policy = sum(v for k, v in details.items() if k.startswith("params/") and k != "params/inputs")
+    out["params/policy"] = policy - tw.resident_bytes
+    out.update(tw.resident)
+    out["params/inputs"] = details.get("params/inputs", 0)
+    for tev in (*tw.before_forward, *tw.after_forward):
+        if tev.event == peak_event:
+            out.update(tev.rows)
+    return out
 
 
 def _serving(res: Resolved, rank: _Rank) -> ServingReport | None:

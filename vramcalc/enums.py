@@ -22,6 +22,7 @@ __all__ = [
     "Quant",
     "ServeEngine",
     "Task",
+    "Trainer",
     "WeightFormat",
     "ZeroStage",
 ]
@@ -137,6 +138,7 @@ class Phase(StrEnum):
     """Phases of one training step, in order (then the two of an inference job)."""
 
     LOAD = "load"
+    GENERATION = "generation"  # an RL trainer's rollouts (GRPO/RLOO/PPO), before its forward
     FORWARD = "forward"
     LOSS = "loss"
     BACKWARD = "backward"
@@ -167,3 +169,22 @@ class ServeEngine(StrEnum):
 
     HF = "hf"
     VLLM = "vllm"
+
+
+class Trainer(StrEnum):
+    """TRL trainer that runs the step (``--trainer``); ``sft`` is a plain causal-LM step.
+
+    Values are TRL 1.16's trainer names (``trl/trainer/*_trainer.py``, ORPO and CPO in
+    ``trl/experimental``); SimPO is ``CPOTrainer`` with ``loss_type="simpo"``.
+    """
+
+    SFT = "sft"
+    DPO = "dpo"
+    ORPO = "orpo"
+    KTO = "kto"
+    SIMPO = "simpo"
+    CPO = "cpo"
+    REWARD = "reward"
+    PPO = "ppo"
+    GRPO = "grpo"
+    RLOO = "rloo"

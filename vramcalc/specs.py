@@ -35,6 +35,7 @@ from vramcalc.enums import (
     Quant,
     ServeEngine,
     Task,
+    Trainer,
     WeightFormat,
     ZeroStage,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_GPUS",
     "MAX_SEQ",
+    "TRAINER_OPTIONS",
     "AdapterOptions",
     "CostSpec",
     "EstimateRequest",
@@ -57,6 +59,7 @@ __all__ = [
     "ParallelSpec",
     "PeftSpec",
     "PromptOptions",
+    "TrainerSpec",
     "TrainingSpec",
     "ZeroSpec",
 ]
@@ -263,7 +266,34 @@ class EstimateRequest(_Frozen):
     concurrency: SInt | None = Field(
         default=None, gt=0, le=MAX_BATCH, description="vLLM concurrent sequences to check"
     )
-
+    # preference and RL trainers (``--trainer``); see formulas/trainers.py. Names are TRL's.
+    trainer: Trainer = Field(
+        default=Trainer.SFT,
+        description="TRL trainer: sft (plain causal LM), dpo, orpo, kto, simpo, cpo, reward, "
+        "ppo, grpo, rloo",
+    )
+    beta: SFloat | None = Field(
+        default=None,
+        ge=0,
+        le=1_000,
+        description="TRL beta (DPO-family temperature; GRPO/RLOO KL coefficient: a reference "
+        "model only when beta > 0)",
+    )
+    ref_model: Literal["auto", "copy"] = Field(
+        default="auto",
+        description="auto: as TRL does without a ref_model argument (PEFT: the base with the "
+        "adapters disabled, full fine-tuning: a second copy loaded from the same checkpoint); "
+        "copy: a separate reference model is passed (a second copy under PEFT too)",
+    )
+    precompute_ref_log_probs: SBool = Field(
+        default=False,
+        description="TRL precompute_ref_log_probs: reference log-probs computed over the "
+        "dataset before training; no reference model during the step",
+    )
+    padding_free: SBool = Field(
+        default=False,
+        description="TRL padding_free (DPO: TRL 1.16 warns and falls back to padding)",
+    )
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -292,6 +322,8 @@ class EstimateRequest(_Frozen):
         "kv_dtype",
         "weights",
         "engine",
+        "trainer",
+        "ref_model",
         mode="before",
     )
     @classmethod
@@ -305,6 +337,15 @@ class EstimateRequest(_Frozen):
         )  # fmt: skip
         if info.field_name == "task" and isinstance(v, str) and v.lower() == "infer":
             return "inference"  # ``infer`` is the CLI spelling of ``inference``
+        if info.field_name == "ref_model":
+            if isinstance(v, str) and v in ("auto", "copy"):
+                return v
+            values = ["auto", "copy"]
+            if not isinstance(v, str):
+                raise ValueError(
+                    f"ref_model must be a string, got {type(v).__name__}; accepted: auto, copy"
+                )
+            raise ValueError(str(UnknownNameError("ref_model value", v, values)))
         if enum is None or v is None or isinstance(v, enum):
             return v
         values = [str(m.value) for m in enum]
@@ -406,6 +447,13 @@ class EstimateRequest(_Frozen):
                     "--engine vllm needs --gpu NAME: its budget is --gpu-memory-utilization "
                     "x the GPU's memory (see `vramcalc gpus`)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _trainer_options(self) -> EstimateRequest:
+        """Refuse trainer options the chosen trainer does not read (``TRAINER_OPTIONS``)."""
+        for problem in _trainer_problems(self):
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
@@ -517,6 +565,67 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
     return out
 
 
+# Request fields each trainer reads (TRL 1.16 config names). A trainer option given with a
+# trainer that does not read it is refused. The RL helper adds its fields (num_generations,
+# max_completion_length, vllm, ...) here and to EstimateRequest.
+# Source: trl 1.16.0 trl/trainer/{dpo,kto,reward,grpo,rloo}_config.py,
+# trl/experimental/{orpo,cpo}/*_config.py.
+TRAINER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "sft": (),
+    "dpo": ("beta", "ref_model", "precompute_ref_log_probs", "padding_free"),
+    "kto": ("beta", "ref_model", "precompute_ref_log_probs"),
+    "orpo": ("beta",),
+    "simpo": ("beta",),
+    "cpo": ("beta",),
+    "reward": (),
+    "ppo": ("ref_model",),
+    "grpo": ("beta", "ref_model"),
+    "rloo": ("beta", "ref_model"),
+}
+# every trainer option and the value that means "not asked for" (its field default)
+TRAINER_OPTION_DEFAULTS: dict[str, Any] = {
+    "beta": None,
+    "ref_model": "auto",
+    "precompute_ref_log_probs": False,
+    "padding_free": False,
+}
+
+
+def _trainer_problems(req: EstimateRequest) -> list[str]:
+    """Messages for trainer options the chosen trainer does not use (empty when consistent)."""
+    trainer = str(req.trainer.value)
+    given = [n for n, off in TRAINER_OPTION_DEFAULTS.items() if getattr(req, n) != off]
+    if trainer != "sft" and req.task != Task.TRAIN:
+        return [f"--trainer {trainer} is a training step; it needs --task train"]
+    accepted = TRAINER_OPTIONS.get(trainer, ())
+    wrong = [n for n in given if n not in accepted]
+    if wrong:
+        users = sorted({t for t, opts in TRAINER_OPTIONS.items() for n in wrong if n in opts})
+        return [
+            f"{_opts(wrong)}: not used by --trainer {trainer}; "
+            + (
+                f"accepted with it: {_opts(list(accepted))}"
+                if accepted
+                else "it takes no trainer options"
+            )
+            + (f" (used by --trainer {', '.join(users)})" if users else "")
+        ]
+    out: list[str] = []
+    if trainer != "sft":
+        multi = [f"--{n} {getattr(req, n)}" for n in ("tp", "cp", "pp") if getattr(req, n) > 1]
+        if multi:
+            out.append(
+                f"{', '.join(multi)} with --trainer {trainer}: TRL's trainers run data parallel "
+                "(DDP, ZeRO or FSDP); accepted: --tp 1 --cp 1 --pp 1"
+            )
+    if req.ref_model == "copy" and req.precompute_ref_log_probs:
+        out.append(
+            "--ref-model copy and --precompute-ref-log-probs: with precomputed log-probs the "
+            "step holds no reference model; choose one"
+        )
+    return out
+
+
 _VLLM_ONLY = ("gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "concurrency")
 
 
@@ -576,6 +685,27 @@ class InferenceSpec(_Frozen):
         )
 
 
+class TrainerSpec(_Frozen):
+    """A resolved trainer (``--trainer`` and its options); see ``formulas/trainers.py``."""
+
+    name: Trainer = Trainer.SFT
+    beta: float | None = None
+    ref_model: Literal["auto", "copy"] = "auto"
+    precompute_ref_log_probs: bool = False
+    padding_free: bool = False
+
+    @classmethod
+    def from_request(cls, req: EstimateRequest) -> TrainerSpec:
+        """Return the trainer part of a request."""
+        return cls(
+            name=req.trainer,
+            beta=req.beta,
+            ref_model=req.ref_model,
+            precompute_ref_log_probs=req.precompute_ref_log_probs,
+            padding_free=req.padding_free,
+        )
+
+
 class TrainingSpec(_Frozen):
     """A resolved training (or inference) step on one GPU."""
 
@@ -591,6 +721,7 @@ class TrainingSpec(_Frozen):
     grad_ckpt: bool = False
     attn: Attention = Attention.SDPA
     inference: InferenceSpec | None = None
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
 
 
 class ZeroSpec(_Frozen):

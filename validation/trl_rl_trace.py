@@ -56,6 +56,7 @@ from typing import Any
 __all__ = ["SCENARIOS", "run_rl_trace", "scenario_request"]
 
 REPO = Path(__file__).resolve().parents[1]
+LAST_TRACKER: Any = None  # the last in-process trace's tracker (for debugging)
 
 # A small llama (GQA) whose LM head, KV cache and activations are all visible next to the
 # weights: hidden 128, 2 layers, 4 heads (2 KV), vocabulary 4096, untied.
@@ -325,6 +326,8 @@ def run_rl_trace(sid: str) -> dict[str, Any]:
             tracker.mark(m.parameters(), "params")
             tracker.mark(m.buffers(), "params")
         trainer.train()
+    global LAST_TRACKER
+    LAST_TRACKER = tracker
     step, ph = tracker.peak_step, tracker.peak_phase
     return {
         "allocated_bytes": tracker.peak,
@@ -409,7 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ids = args.only or list(SCENARIOS)
     for sid in ids:
         if sid not in SCENARIOS:
-            print(f"error: unknown scenario {sid!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+            print(
+                f"error: unknown scenario {sid!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr
+            )
             return 2
     for sid in ids:
         line = trace(sid)

@@ -99,13 +99,12 @@ LORA_TARGETS = ["q_proj", "v_proj"]
 
 
 def scenario_request(sid: str) -> dict[str, Any]:
-    """The ``EstimateRequest`` fields of scenario ``sid`` (what the estimate is asked)."""
+    """Return the ``EstimateRequest`` fields of scenario ``sid`` (what the estimate is asked)."""
     s = SCENARIOS[sid]
     req: dict[str, Any] = {
         "model": dict(MODEL),
         "trainer": s["trainer"],
         "batch_size": BATCH,
-        "seq_len": PROMPT + COMPLETION,
         "dtype": "bf16",
         "optim": "adamw_torch_fused",
         "grad_ckpt": s.get("grad_ckpt", True),
@@ -210,7 +209,6 @@ def run_rl_trace(sid: str) -> dict[str, Any]:
     from validation.trace import ROUND_BYTES, _make_tracker
 
     s = SCENARIOS[sid]
-    req = scenario_request(sid)
     V = MODEL["vocab_size"]
     cfg_kw = {k: v for k, v in MODEL.items() if k != "model_type"}
     cfg = LlamaConfig(**cfg_kw, eos_token_id=V - 2, pad_token_id=V - 3, bos_token_id=None)
@@ -420,8 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         line = trace(sid)
         m = line["measured"]
         cats = " ".join(f"{k}={v / 2**20:.2f}" for k, v in m["by_category"].items())
-        print(f"{sid}: {m['allocated_bytes'] / 2**20:.2f} MiB step {m['step']} {m['phase']} [{cats}] "
-              f"{line['wall_s']}s", flush=True)  # fmt: skip
+        peak = m["allocated_bytes"] / 2**20
+        print(f"{sid}: {peak:.2f} MiB step {m['step']} {m['phase']} [{cats}] {line['wall_s']}s",
+              flush=True)  # fmt: skip
         if args.out:
             with args.out.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(line, sort_keys=True) + "\n")

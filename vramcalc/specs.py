@@ -668,8 +668,11 @@ def _trainer_problems(req: EstimateRequest) -> list[str]:
 
 
 def _rl_problems(req: EstimateRequest) -> list[str]:
-    """Messages for RL-trainer options TRL 1.16 refuses (``grpo_config.py``/``rloo_config.py``
-    ``__post_init__``) or that contradict each other."""
+    """Messages for RL-trainer options TRL 1.16 refuses or that contradict each other.
+
+    Source: trl 1.16.0 ``grpo_config.py`` / ``rloo_config.py`` ``__post_init__``
+    (``generation_batch_size % num_generations``).
+    """
     trainer = str(req.trainer.value)
     if trainer not in ("grpo", "rloo", "ppo"):
         return []

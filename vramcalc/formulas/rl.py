@@ -188,7 +188,7 @@ def generation_rows(
 
 
 def _tile(tokens: int, compute: int) -> int:
-    """The kernel's ``mm_buf``: ``[min(N, 4096), 32768]`` in the compute dtype."""
+    """Return the kernel's ``mm_buf``: ``[min(N, 4096), 32768]`` in the compute dtype."""
     return block(min(tokens, LOGPROB_TOKEN_CHUNK) * LOGPROB_TILE_COLUMNS * compute)
 
 
@@ -224,7 +224,7 @@ def logprob_forward_bytes(
 
 
 def rollout_buffer_bytes(ro: Rollout, n_logps: int) -> int:
-    """The buffered generation batch: ids and masks (int64), advantages, log-prob tensors.
+    """Return the buffered generation batch: ids and masks (int64), advantages, log-prob tensors.
 
     Source: trl 1.16.0 ``grpo_trainer.py`` ``_generate_and_score_completions`` (``pad(...)``
     of prompt/completion ids and masks, ``advantages``, ``old_per_token_logps``,
@@ -245,7 +245,7 @@ def policy_head(
     param_bytes: int,
     head_trainable: bool,
 ) -> tuple[int, int, int, int]:
-    """The policy's fused LM head in the training micro-batch (GPU/Triton path).
+    """Return the policy's fused LM head bytes in a training micro-batch (GPU/Triton path).
 
     Returns ``(saved, forward_extra, outputs, backward_extra)``: saved for backward (the
     compacted hidden states ``[N, H]``, int64 targets, fp32 ``log_z`` and entropy, ``N = b

@@ -184,6 +184,37 @@ def _gpu_kernels(tracker: Any) -> Iterator[None]:
             del cl.triton
 
 
+@contextlib.contextmanager
+def _eos_never() -> Iterator[None]:
+    """Keep every completion ``max_completion_length`` long without extra sampling buffers.
+
+    ``min_new_tokens`` adds transformers' ``MinLength``/``MinNewTokensLength`` logits
+    processors, which clone the ``B x V`` scores and build a masked copy; a real GRPO run
+    (temperature 1, top_k 0, top_p 1) runs no processor. The stand-ins mask the EOS column of
+    the scores in place, which allocates nothing, like the processor-free path.
+    """
+    import math
+
+    from transformers.generation import logits_process as lp
+
+    def masked(self: Any, input_ids: Any, scores: Any) -> Any:
+        eos = self.eos_token_id
+        ids = eos.tolist() if hasattr(eos, "tolist") else eos
+        scores[:, ids] = -math.inf
+        return scores
+
+    saved = [
+        (c, c.__call__) for c in (lp.MinLengthLogitsProcessor, lp.MinNewTokensLengthLogitsProcessor)
+    ]
+    for cls, _ in saved:
+        cls.__call__ = masked  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for cls, call in saved:
+            cls.__call__ = call  # type: ignore[method-assign]
+
+
 # ----------------------------------------------------------------------------- one trace
 
 
@@ -319,7 +350,7 @@ def run_rl_trace(sid: str) -> dict[str, Any]:
     trainer._get_per_token_logps_and_entropies = per_token_logps
     trainer.accelerator.backward = accel_backward
     trainer.add_callback(Phases())
-    with _gpu_kernels(tracker), tracker:
+    with _gpu_kernels(tracker), _eos_never(), tracker:
         for m in models:
             tracker.mark(m.parameters(), "params")
             tracker.mark(m.buffers(), "params")

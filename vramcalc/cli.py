@@ -174,7 +174,9 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="autocast over fp32 weights (default no)")  # fmt: skip
     g.add_argument("--optim", metavar="NAME",
                    help="transformers optimizer name (see `vramcalc optimizers`)")  # fmt: skip
-    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing (default off; on for --trainer grpo/rloo, "
+                        "as TRL's configs default)")  # fmt: skip
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default sdpa)")  # fmt: skip
     g = p.add_argument_group("PEFT and quantization (one method at a time)")
@@ -269,6 +271,26 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                         "model in the step)")  # fmt: skip
     g.add_argument("--padding-free", action="store_true",
                    help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
+    g.add_argument("--num-generations", type=int, metavar="G",
+                   help="grpo/rloo: completions per prompt (TRL default: grpo 8, rloo 2); "
+                        "-b counts completions and b x GPUs x steps_per_generation must be "
+                        "a multiple of G")  # fmt: skip
+    g.add_argument("--max-completion-length", type=int, metavar="L",
+                   help="grpo/rloo/ppo: generated tokens per completion (default 512; "
+                        "ppo 53)")  # fmt: skip
+    g.add_argument("--max-prompt-length", type=int, metavar="P",
+                   help="grpo/rloo/ppo: prompt tokens (default 512; TRL 1.16 does not "
+                        "truncate prompts)")  # fmt: skip
+    g.add_argument("--steps-per-generation", type=int, metavar="N",
+                   help="grpo/rloo: micro-batches generated at once (default: "
+                        "--grad-accum)")  # fmt: skip
+    g.add_argument("--vllm", metavar="{none,colocate,server}",
+                   help="grpo/rloo generation: none (transformers generate, default), "
+                        "colocate (a vLLM engine on the training GPU), server "
+                        "(elsewhere)")  # fmt: skip
+    g.add_argument("--vllm-gpu-memory-utilization", type=float, metavar="F",
+                   help="grpo/rloo --vllm colocate: the engine's share of GPU memory "
+                        "(TRL default 0.3)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -434,9 +456,10 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _enum_value(option, getattr(ns, name), enum)
-    for flag in ("ia3", "grad_ckpt"):
-        if getattr(ns, flag):
-            fields[flag] = True
+    if ns.ia3:
+        fields["ia3"] = True
+    if ns.grad_ckpt is not None:
+        fields["grad_ckpt"] = ns.grad_ckpt
     fields.update(_layout_fields(ns))
     for name, option, keys in (
         ("lora", "--lora", _LORA_KEYS),
@@ -470,6 +493,21 @@ def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
     for flag in ("precompute_ref_log_probs", "padding_free"):
         if getattr(ns, flag, False):
             out[flag] = True
+    for name in (
+        "num_generations",
+        "max_completion_length",
+        "max_prompt_length",
+        "steps_per_generation",
+        "vllm_gpu_memory_utilization",
+    ):
+        if getattr(ns, name, None) is not None:
+            out[name] = getattr(ns, name)
+    if getattr(ns, "vllm", None) is not None:
+        value = ns.vllm.strip().lower()
+        accepted = ["none", "colocate", "server"]
+        if value not in accepted:
+            raise UnknownNameError("--vllm value", ns.vllm, accepted)
+        out["vllm"] = value
     return out
 
 
@@ -627,6 +665,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     console.print(table)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
+    if any(e.phase.value == "generation" for e in report.timeline):
+        _render_phases(report, console)
     if report.serving is not None:
         _render_serving(report, console)
     if report.fit is not None:
@@ -645,6 +685,26 @@ def render_report(report: MemoryReport, console: Console) -> None:
             console.print(f"[dim]  {note}[/]")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
+
+
+def _render_phases(report: MemoryReport, console: Console) -> None:
+    """Print the steady-state step's largest event per phase (RL trainers: generation first)."""
+    from rich.table import Table
+
+    last = max(e.step for e in report.timeline)
+    top: dict[str, Any] = {}
+    for e in report.timeline:
+        if e.step == last and (
+            e.phase.value not in top or e.allocated_bytes > top[e.phase.value].allocated_bytes
+        ):
+            top[e.phase.value] = e
+    t = Table(title=f"By phase (step {last}, tensors)", title_justify="left", padding=(0, 1))
+    t.add_column("phase")
+    t.add_column("GiB", justify="right")
+    t.add_column("largest event")
+    for phase, e in top.items():
+        t.add_row(phase, f"{e.allocated_bytes / 2**30:.2f}", e.event)
+    console.print(t)
 
 
 def _trivial_layout(layout: Layout) -> bool:
@@ -711,8 +771,7 @@ def render_fit(fit: FitReport, request: EstimateRequest, console: Console) -> No
         return
     console.print(
         f"Largest micro-batch on {fit.gpu} at seq-len {request.seq_len}: "
-        f"[bold]{fit.max_batch_size}[/]"
-        + (" or more" if fit.search_cap else "")
+        f"[bold]{fit.max_batch_size}[/]" + (" or more" if fit.search_cap else "")
     )
     if fit.search_cap:
         console.print(

@@ -75,6 +75,7 @@ from vramcalc.specs import (
     PeftSpec,
     TrainerSpec,
     TrainingSpec,
+    rl_batch_size,
 )
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
@@ -220,13 +221,15 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         dtype = DType.BF16 if zp == "bf16" else DType.FP16
         mp = MixedPrecision.NO
     tspec = TrainerSpec.from_request(req)
+    # GRPOConfig/RLOOConfig default gradient_checkpointing=True (trl 1.16.0 grpo_config.py)
+    rl_default_ckpt = req.grad_ckpt or tspec.name in (Trainer.GRPO, Trainer.RLOO)
     seq_len = req.seq_len
     if tspec.max_prompt_length and tspec.max_completion_length:
         # GRPO/RLOO/PPO: a training row is a prompt and its completion
         seq_len = tspec.max_prompt_length + tspec.max_completion_length
     training = TrainingSpec(
         task=req.task,
-        batch_size=req.batch_size,
+        batch_size=rl_batch_size(req),
         seq_len=seq_len,
         grad_accum=req.grad_accum,
         param_dtype=dtype,
@@ -234,7 +237,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         optim=req.optim,
         peft=peft,
         quant=quant,
-        grad_ckpt=req.grad_ckpt,
+        grad_ckpt=req.grad_ckpt if "grad_ckpt" in req.model_fields_set else rl_default_ckpt,
         attn=req.attn,
         inference=InferenceSpec.from_request(req),
         trainer=tspec,
@@ -1093,9 +1096,11 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
     """
     out = {k: v for k, v in details.items() if not k.startswith("params/")}
     policy = sum(v for k, v in details.items() if k.startswith("params/") and k != "params/inputs")
-    out["params/policy"] = policy - tw.resident_bytes
+    # ``params/inputs`` was computed as the live params above the policy's weights: the
+    # resident models are part of it
+    out["params/policy"] = policy
     out.update(tw.resident)
-    out["params/inputs"] = details.get("params/inputs", 0)
+    out["params/inputs"] = max(details.get("params/inputs", 0) - tw.resident_bytes, 0)
     for tev in (*tw.before_forward, *tw.after_forward):
         if tev.event == peak_event:
             out.update(tev.rows)

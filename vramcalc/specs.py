@@ -687,10 +687,11 @@ def _rl_problems(req: EstimateRequest) -> list[str]:
     g = req.num_generations or (8 if trainer == "grpo" else 2)
     spg = req.steps_per_generation or req.grad_accum
     world = req.gpus * req.nodes
-    gen_batch = req.batch_size * world * spg
+    b = rl_batch_size(req)
+    gen_batch = b * world * spg
     if gen_batch % g:
         out.append(
-            f"-b {req.batch_size} x {world} GPU(s) x steps_per_generation {spg} = generation "
+            f"-b {b} x {world} GPU(s) x steps_per_generation {spg} = generation "
             f"batch {gen_batch}, which TRL requires to be divisible by --num-generations {g} "
             "(-b counts completions); accepted: -b a multiple of "
             f"{g // _gcd(g, world * spg)}"
@@ -701,6 +702,23 @@ def _rl_problems(req: EstimateRequest) -> list[str]:
             "without it: none"
         )
     return out
+
+
+def rl_batch_size(req: EstimateRequest) -> int:
+    """Return ``-b`` for the request (RL trainers: TRL's default when unset).
+
+    GRPO/RLOO/PPO requests that do not set ``batch_size`` get TRL's
+    ``per_device_train_batch_size`` (8, ``data/rl.json``).
+    """
+    if req.trainer in (Trainer.GRPO, Trainer.RLOO, Trainer.PPO) and (
+        "batch_size" not in req.model_fields_set
+    ):
+        from vramcalc import catalog
+
+        return int(
+            catalog.load("rl")["defaults"][str(req.trainer.value)]["per_device_train_batch_size"]
+        )
+    return req.batch_size
 
 
 def _gcd(a: int, b: int) -> int:

@@ -10,9 +10,11 @@ const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
 const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
-  "tp", "cp", "ep", "pp", "pp_virtual_stages"];
+  "tp", "cp", "ep", "pp", "pp_virtual_stages",
+  "beta", "num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
+  "vllm_gpu_memory_utilization"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule"];
+  "fsdp", "pp_schedule", "trainer", "vllm"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
@@ -22,7 +24,12 @@ const DEFAULTS = {
   dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0,
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
+  trainer: "sft", vllm: "none",
 };
+// RL trainers with generation (issue 11): their options are sent only with such a trainer.
+const RL_TRAINERS = ["grpo", "rloo", "ppo"];
+const RL_FIELDS = ["num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
+  "vllm", "vllm_gpu_memory_utilization"];
 
 export_helpers();
 
@@ -98,6 +105,12 @@ function buildRequest() {
     const v = $(f).value;
     if (v !== "" && v !== DEFAULTS[f]) req[f] = v;
   }
+  if (!RL_TRAINERS.includes(req.trainer || "sft")) {
+    for (const f of RL_FIELDS) delete req[f];
+  } else if (req.trainer === "ppo") {
+    for (const f of ["num_generations", "steps_per_generation", "vllm", "vllm_gpu_memory_utilization"]) delete req[f];
+  }
+  if (RL_TRAINERS.includes(req.trainer)) delete req.seq_len;  // the sequence is P + L
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
@@ -196,6 +209,7 @@ function fillForm(req) {
   if (req.deepspeed) $("deepspeed").value = JSON.stringify(req.deepspeed, null, 2);
   showPeftOptions();
   showLayoutOptions();
+  showTrainerOptions();
 }
 
 const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name
@@ -219,6 +233,12 @@ function showLayoutOptions() {
     $("offload_optimizer").value = "none";
     $("offload_param").value = "none";
   }
+}
+
+function showTrainerOptions() {
+  const rl = RL_TRAINERS.includes($("trainer").value);
+  $("rl-opts").hidden = !rl;
+  $("rl-hint").hidden = !rl;
 }
 
 function showPeftOptions() {
@@ -544,6 +564,7 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
+  $("trainer").addEventListener("change", showTrainerOptions);
   $("fsdp").addEventListener("change", showLayoutOptions);
   $("form").addEventListener("submit", run);
   $("share").addEventListener("click", async () => {

@@ -897,6 +897,56 @@ CASES: list[Case] = [
         why="a CLI switch",
     ),
     _req("no_model", (), {"batch_size": 2}, ("Field required",), cli_needles=("MODEL",)),
+    # ---- preference and RL trainers (issue 11): names, and options a trainer does not read
+    _req(
+        "trainer_unknown",
+        ("gpt2", "--trainer", "dpp"),
+        {"model": "gpt2", "trainer": "dpp"},
+        ("trainer value 'dpp'", "dpo"),
+    ),
+    _req(
+        "trainer_option_not_used",
+        ("gpt2", "--trainer", "reward", "--beta", "0.1"),
+        {"model": "gpt2", "trainer": "reward", "beta": 0.1},
+        ("--beta: not used by --trainer reward",),
+    ),
+    _req(
+        "precompute_without_reference_trainer",
+        ("gpt2", "--trainer", "orpo", "--precompute-ref-log-probs"),
+        {"model": "gpt2", "trainer": "orpo", "precompute_ref_log_probs": True},
+        ("--precompute-ref-log-probs: not used by --trainer orpo", "dpo, kto"),
+    ),
+    _req(
+        "trainer_option_with_sft",
+        ("gpt2", "--ref-model", "copy"),
+        {"model": "gpt2", "ref_model": "copy"},
+        ("--ref-model: not used by --trainer sft",),
+    ),
+    _req(
+        "ref_model_unknown",
+        ("gpt2", "--trainer", "dpo", "--ref-model", "cpy"),
+        {"model": "gpt2", "trainer": "dpo", "ref_model": "cpy"},
+        ("ref_model value 'cpy'", "copy"),
+        cli_needles=("--ref-model value 'cpy'", "copy"),
+    ),
+    _req(
+        "ref_copy_and_precompute",
+        ("gpt2", "--trainer", "dpo", "--ref-model", "copy", "--precompute-ref-log-probs"),
+        {"model": "gpt2", "trainer": "dpo", "ref_model": "copy", "precompute_ref_log_probs": True},
+        ("--ref-model copy and --precompute-ref-log-probs",),
+    ),
+    _req(
+        "trainer_with_inference",
+        ("gpt2", "--trainer", "dpo", "--task", "infer"),
+        {"model": "gpt2", "trainer": "dpo", "task": "inference"},
+        ("--trainer dpo is a training step",),
+    ),
+    _req(
+        "trainer_with_pipeline",
+        ("gpt2", "--trainer", "dpo", "--gpus", "2", "--pp", "2"),
+        {"model": "gpt2", "trainer": "dpo", "gpus": 2, "pp": 2},
+        ("--pp 2 with --trainer dpo",),
+    ),
     # ---- RL trainers (issue 11): TRL 1.16's own refusals (grpo_config.py __post_init__)
     _req(
         "grpo_batch_not_multiple_of_generations",

@@ -84,3 +84,6 @@ class Measurement(BaseModel):
     created: str = Field(description="ISO 8601 UTC timestamp")
     wall_s: float | None = None
     error: str | None = None
+    trainer: str | None = Field(
+        default=None, description="TRL trainer of the scenario (trace-trl.jsonl lines)"
+    )

@@ -53,7 +53,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCENARIOS", "run_rl_trace", "scenario_request"]
+__all__ = ["SCENARIOS", "as_measurement", "run_rl_trace", "scenario_request", "trace"]
 
 REPO = Path(__file__).resolve().parents[1]
 LAST_TRACKER: Any = None  # the last in-process trace's tracker (for debugging)
@@ -390,6 +390,24 @@ def _fingerprint() -> dict[str, Any]:
     }
 
 
+def as_measurement(
+    sid: str, measured: dict[str, Any], *, created: str, wall_s: float | None
+) -> dict[str, Any]:
+    """Return one ``trace-trl.jsonl`` line (``validation.records.Measurement`` + ``trainer``)."""
+    from validation.records import Measurement
+
+    line = {
+        "scenario": {"id": sid, "request": scenario_request(sid), "steps": 2},
+        "fingerprint": _fingerprint(),
+        "measured": measured,
+        "created": created,
+        "wall_s": wall_s,
+        "trainer": SCENARIOS[sid]["trainer"],
+    }
+    Measurement.model_validate(line)  # the shared record format of validation/measurements
+    return line
+
+
 def _child(sid: str) -> int:
     import logging
     import warnings
@@ -400,15 +418,10 @@ def _child(sid: str) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     t0 = time.perf_counter()
     measured = run_rl_trace(sid)
-    line = {
-        "id": sid,
-        "trainer": SCENARIOS[sid]["trainer"],
-        "request": scenario_request(sid),
-        "measured": measured,
-        "fingerprint": _fingerprint(),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - t0, 2),
-    }
+    line = as_measurement(
+        sid, measured, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        wall_s=round(time.perf_counter() - t0, 2),
+    )  # fmt: skip
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     return 0
 

@@ -605,6 +605,39 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 86400:.3g} days"
 
 
+def _render_trainer(report: MemoryReport, console: Console) -> None:
+    """Print a trainer's models and the allocated peak of each phase (steady state)."""
+    from rich.table import Table
+
+    models = Table(title=f"Models on the GPU ({report.assumptions['trainer']})",
+                   title_justify="left", padding=(0, 1))  # fmt: skip
+    models.add_column("model")
+    models.add_column("GiB", justify="right")
+    for key, v in report.details.items():
+        if key.startswith("params/") and key not in ("params/inputs", "params/gathered"):
+            models.add_row(key.split("/", 1)[1], f"{v / 2**30:.2f}")
+    ref = report.assumptions.get("reference")
+    if ref in ("adapter_disabled", "precomputed"):
+        label = "the PEFT base, adapters disabled" if ref == "adapter_disabled" else (
+            "precomputed log-probs"
+        )  # fmt: skip
+        models.add_row(f"reference ({label})", "0.00")
+    console.print(models)
+    phases = Table(title="Allocated peak by phase (steady state)", title_justify="left",
+                   padding=(0, 1))  # fmt: skip
+    phases.add_column("phase")
+    phases.add_column("GiB", justify="right")
+    phases.add_column("at", style="dim")
+    last = max((e.step for e in report.timeline), default=1)
+    best: dict[str, tuple[int, str]] = {}
+    for e in report.timeline:
+        if e.step == last and e.allocated_bytes > best.get(e.phase.value, (-1, ""))[0]:
+            best[e.phase.value] = (e.allocated_bytes, e.event)
+    for phase, (n, event) in best.items():
+        phases.add_row(phase, f"{n / 2**30:.2f}", event)
+    console.print(phases)
+
+
 def render_report(report: MemoryReport, console: Console) -> None:
     """Print a ``MemoryReport`` as tables that fit ``console.width`` (80 columns)."""
     from rich.table import Table
@@ -663,6 +696,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     table.add_section()
     table.add_row("[bold]total[/]", f"[bold]{total / 2**30:.2f}[/]", "100.0", "")
     console.print(table)
+    if report.assumptions.get("trainer", "sft") != "sft":
+        _render_trainer(report, console)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
     if any(e.phase.value == "generation" for e in report.timeline):

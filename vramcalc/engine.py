@@ -622,7 +622,6 @@ def _rank(
     stage: Stage,
     inventory: tuple[ParamGroup, ...],
     optim_impl: str | None,
-    trace: bool = False,
 ) -> _Rank:
     """Build one rank's slice: local model, parameters, activations, optimizer, states."""
     par, tr = res.parallel, res.training
@@ -659,7 +658,7 @@ def _rank(
     if tplan is not None and tplan.generation:
         tw = _rl_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     elif tplan is not None:
-        tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb, trace)
+        tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     states = rank_states(
         spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
     )
@@ -689,7 +688,6 @@ def _trainer_walk(
     tplan: TrainerPlan,
     act_tr: TrainingSpec,
     cb: int,
-    trace: bool,
 ) -> TrainerWalk:
     """Apply a trainer's head to the policy's profile; build its resident models and events.
 
@@ -707,7 +705,7 @@ def _trainer_walk(
     apply_head(
         prof, tplan, spec=spec, rows=act_tr.batch_size, seq_len=act_tr.seq_len,
         compute_bytes=cb, hidden_bytes=hb, param_bytes=pb,
-        head_trainable=tr.peft is None, trace=trace,
+        head_trainable=tr.peft is None,
     )  # fmt: skip
     ref_bytes = 0
     if tplan.reference_kind == "copy":
@@ -720,7 +718,7 @@ def _trainer_walk(
     layer_tmp = _layer_temporaries(spec, tokens, rows, act_tr.seq_len, cb, act_tr.attn)
     return trainer_walk(
         tplan, spec=spec, tokens_per_row=act_tr.seq_len, compute_bytes=cb, hidden_bytes=hb,
-        reference_bytes=ref_bytes, layer_temporaries=layer_tmp, trace=trace,
+        reference_bytes=ref_bytes, layer_temporaries=layer_tmp,
     )  # fmt: skip
 
 
@@ -967,10 +965,12 @@ def _estimate(
         res = _reward_model(res)
     spec, tr = res.model, res.training
     inventory = param_inventory(spec)
+    if tr.trainer.name == Trainer.REWARD:  # the score head replaces the LM head
+        inventory = tuple(g for g in inventory if g.kind != "lm_head")
     notes = list(res.notes)
     walked = []
     for stage in stages(spec, res.parallel, tr.grad_accum):
-        rank = _rank(res, stage, inventory, optim_impl, trace)
+        rank = _rank(res, stage, inventory, optim_impl)
         events, cpu, zdetails, znotes = _walk(res, rank, embedding_backward_buffers)
         # the first event among equal maxima, as max_memory_allocated records it
         top = max(events, key=lambda e: e.allocated_bytes)
@@ -1003,12 +1003,14 @@ def _estimate(
         inputs = _input_bytes(tr)
         details = {k: v for k, v in details.items() if not k.startswith("params/")}
         details["params/inputs"] = inputs
-        details["params/gathered"] = max(live_params - rs.params - inputs, 0)
+        resident = rank.trainer.resident_bytes if rank.trainer is not None else 0
+        details["params/gathered"] = max(live_params - rs.params - inputs - resident, 0)
         block_bwd = peak_ev.event.startswith("block") and peak_ev.event.endswith("backward")
         if block_bwd and rs.grad_block_full:
             details["gradients/reduce_scatter"] = rs.grad_block_full
     else:
-        details["params/inputs"] = max(live_params - plan.param_bytes, 0)
+        resident = rank.trainer.resident_bytes if rank.trainer is not None else 0
+        details["params/inputs"] = max(live_params - plan.param_bytes - resident, 0)
     if prof is not None:
         details.update(prof.details)
     if opt is not None and res.parallel.fsdp is None:
@@ -1023,6 +1025,9 @@ def _estimate(
         details = _trainer_details(details, rank.trainer, peak_ev.event)
         notes += list(rank.trainer.plan.notes)
     details = _details_at_peak(details, breakdown)
+    if rank.trainer is not None and "params/policy" not in details and "params/other" in details:
+        # ZeRO-3 keeps no per-group row for the policy's shard: the rest is the policy
+        details["params/policy"] = details.pop("params/other")
     full_plan = plan if rank.inventory is inventory else plan_params(spec, inventory, tr)
     summary = ModelSummary(
         name=spec.name,
@@ -1048,6 +1053,9 @@ def _estimate(
             "hf_trainer_param_groups": 2,
         }
     )
+    if rank.trainer is not None:
+        assumptions["trainer"] = rank.trainer.plan.name.value
+        assumptions["reference"] = rank.trainer.plan.reference_kind
     return MemoryReport(
         version=__version__,
         model=summary,
@@ -1094,13 +1102,12 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
     ``params/policy`` is the policy's weights (and adapters), ``params/reference`` a reference
     copy, ``params/inputs`` the batch.
     """
-    out = {k: v for k, v in details.items() if not k.startswith("params/")}
-    policy = sum(v for k, v in details.items() if k.startswith("params/") and k != "params/inputs")
-    # ``params/inputs`` was computed as the live params above the policy's weights: the
-    # resident models are part of it
-    out["params/policy"] = policy
+    keep = ("params/inputs", "params/gathered")
+    out = {k: v for k, v in details.items() if not k.startswith("params/") or k in keep}
+    out["params/policy"] = sum(
+        v for k, v in details.items() if k.startswith("params/") and k not in keep
+    )
     out.update(tw.resident)
-    out["params/inputs"] = max(details.get("params/inputs", 0) - tw.resident_bytes, 0)
     for tev in (*tw.before_forward, *tw.after_forward):
         if tev.event == peak_event:
             out.update(tev.rows)

@@ -5,7 +5,7 @@
 
 const GIB = 2 ** 30;
 const COMPONENTS = ["base", "params", "activations", "gradients", "optimizer"];
-const PHASES = ["load", "forward", "loss", "backward", "optimizer"];
+const PHASES = ["load", "generation", "forward", "loss", "backward", "optimizer"];
 const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
@@ -14,17 +14,18 @@ const NUMBER_FIELDS = ["batch_size", "seq_len", "grad_accum", "gpus", "nodes", "
   "beta", "num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
   "vllm_gpu_memory_utilization"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule", "trainer", "vllm"];
+  "fsdp", "pp_schedule", "trainer", "ref_model", "vllm"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
-const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward"];
+const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
+  "precompute_ref_log_probs"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "sdpa", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0,
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
-  trainer: "sft", vllm: "none",
+  trainer: "sft", ref_model: "auto", vllm: "none",
 };
 // RL trainers with generation (issue 11): their options are sent only with such a trainer.
 const RL_TRAINERS = ["grpo", "rloo", "ppo"];
@@ -115,6 +116,14 @@ function buildRequest() {
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
   if ($("sequence_parallel").checked) req.sequence_parallel = true;
+  // trainer options only for the trainers that read them (the API refuses the others)
+  const trainer = $("trainer").value;
+  for (const el of document.querySelectorAll(".trainer-opts")) {
+    if (el.dataset.for.split(" ").includes(trainer)) continue;
+    const ctl = el.querySelector("input, select") || el;
+    if (ctl.id && ctl.id in req) delete req[ctl.id];
+  }
+  if ($("precompute_ref_log_probs").checked && ["dpo", "kto"].includes(trainer)) req.precompute_ref_log_probs = true;
   if (req.fsdp) {
     for (const f of FSDP_NUMBER_FIELDS) {
       const v = Number($(f).value);
@@ -189,6 +198,7 @@ function fillForm(req) {
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
   $("sequence_parallel").checked = !!req.sequence_parallel;
+  $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;
   $("fsdp_offload").checked = !!req.fsdp_offload;
   if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);
   if (req.fsdp_reshard_after_forward !== undefined) $("fsdp_reshard_after_forward").value = String(req.fsdp_reshard_after_forward);
@@ -212,6 +222,16 @@ function fillForm(req) {
   showTrainerOptions();
 }
 
+function showTrainerOptions() {
+  const trainer = $("trainer").value;
+  for (const el of document.querySelectorAll(".trainer-opts")) {
+    el.hidden = !el.dataset.for.split(" ").includes(trainer);
+  }
+  const rl = RL_TRAINERS.includes(trainer);
+  $("rl-opts").hidden = !rl;
+  $("rl-hint").hidden = !rl;
+}
+
 const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name
 
 function setValue(id, value) {
@@ -233,12 +253,6 @@ function showLayoutOptions() {
     $("offload_optimizer").value = "none";
     $("offload_param").value = "none";
   }
-}
-
-function showTrainerOptions() {
-  const rl = RL_TRAINERS.includes($("trainer").value);
-  $("rl-opts").hidden = !rl;
-  $("rl-hint").hidden = !rl;
 }
 
 function showPeftOptions() {
@@ -564,8 +578,8 @@ async function loadCatalogs() {
 async function init() {
   setupCombobox();
   $("peft").addEventListener("change", showPeftOptions);
-  $("trainer").addEventListener("change", showTrainerOptions);
   $("fsdp").addEventListener("change", showLayoutOptions);
+  $("trainer").addEventListener("change", showTrainerOptions);
   $("form").addEventListener("submit", run);
   $("share").addEventListener("click", async () => {
     let req;
@@ -577,6 +591,7 @@ async function init() {
   });
   showPeftOptions();
   showLayoutOptions();
+  showTrainerOptions();
   await loadCatalogs();
   document.body.dataset.ready = "true";
   if (location.search) {

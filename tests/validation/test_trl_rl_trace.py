@@ -30,6 +30,8 @@ LINES: list[dict[str, Any]] = (
     else []
 )
 RL = [d for d in LINES if d.get("trainer") in ("grpo", "rloo")]
+for _d in RL:  # the shared Measurement format: scenario.id, scenario.request
+    _d["id"], _d["request"] = _d["scenario"]["id"], _d["scenario"]["request"]
 # the tracer's "logprobs" phase (the no-grad old/reference passes) is the estimate's rollout
 # phase, "generation"
 PHASES = {"logprobs": "generation"}

@@ -97,6 +97,7 @@ class TrainerPlan:
         kl_rows: rows of KTO's no-grad KL forward of the policy (0 otherwise).
         head_kind: ``logits``, ``fused_logprob``, ``concat_logits`` or ``score``.
         generation: the trainer generates rollouts (GRPO/RLOO/PPO; the RL helper's part).
+        nll: ORPO/CPO add a cross-entropy term over the chosen rows' full logits.
         notes: what the estimate assumes for this trainer.
         source: the code path (``data/trainers.json``).
 
@@ -109,6 +110,7 @@ class TrainerPlan:
     kl_rows: int
     head_kind: str
     generation: bool
+    nll: bool = False
     notes: tuple[str, ...] = ()
     source: str = ""
 
@@ -173,6 +175,7 @@ def trainer_plan(trainer: TrainerSpec, peft: PeftSpec | None, batch_size: int) -
         kl_rows=kl_rows,
         head_kind=str(row["head"]),
         generation=bool(row["generation"]),
+        nll=bool(row.get("nll", False)),
         notes=tuple(notes),
         source=str(row["source"]),
     )
@@ -209,28 +212,25 @@ class TrainerWalk:
 
 
 def fused_logprob_buffers(
-    tokens: int, hidden: int, vocab: int, cb: int, *, n_outputs: int, trace: bool
+    tokens: int, hidden: int, vocab: int, cb: int, *, n_outputs: int
 ) -> tuple[int, int]:
     """Transient bytes of TRL's chunked log-prob kernel: (forward, backward), above its inputs.
 
-    Forward: seven fp32 per-token running statistics and one ``[min(N, 4096), min(V, 32768)]``
-    tile in the compute dtype (``mm_buf``), then the per-token outputs. On a GPU a Triton kernel
-    folds each tile in place; without Triton (fake-tensor traces) ``_forward_tile`` runs in torch
-    and holds fp32 temporaries of the tile (``tile.float()``, ``z - max``, ``exp``, ``e * z``).
-    Backward: the fp32 ``grad_hidden`` ``[N, H]``, the tile, and (without Triton) the tile's
-    fp32 temporaries (``y``, ``log_p``, ``p``, ``grad``).
+    Forward: seven fp32 per-token running statistics and one ``[min(N, 4096), 32768]`` tile
+    in the compute dtype (``mm_buf``, allocated at the full chunk width), then the per-token
+    outputs; on a GPU a Triton kernel folds each tile into the statistics in place.
+    Backward: the fp32 ``grad_hidden`` ``[N, H]`` and the tile (the Triton kernel turns it into
+    the logits' gradient in place).
 
     Source: trl 1.16.0 ``trl/kernels/chunked_logprob.py`` (``ChunkedLogProbFunction.forward``
-    / ``.backward``, ``_forward_tile``, ``_backward_tile``).
+    / ``.backward``, ``_forward_kernel``, ``_backward_kernel``).
     """
-    n = min(tokens, LOGPROB_TOKEN_CHUNK)
-    c = min(vocab, LOGPROB_VOCAB_CHUNK)
-    tile = block(n * c * cb)
+    # mm_buf is [min(N, 4096), chunk_size] whatever the vocabulary (a small vocabulary uses
+    # only part of it)
+    tile = block(min(tokens, LOGPROB_TOKEN_CHUNK) * LOGPROB_VOCAB_CHUNK * cb)
     stats = 7 * block(tokens * 4)
-    fold_fwd = 4 * block(n * c * 4) if trace else 0
-    fold_bwd = 4 * block(n * c * 4) if trace else 0
-    fwd = stats + tile + fold_fwd + n_outputs * block(tokens * 4)
-    bwd = block(tokens * hidden * 4) + tile + fold_bwd
+    fwd = stats + tile + n_outputs * block(tokens * 4)
+    bwd = block(tokens * hidden * 4) + tile
     return fwd, bwd
 
 
@@ -243,7 +243,6 @@ def trainer_walk(
     hidden_bytes: int,
     reference_bytes: int,
     layer_temporaries: int,
-    trace: bool,
 ) -> TrainerWalk:
     """Build what a DPO-family, KTO or reward trainer adds to the policy's walk.
 
@@ -256,7 +255,6 @@ def trainer_walk(
         reference_bytes: the reference copy's bytes on this rank (0 unless ``copy``).
         layer_temporaries: the largest no-grad temporaries of one block over the reference's
             rows (``formulas/inference._layer_temporaries``).
-        trace: a fake-tensor trace (no Triton: the kernel folds tiles in torch).
 
     The reference's no-grad forward holds one block's temporaries at a time, then its last
     hidden state, the head's shifted copy and the kernel's buffers; its log-probs stay until
@@ -277,7 +275,7 @@ def trainer_walk(
         N = rows * (tokens_per_row - 1)
         last_hidden = block(T * H * hidden_bytes)
         head_in = block(N * H * hidden_bytes)
-        k_fwd, _ = fused_logprob_buffers(N, H, V, compute_bytes, n_outputs=1, trace=trace)
+        k_fwd, _ = fused_logprob_buffers(N, H, V, compute_bytes, n_outputs=1)
         head = last_hidden + head_in + k_fwd + block(N * 8)
         return max(layer_temporaries, head), {
             "activations/reference_forward": max(layer_temporaries, head)
@@ -316,7 +314,6 @@ def apply_head(
     hidden_bytes: int,
     param_bytes: int,
     head_trainable: bool,
-    trace: bool,
 ) -> None:
     """Replace the SFT head and loss terms of an ``ActivationProfile`` by the trainer's.
 
@@ -339,8 +336,16 @@ def apply_head(
     S = seq_len
     if plan.head_kind == "fused_logprob":
         N = rows * (S - 1)
-        saved = block(N * H * hidden_bytes) + block(N * 8) + 2 * block(N * 4)
-        k_fwd, k_bwd = fused_logprob_buffers(N, H, V, compute_bytes, n_outputs=4, trace=trace)
+        # the head's input is no longer saved by an nn.Linear (full fine-tuning saved it)
+        if head_trainable:
+            head_in = block(rows * S * H * hidden_bytes)
+            prof.head_saved -= head_in
+            lin = prof.details.get("activations/linear_inputs", 0) - head_in
+            prof.details["activations/linear_inputs"] = max(lin, 0)
+        # hidden_states[mask] (N x H), its two int64 index tensors (saved by index's
+        # backward), the int64 targets labels[mask], log_z and entropy (fp32)
+        saved = block(N * H * hidden_bytes) + 3 * block(N * 8) + 2 * block(N * 4)
+        k_fwd, k_bwd = fused_logprob_buffers(N, H, V, compute_bytes, n_outputs=4)
         outputs = 3 * block(N * 4) + block(N)
         prof.amp_weight_copies -= prof.amp_head_copy
         prof.amp_head_copy = 0
@@ -352,9 +357,32 @@ def apply_head(
         prof.logits_fwd = k_fwd
         prof.loss_saved = outputs
         prof.loss_bwd_extra = 0
-        wgrad = (block(V * H * 4) + block(V * H * param_bytes)) if head_trainable else 0
-        prof.head_bwd_extra = k_bwd + block(N * H * hidden_bytes) + wgrad
+        # fp32 accumulators cast back at the end (``.to`` is a no-op for fp32): the weight's
+        # fp32 gradient (its cast is the gradient the walk already counts) and grad_hidden's
+        wgrad = block(V * H * 4) if head_trainable and param_bytes != 4 else 0
+        hcast = block(N * H * hidden_bytes) if hidden_bytes != 4 else 0
+        prof.head_bwd_extra = k_bwd + hcast + wgrad
         prof.details["activations/logprob_buffers"] = saved + outputs
+    elif plan.head_kind == "concat_logits":
+        # ORPO/CPO/SimPO concatenated_forward: full logits of the 2B rows (kept: the
+        # log-prob path saves views of them), cross-entropy over the chosen half of the
+        # shifted logits (a contiguous copy, then log_softmax saved), get_batch_logps over all
+        # rows through selective_log_softmax: gather + a per-row logsumexp loop (fp32 logits),
+        # or a per-row log_softmax whose outputs are saved (16-bit logits)
+        T, Ts = rows * S, rows * (S - 1)
+        # SimPO (cpo_alpha = 0) skips the NLL term (trl/experimental/cpo/cpo_trainer.py)
+        half = (rows // 2) * (S - 1) if plan.nll else 0
+        logits = block(T * V * compute_bytes)
+        ce_saved = block(half * V * compute_bytes) if half else 0
+        rows_saved = 0 if compute_bytes == 4 else block(Ts * V * compute_bytes)
+        prof.head_saved += logits
+        prof.logits_fwd = ce_saved  # the contiguous chosen half
+        prof.loss_saved = ce_saved + rows_saved
+        # backward: the stacked per-row logsumexp gradients, gather's zeros and its
+        # scatter_add (each rows x (S-1) x V), then the logits' gradient into the LM head
+        prof.loss_bwd_extra = 3 * block(Ts * V * compute_bytes)
+        prof.details.pop("activations/logits", None)
+        prof.details["activations/logits"] = logits + ce_saved + rows_saved
     elif plan.head_kind == "score":
         T = rows * S
         saved = block(T * H * compute_bytes)

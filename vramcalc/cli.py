@@ -700,8 +700,6 @@ def render_report(report: MemoryReport, console: Console) -> None:
         _render_trainer(report, console)
     if report.cpu_bytes > 0:
         console.print(f"CPU memory (offloaded): {_gib(report.cpu_bytes)}")
-    if any(e.phase.value == "generation" for e in report.timeline):
-        _render_phases(report, console)
     if report.serving is not None:
         _render_serving(report, console)
     if report.fit is not None:
@@ -720,26 +718,6 @@ def render_report(report: MemoryReport, console: Console) -> None:
             console.print(f"[dim]  {note}[/]")
     for note in report.notes:
         console.print(f"[dim]note: {note}[/]")
-
-
-def _render_phases(report: MemoryReport, console: Console) -> None:
-    """Print the steady-state step's largest event per phase (RL trainers: generation first)."""
-    from rich.table import Table
-
-    last = max(e.step for e in report.timeline)
-    top: dict[str, Any] = {}
-    for e in report.timeline:
-        if e.step == last and (
-            e.phase.value not in top or e.allocated_bytes > top[e.phase.value].allocated_bytes
-        ):
-            top[e.phase.value] = e
-    t = Table(title=f"By phase (step {last}, tensors)", title_justify="left", padding=(0, 1))
-    t.add_column("phase")
-    t.add_column("GiB", justify="right")
-    t.add_column("largest event")
-    for phase, e in top.items():
-        t.add_row(phase, f"{e.allocated_bytes / 2**30:.2f}", e.event)
-    console.print(t)
 
 
 def _trivial_layout(layout: Layout) -> bool:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import sys
 import tempfile
@@ -323,7 +322,6 @@ def _fake_answers() -> Any:
     import torch  # noqa: TID251
 
     old_item, old_bool = torch.Tensor.item, torch.Tensor.__bool__
-    old_tolist = torch.Tensor.tolist
 
     def item(self: Any) -> Any:
         return 0.0 if self.is_floating_point() else (True if self.dtype == torch.bool else 1)
@@ -374,7 +372,6 @@ def _fake_answers() -> Any:
         fake_impls.op_implementations_dict[key] = old_nonzero
         torch.Tensor.item = old_item  # type: ignore[method-assign]
         torch.Tensor.__bool__ = old_bool  # type: ignore[method-assign]
-        torch.Tensor.tolist = old_tolist  # type: ignore[method-assign]
 
 
 class _Launch:
@@ -635,6 +632,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-_ = functools

@@ -1024,6 +1024,11 @@ def _estimate(
     if rank.trainer is not None:
         details = _trainer_details(details, rank.trainer, peak_ev.event)
         notes += list(rank.trainer.plan.notes)
+        if rank.trainer.plan.reference_kind == "copy" and rs is not None and rs.sharded:
+            notes.append(
+                "the sharded reference's per-layer all-gathers during its no-grad forward are "
+                "not itemised (the policy's gather buffers of the same size are)"
+            )
     details = _details_at_peak(details, breakdown)
     if rank.trainer is not None and "params/policy" not in details and "params/other" in details:
         # ZeRO-3 keeps no per-group row for the policy's shard: the rest is the policy

@@ -820,6 +820,28 @@ def _rl_walk(
                 {"activations/logprob_forward": lp},
             )
         )
+    notes = list(tplan.notes)
+    if ro.vllm == "none":
+        notes.append(
+            f"generation: transformers generate of {ro.generation_batch} completions "
+            f"({ro.prompt} + {ro.completion} tokens, DynamicCache) every "
+            f"{ro.generation_batch // max(ro.completions, 1)} micro-batch(es)"
+        )
+    elif ro.vllm == "colocate":
+        notes.append(
+            "vLLM colocate: the engine's reservation (vllm_gpu_memory_utilization x GPU memory) "
+            "follows vLLM's documented memory profiling; not traced"
+        )
+    else:
+        notes.append("vLLM server: generation runs on other GPUs; nothing of it on this GPU")
+    if ppo:
+        notes.append(
+            "PPO is not in TRL 1.16: modelled from its last PPOTrainer "
+            "(trl/experimental/ppo/ppo_trainer.py); not traced"
+        )
+    from dataclasses import replace
+
+    tplan = replace(tplan, notes=tuple(notes))
     return TrainerWalk(plan=tplan, resident=resident, before_forward=tuple(before))
 
 

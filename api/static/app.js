@@ -98,11 +98,11 @@ function buildRequest() {
   const req = {};
   const config = parseJsonField("config", "config.json");
   const name = $("model").value.trim();
-  const trainer = $("trainer_config").value.trim();
-  if (trainer) req.config = trainer;
+  const trainerConfig = $("trainer_config").value.trim();
+  if (trainerConfig) req.config = trainerConfig;
   if (config) req.model = config;
   else if (name) req.model = name;
-  else if (!trainer) throw new Error("choose a catalog model, paste a config.json or a trainer config");
+  else if (!trainerConfig) throw new Error("choose a catalog model, paste a config.json or a trainer config");
   for (const f of NUMBER_FIELDS) {
     const v = numberOrNull(f);
     if (v !== null && v !== DEFAULTS[f]) req[f] = v;

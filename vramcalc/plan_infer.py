@@ -49,6 +49,7 @@ from vramcalc.plan import (
     _gpus,
     _wrap,
     largest_batch,
+    render_sections,
 )
 from vramcalc.specs import EstimateRequest, GpuSpec
 
@@ -537,28 +538,9 @@ def render_infer(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     head = (f"{'':2}{'GPUs':<13}{'engine':<7}{'weights':<8}{'TP xR':<7}{'seqs':>9}"
             f"{'peak':>6}{'free':>6}{'tok/s':>8}{'$/h':>7}{'$/Mtok':>7}")  # fmt: skip
     lines.append(head[:width])
-    for c in report.front[:rows]:
-        mark = "$ " if c.cheapest else "> " if c.fastest else "  "
-        if c.cheapest and c.fastest:
-            mark = "* "
-        lines.append(_row(mark, c)[:width])
-    if len(report.front) > rows:
-        lines.append(f"  ... {len(report.front) - rows} more on the front (--json lists all)")
-    lines.append("$ cheapest  > highest throughput  * both; seqs: per replica / most it holds;")
-    lines.append("peak and free: GiB per GPU; tok/s: decode roofline proxy, all replicas")
-    if report.smallest:
-        lines.append("")
-        lines.append("fewest GPUs per GPU type (cheapest first):")
-        for c in report.smallest[: max(rows // 2, 3)]:
-            lines.append(_row("  ", c)[:width])
-    if report.excluded:
-        lines.append("")
-        lines.append("excluded:")
-        for e in report.excluded:
-            lines.extend(_wrap("  " + e, width))
-    for n in report.notes:
-        lines.extend(_wrap("note: " + n, width))
-    return "\n".join(line.rstrip() for line in lines)
+    legend = ["$ cheapest  > highest throughput  * both; seqs: per replica / most it holds;",
+              "peak and free: GiB per GPU; tok/s: decode roofline proxy, all replicas"]  # fmt: skip
+    return render_sections(lines, report, _row, legend, width=width, rows=rows)
 
 
 def _row(mark: str, c: PlanCandidate) -> str:

@@ -1071,4 +1071,47 @@ CASES += [
         "model:\n  _component_: torchtune.models.llama3_2.llama3_2_2b\n",
         ("model._component_ 'torchtune.models.llama3_2.llama3_2_2b' has no catalog model",),
     ),
+    # ---- RL trainers (issue 11): TRL 1.16's own refusals (grpo_config.py __post_init__)
+    _req(
+        "grpo_batch_not_multiple_of_generations",
+        ("gpt2", "--trainer", "grpo", "-b", "3", "--num-generations", "4"),
+        {"model": "gpt2", "trainer": "grpo", "batch_size": 3, "num_generations": 4},
+        ("generation batch 3", "divisible by --num-generations 4", "a multiple of 4"),
+    ),
+    _req(
+        "grpo_one_generation",
+        ("gpt2", "--trainer", "grpo", "--num-generations", "1"),
+        {"model": "gpt2", "trainer": "grpo", "num_generations": 1},
+        ("greater than or equal to 2",),
+    ),
+    _req(
+        "grpo_seq_len",
+        ("gpt2", "--trainer", "grpo", "-s", "256"),
+        {"model": "gpt2", "trainer": "grpo", "seq_len": 256},
+        ("--max-prompt-length + --max-completion-length",),
+    ),
+    _req(
+        "vllm_utilization_without_vllm",
+        ("gpt2", "--trainer", "grpo", "--vllm-gpu-memory-utilization", "0.5"),
+        {"model": "gpt2", "trainer": "grpo", "vllm_gpu_memory_utilization": 0.5},
+        ("--vllm-gpu-memory-utilization needs --vllm colocate",),
+    ),
+    _req(
+        "vllm_unknown_mode",
+        ("gpt2", "--trainer", "grpo", "--vllm", "colocated"),
+        {"model": "gpt2", "trainer": "grpo", "vllm": "colocated"},
+        ("colocate",),
+    ),
+    _req(
+        "vllm_colocate_without_gpu",
+        ("gpt2", "--trainer", "grpo", "--vllm", "colocate"),
+        {"model": "gpt2", "trainer": "grpo", "vllm": "colocate"},
+        ("--vllm colocate", "add --gpu"),
+    ),
+    _req(
+        "num_generations_with_dpo",
+        ("gpt2", "--trainer", "dpo", "--num-generations", "4"),
+        {"model": "gpt2", "trainer": "dpo", "num_generations": 4},
+        ("not used by --trainer dpo", "grpo"),
+    ),
 ]

@@ -185,7 +185,9 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="autocast over fp32 weights (default no)")  # fmt: skip
     g.add_argument("--optim", metavar="NAME",
                    help="transformers optimizer name (see `vramcalc optimizers`)")  # fmt: skip
-    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient checkpointing (default off; on for --trainer grpo/rloo, "
+                        "as TRL's configs default)")  # fmt: skip
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default: what transformers picks for the "
                         "model: sdpa, or eager for Gemma-2, GPT-OSS, BLOOM)")  # fmt: skip
@@ -305,6 +307,26 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                         "model in the step)")  # fmt: skip
     g.add_argument("--padding-free", action="store_true",
                    help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
+    g.add_argument("--num-generations", type=int, metavar="G",
+                   help="grpo/rloo: completions per prompt (TRL default: grpo 8, rloo 2); "
+                        "-b counts completions and b x GPUs x steps_per_generation must be "
+                        "a multiple of G")  # fmt: skip
+    g.add_argument("--max-completion-length", type=int, metavar="L",
+                   help="grpo/rloo/ppo: generated tokens per completion (default 512; "
+                        "ppo 53)")  # fmt: skip
+    g.add_argument("--max-prompt-length", type=int, metavar="P",
+                   help="grpo/rloo/ppo: prompt tokens (default 512; TRL 1.16 does not "
+                        "truncate prompts)")  # fmt: skip
+    g.add_argument("--steps-per-generation", type=int, metavar="N",
+                   help="grpo/rloo: micro-batches generated at once (default: "
+                        "--grad-accum)")  # fmt: skip
+    g.add_argument("--vllm", metavar="{none,colocate,server}",
+                   help="grpo/rloo generation: none (transformers generate, default), "
+                        "colocate (a vLLM engine on the training GPU), server "
+                        "(elsewhere)")  # fmt: skip
+    g.add_argument("--vllm-gpu-memory-utilization", type=float, metavar="F",
+                   help="grpo/rloo --vllm colocate: the engine's share of GPU memory "
+                        "(TRL default 0.3)")  # fmt: skip
     g = p.add_argument_group("hardware, time and cost")
     g.add_argument("--gpu", metavar="NAME", help="check the fit on this GPU (see `vramcalc gpus`)")
     g.add_argument("--max-batch", action="store_true",
@@ -507,7 +529,11 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _enum_value(option, getattr(ns, name), enum)
-    for flag in ("ia3", "grad_ckpt", *FEATURES):
+    if ns.ia3:
+        fields["ia3"] = True
+    if ns.grad_ckpt is not None:
+        fields["grad_ckpt"] = ns.grad_ckpt
+    for flag in FEATURES:
         if getattr(ns, flag):
             fields[flag] = True
     for name, accepted in (("framework", FRAMEWORKS), ("loss", LOSS_KINDS)):
@@ -551,6 +577,21 @@ def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
     for flag in ("precompute_ref_log_probs", "padding_free"):
         if getattr(ns, flag, False):
             out[flag] = True
+    for name in (
+        "num_generations",
+        "max_completion_length",
+        "max_prompt_length",
+        "steps_per_generation",
+        "vllm_gpu_memory_utilization",
+    ):
+        if getattr(ns, name, None) is not None:
+            out[name] = getattr(ns, name)
+    if getattr(ns, "vllm", None) is not None:
+        value = ns.vllm.strip().lower()
+        accepted = ["none", "colocate", "server"]
+        if value not in accepted:
+            raise UnknownNameError("--vllm value", ns.vllm, accepted)
+        out["vllm"] = value
     return out
 
 

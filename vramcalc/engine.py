@@ -75,6 +75,7 @@ from vramcalc.specs import (
     PeftSpec,
     TrainerSpec,
     TrainingSpec,
+    rl_batch_size,
 )
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
@@ -230,10 +231,17 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     fw = profile(req.framework)
     recipe = fw.recipe(req)
     notes.extend(fw.notes(req, recipe))
+    tspec = TrainerSpec.from_request(req)
+    # GRPOConfig/RLOOConfig default gradient_checkpointing=True (trl 1.16.0 grpo_config.py)
+    rl_default_ckpt = req.grad_ckpt or tspec.name in (Trainer.GRPO, Trainer.RLOO)
+    seq_len = req.seq_len
+    if tspec.max_prompt_length and tspec.max_completion_length:
+        # GRPO/RLOO/PPO: a training row is a prompt and its completion
+        seq_len = tspec.max_prompt_length + tspec.max_completion_length
     training = TrainingSpec(
         task=req.task,
-        batch_size=req.batch_size,
-        seq_len=req.seq_len,
+        batch_size=rl_batch_size(req),
+        seq_len=seq_len,
         target_len=req.target_len,
         grad_accum=req.grad_accum,
         param_dtype=dtype,
@@ -241,10 +249,10 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         optim=req.optim,
         peft=peft,
         quant=quant,
-        grad_ckpt=req.grad_ckpt,
+        grad_ckpt=req.grad_ckpt if "grad_ckpt" in req.model_fields_set else rl_default_ckpt,
         attn=attn,
         inference=InferenceSpec.from_request(req),
-        trainer=TrainerSpec.from_request(req),
+        trainer=tspec,
         recipe=recipe,
     )
     if req.target_len is not None and not spec.is_encoder_decoder:
@@ -715,7 +723,9 @@ def _rank(
     plan, prof, opt = framework_profile(tr.recipe.framework).adjust(spec, act_tr, plan, prof, opt)
     cb = 2 if tr.mixed_precision != MixedPrecision.NO else dtype_bytes(tr.param_dtype)
     tw = None
-    if tplan is not None:
+    if tplan is not None and tplan.generation:
+        tw = _rl_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
+    elif tplan is not None:
         tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     states = rank_states(
         spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
@@ -778,6 +788,129 @@ def _trainer_walk(
         tplan, spec=spec, tokens_per_row=act_tr.seq_len, compute_bytes=cb, hidden_bytes=hb,
         reference_bytes=ref_bytes, layer_temporaries=layer_tmp,
     )  # fmt: skip
+
+
+def _rl_walk(
+    res: Resolved,
+    spec: ModelSpec,
+    inv: tuple[ParamGroup, ...],
+    plan: ParamPlan,
+    prof: ActivationProfile,
+    tplan: TrainerPlan,
+    act_tr: TrainingSpec,
+    cb: int,
+) -> TrainerWalk:
+    """GRPO/RLOO/PPO: rollout generation, no-grad log-prob passes, resident models and buffers.
+
+    See ``formulas/rl.py``. Generation runs outside autocast, so it computes (and caches K/V)
+    in the weights' dtype (the bitsandbytes compute dtype for a quantized base). The
+    reference copy is held as ``_trainer_walk`` holds it; PPO's reward and value models are
+    sequence classifiers of the same backbone (no LM head) in the weights' dtype, the value
+    model trained in full (its gradients and AdamW states counted for the whole step).
+    """
+    from vramcalc.formulas.inference import kv_heads_per_rank
+    from vramcalc.formulas.rl import (
+        generation_rows,
+        logprob_forward_bytes,
+        policy_head,
+        rollout,
+        rollout_buffer_bytes,
+    )
+    from vramcalc.formulas.trainers import TrainerEvent
+    from vramcalc.serving import budget
+
+    par, tr = res.parallel, res.training
+    ro = rollout(tr.trainer, tr.batch_size, tr.grad_accum)
+    amp = act_tr.mixed_precision != MixedPrecision.NO
+    pb = dtype_bytes(act_tr.param_dtype)
+    hb = 4 if amp else pb
+    H, V = spec.hidden_size, spec.vocab_size
+    ppo = tplan.name == Trainer.PPO
+    if not ppo and spec.has_lm_head:
+        saved, fwd, outs, bwd = policy_head(
+            ro, hidden=H, vocab=V, compute=cb, hidden_bytes=hb, param_bytes=pb,
+            head_trainable=tr.peft is None,
+        )  # fmt: skip
+        prof.amp_weight_copies -= prof.amp_head_copy
+        prof.amp_head_copy = 0
+        prof.details.pop("activations/amp_weight_copies", None)
+        if prof.amp_weight_copies:
+            prof.details["activations/amp_weight_copies"] = prof.amp_weight_copies
+        prof.details.pop("activations/logits", None)
+        prof.head_saved += saved
+        prof.logits_fwd = fwd
+        prof.loss_saved = outs
+        prof.loss_bwd_extra = 0
+        prof.head_bwd_extra = bwd
+        prof.details["activations/logprob_buffers"] = saved + outs
+    sharded = par.zero_stage == ZeroStage.PARAMETERS or (par.fsdp is not None and par.dp_shard > 1)
+
+    def per_rank(n: int) -> int:
+        return -(-n // par.dp_shard) if sharded else n
+
+    resident: dict[str, int] = {}
+    full_plan = plan_params(spec, inv, tr.model_copy(update={"peft": None}))
+    if tplan.reference_kind == "copy":
+        resident["params/reference"] = per_rank(full_plan.param_bytes)
+    if ppo:
+        head_b = 0 if spec.tie_word_embeddings else block(V * H * pb)
+        backbone = max(full_plan.param_bytes - head_b, 0)
+        resident["params/reward"] = per_rank(backbone)
+        resident["params/value"] = per_rank(backbone)
+        # the value model trains in full: gradients + two AdamW states in its dtype
+        resident["params/value_training_state"] = per_rank(3 * backbone)
+    if ro.vllm == "colocate":
+        gpu = res.hardware.gpu
+        if gpu is None:
+            raise InvalidConfigError(
+                "--vllm colocate reserves a share of the GPU's memory: add --gpu NAME "
+                "(see `vramcalc gpus`)"
+            )
+        resident["params/vllm_engine"] = budget(gpu, ro.vllm_utilization or 0.3)
+    n_logps = int(ro.old_logps) + int(ro.ref_logps)
+    resident["params/rollout_buffer"] = rollout_buffer_bytes(ro, n_logps)
+    before: list[TrainerEvent] = []
+    if ro.vllm == "none":
+        gen_cb = cb if tr.quant is not None else pb
+        for name, rows in generation_rows(
+            spec, ro, compute=gen_cb, kv_bytes=gen_cb, attn=tr.attn,
+            kv_heads=kv_heads_per_rank(res.model.num_key_value_heads, par.tp),
+        ):  # fmt: skip
+            before.append(TrainerEvent(Phase.GENERATION, name, sum(rows.values()), rows))
+    passes = [n for n, on in (("old", ro.old_logps), ("reference", ro.ref_logps)) if on]
+    if passes:
+        lp = logprob_forward_bytes(spec, ro, compute=cb, hidden_bytes=hb, attn=tr.attn)
+        before.append(
+            TrainerEvent(
+                Phase.GENERATION,
+                f"{' and '.join(passes)} log-probs (no grad, {ro.generation_batch} completions)",
+                lp,
+                {"activations/logprob_forward": lp},
+            )
+        )
+    notes = list(tplan.notes)
+    if ro.vllm == "none":
+        notes.append(
+            f"generation: transformers generate of {ro.generation_batch} completions "
+            f"({ro.prompt} + {ro.completion} tokens, DynamicCache) every "
+            f"{ro.generation_batch // max(ro.completions, 1)} micro-batch(es)"
+        )
+    elif ro.vllm == "colocate":
+        notes.append(
+            "vLLM colocate: the engine's reservation (vllm_gpu_memory_utilization x GPU memory) "
+            "follows vLLM's documented memory profiling; not traced"
+        )
+    else:
+        notes.append("vLLM server: generation runs on other GPUs; nothing of it on this GPU")
+    if ppo:
+        notes.append(
+            "PPO is not in TRL 1.16: modelled from its last PPOTrainer "
+            "(trl/experimental/ppo/ppo_trainer.py); not traced"
+        )
+    from dataclasses import replace
+
+    tplan = replace(tplan, notes=tuple(notes))
+    return TrainerWalk(plan=tplan, resident=resident, before_forward=tuple(before))
 
 
 def _layout(par: ParallelSpec, stage: Stage) -> Layout:

@@ -908,20 +908,38 @@ def render_plan(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     head = (f"{'':2}{'GPUs':<13}{'layout':<17}{'method':<7}{'ckpt':<5}{'mb x ga':>7}"
             f"{'peak':>6}{'free':>6}{'time':>8}{'USD':>9}")  # fmt: skip
     lines.append(head[:width])
+    legend = ["$ cheapest  > fastest  * both; mb x ga: micro-batch x accumulation; peak and",
+              "free: GiB per GPU (busiest rank)"]  # fmt: skip
+    return render_sections(lines, report, _row, legend, width=width, rows=rows)
+
+
+def render_sections(
+    lines: list[str],
+    report: PlanReport,
+    row: Callable[[str, PlanCandidate], str],
+    legend: list[str],
+    *,
+    width: int,
+    rows: int,
+) -> str:
+    """Append the front (marked), its legend, the smallest fits, exclusions and notes.
+
+    Shared by the training and the serving renderers, which differ in their header and in
+    ``row`` (one candidate's columns).
+    """
     for c in report.front[:rows]:
         mark = "$ " if c.cheapest else "> " if c.fastest else "  "
         if c.cheapest and c.fastest:
             mark = "* "
-        lines.append(_row(mark, c)[:width])
+        lines.append(row(mark, c)[:width])
     if len(report.front) > rows:
         lines.append(f"  ... {len(report.front) - rows} more on the front (--json lists all)")
-    lines.append("$ cheapest  > fastest  * both; mb x ga: micro-batch x accumulation; peak and")
-    lines.append("free: GiB per GPU (busiest rank)")
+    lines.extend(legend)
     if report.smallest:
         lines.append("")
         lines.append("fewest GPUs per GPU type (cheapest first):")
         for c in report.smallest[: max(rows // 2, 3)]:
-            lines.append(_row("  ", c)[:width])
+            lines.append(row("  ", c)[:width])
     if report.excluded:
         lines.append("")
         lines.append("excluded:")

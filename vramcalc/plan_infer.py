@@ -49,6 +49,7 @@ from vramcalc.plan import (
     _gpus,
     _wrap,
     largest_batch,
+    render_sections,
 )
 from vramcalc.specs import EstimateRequest, GpuSpec
 
@@ -311,33 +312,33 @@ def plan_infer(req: PlanRequest) -> PlanReport:
 
 def _hf(search: _Search, req: PlanRequest, gpus: list[GpuSpec], fmt: str, tp: int,
         res: Any, head_min: int, emit: Any) -> None:  # fmt: skip
-    """``generate``: the largest batch per GPU from GPU-less estimates plus a constant.
+    """``generate``: the largest batch per GPU from GPU-less estimates.
 
-    The walk never reads the GPU; the engine adds the CUDA context and workspaces of the GPU
-    family after it (``engine._overheads``), measured once per family as an offset.
+    The walk never reads the GPU; the engine applies the GPU family's overheads after it
+    (``formulas.overhead.overheads``: cuBLAS workspace, allocator reserve factor, CUDA
+    context), so each GPU's device peak is those overheads applied to the GPU-less
+    estimate's live tensors (its allocated peak less the one default-size workspace a
+    ``generate`` holds).
     """
+    from vramcalc import catalog
+    from vramcalc.formulas.overhead import overheads
+
     C = req.concurrency
     kvpt = _kv_per_token(None, res, tp)
+    ws0 = int(catalog.constant("cublas_workspace_bytes"))
 
     def rep0(b: int) -> Any:
         return search.report(search.fields("hf", fmt, tp, b, None))
 
-    ref = rep0(1).peak.device_bytes
-    offset: dict[tuple[str, str], int] = {}
     for g in gpus:
-        sig = (g.family, g.vendor)
-        if sig not in offset:
-            on = search.report(search.fields("hf", fmt, tp, 1, g.name)).peak.device_bytes
-            offset[sig] = on - ref
-        off = offset[sig]
 
-        def peak(b: int, off: int = off) -> int:
-            return int(rep0(b).peak.device_bytes) + off
+        def peak(b: int, g: GpuSpec = g) -> int:
+            tensors = int(rep0(b).peak.allocated_bytes) - ws0
+            return overheads(g, tensors, 0, workspaces=1).device
 
-        def probe(s: int, off: int = off, mem: int = g.memory_bytes) -> Probe:
-            r = rep0(s)
-            dev = int(r.peak.device_bytes) + off
-            return dev, int(r.breakdown.params), kvpt, mem - dev
+        def probe(s: int, mem: int = g.memory_bytes, peak: Any = peak) -> Probe:
+            dev = peak(s)
+            return dev, int(rep0(s).breakdown.params), kvpt, mem - dev
 
         limit = g.memory_bytes - head_min
         b = largest_batch(peak, C, limit)
@@ -537,28 +538,9 @@ def render_infer(report: PlanReport, *, width: int = 80, rows: int = 12) -> str:
     head = (f"{'':2}{'GPUs':<13}{'engine':<7}{'weights':<8}{'TP xR':<7}{'seqs':>9}"
             f"{'peak':>6}{'free':>6}{'tok/s':>8}{'$/h':>7}{'$/Mtok':>7}")  # fmt: skip
     lines.append(head[:width])
-    for c in report.front[:rows]:
-        mark = "$ " if c.cheapest else "> " if c.fastest else "  "
-        if c.cheapest and c.fastest:
-            mark = "* "
-        lines.append(_row(mark, c)[:width])
-    if len(report.front) > rows:
-        lines.append(f"  ... {len(report.front) - rows} more on the front (--json lists all)")
-    lines.append("$ cheapest  > highest throughput  * both; seqs: per replica / most it holds;")
-    lines.append("peak and free: GiB per GPU; tok/s: decode roofline proxy, all replicas")
-    if report.smallest:
-        lines.append("")
-        lines.append("fewest GPUs per GPU type (cheapest first):")
-        for c in report.smallest[: max(rows // 2, 3)]:
-            lines.append(_row("  ", c)[:width])
-    if report.excluded:
-        lines.append("")
-        lines.append("excluded:")
-        for e in report.excluded:
-            lines.extend(_wrap("  " + e, width))
-    for n in report.notes:
-        lines.extend(_wrap("note: " + n, width))
-    return "\n".join(line.rstrip() for line in lines)
+    legend = ["$ cheapest  > highest throughput  * both; seqs: per replica / most it holds;",
+              "peak and free: GiB per GPU; tok/s: decode roofline proxy, all replicas"]  # fmt: skip
+    return render_sections(lines, report, _row, legend, width=width, rows=rows)
 
 
 def _row(mark: str, c: PlanCandidate) -> str:

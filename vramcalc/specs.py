@@ -365,6 +365,32 @@ class EstimateRequest(_Frozen):
         description="Unsloth's offloaded gradient checkpointing: checkpointed layer inputs "
         "kept in CPU memory",
     )
+    # RL trainers with generation (grpo, rloo, ppo); see formulas/rl.py. Names are TRL's.
+    num_generations: SInt | None = Field(
+        default=None, ge=2, le=MAX_BATCH,
+        description="completions per prompt G (TRL default: grpo 8, rloo 2)",
+    )  # fmt: skip
+    max_completion_length: SInt | None = Field(
+        default=None, gt=0, le=MAX_SEQ,
+        description="generated tokens per completion L (TRL default 512; ppo: response_length)",
+    )  # fmt: skip
+    max_prompt_length: SInt | None = Field(
+        default=None, gt=0, le=MAX_SEQ,
+        description="prompt tokens P (TRL 1.16 does not truncate prompts; default 512)",
+    )  # fmt: skip
+    steps_per_generation: SInt | None = Field(
+        default=None, gt=0, le=MAX_BATCH,
+        description="micro-batches per generation round (TRL default: grad_accum)",
+    )  # fmt: skip
+    vllm: Literal["none", "colocate", "server"] | None = Field(
+        default=None,
+        description="generation backend: none (transformers generate, the default), colocate "
+        "(a vLLM engine on the training GPU), server (a separate vLLM server)",
+    )
+    vllm_gpu_memory_utilization: SFloat | None = Field(
+        default=None, gt=0, le=1,
+        description="colocated vLLM engine's share of GPU memory (TRL default 0.3)",
+    )  # fmt: skip
 
     @field_validator("zero", "fsdp_version", mode="before")
     @classmethod
@@ -674,6 +700,14 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
 # max_completion_length, vllm, ...) here and to EstimateRequest.
 # Source: trl 1.16.0 trl/trainer/{dpo,kto,reward,grpo,rloo}_config.py,
 # trl/experimental/{orpo,cpo}/*_config.py.
+_RL_OPTIONS = (
+    "num_generations",
+    "max_completion_length",
+    "max_prompt_length",
+    "steps_per_generation",
+    "vllm",
+    "vllm_gpu_memory_utilization",
+)
 TRAINER_OPTIONS: dict[str, tuple[str, ...]] = {
     "sft": (),
     "dpo": ("beta", "ref_model", "precompute_ref_log_probs", "padding_free"),
@@ -682,9 +716,9 @@ TRAINER_OPTIONS: dict[str, tuple[str, ...]] = {
     "simpo": ("beta",),
     "cpo": ("beta",),
     "reward": (),
-    "ppo": ("ref_model",),
-    "grpo": ("beta", "ref_model"),
-    "rloo": ("beta", "ref_model"),
+    "ppo": ("ref_model", "max_completion_length", "max_prompt_length"),
+    "grpo": ("beta", "ref_model", *_RL_OPTIONS),
+    "rloo": ("beta", "ref_model", *_RL_OPTIONS),
 }
 # every trainer option and the value that means "not asked for" (its field default)
 TRAINER_OPTION_DEFAULTS: dict[str, Any] = {
@@ -692,6 +726,12 @@ TRAINER_OPTION_DEFAULTS: dict[str, Any] = {
     "ref_model": "auto",
     "precompute_ref_log_probs": False,
     "padding_free": False,
+    "num_generations": None,
+    "max_completion_length": None,
+    "max_prompt_length": None,
+    "steps_per_generation": None,
+    "vllm": None,
+    "vllm_gpu_memory_utilization": None,
 }
 
 
@@ -722,12 +762,73 @@ def _trainer_problems(req: EstimateRequest) -> list[str]:
                 f"{', '.join(multi)} with --trainer {trainer}: TRL's trainers run data parallel "
                 "(DDP, ZeRO or FSDP); accepted: --tp 1 --cp 1 --pp 1"
             )
+    out += _rl_problems(req)
     if req.ref_model == "copy" and req.precompute_ref_log_probs:
         out.append(
             "--ref-model copy and --precompute-ref-log-probs: with precomputed log-probs the "
             "step holds no reference model; choose one"
         )
     return out
+
+
+def _rl_problems(req: EstimateRequest) -> list[str]:
+    """Messages for RL-trainer options TRL 1.16 refuses or that contradict each other.
+
+    Source: trl 1.16.0 ``grpo_config.py`` / ``rloo_config.py`` ``__post_init__``
+    (``generation_batch_size % num_generations``).
+    """
+    trainer = str(req.trainer.value)
+    if trainer not in ("grpo", "rloo", "ppo"):
+        return []
+    out: list[str] = []
+    if "seq_len" in req.model_fields_set:
+        out.append(
+            f"--seq-len with --trainer {trainer}: the sequence is --max-prompt-length + "
+            "--max-completion-length; set those instead"
+        )
+    if trainer == "ppo":
+        return out
+    g = req.num_generations or (8 if trainer == "grpo" else 2)
+    spg = req.steps_per_generation or req.grad_accum
+    world = req.gpus * req.nodes
+    b = rl_batch_size(req)
+    gen_batch = b * world * spg
+    if gen_batch % g:
+        out.append(
+            f"-b {b} x {world} GPU(s) x steps_per_generation {spg} = generation "
+            f"batch {gen_batch}, which TRL requires to be divisible by --num-generations {g} "
+            "(-b counts completions); accepted: -b a multiple of "
+            f"{g // _gcd(g, world * spg)}"
+        )
+    if req.vllm_gpu_memory_utilization is not None and (req.vllm or "none") == "none":
+        out.append(
+            "--vllm-gpu-memory-utilization needs --vllm colocate (or server); accepted "
+            "without it: none"
+        )
+    return out
+
+
+def rl_batch_size(req: EstimateRequest) -> int:
+    """Return ``-b`` for the request (RL trainers: TRL's default when unset).
+
+    GRPO/RLOO/PPO requests that do not set ``batch_size`` get TRL's
+    ``per_device_train_batch_size`` (8, ``data/rl.json``).
+    """
+    if req.trainer in (Trainer.GRPO, Trainer.RLOO, Trainer.PPO) and (
+        "batch_size" not in req.model_fields_set
+    ):
+        from vramcalc import catalog
+
+        return int(
+            catalog.load("rl")["defaults"][str(req.trainer.value)]["per_device_train_batch_size"]
+        )
+    return req.batch_size
+
+
+def _gcd(a: int, b: int) -> int:
+    import math
+
+    return math.gcd(a, b)
 
 
 _VLLM_ONLY = ("gpu_memory_utilization", "max_num_batched_tokens", "max_model_len", "concurrency")
@@ -797,16 +898,38 @@ class TrainerSpec(_Frozen):
     ref_model: Literal["auto", "copy"] = "auto"
     precompute_ref_log_probs: bool = False
     padding_free: bool = False
+    num_generations: int | None = None
+    max_completion_length: int | None = None
+    max_prompt_length: int | None = None
+    steps_per_generation: int | None = None
+    vllm: Literal["none", "colocate", "server"] = "none"
+    vllm_gpu_memory_utilization: float | None = None
 
     @classmethod
     def from_request(cls, req: EstimateRequest) -> TrainerSpec:
-        """Return the trainer part of a request."""
+        """Return the trainer part of a request (RL defaults filled from ``data/rl.json``)."""
+        rl: dict[str, Any] = {}
+        if req.trainer in (Trainer.GRPO, Trainer.RLOO, Trainer.PPO):
+            from vramcalc import catalog
+
+            d = catalog.load("rl")["defaults"][str(req.trainer.value)]
+            rl = {
+                "beta": req.beta if req.beta is not None else d.get("beta"),
+                "num_generations": req.num_generations or d.get("num_generations"),
+                "max_completion_length": req.max_completion_length or d["max_completion_length"],
+                "max_prompt_length": req.max_prompt_length or d["max_prompt_length"],
+                "steps_per_generation": req.steps_per_generation or req.grad_accum,
+                "vllm": req.vllm or "none",
+                "vllm_gpu_memory_utilization": req.vllm_gpu_memory_utilization
+                or (d.get("vllm_gpu_memory_utilization") if req.vllm == "colocate" else None),
+            }
         return cls(
             name=req.trainer,
-            beta=req.beta,
+            beta=rl.pop("beta", req.beta),
             ref_model=req.ref_model,
             precompute_ref_log_probs=req.precompute_ref_log_probs,
             padding_free=req.padding_free,
+            **rl,
         )
 
 

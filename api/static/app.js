@@ -10,9 +10,11 @@ const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
 const NUMBER_FIELDS = ["batch_size", "seq_len", "target_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
-  "tp", "cp", "ep", "pp", "pp_virtual_stages", "beta", "loss_chunks"];
+  "tp", "cp", "ep", "pp", "pp_virtual_stages", "loss_chunks",
+  "beta", "num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
+  "vllm_gpu_memory_utilization"];
 const SELECT_FIELDS = ["dtype", "mixed_precision", "quant", "attn", "optim", "task", "gpu", "offload_optimizer", "offload_param",
-  "fsdp", "pp_schedule", "trainer", "ref_model", "framework", "loss"];
+  "fsdp", "pp_schedule", "trainer", "ref_model", "vllm", "framework", "loss"];
 // Framework memory features (issue 10): checkboxes, sent only when ticked.
 const FEATURE_FIELDS = ["activation_offload", "optimizer_in_backward", "packing", "liger", "compile", "checkpoint_offload"];
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
@@ -26,8 +28,12 @@ const DEFAULTS = {
   dtype: "fp32", mixed_precision: "no", attn: "", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0, framework: "hf",
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
-  trainer: "sft", ref_model: "auto",
+  trainer: "sft", ref_model: "auto", vllm: "none",
 };
+// RL trainers with generation (issue 11): their options are sent only with such a trainer.
+const RL_TRAINERS = ["grpo", "rloo", "ppo"];
+const RL_FIELDS = ["num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
+  "vllm", "vllm_gpu_memory_utilization"];
 
 export_helpers();
 
@@ -105,6 +111,12 @@ function buildRequest() {
     const v = $(f).value;
     if (v !== "" && v !== DEFAULTS[f]) req[f] = v;
   }
+  if (!RL_TRAINERS.includes(req.trainer || "sft")) {
+    for (const f of RL_FIELDS) delete req[f];
+  } else if (req.trainer === "ppo") {
+    for (const f of ["num_generations", "steps_per_generation", "vllm", "vllm_gpu_memory_utilization"]) delete req[f];
+  }
+  if (RL_TRAINERS.includes(req.trainer)) delete req.seq_len;  // the sequence is P + L
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
@@ -228,6 +240,9 @@ function showTrainerOptions() {
   for (const el of document.querySelectorAll(".trainer-opts")) {
     el.hidden = !el.dataset.for.split(" ").includes(trainer);
   }
+  const rl = RL_TRAINERS.includes(trainer);
+  $("rl-opts").hidden = !rl;
+  $("rl-hint").hidden = !rl;
 }
 
 const gpuAliases = new Map(); // any GPU alias (lowercase) -> catalog name

@@ -166,12 +166,6 @@ def trainer_plan(trainer: TrainerSpec, peft: PeftSpec | None, batch_size: int) -
         )
     elif kind == "copy":
         notes.append("reference = a second copy of the model (frozen, no gradients)")
-    if row["generation"]:
-        # placeholder until the RL part (GRPO/RLOO/PPO generation) plugs in its events
-        notes.append(
-            f"{trainer.name.value}: rollout generation (and PPO's reward and value models) "
-            "not modelled yet; the estimate covers the policy's update step only"
-        )
     kl_rows = batch_size if row["kl_forward"] else 0
     return TrainerPlan(
         name=trainer.name,

@@ -211,31 +211,53 @@ class GenerateWalk:
 
 def _layer_temporaries(spec: ModelSpec, tokens: int, batch: int, prompt: int, cb: int,
                        attn: Attention) -> int:  # fmt: skip
-    """Largest live temporaries inside one decoder layer over ``tokens`` tokens (no grad).
+    """Largest live temporaries of a no-grad forward at its last decoder layer (``tokens`` tokens).
 
-    Residual stream: the layer input (kept as the residual) and its normed copy, ``2 T H``.
-    Attention: q, k, v projections and rotated q and k copies, the attention output
-    (``T (2 h + 2 kv) d`` + ``T h d``); eager attention adds the ``B h P P`` scores in the
-    compute dtype, the masked copy, and the fp32 softmax (``2 cb + 4`` bytes per score).
-    Gated MLP: ``act(gate)``, ``up`` and their product live at once (``3 T I``); plain MLP:
-    ``fc1`` output and its activation (``2 T I``).
-    Source: transformers 5.24 ``models/llama/modeling_llama.py`` (``LlamaAttention.forward``,
-    ``apply_rotary_pos_emb``, ``LlamaMLP.forward``), ``eager_attention_forward``.
+    Held by the model's forward through every layer: the token embeddings' output
+    (``inputs_embeds``, a local of ``LlamaModel.forward`` and its kin; layer 0's input, so an
+    extra tensor from layer 1 on) or, with learned positions, the token and the position
+    embeddings' outputs (GPT-2: ``position_ids`` is ``B x P`` in ``generate``, so ``wpe``'s
+    output is ``B x P x H``; their sum is layer 0's input); with rotary positions the ``cos``
+    and ``sin`` tables (``B x P x d`` each, in the compute dtype).
+    Inside the layer, attention stage: the layer input (still referenced by the caller's loop
+    variable, and kept as the residual) and its normed copy, ``2 T H``, plus q, k, v
+    projections, rotated q and k copies and the attention output (``T (2 h + 2 kv) d`` +
+    ``T h d``); eager attention adds the ``B h P P`` scores in the compute dtype, the masked
+    copy, and the fp32 softmax (``2 cb + 4`` bytes per score). MLP stage: the layer input, the
+    post-attention hidden state (the MLP's residual) and its normed copy, ``3 T H``, plus the
+    MLP's temporaries: gated, ``act(gate)``, ``up`` and their product (``3 T I``); plain,
+    ``fc1``'s output and its activation (``2 T I``). transformers' python tanh GELU
+    (``gelu_new``/``gelu_fast``, ``NewGELUActivation``: ``0.5 * x * (1 + tanh(c * (x +
+    0.044715 * x**3)))``) holds its input, ``0.5 * x`` and two chain temporaries at once
+    (``4 T I``; gated: the gate in place of ``fc1``'s output).
+    Source: transformers 5.24 ``models/llama/modeling_llama.py`` (``LlamaModel.forward``,
+    ``LlamaDecoderLayer.forward``, ``LlamaAttention.forward``, ``apply_rotary_pos_emb``,
+    ``LlamaMLP.forward``), ``models/gpt2/modeling_gpt2.py`` (``GPT2Model.forward``),
+    ``activations.py`` ``NewGELUActivation``, ``eager_attention_forward``; checked on
+    fake-CUDA traces of ``generate`` (``validation/measurements/trace-generate.jsonl``).
     """
     h, kv, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
-    resid = 2 * block(tokens * spec.hidden_size * cb)
+    th = block(tokens * spec.hidden_size * cb)
+    if spec.position_embedding == "learned":
+        held = 2 * th
+    else:
+        held = th if spec.num_hidden_layers > 1 else 0
+    if spec.position_embedding == "rotary":
+        held += 2 * block(tokens * d * cb)
     qkv = block(tokens * h * d * cb) + 2 * block(tokens * kv * d * cb)
     rot = block(tokens * h * d * cb) + block(tokens * kv * d * cb)
     out = block(tokens * h * d * cb)
-    attn_b = qkv + rot + out
+    attn_b = 2 * th + qkv + rot + out
     if attn == Attention.EAGER:
         scores = batch * h * prompt * prompt
         attn_b += 2 * block(scores * cb) + block(scores * 4)
     inter = spec.intermediate_size
     if spec.num_experts_per_tok:
         inter *= spec.num_experts_per_tok
-    mlp = (3 if spec.mlp == "gated" else 2) * block(tokens * inter * cb)
-    return resid + max(attn_b, mlp)
+    ti = block(tokens * inter * cb)
+    python_gelu = spec.hidden_act in ("gelu_new", "gelu_fast")
+    mlp = 3 * th + (4 if python_gelu else 3 if spec.mlp == "gated" else 2) * ti
+    return held + max(attn_b, mlp)
 
 
 def _sampling(batch: int, vocab: int, cb: int) -> dict[str, int]:

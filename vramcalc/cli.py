@@ -834,6 +834,13 @@ def _render_serving(report: MemoryReport, console: Console) -> None:
         f"KV cache: {s.kv_bytes_per_token / 2**10:,.0f} KiB per token; one sequence fits up to "
         f"[bold]{s.max_model_len_fit:,}[/] tokens (max_model_len {s.max_model_len:,})"
     )
+    if s.kv_layout:
+        console.print(
+            f"Sliding-window layers: {s.kv_layout}; vLLM reserves {s.kv_blocks_per_sequence:,} "
+            f"blocks for a sequence of {s.request_len:,} tokens (a window plus "
+            f"max_num_batched_tokens per windowed group), {s.kv_blocks_per_sequence_decode:,} "
+            "once it decodes"
+        )
     console.print(
         f"Concurrent sequences of {s.request_len:,} tokens: [bold]{s.max_concurrency:,}[/]"
         + (f" (asked {s.concurrency:,})" if s.concurrency is not None else "")

@@ -14,6 +14,7 @@ from vramcalc.enums import Phase, Quant, ServeEngine
 from vramcalc.errors import InvalidConfigError
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.inference import (
+    cache_windows,
     compute_bytes,
     generate_walk,
     kv_dtype_bytes,
@@ -98,6 +99,11 @@ def inference_events(
             "vLLM pre-allocates its whole budget (--gpu-memory-utilization x GPU memory): the "
             "peak is the KV-cache pool, not the load; see the serving table"
         )
+        if serving.kv_layout:
+            notes.append(
+                f"vLLM KV cache: {serving.kv_layout}; a sliding-window group keeps only its "
+                "window's blocks per sequence (not traced: vLLM needs a GPU)"
+            )
     else:
         walk = generate_walk(
             rank,
@@ -117,6 +123,14 @@ def inference_events(
             "transformers generate with the default DynamicCache and logits_to_keep=1 "
             "(last-position logits only); a static cache allocates prompt + new tokens up front"
         )
+        windows = sorted({w for w in cache_windows(rank) if w > 0})
+        if windows:
+            n = sum(1 for w in cache_windows(rank) if w > 0)
+            notes.append(
+                f"{n} of {rank.num_hidden_layers} layers keep a window of "
+                f"{'/'.join(str(w) for w in windows)} tokens in the DynamicCache from the first "
+                "decode step on; the prefill still holds the whole prompt in every layer"
+            )
     events = [(p, name, _comps(rows)) for p, name, rows in rows_list]
     top = max(range(len(rows_list)), key=lambda i: sum(rows_list[i][2].values()))
     details = {k: 0 for k in plan.details}  # the training plan's rows do not apply

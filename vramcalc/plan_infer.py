@@ -374,8 +374,9 @@ def _vllm(search: _Search, req: PlanRequest, gpus: list[GpuSpec], fmt: str, tp: 
     for g in gpus:
         rep = search.report(search.fields("vllm", fmt, tp, None, g.name))
         sv = rep.serving
-        per_seq = -(-sv.request_len // sv.block_size)
-        per_block = sv.block_size * sv.kv_bytes_per_token
+        # blocks of one sequence over every KV group (windowed groups keep only the window)
+        per_seq = sv.kv_blocks_per_sequence or -(-sv.request_len // sv.block_size)
+        per_block = sv.kv_block_bytes or sv.block_size * sv.kv_bytes_per_token
         spare = -(-head_min // per_block) if head_min else 0
         fits = sv.fits and rep.fit is not None and rep.fit.fits
         cap = max(0, (sv.kv_blocks - spare) // per_seq) if fits else 0

@@ -155,9 +155,28 @@ class ServingReport(_Out):
     cuda_graph_bytes: int
     non_torch_bytes: int
     kv_cache_bytes: int = Field(description="num blocks x bytes per block (0 if none fit)")
-    kv_bytes_per_token: int
+    kv_bytes_per_token: int = Field(description="K and V of one token over the rank's layers")
     block_size: int
     kv_blocks: int
+    kv_block_bytes: int = Field(
+        default=0,
+        description="bytes of one block id: block_size tokens of every layer of one KV group",
+    )
+    kv_blocks_per_sequence: int = Field(
+        default=0,
+        description="blocks vLLM reserves for one sequence of request_len tokens (all groups; "
+        "a sliding-window group counts its window plus max_num_batched_tokens)",
+    )
+    kv_blocks_per_sequence_decode: int = Field(
+        default=0,
+        description="blocks one sequence of request_len tokens holds while it decodes (a "
+        "sliding-window group keeps only its window)",
+    )
+    kv_layout: str | None = Field(
+        default=None,
+        description="vLLM's KV cache groups when the model has sliding-window layers (None: "
+        "one group of full-attention layers)",
+    )
     max_num_batched_tokens: int
     max_num_seqs: int
     max_model_len: int = Field(description="the context length vLLM is started with")

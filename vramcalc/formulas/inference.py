@@ -20,6 +20,14 @@ What transformers 5.24 ``generate`` holds (``generation/utils.py``, ``cache_util
   tokens (the N-th token is sampled, never fed back). A static cache
   (``cache_implementation="static"``) allocates ``P + N`` tokens up front instead; the peak
   differs by one token per layer.
+- **sliding-window and chunked layers** (``DynamicCache(config=...)``, which ``generate``
+  builds from ``layer_types``/``sliding_window``: ``DynamicSlidingWindowLayer`` with the
+  window, or ``attention_chunk_size`` for chunked layers): ``update`` keeps
+  ``full[:, :, -w + 1:]``, a *view* of the concatenated states. After the prefill the view
+  still holds the whole ``P``-token storage; from the first decode step on, each update
+  concatenates ``min(seen - 1, w - 1)`` kept tokens and the new one into a fresh
+  ``min(seen, w)``-token tensor and the older storage is freed (``cache_windows``,
+  ``cache_tokens``). So a window lowers the decode-time cache, never the prefill peak.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from dataclasses import dataclass, field
 
 from vramcalc import catalog
 from vramcalc.enums import Attention, DType, KvDtype, Phase, Quant, WeightFormat
+from vramcalc.formulas.activations import layer_kinds
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import _quantized_weight_bytes, block, dtype_bytes
 from vramcalc.specs import ModelSpec
@@ -35,6 +44,8 @@ from vramcalc.specs import ModelSpec
 __all__ = [
     "GenerateEvent",
     "GenerateWalk",
+    "cache_tokens",
+    "cache_windows",
     "compute_bytes",
     "decode_tokens_per_s",
     "generate_walk",
@@ -218,7 +229,9 @@ def _layer_temporaries(spec: ModelSpec, tokens: int, batch: int, prompt: int, cb
     extra tensor from layer 1 on) or, with learned positions, the token and the position
     embeddings' outputs (GPT-2: ``position_ids`` is ``B x P`` in ``generate``, so ``wpe``'s
     output is ``B x P x H``; their sum is layer 0's input); with rotary positions the ``cos``
-    and ``sin`` tables (``B x P x d`` each, in the compute dtype).
+    and ``sin`` tables (``B x P x d`` each, in the compute dtype); when a layer needs an
+    explicit mask (a sliding or chunked layer whose prompt reaches the window, Falcon), the
+    boolean ``1 x 1 x P x P`` mask ``sdpa_mask`` builds for an unpadded batch.
     Inside the layer, attention stage: the layer input (still referenced by the caller's loop
     variable, and kept as the residual) and its normed copy, ``2 T H``, plus q, k, v
     projections, rotated q and k copies and the attention output (``T (2 h + 2 kv) d`` +
@@ -233,7 +246,8 @@ def _layer_temporaries(spec: ModelSpec, tokens: int, batch: int, prompt: int, cb
     Source: transformers 5.24 ``models/llama/modeling_llama.py`` (``LlamaModel.forward``,
     ``LlamaDecoderLayer.forward``, ``LlamaAttention.forward``, ``apply_rotary_pos_emb``,
     ``LlamaMLP.forward``), ``models/gpt2/modeling_gpt2.py`` (``GPT2Model.forward``),
-    ``activations.py`` ``NewGELUActivation``, ``eager_attention_forward``; checked on
+    ``activations.py`` ``NewGELUActivation``, ``eager_attention_forward``, ``masking_utils.py``
+    (``create_sliding_window_causal_mask``, ``sdpa_mask``); checked on
     fake-CUDA traces of ``generate`` (``validation/measurements/trace-generate.jsonl``).
     """
     h, kv, d = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
@@ -244,6 +258,8 @@ def _layer_temporaries(spec: ModelSpec, tokens: int, batch: int, prompt: int, cb
         held = th if spec.num_hidden_layers > 1 else 0
     if spec.position_embedding == "rotary":
         held += 2 * block(tokens * d * cb)
+    if attn != Attention.EAGER and any(k.masked for k in layer_kinds(spec, prompt)):
+        held += block(prompt * prompt)  # the bool mask [1, 1, P, P] (sdpa_mask, no padding)
     qkv = block(tokens * h * d * cb) + 2 * block(tokens * kv * d * cb)
     rot = block(tokens * h * d * cb) + block(tokens * kv * d * cb)
     out = block(tokens * h * d * cb)
@@ -274,6 +290,41 @@ def _sampling(batch: int, vocab: int, cb: int) -> dict[str, int]:
     }
 
 
+def cache_windows(spec: ModelSpec) -> list[int]:
+    """Per decoder layer: the window its ``DynamicCache`` layer keeps (0 = every token).
+
+    Sliding layers keep ``sliding_window``, chunked layers ``attention_chunk_size`` (both
+    ``DynamicSlidingWindowLayer``); the layer pattern is ``activations.layer_kinds``.
+    Source: transformers 5.24 ``cache_utils.py`` (``get_layer_types_and_kwargs``,
+    ``DYNAMIC_LAYER_TYPE_MAPPING``: ``"chunked_attention"`` -> ``DynamicSlidingWindowLayer``
+    with ``sliding_window=attention_chunk_size``).
+    """
+    window = spec.arch.get("sliding_window")
+    chunk = spec.arch.get("attention_chunk_size")
+    w = int(window) if isinstance(window, int | float) and not isinstance(window, bool) else 0
+    c = int(chunk) if isinstance(chunk, int | float) and not isinstance(chunk, bool) else 0
+    return [w if k.attn == "sliding" else c if k.attn == "chunked" else 0
+            for k in layer_kinds(spec, 1)]  # fmt: skip
+
+
+def cache_tokens(window: int, prompt: int, seen: int, step: int) -> int:
+    """Tokens of storage one ``DynamicCache`` layer's K (or V) holds after a forward.
+
+    ``step`` 0 is the prefill (``seen = prompt``), ``k >= 1`` the k-th decode step. A full
+    layer (``window`` 0) holds ``seen``. A windowed layer holds the prefill's ``prompt``-token
+    storage (its view keeps it alive) until its first decode update, then ``min(seen,
+    window)``; during the first decode step the layers not yet updated still hold ``prompt``
+    tokens, so that step counts the larger of the two.
+    Source: transformers 5.24 ``cache_utils.py`` ``DynamicSlidingWindowLayer.update``
+    (``full_key_states = torch.cat([self.keys, key_states], dim=-2)``; ``self.keys =
+    full_key_states[:, :, -self.sliding_window + 1 :, :]``).
+    """
+    if window <= 0 or step == 0:
+        return seen
+    kept = min(seen, window)
+    return max(prompt, kept) if step == 1 else kept
+
+
 def generate_walk(
     spec: ModelSpec,
     *,
@@ -287,6 +338,7 @@ def generate_walk(
     attn: Attention,
     kv_heads: int | None = None,
     dequant_bytes: int = 0,
+    windows: list[int] | None = None,
 ) -> GenerateWalk:
     """Walk ``model.generate(input_ids, max_new_tokens=N)`` with a ``DynamicCache``.
 
@@ -298,6 +350,8 @@ def generate_walk(
     multi-token matmul (the prefill; one-token decode steps take the ``gemv_4bit`` path).
     Source: bitsandbytes ``autograd/_functions.py`` ``matmul_4bit`` (``gemv_4bit`` only when
     ``A.numel() == A.shape[-1]``, else ``dequantize_4bit`` + ``torch.matmul``).
+    ``windows``: per layer, the tokens a sliding/chunked cache layer keeps (0 = all; default
+    ``cache_windows(spec)``); each layer's cache follows ``cache_tokens``.
 
     Source: see the module docstring (transformers 5.24 ``generation/utils.py``,
     ``cache_utils.py``).
@@ -306,9 +360,15 @@ def generate_walk(
     kvh = kv_heads if kv_heads is not None else spec.num_key_value_heads
     d = spec.head_dim
 
-    def cache(tokens: int) -> int:
-        # one K and one V tensor [B, kv, tokens, d] per layer
-        return 2 * L * block(batch * kvh * tokens * d * kv_bytes)
+    wins = cache_windows(spec) if windows is None else windows
+    wins = (wins + [0] * L)[:L]
+
+    def one(tokens: int) -> int:  # one K or V tensor [B, kv, tokens, d]
+        return block(batch * kvh * tokens * d * kv_bytes)
+
+    def cache(seen: int, step: int = 0) -> int:
+        # one K and one V tensor per layer, each as long as its layer keeps
+        return sum(2 * one(cache_tokens(w, prompt_len, seen, step)) for w in wins)
 
     def inputs(tokens: int) -> int:
         return 2 * block(batch * tokens * 8)
@@ -350,13 +410,14 @@ def generate_walk(
         if step < 1 or step > new_tokens - 1:
             continue
         seen = prompt_len + step  # cached tokens after this step's forward
-        grow = block(batch * kvh * (seen - 1) * d * kv_bytes)  # torch.cat: the old copy
+        # torch.cat: the old copy of the largest K or V (the storage before this update)
+        grow = one(max(seen - 1 if w <= 0 or step == 1 else min(seen - 1, w) for w in wins))
         step_tmp = _layer_temporaries(spec, batch, batch, 1, compute, attn)
         name = "decode: first step" if step == 1 else f"decode: last step ({seen} cached tokens)"
         rows = {
             **base,
             "params/inputs": inputs(seen),
-            "activations/kv_cache": cache(seen),
+            "activations/kv_cache": cache(seen, step),
         }
         layer = grow + step_tmp
         sampling = _sampling(batch, spec.vocab_size, compute)

@@ -129,12 +129,12 @@ def model_config(request: EstimateRequest) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _lora_config(request: EstimateRequest, model_type: str) -> Any:
+def _lora_config(request: EstimateRequest, model_type: str, task: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     opts = request.lora or request.qlora
     assert opts is not None
-    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout, "task_type": "CAUSAL_LM"}
+    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout, "task_type": task}
     if opts.alpha is not None:
         kwargs["lora_alpha"] = opts.alpha
     if opts.targets is not None:
@@ -174,7 +174,7 @@ def build_model(
     dtype = torch_dtype(req.dtype.value)
     target = torch.device("meta") if on_meta else (torch.device(device) if device else None)
     ctx = target if target is not None else contextlib.nullcontext()
-    model_cls = _model_class(cfg)
+    model_cls = _model_class(cfg, _config_fields(req.model).get("architectures"))
     if attn == "sdpa" and not getattr(model_cls, "_supports_sdpa", True):
         # attention-free models (Mamba) refuse an explicit "sdpa"; with none given,
         # transformers picks its default (eager) as a user's from_pretrained would
@@ -197,7 +197,8 @@ def build_model(
     if req.lora is not None or req.qlora is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, _lora_config(req, cfg.model_type))
+        task = "SEQ_CLS" if "SequenceClassification" in model_cls.__name__ else "CAUSAL_LM"
+        model = get_peft_model(model, _lora_config(req, cfg.model_type, task))
     if req.grad_ckpt:
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is None:
@@ -207,10 +208,20 @@ def build_model(
     return model
 
 
-def _model_class(cfg: Any) -> Any:
-    """Return the class a fine-tuning script builds for ``cfg`` (causal or seq2seq LM)."""
+def _model_class(cfg: Any, architectures: Any = None) -> Any:
+    """Return the class a fine-tuning script builds for ``cfg``.
+
+    The config's ``architectures[0]`` when transformers has that class for this config type
+    (``BertForSequenceClassification``: what ``validation/cuda.py`` builds for the real run,
+    and what the engine estimates); else the causal or seq2seq LM class.
+    """
+    import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    if isinstance(architectures, list) and architectures:
+        named = getattr(transformers, str(architectures[0]), None)
+        if named is not None and getattr(named, "config_class", None) is type(cfg):
+            return named
     for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
         mapping = auto._model_mapping
         if type(cfg) in mapping:
@@ -375,6 +386,7 @@ class Setup:
     scaler: Any
     autocast_dtype: Any
     vocab_size: int
+    num_labels: int = 0  # > 0: a sequence-classification head (labels are class ids)
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
     encoder_decoder: bool = False
 
@@ -388,6 +400,9 @@ class Setup:
 
         req = self.scenario.request
         ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
+        if self.num_labels:  # a sequence-classification head: one class label per row
+            cls = torch.randint(0, self.num_labels, (req.batch_size,), device=self.device)
+            return {"input_ids": ids, "labels": cls}
         if self.encoder_decoder:
             tgt = req.target_len or req.seq_len
             labels = torch.randint(0, self.vocab_size, (req.batch_size, tgt), device=self.device)
@@ -452,7 +467,17 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
         autocast_dtype=autocast_dtype,
         vocab_size=int(base.config.vocab_size),
         encoder_decoder=bool(getattr(base.config, "is_encoder_decoder", False)),
+        num_labels=int(base.config.num_labels)
+        if "SequenceClassification" in type(base).__name__
+        else 0,
     )
+    if setup.num_labels:
+        # the classification heads compute their loss inline (nn.CrossEntropyLoss), not
+        # through loss_function: the loss phase starts when the head has produced the logits
+        head = getattr(base, "classifier", None) or getattr(base, "score", None)
+        if head is not None:
+            head.register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
     if setup.encoder_decoder:
         # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
         # loss phase starts when the LM head has produced the logits

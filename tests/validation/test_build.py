@@ -137,3 +137,38 @@ def test_step_runs_on_cpu_with_phases() -> None:
     assert phases == ["forward", "loss", "backward", "optimizer"]
     assert all(p.grad is None for p in setup.model.parameters())
     assert len(setup.optimizer.state) == len(list(setup.model.parameters()))
+
+
+BERT_CLS = {
+    "model_type": "bert",
+    "architectures": ["BertForSequenceClassification"],
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+    "max_position_embeddings": 64,
+}
+
+
+def test_architectures_class_is_built_with_class_labels() -> None:
+    # the real run builds architectures[0] (validation/cuda.py); the tracer used to build
+    # BertLMHeadModel with a causal-LM loss over vocab-wide logits (the +45 % H200 outlier)
+    sc = scen(model=BERT_CLS, batch_size=3, seq_len=16)
+    assert type(build.build_model(sc, on_meta=True)).__name__ == "BertForSequenceClassification"
+    setup = build.build_setup(sc, "cpu")
+    batch = setup.make_batch()
+    assert tuple(batch["labels"].shape) == (3,)  # one class id per row, not per token
+    assert int(batch["labels"].max()) < setup.model.config.num_labels
+    phases: list[str] = []
+    setup.on_phase = phases.append
+    setup.step(batch)
+    assert phases == ["forward", "loss", "backward", "optimizer"]
+
+
+def test_architectures_of_another_config_class_is_ignored() -> None:
+    # a multimodal class named for a text-only config: the causal LM of that config is built
+    model = build.build_model(
+        scen(model={**LLAMA, "architectures": ["Gemma3ForConditionalGeneration"]}), on_meta=True
+    )
+    assert type(model).__name__ == "LlamaForCausalLM"

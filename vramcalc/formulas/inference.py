@@ -351,7 +351,9 @@ def generate_walk(
     Source: bitsandbytes ``autograd/_functions.py`` ``matmul_4bit`` (``gemv_4bit`` only when
     ``A.numel() == A.shape[-1]``, else ``dequantize_4bit`` + ``torch.matmul``).
     ``windows``: per layer, the tokens a sliding/chunked cache layer keeps (0 = all; default
-    ``cache_windows(spec)``); each layer's cache follows ``cache_tokens``.
+    ``cache_windows(spec)``); each layer's cache follows ``cache_tokens``. Eager attention
+    with grouped K/V heads copies one layer's cached K and V to every query head in a decode
+    step (``repeat_kv`` in ``eager_attention_forward``; SDPA passes ``enable_gqa`` instead).
 
     Source: see the module docstring (transformers 5.24 ``generation/utils.py``,
     ``cache_utils.py``).
@@ -413,6 +415,10 @@ def generate_walk(
         # torch.cat: the old copy of the largest K or V (the storage before this update)
         grow = one(max(seen - 1 if w <= 0 or step == 1 else min(seen - 1, w) for w in wins))
         step_tmp = _layer_temporaries(spec, batch, batch, 1, compute, attn)
+        if attn == Attention.EAGER and kvh < spec.num_attention_heads:
+            # eager attention repeats the cached K and V to every query head (repeat_kv)
+            longest = max(seen if w <= 0 else min(seen, w) for w in wins)
+            step_tmp += 2 * block(batch * spec.num_attention_heads * longest * d * kv_bytes)
         name = "decode: first step" if step == 1 else f"decode: last step ({seen} cached tokens)"
         rows = {
             **base,

@@ -492,8 +492,11 @@ def _generate_section() -> list[str]:
         "",
         "**vLLM** (`--engine vllm`) is not traced: vLLM needs a GPU. Its figures (KV blocks, "
         "largest `max_model_len`, concurrency) follow vLLM's documented start-up profiling "
-        "(`v1/worker/gpu_worker.py` `determine_available_memory`, `v1/core/kv_cache_utils.py`); "
-        "the CUDA-graph memory is a labelled prior. Not measured against a real vLLM run yet.",
+        "(`v1/worker/gpu_worker.py` `determine_available_memory`, `v1/core/kv_cache_utils.py`, "
+        "whose hybrid KV groups give sliding-window layers only their window's blocks); "
+        "the CUDA-graph memory is a labelled prior. Not measured against a real vLLM run yet. "
+        "The HF rows above with `sliding` in their id check transformers' "
+        "`DynamicSlidingWindowLayer` (prefill past the window, decode past it).",
         "",
         *_published_cli_lines(),
     ]

@@ -318,14 +318,18 @@ class _Walk:
         self.pending.append((step, phase, event, comps))
 
     def flush(self) -> None:
-        if not self.pending:
-            self.pending = None
-            return
         p = self.pending
-        top = max(range(len(p)), key=lambda i: sum(p[i][3].values()))
-        for i in sorted({0, top, len(p) - 1}):
-            self.events.append(self._event(*p[i]))
         self.pending = None
+        if not p:
+            return
+        if len(p) <= 2:
+            keep: list[int] | range = range(len(p))
+        else:
+            totals = [sum(x[3].values()) for x in p]
+            top = totals.index(max(totals))  # the first of equal maxima
+            keep = sorted({0, top, len(p) - 1})
+        for i in keep:
+            self.events.append(self._event(*p[i]))
 
 
 def _timeline(raw: list[_RawEvent]) -> list[TimelineEvent]:
@@ -439,6 +443,10 @@ def _walk(
     # step and through the next step's forward, until the new logits replace them
     hl = prof.held_logits
     held = [0]
+    # per-block running sums, the same in both steps
+    cum_act = list(accumulate(saved, initial=0))
+    cum_amp = list(accumulate(amp_per, initial=0))
+    freed = list(accumulate((saved[i] + (0 if ckpt else amp_per[i]) for i in range(L)), initial=0))
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
@@ -467,8 +475,6 @@ def _walk(
                 "embedding forward",
                 comps(act0, g_fwd, gathered=held_root + rs.gather_embed),
             )
-        cum_act = list(accumulate(saved, initial=0))
-        cum_amp = list(accumulate(amp_per, initial=0))
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
@@ -573,9 +579,6 @@ def _walk(
                 comps(act, grads + rs.grad_head_full, gathered=fwd_gathered - head_unit),
             )
         act_top = act  # saved activations when the blocks' backward starts
-        freed = list(
-            accumulate((saved[i] + (0 if ckpt else amp_per[i]) for i in range(L)), initial=0)
-        )
         for i in reversed(reps):
             # blocks i+1 .. L-1 have run their backward: their activations are freed and
             # their gradients are in place

@@ -314,10 +314,56 @@ def _path_exists(model: str) -> bool:
         return False
 
 
+_INLINE_SPECS: dict[tuple[Any, ...], ModelSpec] = {}
+_INLINE_MAX = 256
+
+
+def _inline_spec(config: Mapping[str, Any], name: str | None) -> ModelSpec:
+    """``model_spec_from_config`` of an inline config, remembered by the config's exact content.
+
+    A sweep (or the REST service) sends the same inline config again and again; the spec is
+    frozen, so the one built the first time is returned again (as for catalog names). Only
+    configs of plain JSON values are remembered; anything else is built every time.
+    """
+    try:
+        key = (name, _frozen(config))
+    except TypeError:
+        return model_spec_from_config(config, name=name)
+    spec = _INLINE_SPECS.get(key)
+    if spec is None:
+        spec = model_spec_from_config(config, name=name)
+        if len(_INLINE_SPECS) >= _INLINE_MAX:
+            del _INLINE_SPECS[next(iter(_INLINE_SPECS))]
+        _INLINE_SPECS[key] = spec
+    return spec
+
+
+def _frozen(value: Any) -> tuple[Any, ...]:
+    """Return a hashable copy of a JSON value that tells 1, 1.0 and True apart (``==`` does not).
+
+    Raises:
+        TypeError: a value that is not plain JSON (or a key that is not a string).
+
+    """
+    if value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, bool | int):
+        return (type(value).__name__, int(value))
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, Mapping):
+        if not all(type(k) is str for k in value):
+            raise TypeError("non-string key")
+        return ("map", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    raise TypeError(type(value).__name__)
+
+
 def _resolve(model: str | Mapping[str, Any], *, hub: bool) -> tuple[ModelSpec, tuple[str, ...]]:
     if isinstance(model, Mapping):
         name = str(model.get("_name_or_path") or "") or None
-        return model_spec_from_config(model, name=name), ()
+        return _inline_spec(model, name), ()
     if not isinstance(model, str) or not model.strip():
         raise InvalidConfigError(
             "model must be a catalog name, a path to a config.json, a Hugging Face Hub repo id, "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 
 from vramcalc import catalog
 from vramcalc.enums import PeftMethod, Quant
@@ -37,13 +36,16 @@ def block(nbytes: int | float) -> int:
     n = int(nbytes)
     if n <= 0:
         return 0
-    size = _block_bytes()
+    size = _BLOCK[0] or _block_bytes()
     return -(-n // size) * size  # units.round_up, inlined: the walk calls this a lot
 
 
-@cache
+_BLOCK = [0]  # the block size once read (block() runs hundreds of times per estimate)
+
+
 def _block_bytes() -> int:
-    return int(catalog.constant("alloc_block_bytes"))
+    _BLOCK[0] = int(catalog.constant("alloc_block_bytes"))
+    return _BLOCK[0]
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -428,8 +430,11 @@ def plan_params(
     return plan
 
 
+_DTYPE_NAMES = {4: "fp32", 2: "16bit", 1: "int8"}
+
+
 def _dtype_name(nbytes: int) -> str:
-    return {4: "fp32", 2: "16bit", 1: "int8"}.get(nbytes, f"{nbytes}B")
+    return _DTYPE_NAMES.get(nbytes, f"{nbytes}B")
 
 
 def _quantized_weight_bytes(

@@ -430,15 +430,11 @@ def activation_profile(
         uses: dict[int, int] = {}
         ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
         i, n = 0, n_layers[stack]
-        kinds = [
-            decoder_kinds[j]
-            if stack == "decoder" and j < len(decoder_kinds)
-            else LayerKind(moe=bool(experts))
-            for j in range(n)
-        ]
+        own = decoder_kinds[:n] if stack == "decoder" else []
+        kinds = own + [LayerKind(moe=bool(experts))] * (n - len(own))
         # a stack whose blocks differ (hybrids, per-layer attention or MLP kinds) walks block
-        # by block
-        mixed = hybrid or len(set(kinds)) > 1
+        # by block (equal kinds are mostly the same object: compare only the others)
+        mixed = hybrid or (bool(kinds) and kinds.count(kinds[0]) != len(kinds))
         while i < n:
             # identical blocks give identical ledgers; what differs is "does the input need a
             # gradient" (the first block under LoRA without checkpointing), the layer kind

@@ -1244,9 +1244,14 @@ def _details_at_peak(details: dict[str, int], breakdown: Breakdown) -> dict[str,
     their activations at the same rate), largest row taking the integer rounding.
     """
     out: dict[str, int] = {}
+    by_comp: dict[str, dict[str, int]] = {c: {} for c in _REST}
+    for k, v in details.items():  # one pass; each component keeps the rows' order
+        rows_of = by_comp.get(k.split("/", 1)[0])
+        if rows_of is not None and v > 0:
+            rows_of[k] = int(v)
     for comp in ("base", "params", "activations", "gradients", "optimizer"):
         live = int(getattr(breakdown, comp))
-        rows = {k: int(v) for k, v in details.items() if k.split("/", 1)[0] == comp and v > 0}
+        rows = by_comp[comp]
         total = sum(rows.values())
         if total > live:
             scaled = {k: v * live // total for k, v in rows.items()} if total else {}

@@ -94,16 +94,20 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
         out.details["optimizer/qmaps"] = b
         total += b
     # (detail key, state) of the states kept per tensor, in the row's order
-    kept: list[tuple[str, dict[str, Any]]] = []
+    kept: list[tuple[str, dict[str, Any], Any]] = []
     for st in states:
         sname = str(st.get("name", "state"))
         if not (factored and sname in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")):
-            kept.append((f"optimizer/{sname}", st))
+            kept.append((f"optimizer/{sname}", st, st.get("bits", "param")))
     details = out.details
     for numel, count, pb in plan.trainable_elements:
         before = total
-        for key, st in kept:
-            b = _state_bytes(numel, pb, st, eight) * count
+        per_bits: dict[Any, int] = {}  # equal widths, equal bytes (exp_avg, exp_avg_sq)
+        for key, st, bits in kept:
+            one = per_bits.get(bits)
+            if one is None:
+                one = per_bits[bits] = _state_bytes(numel, pb, st, eight)
+            b = one * count
             details[key] = details.get(key, 0) + b
             total += b
         if factored:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.formulas.counts import count_params, evaluate
-from vramcalc.limits import check_model_sizes, check_tree, load_json
+from vramcalc.limits import check_model_sizes, check_tree, current_limits, load_json
 from vramcalc.specs import ModelSpec
 
 __all__ = [
@@ -322,11 +322,12 @@ def _inline_spec(config: Mapping[str, Any], name: str | None) -> ModelSpec:
     """``model_spec_from_config`` of an inline config, remembered by the config's exact content.
 
     A sweep (or the REST service) sends the same inline config again and again; the spec is
-    frozen, so the one built the first time is returned again (as for catalog names). Only
-    configs of plain JSON values are remembered; anything else is built every time.
+    frozen, so the one built the first time is returned again (as for catalog names), under
+    the same limits (``limits.use_limits``) only. Only configs of plain JSON values are
+    remembered; anything else is built every time.
     """
-    try:
-        key = (name, _frozen(config))
+    try:  # the limits in force are in the key: what one caller's limits allow, another's refuse
+        key = (name, current_limits(), _frozen(config))
     except TypeError:
         return model_spec_from_config(config, name=name)
     spec = _INLINE_SPECS.get(key)

@@ -10,6 +10,7 @@ meta device as an independent oracle of ``count_params``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -334,7 +335,8 @@ def _inline_spec(config: Mapping[str, Any], name: str | None) -> ModelSpec:
     if spec is None:
         spec = model_spec_from_config(config, name=name)
         if len(_INLINE_SPECS) >= _INLINE_MAX:
-            del _INLINE_SPECS[next(iter(_INLINE_SPECS))]
+            with suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted
+                del _INLINE_SPECS[next(iter(_INLINE_SPECS))]
         _INLINE_SPECS[key] = spec
     return spec
 

@@ -305,7 +305,10 @@ class _Walk:
 
     @staticmethod
     def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> _RawEvent:
-        clean = dict(zip(comps, map(int, comps.values()), strict=True))
+        clean = dict(comps)
+        for k, v in clean.items():  # bytes are integers (int() of the rare float)
+            if type(v) is not int:
+                clean[k] = int(v)
         return step, phase, event, clean, sum(clean.values())
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:

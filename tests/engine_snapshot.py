@@ -11,8 +11,9 @@ dense GQA, MoE, sliding-window, encoder-decoder and MHA models, and the 405B ben
 The stored results were computed by the engine *before* the per-stage / per-kind caching of
 the estimate path (commit 1b1ec03, the merge of arch-attn), so ``tests/test_engine_snapshot.py``
 checks the optimized path against the straightforward one. A change meant to move estimates
-regenerates the file (``python -m tests.engine_snapshot --write``) and says so in the
-CHANGELOG's "Estimates changed".
+regenerates the file (``python -m tests.engine_snapshot --write``, from a clean checkout: the
+first line records its commit and the hypothesis version) and says so in the CHANGELOG's
+"Estimates changed".
 """
 
 from __future__ import annotations
@@ -215,18 +216,36 @@ def draw_requests(n: int = N_EXAMPLES) -> list[dict[str, Any]]:
     return out
 
 
-def load() -> list[dict[str, Any]]:
-    """The stored rows."""
+def _lines() -> list[dict[str, Any]]:
     return [json.loads(line) for line in PATH.read_text("utf-8").splitlines() if line]
+
+
+def load() -> list[dict[str, Any]]:
+    """The stored rows (without the first line's ``meta``)."""
+    return [r for r in _lines() if "meta" not in r]
+
+
+def meta() -> dict[str, Any]:
+    """The commit whose engine wrote the digests and the hypothesis version that drew them."""
+    first: dict[str, Any] = _lines()[0]["meta"]
+    return first
 
 
 def main(argv: list[str]) -> int:
     if argv != ["--write"]:
         print("usage: python -m tests.engine_snapshot --write", file=sys.stderr)
         return 2
+    import subprocess
+
+    import hypothesis
+
     rows = [run(r) for r in draw_requests()]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    first = {"meta": {"engine_commit": head or None, "hypothesis": hypothesis.__version__}}
     PATH.parent.mkdir(parents=True, exist_ok=True)
-    PATH.write_text("".join(json.dumps(r) + "\n" for r in rows), "utf-8")
+    PATH.write_text("".join(json.dumps(r) + "\n" for r in [first, *rows]), "utf-8")
     ok = sum("sha256" in r for r in rows)
     print(f"{len(rows)} requests ({ok} estimates, {len(rows) - ok} refused) -> {PATH}")
     return 0

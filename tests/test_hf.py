@@ -300,3 +300,24 @@ def test_bad_derived_and_range_values() -> None:
 def test_errors_are_vramcalc_errors() -> None:
     assert issubclass(InvalidConfigError, VramcalcError)
     assert issubclass(UnknownNameError, VramcalcError)
+
+
+def test_inline_config_is_resolved_again_under_other_limits() -> None:
+    # inline configs are remembered by content (hf._inline_spec); a config one block's limits
+    # allow must still be refused under the default limits afterwards, and the same dict with
+    # 1 instead of 1.0 or True is a different config
+    from vramcalc.hf import resolve_model
+    from vramcalc.limits import LimitExceededError, Limits, use_limits
+
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 1500, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "vocab_size": 100, "max_position_embeddings": 128}  # fmt: skip
+    with use_limits(Limits(max_layers=2048)):
+        assert resolve_model(cfg).num_hidden_layers == 1500
+        assert resolve_model(dict(cfg)) is resolve_model(cfg)
+    with pytest.raises(LimitExceededError, match="1500"):
+        resolve_model(cfg)
+    small = {**cfg, "num_hidden_layers": 2}
+    tied = resolve_model({**small, "tie_word_embeddings": True})
+    assert tied.tie_word_embeddings is True
+    assert resolve_model({**small, "tie_word_embeddings": False}).tie_word_embeddings is False

@@ -100,6 +100,36 @@ def test_rank_slices_cover_the_model_exactly(model: str, tp: int, pp: int, ep: i
     spec = resolve_model(model)
     if ep > 1 and not spec.num_local_experts:
         pytest.skip("expert parallelism needs experts")
+    _check_slices_cover(model, tp, pp, ep)
+
+
+SLICE_MODELS = ["llama-2-7b", "gpt2-medium", "qwen2.5-7b", "mixtral-8x7b", "qwen3-30b-a3b",
+                "gemma-2-2b", "llama-3.1-8b"]  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(data=st.data(), model=st.sampled_from(SLICE_MODELS))
+def test_rank_slices_cover_the_model_over_generated_layouts(
+    data: st.DataObject, model: str
+) -> None:
+    # the same invariant over drawn (tp, pp, ep): tp dividing the heads and KV heads, pp up
+    # to the layer count (uneven splits too), ep dividing the experts
+    spec = resolve_model(model)
+    tps = [t for t in (1, 2, 4, 8) if spec.num_key_value_heads % t == 0]
+    tp = data.draw(st.sampled_from(tps), label="tp")
+    pp = data.draw(st.integers(1, min(spec.num_hidden_layers, 12)), label="pp")
+    eps = (
+        [e for e in (1, 2, 4, 8) if spec.num_local_experts % e == 0]
+        if spec.num_local_experts
+        else [1]
+    )
+    ep = data.draw(st.sampled_from(eps), label="ep")
+    _check_slices_cover(model, tp, pp, ep)
+
+
+def _check_slices_cover(model: str, tp: int, pp: int, ep: int) -> None:
+    """Every group's slices over all tp x pp x ep ranks add up to the whole model."""
+    spec = resolve_model(model)
     inv = param_inventory(spec)
     world = tp * pp * max(ep, 1)
     par = ParallelSpec(gpus_per_node=world, tp=tp, pp=pp, ep=ep)

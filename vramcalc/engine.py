@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
+from operator import add
 from typing import Any
 
 from vramcalc import __version__, catalog
@@ -60,7 +61,6 @@ from vramcalc.report import (
     ModelSummary,
     Peak,
     ServingReport,
-    TimelineEvent,
 )
 from vramcalc.specs import (
     MAX_BATCH,
@@ -305,7 +305,10 @@ class _Walk:
 
     @staticmethod
     def _event(step: int, phase: Phase, event: str, comps: dict[str, int]) -> _RawEvent:
-        clean = {k: int(v) for k, v in comps.items()}
+        clean = dict(comps)
+        for k, v in clean.items():  # bytes are integers (int() of the rare float)
+            if type(v) is not int:
+                clean[k] = int(v)
         return step, phase, event, clean, sum(clean.values())
 
     def add(self, step: int, phase: Phase, event: str, comps: dict[str, int]) -> None:
@@ -318,24 +321,31 @@ class _Walk:
         self.pending.append((step, phase, event, comps))
 
     def flush(self) -> None:
-        if not self.pending:
-            self.pending = None
-            return
         p = self.pending
-        top = max(range(len(p)), key=lambda i: sum(p[i][3].values()))
-        for i in sorted({0, top, len(p) - 1}):
-            self.events.append(self._event(*p[i]))
         self.pending = None
+        if not p:
+            return
+        if len(p) <= 2:
+            keep: list[int] | range = range(len(p))
+        else:
+            totals = [sum(x[3].values()) for x in p]
+            top = totals.index(max(totals))  # the first of equal maxima
+            keep = sorted({0, top, len(p) - 1})
+        for i in keep:
+            self.events.append(self._event(*p[i]))
 
 
-def _timeline(raw: list[_RawEvent]) -> list[TimelineEvent]:
-    """Build the report's ``TimelineEvent`` objects of one walk."""
+def _timeline(raw: list[_RawEvent]) -> list[dict[str, Any]]:
+    """Return the fields of the report's ``TimelineEvent`` objects of one walk.
+
+    ``MemoryReport`` validates them into ``TimelineEvent`` all at once (pydantic-core builds
+    them faster than one ``model_construct`` call each).
+    """
     return [
-        TimelineEvent.model_construct(
-            step=step, phase=phase, event=event, allocated_bytes=total, components=comps
-        )
+        {"step": step, "phase": phase, "event": event, "allocated_bytes": total,
+         "components": comps}
         for step, phase, event, comps, total in raw
-    ]
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -439,6 +449,10 @@ def _walk(
     # step and through the next step's forward, until the new logits replace them
     hl = prof.held_logits
     held = [0]
+    # per-block running sums, the same in both steps
+    cum_act = list(accumulate(saved, initial=0))
+    cum_amp = list(accumulate(amp_per, initial=0))
+    freed = list(accumulate(saved[:L] if ckpt else map(add, saved[:L], amp_per), initial=0))
     for step in (1, 2):
         states = opt_b if step == 2 else 0
         g_fwd = G if (accum and step == 2) else 0
@@ -467,8 +481,6 @@ def _walk(
                 "embedding forward",
                 comps(act0, g_fwd, gathered=held_root + rs.gather_embed),
             )
-        cum_act = list(accumulate(saved, initial=0))
-        cum_amp = list(accumulate(amp_per, initial=0))
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
@@ -573,9 +585,6 @@ def _walk(
                 comps(act, grads + rs.grad_head_full, gathered=fwd_gathered - head_unit),
             )
         act_top = act  # saved activations when the blocks' backward starts
-        freed = list(
-            accumulate((saved[i] + (0 if ckpt else amp_per[i]) for i in range(L)), initial=0)
-        )
         for i in reversed(reps):
             # blocks i+1 .. L-1 have run their backward: their activations are freed and
             # their gradients are in place
@@ -1065,18 +1074,15 @@ def _estimate(
         top = max(e[4] for e in raw)
         walked.append((top, -stage.index, rank, raw, cpu, zdetails, znotes))
     _, _, rank, raw, cpu, zdetails, znotes = max(walked, key=lambda x: (x[0], x[1]))
-    events = _timeline(raw)
     plan, prof, opt = rank.plan, rank.prof, rank.opt
     notes += znotes
     # the first event among equal maxima, as max_memory_allocated records it
-    peak_ev = max(events, key=lambda e: e.allocated_bytes)
-    tensors = peak_ev.allocated_bytes
+    peak_step, peak_phase, peak_event, comps, tensors = max(raw, key=lambda e: e[4])
     paged = opt.paged_bytes if opt is not None else 0
     n_ws = 0 if trace else (2 if tr.task == Task.TRAIN else 1)
     ov = overheads(res.hardware.gpu, tensors, paged, workspaces=n_ws)
     allocated, reserved, device = ov.allocated, ov.reserved, ov.device
     base_details, assumptions = ov.details, dict(ov.assumptions)
-    comps = peak_ev.components
     breakdown = Breakdown(
         base=device - tensors - paged,
         params=comps.get("params", 0),
@@ -1095,7 +1101,7 @@ def _estimate(
         details["params/inputs"] = inputs
         resident = rank.trainer.resident_bytes if rank.trainer is not None else 0
         details["params/gathered"] = max(live_params - rs.params - inputs - resident, 0)
-        block_bwd = peak_ev.event.startswith("block") and peak_ev.event.endswith("backward")
+        block_bwd = peak_event.startswith("block") and peak_event.endswith("backward")
         if block_bwd and rs.grad_block_full:
             details["gradients/reduce_scatter"] = rs.grad_block_full
     else:
@@ -1109,10 +1115,10 @@ def _estimate(
             details["optimizer/step_temporaries"] = opt.step_temp_bytes
     details.update(zdetails)
     details.update(base_details)
-    if peak_ev.phase != Phase.OPTIMIZER:
+    if peak_phase != Phase.OPTIMIZER:
         details.pop("optimizer/step_temporaries", None)
     if rank.trainer is not None:
-        details = _trainer_details(details, rank.trainer, peak_ev.event)
+        details = _trainer_details(details, rank.trainer, peak_event)
         notes += list(rank.trainer.plan.notes)
         if rank.trainer.plan.reference_kind == "copy" and rs is not None and rs.sharded:
             notes.append(
@@ -1164,13 +1170,13 @@ def _estimate(
             allocated_bytes=allocated,
             reserved_bytes=reserved,
             device_bytes=device,
-            phase=peak_ev.phase,
-            event=peak_ev.event,
-            step=peak_ev.step,
+            phase=peak_phase,
+            event=peak_event,
+            step=peak_step,
         ),
         breakdown=breakdown,
         details=details,
-        timeline=events,
+        timeline=_timeline(raw),
         cpu_bytes=cpu,
         layout=_layout(res.parallel, rank.stage),
         fit=fit_report,
@@ -1241,9 +1247,14 @@ def _details_at_peak(details: dict[str, int], breakdown: Breakdown) -> dict[str,
     their activations at the same rate), largest row taking the integer rounding.
     """
     out: dict[str, int] = {}
+    by_comp: dict[str, dict[str, int]] = {c: {} for c in _REST}
+    for k, v in details.items():  # one pass; each component keeps the rows' order
+        rows_of = by_comp.get(k.split("/", 1)[0])
+        if rows_of is not None and v > 0:
+            rows_of[k] = int(v)
     for comp in ("base", "params", "activations", "gradients", "optimizer"):
         live = int(getattr(breakdown, comp))
-        rows = {k: int(v) for k, v in details.items() if k.split("/", 1)[0] == comp and v > 0}
+        rows = by_comp[comp]
         total = sum(rows.values())
         if total > live:
             scaled = {k: v * live // total for k, v in rows.items()} if total else {}

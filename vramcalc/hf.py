@@ -10,6 +10,7 @@ meta device as an independent oracle of ``count_params``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import suppress
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 from vramcalc import catalog
 from vramcalc.errors import InvalidConfigError, UnknownNameError, VramcalcError
 from vramcalc.formulas.counts import count_params, evaluate
-from vramcalc.limits import check_model_sizes, check_tree, load_json
+from vramcalc.limits import check_model_sizes, check_tree, current_limits, load_json
 from vramcalc.specs import ModelSpec
 
 __all__ = [
@@ -314,10 +315,58 @@ def _path_exists(model: str) -> bool:
         return False
 
 
+_INLINE_SPECS: dict[tuple[Any, ...], ModelSpec] = {}
+_INLINE_MAX = 256
+
+
+def _inline_spec(config: Mapping[str, Any], name: str | None) -> ModelSpec:
+    """``model_spec_from_config`` of an inline config, remembered by the config's exact content.
+
+    A sweep (or the REST service) sends the same inline config again and again; the spec is
+    frozen, so the one built the first time is returned again (as for catalog names), under
+    the same limits (``limits.use_limits``) only. Only configs of plain JSON values are
+    remembered; anything else is built every time.
+    """
+    try:  # the limits in force are in the key: what one caller's limits allow, another's refuse
+        key = (name, current_limits(), _frozen(config))
+    except TypeError:
+        return model_spec_from_config(config, name=name)
+    spec = _INLINE_SPECS.get(key)
+    if spec is None:
+        spec = model_spec_from_config(config, name=name)
+        if len(_INLINE_SPECS) >= _INLINE_MAX:
+            with suppress(KeyError, RuntimeError, StopIteration):  # another thread evicted
+                del _INLINE_SPECS[next(iter(_INLINE_SPECS))]
+        _INLINE_SPECS[key] = spec
+    return spec
+
+
+def _frozen(value: Any) -> tuple[Any, ...]:
+    """Return a hashable copy of a JSON value that tells 1, 1.0 and True apart (``==`` does not).
+
+    Raises:
+        TypeError: a value that is not plain JSON (or a key that is not a string).
+
+    """
+    if value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, bool | int):
+        return (type(value).__name__, int(value))
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, Mapping):
+        if not all(type(k) is str for k in value):
+            raise TypeError("non-string key")
+        return ("map", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, tuple(_frozen(v) for v in value))
+    raise TypeError(type(value).__name__)
+
+
 def _resolve(model: str | Mapping[str, Any], *, hub: bool) -> tuple[ModelSpec, tuple[str, ...]]:
     if isinstance(model, Mapping):
         name = str(model.get("_name_or_path") or "") or None
-        return model_spec_from_config(model, name=name), ()
+        return _inline_spec(model, name), ()
     if not isinstance(model, str) or not model.strip():
         raise InvalidConfigError(
             "model must be a catalog name, a path to a config.json, a Hugging Face Hub repo id, "

@@ -43,6 +43,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from itertools import groupby
 
 from vramcalc import catalog
 from vramcalc.enums import Attention, DType, MixedPrecision
@@ -181,20 +183,44 @@ def layer_kinds(spec: ModelSpec, seq_len: int) -> list[LayerKind]:
     else:
         n_sliding = n if window else 0
     n_chunked = _arch_int(spec, "chunked_layers") if chunk else 0
-    attn = ["sliding"] * n_sliding + ["chunked"] * n_chunked
-    attn += ["full"] * max(0, n - len(attn))
-    if "max_window_layers" in catalog.architecture(spec.model_type).get("defaults", {}):
-        attn.reverse()
+    top_windows = "max_window_layers" in catalog.architecture(spec.model_type).get("defaults", {})
     experts = spec.num_local_experts > 0
     n_moe = (_arch_int(spec, "moe_layers") if "moe_layers" in spec.arch else n) if experts else 0
-    moe = [False] * (n - n_moe) + [True] * n_moe
     always = bool(spec.arch.get("always_mask"))
+    return list(
+        _layer_kinds(n, window, chunk, n_sliding, n_chunked, top_windows, n_moe, always, seq_len)
+    )
+
+
+@lru_cache(maxsize=256)
+def _layer_kinds(
+    n: int,
+    window: int,
+    chunk: int,
+    n_sliding: int,
+    n_chunked: int,
+    top_windows: bool,
+    n_moe: int,
+    always: bool,
+    seq_len: int,
+) -> tuple[LayerKind, ...]:
+    """``layer_kinds`` from the numbers it reads (one ``LayerKind`` object per distinct kind)."""
+    attn = ["sliding"] * n_sliding + ["chunked"] * n_chunked
+    attn += ["full"] * max(0, n - len(attn))
+    if top_windows:
+        attn.reverse()
+    moe = [False] * (n - n_moe) + [True] * n_moe
+    made: dict[tuple[str, bool, bool], LayerKind] = {}
     out = []
     for i in range(n):
         a = attn[i] if i < len(attn) else "full"
         w = window if a == "sliding" else chunk if a == "chunked" else 0
-        out.append(LayerKind(attn=a, masked=always or (w > 0 and seq_len >= w), moe=moe[i]))
-    return out
+        key = (a, always or (w > 0 and seq_len >= w), moe[i])
+        kind = made.get(key)
+        if kind is None:
+            kind = made[key] = LayerKind(attn=key[0], masked=key[1], moe=key[2])
+        out.append(kind)
+    return tuple(out)
 
 
 def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
@@ -213,13 +239,13 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
         else 2
     )
     counts: dict[str, int] = {}
-    for k in kinds:
+    for k, run in groupby(kinds):  # runs of equal layers: one kernel choice per run
         if tr.attn == Attention.EAGER:
             name = "eager (softmax saved)"
         else:
             name = _sdpa_kernel(spec, ab, masked=k.masked)
         label = f"{name}{' [' + k.attn + ']' if k.attn != 'full' else ''}"
-        counts[label] = counts.get(label, 0) + 1
+        counts[label] = counts.get(label, 0) + sum(1 for _ in run)
     return ", ".join(f"{v} x {k}" for k, v in counts.items())
 
 
@@ -404,15 +430,11 @@ def activation_profile(
         uses: dict[int, int] = {}
         ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
         i, n = 0, n_layers[stack]
-        kinds = [
-            decoder_kinds[j]
-            if stack == "decoder" and j < len(decoder_kinds)
-            else LayerKind(moe=bool(experts))
-            for j in range(n)
-        ]
+        own = decoder_kinds[:n] if stack == "decoder" else []
+        kinds = own + [LayerKind(moe=bool(experts))] * (n - len(own))
         # a stack whose blocks differ (hybrids, per-layer attention or MLP kinds) walks block
-        # by block
-        mixed = hybrid or len(set(kinds)) > 1
+        # by block (equal kinds are mostly the same object: compare only the others)
+        mixed = hybrid or (bool(kinds) and kinds.count(kinds[0]) != len(kinds))
         while i < n:
             # identical blocks give identical ledgers; what differs is "does the input need a
             # gradient" (the first block under LoRA without checkpointing), the layer kind

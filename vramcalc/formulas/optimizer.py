@@ -93,14 +93,22 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
         b = shared * block(int(eight.get("qmap_bytes_per_state", 1024)))
         out.details["optimizer/qmaps"] = b
         total += b
+    # (detail key, state) of the states kept per tensor, in the row's order
+    kept: list[tuple[str, dict[str, Any], Any]] = []
+    for st in states:
+        sname = str(st.get("name", "state"))
+        if not (factored and sname in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")):
+            kept.append((f"optimizer/{sname}", st, st.get("bits", "param")))
+    details = out.details
     for numel, count, pb in plan.trainable_elements:
         before = total
-        for st in states:
-            sname = str(st.get("name", "state"))
-            if factored and sname in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col"):
-                continue
-            b = _state_bytes(numel, pb, st, eight) * count
-            out.details[f"optimizer/{sname}"] = out.details.get(f"optimizer/{sname}", 0) + b
+        per_bits: dict[Any, int] = {}  # equal widths, equal bytes (exp_avg, exp_avg_sq)
+        for key, st, bits in kept:
+            one = per_bits.get(bits)
+            if one is None:
+                one = per_bits[bits] = _state_bytes(numel, pb, st, eight)
+            b = one * count
+            details[key] = details.get(key, 0) + b
             total += b
         if factored:
             # Adafactor: matrices keep row+col fp32-ish vectors; vectors keep a full one.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 
 from vramcalc import catalog
 from vramcalc.enums import PeftMethod, Quant
@@ -37,13 +36,16 @@ def block(nbytes: int | float) -> int:
     n = int(nbytes)
     if n <= 0:
         return 0
-    size = _block_bytes()
+    size = _BLOCK[0] or _block_bytes()
     return -(-n // size) * size  # units.round_up, inlined: the walk calls this a lot
 
 
-@cache
+_BLOCK = [0]  # the block size once read (block() runs hundreds of times per estimate)
+
+
 def _block_bytes() -> int:
-    return int(catalog.constant("alloc_block_bytes"))
+    _BLOCK[0] = int(catalog.constant("alloc_block_bytes"))
+    return _BLOCK[0]
 
 
 def dtype_bytes(dtype: str) -> int:
@@ -353,6 +355,7 @@ def plan_params(
         )
         for t in lora:
             plan.lora_modules.add(t.group.module)
+    other_key = f"params/{_dtype_name(other_bytes)}"
     for g in inventory:
         head_q = g.kind == "lm_head" and recipe.quant_lm_head
         quant_this = quantized and (g.kind == "linear" or head_q) and not g.expert
@@ -367,7 +370,7 @@ def plan_params(
             key = f"params/{quant.value}"
         else:
             wbytes = block(n_w * other_bytes)
-            key = f"params/{_dtype_name(other_bytes)}"
+            key = other_key
         plan.details[key] = plan.details.get(key, 0) + wbytes * g.count
         plan.param_bytes += wbytes * g.count
         one = wbytes if quant_this else n_w * other_bytes
@@ -378,15 +381,14 @@ def plan_params(
         if n_b:
             plan.tensors.append((g.key, n_b * other_bytes, g.count, other_bytes))
             bb = block(n_b * other_bytes)
-            bkey = f"params/{_dtype_name(other_bytes)}"
-            plan.details[bkey] = plan.details.get(bkey, 0) + bb * g.count
+            plan.details[other_key] = plan.details.get(other_key, 0) + bb * g.count
             plan.param_bytes += bb * g.count
         if g.kind == "linear":
             plan.largest_linear_weight = max(plan.largest_linear_weight, n_w)
         plan.n_params += g.numel
         if trainable:
             plan.trainable_keys.add(g.key)
-            wb = block(n_w * pb)
+            wb = wbytes if pb == other_bytes and not quant_this else block(n_w * pb)
             plan.grad_tensors.append((wb, g.count, 0))
             plan.trainable_elements.append((n_w, g.count, pb))
             plan.largest_trainable = max(plan.largest_trainable, wb)
@@ -428,8 +430,11 @@ def plan_params(
     return plan
 
 
+_DTYPE_NAMES = {4: "fp32", 2: "16bit", 1: "int8"}
+
+
 def _dtype_name(nbytes: int) -> str:
-    return {4: "fp32", 2: "16bit", 1: "int8"}.get(nbytes, f"{nbytes}B")
+    return _DTYPE_NAMES.get(nbytes, f"{nbytes}B")
 
 
 def _quantized_weight_bytes(

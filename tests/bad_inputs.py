@@ -929,6 +929,19 @@ CASES: list[Case] = [
         ("--precompute-ref-log-probs: not used by --trainer orpo", "dpo, kto"),
     ),
     _req(
+        "padded_batch_with_grpo",
+        ("gpt2", "--trainer", "grpo", "--no-padded-batch"),
+        {"model": "gpt2", "trainer": "grpo", "padded_batch": False},
+        ("--padded-batch: not used by --trainer grpo", "dpo, kto"),
+    ),
+    _req(
+        "padded_batch_not_a_bool",
+        ("gpt2", "--trainer", "dpo", "--padded-batch=no"),
+        {"model": "gpt2", "trainer": "dpo", "padded_batch": "no"},
+        ("padded_batch",),
+        cli_needles=("--padded-batch",),
+    ),
+    _req(
         "trainer_option_with_sft",
         ("gpt2", "--ref-model", "copy"),
         {"model": "gpt2", "ref_model": "copy"},

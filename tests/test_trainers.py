@@ -66,8 +66,11 @@ def test_paired_trainers_double_the_forward_batch() -> None:
 
 
 def test_dpo_blocks_see_twice_the_rows() -> None:
-    # the decoder blocks of DPO with B pairs save what an SFT step with 2B rows saves
-    dpo = vramcalc.estimate(model=LLAMA, trainer="dpo", lora={"r": 8}, batch_size=2, seq_len=128)
+    # the decoder blocks of DPO with B pairs save what an SFT step with 2B rows saves (rows of
+    # one length: no padding mask)
+    dpo = vramcalc.estimate(
+        model=LLAMA, trainer="dpo", lora={"r": 8}, batch_size=2, seq_len=128, padded_batch=False
+    )
     sft = vramcalc.estimate(model=LLAMA, lora={"r": 8}, batch_size=4, seq_len=128)
     full = {k for k in sft.details if k.startswith("activations/")} - {
         "activations/logits", "activations/temporaries", "activations/norms",
@@ -76,6 +79,27 @@ def test_dpo_blocks_see_twice_the_rows() -> None:
         assert dpo.details.get(key) == sft.details[key], key
     # the fused LM head never materialises the (2B x S x V) logits
     assert "activations/logits" not in dpo.details
+
+
+def test_padded_batch_masks_every_sdpa_layer() -> None:
+    # TRL pads pairs to the longest row: transformers builds the 4-D mask, repeats the K/V
+    # heads (sdpa_attention.py use_gqa_in_sdpa) and SDPA saves a rows x S x S bias per layer
+    kw: dict[str, Any] = {"model": "llama-3.1-8b", "trainer": "dpo", "dtype": "bf16"}
+    kw.update(lora={"r": 16}, batch_size=4, seq_len=1024)
+    padded = vramcalc.estimate(**kw)
+    plain = vramcalc.estimate(**kw, padded_batch=False)
+    rows, S, L = 8, 1024, 32
+    heads, kvh, hd = 32, 8, 128
+    bias = L * rows * S * S * 2
+    kv_repeat = L * 2 * rows * S * (heads - kvh) * hd * 2
+    grew = padded.details["activations/attention"] - plain.details["activations/attention"]
+    assert grew == bias + kv_repeat
+    assert any("padded batch" in n for n in padded.notes)
+    # eager and flash-attention-2 do not change with padding
+    for attn in ("eager", "flash_attention_2"):
+        a = vramcalc.estimate(**kw, attn=attn)
+        b = vramcalc.estimate(**kw, attn=attn, padded_batch=False)
+        assert a.peak.allocated_bytes == b.peak.allocated_bytes
 
 
 def _params(r: Any, key: str) -> int:

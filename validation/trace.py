@@ -406,6 +406,43 @@ def _patch_cuda_availability() -> None:
     # transformers' MoE experts pick torch's grouped GEMM from the device capability
     # (integrations/moe.py ``_can_use_grouped_mm``): answer an H100/H200's
     torch.cuda.get_device_capability = lambda device=None: (9, 0)
+    _register_cuda_backward_kernels()
+
+
+_FUSED_BACKWARDS = ("silu_backward", "mish_backward")
+_LIBS: list[Any] = []
+
+
+def _register_cuda_backward_kernels() -> None:
+    """Give ``silu_backward``/``mish_backward`` the fused CUDA kernel slot a CUDA build has.
+
+    These two ops have a CompositeImplicitAutograd kernel (``math_silu_backward`` in
+    aten/src/ATen/native/Activation.cpp: ``sigmoid``, ``1 - sigmoid``, ``x * (...)``,
+    ``1 + ...``, two products, all alive until the end of the C++ expression) besides their
+    per-backend structured kernels (native_functions.yaml ``silu_backward.grad_input``:
+    ``CPU, CUDA: silu_backward_out``, one elementwise kernel writing only the gradient).
+    The dispatcher runs the math kernel for a backend with no kernel of its own: a CPU-only
+    torch has no CUDA kernel, so on the fake CUDA device a SiLU backward decomposed into
+    ~6 T x I temporaries where a GPU allocates one output (a torch built with CUDA
+    dispatches ``AutogradCUDA`` to the autograd kernel, then the fused one). A CUDA
+    registration, never called (fake tensors stop at the Python key, whose meta kernel
+    allocates the single output), restores the CUDA build's dispatch table. (The only such
+    ops in torch 2.13: these two and ``native_channel_shuffle``, found by comparing the
+    AutogradCPU and AutogradCUDA entries of every aten op.)
+    """
+    import torch  # noqa: TID251
+
+    if _LIBS:
+        return
+    lib = torch.library.Library("aten", "IMPL")
+    for name in _FUSED_BACKWARDS:
+        op = getattr(torch.ops.aten, name).default
+
+        def kernel(*args: Any, _op: Any = op) -> Any:  # pragma: no cover - never reached
+            raise RuntimeError(f"{_op} ran on the fake CUDA device without a fake tensor")
+
+        lib.impl(name, kernel, "CUDA")
+    _LIBS.append(lib)
 
 
 # ----------------------------------------------------------------------------- one trace

@@ -52,6 +52,8 @@ LLAMA: dict[str, Any] = {
 
 def _s(id_: str, **kw: Any) -> Scenario:
     base: dict[str, Any] = {"model": LLAMA, "batch_size": 2, "seq_len": 256, "dtype": "fp32"}
+    # every row -s tokens long (no padding) unless the scenario says otherwise
+    base["padded_batch"] = False
     base.update(kw)
     return Scenario.model_validate({"id": id_, "request": base, "optim_impl": "foreach"})
 
@@ -70,6 +72,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     _s("trl-cpo-full", trainer="cpo"),
     _s("trl-reward-full-bf16", trainer="reward", dtype="bf16"),
     _s("trl-reward-lora-bf16", trainer="reward", dtype="bf16", lora={"r": 16}, batch_size=4),
+    # rows of several lengths padded to the longest (-s): the mask reaches SDPA
+    _s(
+        "trl-dpo-lora-padded-bf16",
+        trainer="dpo",
+        dtype="bf16",
+        lora={"r": 16},
+        batch_size=4,
+        padded_batch=True,
+    ),
+    _s("trl-dpo-full-padded-bf16", trainer="dpo", dtype="bf16", padded_batch=True),
 )
 
 
@@ -100,12 +112,25 @@ def _words(n: int, start: int = 0) -> str:
     return " ".join(f"w{(start + i) % 500}" for i in range(n))
 
 
-def _dataset(trainer: str, seq_len: int, batch: int) -> Any:
-    """Rows whose prompt + completion overflow ``seq_len`` (TRL truncates to ``max_length``)."""
+def _dataset(trainer: str, seq_len: int, batch: int, padded: bool = False) -> Any:
+    """Rows whose prompt + completion overflow ``seq_len`` (TRL truncates to ``max_length``).
+
+    ``padded``: the chosen rows fill ``seq_len``, the rejected ones stop at 3/4 of it and the
+    first chosen row at half of it, so the collator pads rows to the longest (``seq_len``).
+    """
     from datasets import Dataset
 
     prompt = _words(seq_len // 4)
     long = seq_len  # completion words: more than the room left, so every row is S long
+    if padded and trainer == "dpo":
+        n = 2 * batch
+        return Dataset.from_dict(
+            {
+                "prompt": [prompt] * n,
+                "chosen": [_words(seq_len // 4 if i == 0 else long, 3) for i in range(n)],
+                "rejected": [_words(seq_len // 2, 11)] * n,
+            }
+        )
     if trainer == "reward":  # RewardTrainer drops rows over max_length: fill it exactly
         p = seq_len // 4
         return Dataset.from_dict(
@@ -260,7 +285,7 @@ class _TrlSetup:
 
     def step(self, batch: dict[str, Any]) -> None:
         self.on_phase("forward")
-        with _fake_answers():
+        with _fake_answers(padded=bool(self.scenario.request.padded_batch)):
             loss = self.trainer.compute_loss(self.model, batch)
         self.on_phase("backward")
         loss.backward()
@@ -291,7 +316,7 @@ def _build_cpu_trainer(scenario: Scenario, tmp: str) -> tuple[Any, Any, Any]:
     kwargs: dict[str, Any] = {
         "model": model,
         "args": args,
-        "train_dataset": _dataset(name, req.seq_len, req.batch_size),
+        "train_dataset": _dataset(name, req.seq_len, req.batch_size, bool(req.padded_batch)),
         "processing_class": _tokenizer(int(cfg.vocab_size)),
     }
     if name in ("dpo", "kto") and (req.lora is None or req.ref_model == "copy"):
@@ -317,8 +342,12 @@ def _build_cpu_trainer(scenario: Scenario, tmp: str) -> tuple[Any, Any, Any]:
 
 
 @contextlib.contextmanager
-def _fake_answers() -> Any:
-    """Answer TRL's and transformers' host-side reads of fake values as a real batch would."""
+def _fake_answers(padded: bool = False) -> Any:
+    """Answer TRL's and transformers' host-side reads of fake values as a real batch would.
+
+    ``padded``: the batch's attention mask holds zeros (rows padded to the longest), so
+    "is the mask all ones?" is answered no and transformers builds the 4-D mask.
+    """
     import torch  # noqa: TID251
 
     old_item, old_bool = torch.Tensor.item, torch.Tensor.__bool__
@@ -332,7 +361,7 @@ def _fake_answers() -> Any:
 
         fr = traceback.extract_stack(limit=2)[0]
         line = linecache.getline(fr.filename, fr.lineno or 0)
-        return ".all()" in line
+        return ".all()" in line and not padded
 
     from torch._subclasses import fake_impls  # noqa: TID251
     from torch._subclasses.fake_tensor import FakeTensor  # noqa: TID251
@@ -358,7 +387,7 @@ def _fake_answers() -> Any:
         return bool(old_tracing(None))
 
     def fast_all(tensor: Any) -> Any:
-        return True if isinstance(tensor, FakeTensor) else old_all(tensor)
+        return (not padded) if isinstance(tensor, FakeTensor) else old_all(tensor)
 
     masking_utils.is_tracing = is_tracing
     masking_utils.fast_all = fast_all

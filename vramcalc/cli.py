@@ -307,6 +307,10 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                         "model in the step)")  # fmt: skip
     g.add_argument("--padding-free", action="store_true",
                    help="TRL padding_free (TRL 1.16 DPO falls back to padding)")  # fmt: skip
+    g.add_argument("--padded-batch", action=argparse.BooleanOptionalAction, default=None,
+                   help="dpo/kto/orpo/simpo/cpo/reward: rows of different lengths padded to "
+                        "the longest, so an attention mask reaches SDPA (default: yes; "
+                        "--no-padded-batch: every row is -s tokens)")  # fmt: skip
     g.add_argument("--num-generations", type=int, metavar="G",
                    help="grpo/rloo: completions per prompt (TRL default: grpo 8, rloo 2); "
                         "-b counts completions and b x GPUs x steps_per_generation must be "
@@ -577,6 +581,8 @@ def _trainer_fields(ns: argparse.Namespace) -> dict[str, Any]:
     for flag in ("precompute_ref_log_probs", "padding_free"):
         if getattr(ns, flag, False):
             out[flag] = True
+    if getattr(ns, "padded_batch", None) is not None:
+        out["padded_batch"] = ns.padded_batch
     for name in (
         "num_generations",
         "max_completion_length",

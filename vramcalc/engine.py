@@ -571,7 +571,9 @@ def _walk(
             Phase.BACKWARD,
             "LM head backward",
             comps(
-                act + prof.head_saved + prof.head_bwd_extra,
+                # the head's backward, then the final norm's (its temporaries once the
+                # head's saved input is freed; activations._rmsnorm_backward)
+                act + max(prof.head_saved + prof.head_bwd_extra, prof.fnorm_bwd),
                 grads + head_full,
                 gathered=fwd_gathered + zero_root + bwd_pref,
             ),

@@ -326,6 +326,12 @@ class EstimateRequest(_Frozen):
         default=False,
         description="TRL padding_free (DPO: TRL 1.16 warns and falls back to padding)",
     )
+    padded_batch: SBool | None = Field(
+        default=None,
+        description="the batch's rows differ in length, so TRL's collator pads them to the "
+        "longest and an attention mask reaches SDPA (default: yes for dpo, kto, orpo, simpo, "
+        "cpo, reward; false: every row is -s tokens long)",
+    )
     # framework profile and memory features (issue 10); see vramcalc/frameworks/
     framework: Framework = Field(
         default="hf",
@@ -710,12 +716,12 @@ _RL_OPTIONS = (
 )
 TRAINER_OPTIONS: dict[str, tuple[str, ...]] = {
     "sft": (),
-    "dpo": ("beta", "ref_model", "precompute_ref_log_probs", "padding_free"),
-    "kto": ("beta", "ref_model", "precompute_ref_log_probs"),
-    "orpo": ("beta",),
-    "simpo": ("beta",),
-    "cpo": ("beta",),
-    "reward": (),
+    "dpo": ("beta", "ref_model", "precompute_ref_log_probs", "padding_free", "padded_batch"),
+    "kto": ("beta", "ref_model", "precompute_ref_log_probs", "padded_batch"),
+    "orpo": ("beta", "padded_batch"),
+    "simpo": ("beta", "padded_batch"),
+    "cpo": ("beta", "padded_batch"),
+    "reward": ("padded_batch",),
     "ppo": ("ref_model", "max_completion_length", "max_prompt_length"),
     "grpo": ("beta", "ref_model", *_RL_OPTIONS),
     "rloo": ("beta", "ref_model", *_RL_OPTIONS),
@@ -726,6 +732,7 @@ TRAINER_OPTION_DEFAULTS: dict[str, Any] = {
     "ref_model": "auto",
     "precompute_ref_log_probs": False,
     "padding_free": False,
+    "padded_batch": None,
     "num_generations": None,
     "max_completion_length": None,
     "max_prompt_length": None,
@@ -898,6 +905,10 @@ class TrainerSpec(_Frozen):
     ref_model: Literal["auto", "copy"] = "auto"
     precompute_ref_log_probs: bool = False
     padding_free: bool = False
+    padded_batch: bool = Field(
+        default=False,
+        description="rows padded to the longest: an attention mask reaches the kernel",
+    )
     num_generations: int | None = None
     max_completion_length: int | None = None
     max_prompt_length: int | None = None
@@ -929,8 +940,23 @@ class TrainerSpec(_Frozen):
             ref_model=req.ref_model,
             precompute_ref_log_probs=req.precompute_ref_log_probs,
             padding_free=req.padding_free,
+            padded_batch=_padded_batch(req),
             **rl,
         )
+
+
+def _padded_batch(req: EstimateRequest) -> bool:
+    """Whether the trainer's batch carries padding (``padded_batch``, else the trainer's default).
+
+    Source: ``data/trainers.json`` ``padded_by_default`` (TRL 1.16's preference collators pad
+    every row to the longest of the batch; a real batch of pairs has rows of several lengths).
+    """
+    if req.padded_batch is not None:
+        return req.padded_batch
+    from vramcalc import catalog
+
+    row = catalog.load("trainers")["trainers"].get(str(req.trainer.value), {})
+    return bool(row.get("padded_by_default", False))
 
 
 class RecipeSpec(_Frozen):

@@ -22,7 +22,7 @@ const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
 const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
   "precompute_ref_log_probs", "activation_offload", "optimizer_in_backward", "packing", "liger", "compile",
-  "checkpoint_offload"];
+  "checkpoint_offload", "padded_batch"];
 const DEFAULTS = {
   batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "", optim: "adamw_torch", task: "train",
@@ -130,6 +130,8 @@ function buildRequest() {
     if (ctl.id && ctl.id in req) delete req[ctl.id];
   }
   if ($("precompute_ref_log_probs").checked && ["dpo", "kto"].includes(trainer)) req.precompute_ref_log_probs = true;
+  // TRL pads preference rows to the longest (padded_batch defaults to true for these trainers)
+  if ($("unpadded_batch").checked && ["dpo", "kto", "orpo", "simpo", "cpo", "reward"].includes(trainer)) req.padded_batch = false;
   if (req.fsdp) {
     for (const f of FSDP_NUMBER_FIELDS) {
       const v = Number($(f).value);
@@ -208,6 +210,7 @@ function fillForm(req) {
   for (const f of FEATURE_FIELDS) $(f).checked = !!req[f];
   $("sequence_parallel").checked = !!req.sequence_parallel;
   $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;
+  $("unpadded_batch").checked = req.padded_batch === false;
   $("fsdp_offload").checked = !!req.fsdp_offload;
   if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);
   if (req.fsdp_reshard_after_forward !== undefined) $("fsdp_reshard_after_forward").value = String(req.fsdp_reshard_after_forward);

@@ -34,3 +34,14 @@ def test_batch_rule_is_a_4xx(app_client: TestClient) -> None:
     r = app_client.post("/v1/estimate", json={**ISSUE, "batch_size": 3})
     assert 400 <= r.status_code < 500
     assert "divisible by --num-generations 8" in r.text
+
+
+def test_padded_batch_through_the_api(app_client: TestClient) -> None:
+    dpo = {"model": "llama-3.1-8b", "trainer": "dpo", "lora": {"r": 16}, "dtype": "bf16",
+           "batch_size": 4, "seq_len": 1024}  # fmt: skip
+    padded = app_client.post("/v1/estimate", json=dpo)
+    plain = app_client.post("/v1/estimate", json={**dpo, "padded_batch": False})
+    assert padded.status_code == plain.status_code == 200, (padded.text, plain.text)
+    assert padded.json()["peak"] == vramcalc.estimate(**dpo).model_dump(mode="json")["peak"]
+    grew = padded.json()["peak"]["allocated_bytes"] - plain.json()["peak"]["allocated_bytes"]
+    assert grew > 0

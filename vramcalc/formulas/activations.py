@@ -102,6 +102,9 @@ class ActivationProfile:
         loss_saved: saved by the loss (``log_softmax`` output).
         loss_bwd_extra: transient bytes of the loss backward (two B*S*V fp32 buffers, ...).
         head_bwd_extra: transient bytes of the LM-head backward.
+        fnorm_bwd: bytes alive above the blocks' saved tensors during the final RMSNorm's
+            backward (its saved fp32 input and ``rsqrt``, and five fp32 B*S*H temporaries);
+            0 for fused norms (LayerNorm, Liger).
         amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
         ckpt_input: with checkpointing, bytes kept per block (its input).
         held_logits: logits the training loop keeps referenced from the loss to the end of
@@ -119,6 +122,7 @@ class ActivationProfile:
     loss_saved: int = 0
     loss_bwd_extra: int = 0
     head_bwd_extra: int = 0
+    fnorm_bwd: int = 0
     amp_weight_copies: int = 0
     amp_copy_per_layer: list[int] = field(default_factory=list)
     amp_head_copy: int = 0
@@ -156,7 +160,7 @@ def _arch_int(spec: ModelSpec, key: str) -> int:
     return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0
 
 
-def layer_kinds(spec: ModelSpec, seq_len: int) -> list[LayerKind]:
+def layer_kinds(spec: ModelSpec, seq_len: int, *, padded: bool = False) -> list[LayerKind]:
     """List the decoder layers of ``spec`` in order, each with its attention and MLP kind.
 
     Counts come from the template's ``arch`` extras (``sliding_layers``, ``chunked_layers``,
@@ -169,7 +173,10 @@ def layer_kinds(spec: ModelSpec, seq_len: int) -> list[LayerKind]:
     dense layers first (DeepSeek ``first_k_dense_replace``, and layer 0 is dense with
     ``decoder_sparse_step``/``interleave_moe_layer_step`` 2), windowed layers first unless the
     window applies to the top layers (Qwen ``max_window_layers``); only the first layer's
-    position matters to the estimate (its input needs no gradient under LoRA).
+    position matters to the estimate (its input needs no gradient under LoRA). ``padded``: the
+    batch's attention mask holds padding (TRL's preference collators), so transformers builds
+    the 4-D mask for every layer (``_ignore_causal_mask_sdpa`` is False once a 0 is in the
+    2-D mask) and every layer is masked.
 
     Source: transformers v5.24 ``configuration_{gemma2,gemma3,qwen3,gpt_oss,llama4}.py``
     (``layer_types``), ``modeling_deepseek_v3.py``, ``modeling_qwen3_moe.py``,
@@ -188,7 +195,9 @@ def layer_kinds(spec: ModelSpec, seq_len: int) -> list[LayerKind]:
     n_moe = (_arch_int(spec, "moe_layers") if "moe_layers" in spec.arch else n) if experts else 0
     always = bool(spec.arch.get("always_mask"))
     return list(
-        _layer_kinds(n, window, chunk, n_sliding, n_chunked, top_windows, n_moe, always, seq_len)
+        _layer_kinds(
+            n, window, chunk, n_sliding, n_chunked, top_windows, n_moe, always or padded, seq_len
+        )
     )
 
 
@@ -229,7 +238,7 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
     Source: ``_attention`` below; the kernel choice checked with the profiler on an H200
     (torch 2.11) and mirrored by the tracer (``validation/trace.py``).
     """
-    kinds = layer_kinds(spec, tr.seq_len)
+    kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr))
     amp = tr.mixed_precision != MixedPrecision.NO
     rope = spec.position_embedding == "rotary"
     ab = (
@@ -247,6 +256,16 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
         label = f"{name}{' [' + k.attn + ']' if k.attn != 'full' else ''}"
         counts[label] = counts.get(label, 0) + sum(1 for _ in run)
     return ", ".join(f"{v} x {k}" for k, v in counts.items())
+
+
+def _padded(tr: TrainingSpec) -> bool:
+    """Tell whether a padded batch's mask reaches SDPA (``TrainerSpec.padded_batch``).
+
+    Only SDPA takes the mask as a tensor: eager attention adds a mask whatever the padding,
+    and flash-attention-2 unpads the rows (transformers ``modeling_flash_attention_utils.py``
+    ``_upad_input``), so neither changes.
+    """
+    return tr.trainer.padded_batch and tr.attn == Attention.SDPA
 
 
 def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
@@ -400,7 +419,7 @@ def activation_profile(
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
-    decoder_kinds = layer_kinds(spec, S) if not spec.is_encoder_decoder else []
+    decoder_kinds = layer_kinds(spec, S, padded=_padded(tr)) if not spec.is_encoder_decoder else []
     enc_len = S
     dec_len = tr.target_len or S
     base_ctx = ctx
@@ -493,6 +512,8 @@ def activation_profile(
     else:
         _rmsnorm(head, ctx, "fnorm", ctx.T * H, rb, trainable=ctx.full)
         fn_out = rb
+        if ctx.recipe.norm_impl != "liger":
+            prof.fnorm_bwd = _rmsnorm_backward(head, ctx.T * H)
     if spec.has_lm_head:
         if head_trainable:
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
@@ -639,6 +660,26 @@ def _rmsnorm(
         return
     if trainable:
         led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
+
+
+def _rmsnorm_backward(led: Ledger, numel: int) -> int:
+    """Bytes alive at the peak of a python RMSNorm's backward: its saved tensors + temporaries.
+
+    ``w * (x32 * rsqrt(x32.pow(2).mean(-1) + eps)).to(dtype)`` runs backward as: the weight
+    product and the cast back to fp32 (the gradient of ``x32 * r``, fp32), that product's
+    backward (``grad * r``, held until the two input gradients are summed, and the row sums
+    for ``rsqrt``), ``mean``'s backward (``expand / H``: a full fp32 tensor) and ``pow``'s
+    (``grad * 2 * x.pow(1)``: three fp32 tensors alive at once) -- five fp32 tensors of the
+    input's size on top of the saved fp32 input and ``rsqrt``. Only the final norm matters:
+    it runs with every block's saved tensors still alive (a block's own norms run after its
+    MLP or attention tensors are freed). Source: torch 2.13 ``tools/autograd/derivatives.yaml``
+    (``pow.Tensor_Scalar``, ``mean.dim``, ``mul.Tensor``, ``rsqrt``) and
+    ``torch/csrc/autograd/FunctionsManual.cpp`` (``pow_backward``, ``mean_backward``);
+    transformers 5.24 ``LlamaRMSNorm.forward``; checked against the fake-CUDA trace of TRL's
+    reward model (``trl-reward-lora-bf16``: the peak is this moment).
+    """
+    own = sum(b for n, (_d, b) in led.saved.items() if n in ("fnorm_x32", "fnorm_rsqrt"))
+    return own + 5 * block(numel * 4)
 
 
 def _arch_num(spec: ModelSpec, key: str) -> float:

@@ -157,6 +157,12 @@ def trainer_plan(trainer: TrainerSpec, peft: PeftSpec | None, batch_size: int) -
             "padding_free: TRL 1.16's DPOTrainer warns and falls back to padding "
             "(dpo_trainer.py), so the batch is padded to -s"
         )
+    if trainer.padded_batch:
+        notes.append(
+            "padded batch (TRL pads every row to the longest): with sdpa the attention mask "
+            "reaches every layer -- K/V heads repeated and a rows x S x S bias saved per "
+            "layer (--no-padded-batch if every row is -s tokens)"
+        )
     if kind == "adapter_disabled":
         notes.append("reference = the PEFT base with the adapters disabled (no second copy)")
     elif kind == "precomputed":

@@ -449,6 +449,60 @@ def test_process_exit_codes_and_no_torch() -> None:
         assert option in helped.stdout
 
 
+# each command's output: a rich table, rich lines, plain print of a rendered plan, JSON
+_PLAN = (
+    "plan",
+    "gpt2",
+    "--seq-len",
+    "512",
+    "--tokens",
+    "1000000",
+    "--gpus-from",
+    "a10g-24gb,h100-sxm",
+)
+_PIPED = [("gpt2",), ("gpt2", "--json"), ("models",), _PLAN, (*_PLAN, "--json")]
+
+
+def _piped_id(args: tuple[str, ...]) -> str:
+    return " ".join(args[:2]) + " --json" * ("--json" in args[2:])
+
+
+@pytest.mark.parametrize("args", _PIPED, ids=_piped_id)
+def test_reader_gone_before_output_exits_quietly(args: tuple[str, ...]) -> None:
+    """``vramcalc ... | head -0``: the reader closed the pipe before the first write.
+
+    Deterministic form of ``| head -3``: every write then fails with EPIPE. The process must
+    exit with 141 (128 + SIGPIPE, cli.EXIT_BROKEN_PIPE) and print nothing on stderr: no
+    traceback, no "Exception ignored" from the interpreter's flush at exit.
+    """
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vramcalc", *args], cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == cli.EXIT_BROKEN_PIPE == 141
+
+
+def test_reader_that_stops_after_one_line_sees_no_traceback() -> None:
+    """``vramcalc plan ... | head -1`` as a shell runs it: the reader takes one line and goes."""
+    proc = subprocess.Popen([sys.executable, "-m", "vramcalc", *_PLAN], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    code = proc.wait(timeout=120)
+    assert first.startswith(b"plan: gpt2")
+    assert err == ""
+    # 0 when the whole plan was already in the pipe's buffer when the reader left
+    assert code in (0, cli.EXIT_BROKEN_PIPE)
+
+
 def test_max_batch_rendering_when_it_fits(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["llama-2-7b", "--qlora", "r=8", "--gpu", "a10g-24gb", "--max-batch"]
     code, text, _ = run(capsys, *args, "--global-batch", "64")

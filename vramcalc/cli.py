@@ -34,6 +34,11 @@ __all__ = ["SUBCOMMANDS", "build_request", "main", "parse_spec", "run"]
 
 PROG = "vramcalc"
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141
+"""Exit status when the reader of stdout went away (``vramcalc plan ... | head -3``): 128 +
+SIGPIPE, what a shell reports for a coreutils command killed by SIGPIPE, so ``set -o
+pipefail`` scripts see the same status as for ``cat``. Nothing is printed; stdout is pointed at
+``os.devnull`` so that the interpreter's final flush stays quiet too."""
 WIDTH = 80
 SUBCOMMANDS = ("models", "gpus", "optimizers", "plan", "serve", "validate", "calibrate")
 
@@ -648,8 +653,14 @@ def _validation_message(exc: Any) -> str:
 def _console() -> Console:
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's default exits with status 1; ``run`` owns the broken-pipe exit
+            self.quiet = True
+            raise BrokenPipeError(32, "Broken pipe")
+
     width = min(Console().width, WIDTH)
-    return Console(width=width, highlight=False, soft_wrap=False)
+    return _Console(width=width, highlight=False, soft_wrap=False)
 
 
 def _count(n: int) -> str:
@@ -1106,8 +1117,16 @@ def run(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
     try:
         if args and args[0] in _COMMANDS:
-            return _COMMANDS[args[0]](args[1:])
-        return _cmd_estimate(args)
+            code = _COMMANDS[args[0]](args[1:])
+        else:
+            code = _cmd_estimate(args)
+        # a reader that went away shows here, not in the interpreter's flush at exit
+        if sys.stdout is not None:  # None when started with stdout closed (``>&-``)
+            sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except VramcalcError as exc:
         message = str(exc)
     except FileNotFoundError as exc:
@@ -1123,6 +1142,20 @@ def run(argv: Sequence[str] | None = None) -> int:
         return 130
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at ``os.devnull`` after a broken pipe.
+
+    The recipe of the Python docs (signal module, "Note on SIGPIPE"): what is still buffered
+    then goes nowhere at exit instead of raising ``BrokenPipeError`` a second time.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a descriptor (captured in tests)
+        pass
 
 
 def _one_line(message: str) -> str:

@@ -515,3 +515,75 @@ def test_max_batch_rendering_when_it_fits(capsys: pytest.CaptureFixture[str]) ->
     assert f"headroom at that batch: {fit['headroom_bytes'] / 2**30:.2f} GiB" in text
     _assert_fits_80(text)
     _golden("llama2_7b_qlora_max_batch_a10g.txt", text)
+
+
+# ----------------------------------------------------------------------------- cold start
+
+_REPRESENTATIVE = [
+    ("gpt2",),
+    ("gpt2", "--json"),
+    ("llama-3.1-8b", "--lora", "r=16"),
+    ("llama-3.1-8b", "--lora", "r=16", "--json"),
+    (
+        "llama-3.1-8b",
+        "--gpus",
+        "8",
+        "--zero",
+        "3",
+        "--mixed-precision",
+        "bf16",
+        "--gpu",
+        "h100-sxm",
+    ),
+    ("llama-3.1-8b", "--gpus", "8", "--fsdp", "full_shard", "--json"),
+    ("qwen2.5-7b", "--task", "infer", "--prompt-len", "1024", "--new-tokens", "128"),
+    ("gpt2", "--optim", "adamw_9bit"),
+    ("gpus", "--json"),
+]
+
+
+def test_quick_exit_prints_the_same_bytes_as_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main``'s one-shot path (gc off, os._exit, no plugin loader) against plain ``run``.
+
+    Each command runs once as a process (``python -m vramcalc``: ``cli.main``) and once in
+    this process through ``cli.run`` with the normal interpreter life cycle; stdout, stderr
+    and the exit status must agree byte for byte.
+    """
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    for args in _REPRESENTATIVE:
+        proc = subprocess.run([sys.executable, "-m", "vramcalc", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        code, out, err = run(capsys, *args)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, err), args
+        assert out or err
+
+
+def test_plugin_loader_stand_in_matches_pydantic() -> None:
+    """pydantic takes only ``get_plugins`` from its loader, and a cold estimate skips the loader.
+
+    If a pydantic release imports more from ``pydantic.plugin._loader``, the stand-in of
+    ``cli._skip_plugin_loader`` would break model building: this test fails first.
+    """
+    import re
+
+    import pydantic.plugin._schema_validator as sv
+
+    source = Path(sv.__file__).read_text(encoding="utf-8")
+    assert re.findall(r"from \._loader import (.+)", source) == ["get_plugins"]
+    assert "_loader" not in source.replace("from ._loader import get_plugins", "")
+    code = (
+        "import sys; from vramcalc.cli import run; rc = run(sys.argv[1:]); "
+        "print(sorted(m for m in ('importlib.metadata', 'pydantic.plugin._loader') "
+        "if m in sys.modules), sys.modules['pydantic.plugin._loader'].__doc__, file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "['pydantic.plugin._loader'] vramcalc's stand-in" in proc.stderr
+    # plugins on (the service's setting): the real loader
+    env["PYDANTIC_DISABLE_PLUGINS"] = "some_plugin"
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "['importlib.metadata', 'pydantic.plugin._loader']" in proc.stderr

@@ -1115,6 +1115,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         # ``vramcalc MODEL --json`` (benchmarks/bench_cold.py). A one-shot command has no use
         # for them; the service keeps them. A value the user set wins.
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
+        _skip_plugin_loader()
     try:
         if args and args[0] in _COMMANDS:
             code = _COMMANDS[args[0]](args[1:])
@@ -1166,9 +1167,73 @@ def _one_line(message: str) -> str:
     )
 
 
+# pydantic's own test for "plugins disabled" (pydantic/plugin/_loader.py, get_plugins)
+_PLUGINS_OFF = ("__all__", "1", "true")
+_LOADER = "pydantic.plugin._loader"
+
+
+def _skip_plugin_loader() -> None:
+    """With plugins disabled, give pydantic a plugin loader that does not import importlib.metadata.
+
+    pydantic 2.14 imports ``pydantic.plugin._loader`` when it builds the first model class,
+    and that module imports ``importlib.metadata`` (email, zipfile, csv, ...: about 5 % of the
+    instructions of a cold ``vramcalc gpt2 --json``) only to read entry points that
+    ``PYDANTIC_DISABLE_PLUGINS`` then ignores. The stand-in has the one name pydantic takes
+    from that module (``pydantic/plugin/_schema_validator.py``: ``from ._loader import
+    get_plugins``; tests/test_cli.py checks this against the installed pydantic) and answers
+    what the real one answers when plugins are off: no plugins. Nothing happens when pydantic
+    is already imported or plugins are on.
+    """
+    if os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in _PLUGINS_OFF or "pydantic" in sys.modules:
+        return
+    import types
+
+    loader = types.ModuleType(_LOADER, "vramcalc's stand-in: plugins are disabled")
+    loader.get_plugins = _no_plugins  # type: ignore[attr-defined]
+    sys.modules.setdefault(_LOADER, loader)
+
+
+def _no_plugins() -> tuple[()]:
+    return ()
+
+
+# one-shot commands that end through os._exit (below); serve/validate/calibrate/plan do not
+_QUICK = ("models", "gpus", "optimizers")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console-script entry point: ``sys.exit(run(argv))``."""
-    sys.exit(run(argv))
+    """Console-script entry point: ``sys.exit(run(argv))``.
+
+    A one-shot command (an estimate, ``models``, ``gpus``, ``optimizers``) runs with the
+    cyclic garbage collector off (it allocates a few MB, and collections during the imports
+    of pydantic and the model classes cost ~3 % of a cold start) and ends with ``os._exit``
+    once its output is flushed, skipping the interpreter's teardown (module clean-up and a
+    final collection: ~5 %) when no ``atexit`` handler and no other thread is there to need
+    it. The output is the same bytes (tests/test_cli.py compares with ``run``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    quick = not args or args[0] in _QUICK or args[0] not in _COMMANDS
+    if not quick:
+        sys.exit(run(args))
+    import gc
+
+    gc.disable()
+    code = run(args)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = EXIT_BROKEN_PIPE
+    import atexit
+    import threading
+
+    ncallbacks = getattr(atexit, "_ncallbacks", None)
+    if ncallbacks is not None and ncallbacks() == 0 and threading.active_count() == 1:
+        os._exit(code)
+    gc.enable()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Prints, for fresh processes of ``python -m vramcalc ARGS`` (default ``gpt2 --jso
 
 - wall and CPU (user+sys) time, median and minimum of ``--runs`` runs (default 15);
 - the ``python -X importtime`` total (sum of every module's own import time), median of 5;
+- with ``--valgrind``: the instructions executed by one run (valgrind's cachegrind ``I refs``),
+  the figure that does not move with the machine's load at all;
 - from one profiled run: the Python function calls of the whole command (a count that does
   not depend on the machine's load) and the vramcalc model classes whose pydantic schema was
   built.
@@ -34,11 +36,8 @@ sys.argv = ["vramcalc", *sys.argv[1:]]
 pr = cProfile.Profile()
 pr.enable()
 with contextlib.redirect_stdout(io.StringIO()):
-    try:
-        from vramcalc.cli import main
-        main()
-    except SystemExit:
-        pass
+    from vramcalc.cli import run  # not main(): it may end the process with os._exit
+    run(sys.argv[1:])
 pr.disable()
 st = pstats.Stats(pr)
 import pydantic
@@ -87,6 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--root", type=Path, default=ROOT)
+    p.add_argument("--valgrind", action="store_true", help="also count instructions")
     p.add_argument("args", nargs="*", default=["gpt2", "--json"])
     ns = p.parse_args()
     root = ns.root.resolve()
@@ -100,6 +100,14 @@ def main() -> None:
           f"(min {min(cpus):.3f}) over {ns.runs} runs; target < 0.15 s idle")  # fmt: skip
     imp = [_importtime(root, ns.args) for _ in range(5)]
     print(f"  -X importtime total: median {statistics.median(imp):.3f} s (min {min(imp):.3f})")
+    if ns.valgrind:
+        r = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no",
+                            "--cachegrind-out-file=/dev/null", sys.executable, "-m", "vramcalc",
+                            *ns.args], cwd=root, env=_env(root), check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)  # fmt: skip
+        refs = [ln.split(":", 1)[1].strip() for ln in r.stderr.splitlines() if "I   refs" in ln]
+        print(f"  instructions (valgrind, load-independent): {refs[-1] if refs else '?'}")
     r = subprocess.run([sys.executable, "-c", PROFILE, *ns.args], cwd=root, env=_env(root),
                        check=True, capture_output=True, text=True)  # fmt: skip
     calls, n_built, names = [*r.stdout.split(maxsplit=2), ""][:3]

@@ -449,6 +449,60 @@ def test_process_exit_codes_and_no_torch() -> None:
         assert option in helped.stdout
 
 
+# each command's output: a rich table, rich lines, plain print of a rendered plan, JSON
+_PLAN = (
+    "plan",
+    "gpt2",
+    "--seq-len",
+    "512",
+    "--tokens",
+    "1000000",
+    "--gpus-from",
+    "a10g-24gb,h100-sxm",
+)
+_PIPED = [("gpt2",), ("gpt2", "--json"), ("models",), _PLAN, (*_PLAN, "--json")]
+
+
+def _piped_id(args: tuple[str, ...]) -> str:
+    return " ".join(args[:2]) + " --json" * ("--json" in args[2:])
+
+
+@pytest.mark.parametrize("args", _PIPED, ids=_piped_id)
+def test_reader_gone_before_output_exits_quietly(args: tuple[str, ...]) -> None:
+    """``vramcalc ... | head -0``: the reader closed the pipe before the first write.
+
+    Deterministic form of ``| head -3``: every write then fails with EPIPE. The process must
+    exit with 141 (128 + SIGPIPE, cli.EXIT_BROKEN_PIPE) and print nothing on stderr: no
+    traceback, no "Exception ignored" from the interpreter's flush at exit.
+    """
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vramcalc", *args], cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.stderr == ""
+    assert proc.returncode == cli.EXIT_BROKEN_PIPE == 141
+
+
+def test_reader_that_stops_after_one_line_sees_no_traceback() -> None:
+    """``vramcalc plan ... | head -1`` as a shell runs it: the reader takes one line and goes."""
+    proc = subprocess.Popen([sys.executable, "-m", "vramcalc", *_PLAN], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    code = proc.wait(timeout=120)
+    assert first.startswith(b"plan: gpt2")
+    assert err == ""
+    # 0 when the whole plan was already in the pipe's buffer when the reader left
+    assert code in (0, cli.EXIT_BROKEN_PIPE)
+
+
 def test_max_batch_rendering_when_it_fits(capsys: pytest.CaptureFixture[str]) -> None:
     args = ["llama-2-7b", "--qlora", "r=8", "--gpu", "a10g-24gb", "--max-batch"]
     code, text, _ = run(capsys, *args, "--global-batch", "64")
@@ -461,3 +515,75 @@ def test_max_batch_rendering_when_it_fits(capsys: pytest.CaptureFixture[str]) ->
     assert f"headroom at that batch: {fit['headroom_bytes'] / 2**30:.2f} GiB" in text
     _assert_fits_80(text)
     _golden("llama2_7b_qlora_max_batch_a10g.txt", text)
+
+
+# ----------------------------------------------------------------------------- cold start
+
+_REPRESENTATIVE = [
+    ("gpt2",),
+    ("gpt2", "--json"),
+    ("llama-3.1-8b", "--lora", "r=16"),
+    ("llama-3.1-8b", "--lora", "r=16", "--json"),
+    (
+        "llama-3.1-8b",
+        "--gpus",
+        "8",
+        "--zero",
+        "3",
+        "--mixed-precision",
+        "bf16",
+        "--gpu",
+        "h100-sxm",
+    ),
+    ("llama-3.1-8b", "--gpus", "8", "--fsdp", "full_shard", "--json"),
+    ("qwen2.5-7b", "--task", "infer", "--prompt-len", "1024", "--new-tokens", "128"),
+    ("gpt2", "--optim", "adamw_9bit"),
+    ("gpus", "--json"),
+]
+
+
+def test_quick_exit_prints_the_same_bytes_as_run(capsys: pytest.CaptureFixture[str]) -> None:
+    """``main``'s one-shot path (gc off, os._exit, no plugin loader) against plain ``run``.
+
+    Each command runs once as a process (``python -m vramcalc``: ``cli.main``) and once in
+    this process through ``cli.run`` with the normal interpreter life cycle; stdout, stderr
+    and the exit status must agree byte for byte.
+    """
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    env.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    for args in _REPRESENTATIVE:
+        proc = subprocess.run([sys.executable, "-m", "vramcalc", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        code, out, err = run(capsys, *args)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (code, out, err), args
+        assert out or err
+
+
+def test_plugin_loader_stand_in_matches_pydantic() -> None:
+    """pydantic takes only ``get_plugins`` from its loader, and a cold estimate skips the loader.
+
+    If a pydantic release imports more from ``pydantic.plugin._loader``, the stand-in of
+    ``cli._skip_plugin_loader`` would break model building: this test fails first.
+    """
+    import re
+
+    import pydantic.plugin._schema_validator as sv
+
+    source = Path(sv.__file__).read_text(encoding="utf-8")
+    assert re.findall(r"from \._loader import (.+)", source) == ["get_plugins"]
+    assert "_loader" not in source.replace("from ._loader import get_plugins", "")
+    code = (
+        "import sys; from vramcalc.cli import run; rc = run(sys.argv[1:]); "
+        "print(sorted(m for m in ('importlib.metadata', 'pydantic.plugin._loader') "
+        "if m in sys.modules), sys.modules['pydantic.plugin._loader'].__doc__, file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "['pydantic.plugin._loader'] vramcalc's stand-in" in proc.stderr
+    # plugins on (the service's setting): the real loader
+    env["PYDANTIC_DISABLE_PLUGINS"] = "some_plugin"
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "['importlib.metadata', 'pydantic.plugin._loader']" in proc.stderr

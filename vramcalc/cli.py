@@ -34,6 +34,11 @@ __all__ = ["SUBCOMMANDS", "build_request", "main", "parse_spec", "run"]
 
 PROG = "vramcalc"
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141
+"""Exit status when the reader of stdout went away (``vramcalc plan ... | head -3``): 128 +
+SIGPIPE, what a shell reports for a coreutils command killed by SIGPIPE, so ``set -o
+pipefail`` scripts see the same status as for ``cat``. Nothing is printed; stdout is pointed at
+``os.devnull`` so that the interpreter's final flush stays quiet too."""
 WIDTH = 80
 SUBCOMMANDS = ("models", "gpus", "optimizers", "plan", "serve", "validate", "calibrate")
 
@@ -654,8 +659,14 @@ def _validation_message(exc: Any) -> str:
 def _console() -> Console:
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich's default exits with status 1; ``run`` owns the broken-pipe exit
+            self.quiet = True
+            raise BrokenPipeError(32, "Broken pipe")
+
     width = min(Console().width, WIDTH)
-    return Console(width=width, highlight=False, soft_wrap=False)
+    return _Console(width=width, highlight=False, soft_wrap=False)
 
 
 def _count(n: int) -> str:
@@ -1117,10 +1128,19 @@ def run(argv: Sequence[str] | None = None) -> int:
         # ``vramcalc MODEL --json`` (benchmarks/bench_cold.py). A one-shot command has no use
         # for them; the service keeps them. A value the user set wins.
         os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
+        _skip_plugin_loader()
     try:
         if args and args[0] in _COMMANDS:
-            return _COMMANDS[args[0]](args[1:])
-        return _cmd_estimate(args)
+            code = _COMMANDS[args[0]](args[1:])
+        else:
+            code = _cmd_estimate(args)
+        # a reader that went away shows here, not in the interpreter's flush at exit
+        if sys.stdout is not None:  # None when started with stdout closed (``>&-``)
+            sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        return EXIT_BROKEN_PIPE
     except VramcalcError as exc:
         message = str(exc)
     except FileNotFoundError as exc:
@@ -1138,6 +1158,20 @@ def run(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at ``os.devnull`` after a broken pipe.
+
+    The recipe of the Python docs (signal module, "Note on SIGPIPE"): what is still buffered
+    then goes nowhere at exit instead of raising ``BrokenPipeError`` a second time.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a descriptor (captured in tests)
+        pass
+
+
 def _one_line(message: str) -> str:
     """Escape line breaks and control characters a user's input brought into a message."""
     return "".join(
@@ -1146,9 +1180,73 @@ def _one_line(message: str) -> str:
     )
 
 
+# pydantic's own test for "plugins disabled" (pydantic/plugin/_loader.py, get_plugins)
+_PLUGINS_OFF = ("__all__", "1", "true")
+_LOADER = "pydantic.plugin._loader"
+
+
+def _skip_plugin_loader() -> None:
+    """With plugins disabled, give pydantic a plugin loader that does not import importlib.metadata.
+
+    pydantic 2.14 imports ``pydantic.plugin._loader`` when it builds the first model class,
+    and that module imports ``importlib.metadata`` (email, zipfile, csv, ...: about 5 % of the
+    instructions of a cold ``vramcalc gpt2 --json``) only to read entry points that
+    ``PYDANTIC_DISABLE_PLUGINS`` then ignores. The stand-in has the one name pydantic takes
+    from that module (``pydantic/plugin/_schema_validator.py``: ``from ._loader import
+    get_plugins``; tests/test_cli.py checks this against the installed pydantic) and answers
+    what the real one answers when plugins are off: no plugins. Nothing happens when pydantic
+    is already imported or plugins are on.
+    """
+    if os.environ.get("PYDANTIC_DISABLE_PLUGINS") not in _PLUGINS_OFF or "pydantic" in sys.modules:
+        return
+    import types
+
+    loader = types.ModuleType(_LOADER, "vramcalc's stand-in: plugins are disabled")
+    loader.get_plugins = _no_plugins  # type: ignore[attr-defined]
+    sys.modules.setdefault(_LOADER, loader)
+
+
+def _no_plugins() -> tuple[()]:
+    return ()
+
+
+# one-shot commands that end through os._exit (below); serve/validate/calibrate/plan do not
+_QUICK = ("models", "gpus", "optimizers")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Console-script entry point: ``sys.exit(run(argv))``."""
-    sys.exit(run(argv))
+    """Console-script entry point: ``sys.exit(run(argv))``.
+
+    A one-shot command (an estimate, ``models``, ``gpus``, ``optimizers``) runs with the
+    cyclic garbage collector off (it allocates a few MB, and collections during the imports
+    of pydantic and the model classes cost ~3 % of a cold start) and ends with ``os._exit``
+    once its output is flushed, skipping the interpreter's teardown (module clean-up and a
+    final collection: ~5 %) when no ``atexit`` handler and no other thread is there to need
+    it. The output is the same bytes (tests/test_cli.py compares with ``run``).
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    quick = not args or args[0] in _QUICK or args[0] not in _COMMANDS
+    if not quick:
+        sys.exit(run(args))
+    import gc
+
+    gc.disable()
+    code = run(args)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+        code = EXIT_BROKEN_PIPE
+    import atexit
+    import threading
+
+    ncallbacks = getattr(atexit, "_ncallbacks", None)
+    if ncallbacks is not None and ncallbacks() == 0 and threading.active_count() == 1:
+        os._exit(code)
+    gc.enable()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -163,11 +163,17 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     """
     req = request if isinstance(request, EstimateRequest) else EstimateRequest(**request)
     check_request(req)  # bounds, names and flag/config contradictions (vramcalc/checks.py)
-    from vramcalc.accelerate_config import apply_accelerate
-    from vramcalc.trainer_config import apply_config
+    config_notes: list[str] = []
+    accelerate_notes: list[str] = []
+    # the two readers (and their pydantic models) are imported only when a file is given
+    if req.config is not None:
+        from vramcalc.trainer_config import apply_config
 
-    req, config_notes = apply_config(req)  # a trainer's config file fills unset fields
-    req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
+        req, config_notes = apply_config(req)  # a trainer's config file fills unset fields
+    if req.accelerate_config is not None:
+        from vramcalc.accelerate_config import apply_accelerate
+
+        req, accelerate_notes = apply_accelerate(req)  # an accelerate YAML fills unset fields
     from vramcalc.hf import model_notes, resolve_model
 
     spec = resolve_model(req.model)

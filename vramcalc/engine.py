@@ -1278,8 +1278,8 @@ def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, st
         out["target_len"] = tr.target_len or tr.seq_len
         out["encoder_decoder_attention"] = (
             "encoder over seq_len tokens, decoder over target_len; T5's relative position "
-            "bias reaches SDPA as a float mask, so self- and cross-attention keep the "
-            "B x heads x S_q x S_k probabilities (math kernel)"
+            "bias reaches SDPA as a float mask: the memory-efficient kernel with that bias "
+            "(flash takes no mask); eager keeps the B x heads x S_q x S_k probabilities"
         )
     return out
 

@@ -180,6 +180,11 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 2, "state_size": 16,
         "vocab_size": 8000,
     },
+    "mamba2": {  # SSD mixer, transformers' pure-torch chunked scan (no mamba-ssm kernels)
+        "model_type": "mamba2", "hidden_size": 256, "num_hidden_layers": 2, "num_heads": 8,
+        "head_dim": 64, "n_groups": 2, "state_size": 16, "chunk_size": 64, "vocab_size": 8000,
+        "tie_word_embeddings": False, "pad_token_id": 0,
+    },
     "jamba": {  # hybrid: layers 0,1,3 Mamba, layer 2 attention; layers 1,3 MoE (4 experts)
         "model_type": "jamba", "hidden_size": 256, "intermediate_size": 512,
         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -305,6 +310,10 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("mamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
     ("mamba", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
     ("mamba", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+    ("mamba2", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba2", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba2", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mamba2", "lora", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 96),
     ("jamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
     ("jamba", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
     ("jamba", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "fused", 1, 64),
@@ -353,7 +362,10 @@ _NO_PEFT_DEFAULT = {
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)
-_LORA_TARGETS = {"mamba": ("in_proj", "x_proj"), "jamba": ("q_proj", "v_proj", "in_proj")}
+_LORA_TARGETS = {
+    "mamba": ("in_proj", "x_proj"), "mamba2": ("in_proj",),
+    "jamba": ("q_proj", "v_proj", "in_proj"),
+}  # fmt: skip
 
 # decoder (target) length of the encoder-decoder families' scenarios
 _TARGET_LEN = {"t5": 64, "mt5": 48}

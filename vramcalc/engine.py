@@ -1266,7 +1266,15 @@ def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, st
     ``formulas/activations.py`` (``_ssm``, ``_cross_attention``).
     """
     out: dict[str, str | int] = {}
-    if int(spec.arch.get("ssm_layers") or 0) > 0:
+    if int(spec.arch.get("ssm_layers") or 0) > 0 and spec.arch.get("ssm_kind") == "ssd":
+        out["ssm_scan"] = (
+            "transformers' pure-torch chunked SSD scan (mamba-ssm / causal-conv1d not "
+            "installed, as on CPU): per Mamba-2 layer three B x heads x S x chunk_size fp32 "
+            "tensors (exp(segsum(A)), C.B, their product) and a dozen T x I fp32 tensors are "
+            "saved; with the CUDA kernel (mamba_split_conv1d_scan_combined) only O(T x I) per "
+            "layer is, so this estimate is an upper bound there"
+        )
+    elif int(spec.arch.get("ssm_layers") or 0) > 0:
         out["ssm_scan"] = (
             "transformers' pure-torch selective scan (mamba-ssm / causal-conv1d not "
             "installed, as on CPU): per SSM layer three T x I x N fp32 tensors (exp(A*dt), "

@@ -819,7 +819,8 @@ def _block(
             norm(f"n{si}")
         x_in = f"n{si}_out"
         if sub and _is_ssm(sub[0]):
-            f_x, b_x = _ssm(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
+            mixer = _ssd if spec.arch.get("ssm_kind") == "ssd" else _ssm
+            f_x, b_x = mixer(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
             fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
             rg = rg or ctx.full or any(g.module in ctx.lora for g in sub[:1])
             continue
@@ -1277,6 +1278,103 @@ def _ssm(
     fwd = block(big) + 2 * block(T * inter * cb)
     # backward of the loop: accumulated + fresh full-size select gradients, for dA and dB*u
     bwd = 4 * block(big)
+    return fwd, bwd
+
+
+def _ssd(
+    led: Ledger,
+    ctx: _Ctx,
+    sub: list[ParamGroup],
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a Mamba-2 (SSD) mixer as transformers runs it without kernels; (fwd, bwd extra).
+
+    The pure-torch path (``mamba_ssm`` / ``causal_conv1d`` not installed: the fused
+    ``mamba_split_conv1d_scan_combined`` falls back to ``None`` and the mixer runs
+    ``causal_conv1d_fn`` and ``mamba2_chunk_scan``). With T = B*S tokens, I = intermediate,
+    h heads of p = head_dim, G groups, N = state_size, Q = chunk_size, c = ceil(S/Q) chunks
+    of padded length S' = c*Q (all fp32 in the scan):
+
+    - ``in_proj`` output (z, xBC, dt: T x (I + I + 2GN + h)) is saved whole by ``conv1d``
+      (its input is a view); the conv output (S + K - 1 positions) by ``silu``;
+    - dt + dt_bias and ``softplus``'s output (T x h, compute dtype), the fp32 ``dt`` copies
+      the two products read (16-bit: two T x h fp32 copies; fp32: ``clamp``'s output);
+    - x in fp32 (16-bit: a T x I copy; fp32: the silu output itself, T x (I + 2GN)) and
+      the zero-padded copy the D skip multiplies (when D trains);
+    - the intra-chunk part: ``L = exp(segment_sum(A))``, ``G = C.B`` and ``M = G * L``
+      (three B x h x S' x Q tensors), the contiguous operands ``einsum``'s batched matmuls
+      save (C and B, T x h x N each, M and x for ``Y_diag``; B*decay and x for the chunk
+      states; the (c + 1) chunk states for the inter-chunk recurrence; C and the c states for
+      ``C_times_states``), the chunked B, ``C_times_states`` (T x I), and the small
+      ``exp`` outputs (decays: B x h x S', B x h x (c + 1)^2);
+    - the gated RMSNorm (fp32): the gate's fp32 copy (16-bit), silu(gate), the scan output,
+      the gated product (``pow``), the per-group ``rsqrt`` and the normalised tensor (when
+      its weight trains); ``out_proj`` reads the cast back to the compute dtype.
+
+    Frozen D, A_log and norm weight (LoRA) drop the tensors only their gradients need.
+
+    The CUDA kernel path (``mamba_split_conv1d_scan_combined`` from ``mamba_ssm``) saves
+    only O(T x (I + conv_dim)) per layer and recomputes the chunk tensors in backward:
+    this ledger is an upper bound there (stated in ``assumptions.ssm_scan``).
+
+    Source: transformers v5.24 ``models/mamba2/modeling_mamba2.py`` (``Mamba2Mixer.forward``,
+    ``causal_conv1d_fn``, ``mamba2_chunk_scan``, ``segment_sum``, ``MambaRMSNormGated``);
+    torch 2.13 ``tools/autograd/derivatives.yaml`` (``mul``, ``exp``, ``softplus``,
+    ``clamp``, ``bmm``, ``convolution``) and ``aten/src/ATen/native/Linear.cpp``
+    (``einsum`` as permuted, contiguous ``bmm`` operands), ``PadNd.cpp`` (a zero pad is a
+    copy); checked against fake-CUDA traces (``validation/grid.py`` mamba2 rows).
+    """
+    by_module = {g.module: g for g in sub}
+    in_proj = by_module.get("in_proj", sub[0])
+    out_proj = by_module.get("out_proj", sub[-1])
+    spec = ctx.spec
+    T, B, S, cb = ctx.T, ctx.B, ctx.S, ctx.cb
+    inter = _arch_int(spec, "ssm_intermediate_size")
+    h = _arch_int(spec, "ssm_heads")
+    p = _arch_int(spec, "ssm_head_dim")
+    G = _arch_int(spec, "ssm_groups")
+    N = _arch_int(spec, "ssm_state_size")
+    Q = _arch_int(spec, "ssm_chunk_size") or S
+    K = _arch_int(spec, "ssm_conv_kernel") or 4
+    conv_dim = inter + 2 * G * N
+    linear(in_proj, xname, xb)
+    if not (rg or in_proj.module in ctx.lora):
+        return 0, 0
+    full = ctx.full
+    c = -(-S // Q)
+    Tp = B * c * Q  # padded tokens
+    chunk = h * Tp * Q * 4  # one B x h x S' x Q fp32 tensor
+    x32 = Tp * inter * 4
+    bn = Tp * h * N * 4
+    led.save("ssd_proj", "ssm", T * in_proj.out_features * cb)
+    led.save("ssd_conv", "ssm", B * conv_dim * (S + K - 1) * cb)
+    if cb != 4:
+        led.save("ssd_dt", "ssm", 2 * T * h * cb + (2 if full else 1) * T * h * 4)
+        led.save("ssd_x32", "ssm", T * inter * 4)
+    else:
+        led.save("ssd_dt", "ssm", 3 * T * h * 4)
+        led.save("ssd_x32", "ssm", B * conv_dim * S * 4)  # the silu output itself
+    if full:
+        led.save("ssd_a", "ssm", 2 * h * 4)
+        led.save("ssd_dpad", "ssm", x32)
+    led.save("ssd_masks", "ssm", 2 * Q * Q + 2 * (c + 1) ** 2)
+    led.save("ssd_lgm", "ssm", 3 * chunk)
+    led.save("ssd_bc", "ssm", 5 * bn)  # C, B for G; chunked B; B*decay; C for C.states
+    led.save("ssd_x_ops", "ssm", 2 * x32)  # x for Y_diag and for the chunk states
+    led.save("ssd_decays", "ssm", 2 * h * Tp * 4 + B * h * (c + 1) ** 2 * 4)
+    led.save("ssd_states", "ssm", B * h * (2 * c + 1) * p * N * 4)
+    led.save("ssd_cstates", "ssm", x32)
+    width = T * inter * 4
+    led.save("ssd_norm", "ssm", (3 if cb != 4 else 2) * width + width + T * G * 4)
+    if full:
+        led.save("ssd_normed", "ssm", width)
+    linear(out_proj, "ssd_out_in", cb)
+    fwd = 2 * block(chunk)
+    bwd = 2 * block(chunk) + 2 * block(width)
     return fwd, bwd
 
 

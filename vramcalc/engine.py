@@ -106,9 +106,12 @@ def _lora_spec(opts: LoraOptions, spec: ModelSpec, method: PeftMethod) -> PeftSp
         # PEFT allows target_parameters alone; with neither it takes its per-type defaults
         targets = default_lora_targets(spec.model_type)
         if not targets:
+            # PEFT refuses all-linear where it refuses some linears (Mamba's out_proj)
+            refused = catalog.architecture(spec.model_type).get("peft_incompatible_modules")
+            example = "targets=in_proj" if refused else "targets=all-linear"
             raise InvalidConfigError(
                 f"PEFT has no default LoRA targets for model_type '{spec.model_type}'; "
-                "pass targets=..., e.g. targets=all-linear"
+                f"pass targets=..., e.g. {example}"
             )
     alpha = opts.alpha if opts.alpha is not None else float(catalog.constant("lora_default_alpha"))
     return PeftSpec(

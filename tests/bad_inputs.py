@@ -269,6 +269,18 @@ CASES: list[Case] = [
     ),
     _cfg("config_heads_divide", with_(LLAMA, num_attention_heads=3), ("does not divide",)),
     _cfg(
+        "config_mamba2_heads_width",  # Mamba2Config.validate_architecture: 512 != 4 * 64
+        {
+            "model_type": "mamba2",
+            "hidden_size": 256,
+            "num_hidden_layers": 2,
+            "vocab_size": 8000,
+            "num_heads": 4,
+            "head_dim": 64,
+        },
+        ("hidden_size * expand must equal num_heads * head_dim",),
+    ),
+    _cfg(
         "config_negative_layers",
         with_(LLAMA, num_hidden_layers=-1),
         ("'num_hidden_layers' is -1", "positive integer"),

@@ -244,12 +244,18 @@ _SIZES = {
 }
 
 
+# config classes that validate their sizes together (Mamba2Config: hidden * expand must equal
+# num_heads * head_dim; its default 128 heads of 64 do not fit a 256-wide model)
+_CONSISTENT: dict[str, dict[str, Any]] = {"mamba2": {"num_heads": 8}}
+
+
 @pytest.mark.parametrize("model_type", catalog.architecture_types())
 def test_defaults_match_transformers(model_type: str) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     required = catalog.architecture(model_type)["required"]
     config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}}
+    config.update(_CONSISTENT.get(model_type, {}))
     spec = model_spec_from_config(config)
     assert spec.n_params == meta_param_count(config)
     mine: Counter[tuple[str, str, bool]] = Counter()
@@ -284,10 +290,24 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ("mt5", {"feed_forward_proj": "relu"}),
         ("qwen3", {"head_dim": 32, "num_key_value_heads": 8, "attention_bias": True}),
         ("qwen3", {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 1}),
-        ("qwen3_moe", {"num_experts": 6, "num_experts_per_tok": 2, "moe_intermediate_size": 48,
-                       "mlp_only_layers": [0]}),
-        ("qwen3_moe", {"num_local_experts": 4, "num_experts_per_tok": 2, "decoder_sparse_step": 2,
-                       "head_dim": 16}),
+        (
+            "qwen3_moe",
+            {
+                "num_experts": 6,
+                "num_experts_per_tok": 2,
+                "moe_intermediate_size": 48,
+                "mlp_only_layers": [0],
+            },
+        ),
+        (
+            "qwen3_moe",
+            {
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+                "decoder_sparse_step": 2,
+                "head_dim": 16,
+            },
+        ),
         ("qwen2_moe", {"num_experts": 4, "shared_expert_intermediate_size": 96, "qkv_bias": False}),
         ("qwen2_moe", {"mlp_only_layers": [1], "num_hidden_layers": 3, "decoder_sparse_step": 1}),
         ("gemma3_text", {"layer_types": ["sliding_attention", "full_attention"], "head_dim": 32}),
@@ -340,8 +360,15 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ),
         ("phimoe", {"lm_head_bias": True, "num_local_experts": 4, "attention_bias": True}),
         ("olmo2", {"num_key_value_heads": 8, "attention_bias": True}),
-        ("olmoe", {"num_key_value_heads": 8, "num_experts": 4, "num_local_experts": 4,
-                   "num_experts_per_tok": 2}),
+        (
+            "olmoe",
+            {
+                "num_key_value_heads": 8,
+                "num_experts": 4,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+            },
+        ),
         ("granite", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": True}),
         ("cohere", {"use_qk_norm": True, "num_key_value_heads": 8}),
         ("cohere", {"attention_bias": True, "tie_word_embeddings": False}),
@@ -351,6 +378,28 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ("modernbert", {"norm_bias": True, "attention_bias": True, "mlp_bias": True}),
         ("mamba", {"time_step_rank": 7, "state_size": 8, "expand": 3, "conv_kernel": 3}),
         ("mamba", {"use_bias": True, "use_conv_bias": False, "tie_word_embeddings": False}),
+        (
+            "mamba2",
+            {
+                "num_heads": 16,
+                "head_dim": 32,
+                "n_groups": 2,
+                "state_size": 16,
+                "conv_kernel": 3,
+                "use_bias": True,
+                "use_conv_bias": False,
+            },
+        ),
+        (
+            "mamba2",
+            {
+                "num_heads": 4,
+                "head_dim": 256,
+                "expand": 4,
+                "n_groups": 1,
+                "tie_word_embeddings": True,
+            },
+        ),
         (
             "jamba",
             {
@@ -383,7 +432,8 @@ def test_variants_match_transformers(model_type: str, extra: dict[str, Any]) -> 
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     required = catalog.architecture(model_type)["required"]
-    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}, **extra}
+    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}}
+    config.update({**_CONSISTENT.get(model_type, {}), **extra})
     spec = model_spec_from_config(config)
     assert spec.n_params == meta_param_count(config)
     mine: Counter[tuple[str, str, bool]] = Counter()

@@ -96,11 +96,11 @@ def test_a_choice_other_than_the_default_is_noted() -> None:
 
 
 def test_estimate_states_the_attention_it_assumed() -> None:
-    r = estimate({"model": SMALL["gemma2"], "seq_len": 128})
+    r = estimate({"model": SMALL["gemma2"], "seq_len": 512})
     assert r.assumptions["attention"] == "eager"
     assert "eager" in str(r.assumptions["attention_kernels"])
     assert not any("--attn" in n for n in r.notes)
-    asked = estimate({"model": SMALL["gemma2"], "seq_len": 128, "attn": "sdpa"})
+    asked = estimate({"model": SMALL["gemma2"], "seq_len": 512, "attn": "sdpa"})
     assert asked.assumptions["attention"] == "sdpa"
     assert any("refuses attn_implementation='sdpa'" in n for n in asked.notes)
     # eager keeps the B*heads*S*S probabilities (and Gemma-2's soft-capped scores)

@@ -159,6 +159,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "smollm3": {**_BASE, "num_key_value_heads": 2},
     "modernbert": dict(_BASE),
     "mamba": {**_BASE, "intermediate_size": 128},
+    "mamba2": {**_BASE, "num_heads": 4, "head_dim": 32, "n_groups": 2, "state_size": 16},
     "jamba": {
         **_BASE, "num_key_value_heads": 2, "num_experts": 4, "attn_layer_period": 2,
         "attn_layer_offset": 1,
@@ -170,6 +171,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 # an explicit pair per family: the (tied or untied) LM head and one attention projection
 NAMED = {"mt5": "q", "t5": "q", "modernbert": "Wqkv", "mamba": "in_proj", "bert": "query"}
+NAMED["mamba2"] = "in_proj"
 NAMED.update({"deepseek_v2": "kv_b_proj", "deepseek_v3": "kv_b_proj"})
 
 
@@ -232,7 +234,7 @@ def test_lora_families_against_peft(model_type: str) -> None:
             _theirs(model_type, None)
     else:
         assert _ours(model_type, default) == _theirs(model_type, None)
-    if model_type == "mamba":  # PEFT refuses LoRA on Mamba's out_proj/conv1d, so all-linear
+    if model_type in ("mamba", "mamba2"):  # PEFT refuses LoRA on out_proj/conv1d: all-linear
         with pytest.raises(ValueError, match="incompatible"):
             _theirs(model_type, "all-linear")
         with pytest.raises(InvalidConfigError, match="out_proj"):

@@ -135,9 +135,55 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "num_experts": 8, "num_experts_per_tok": 2, "vocab_size": 16000,
         "max_position_embeddings": 512,
     },
+    "deepseek_v2": {  # MLA without q compression (q_proj), dense-then-MoE, greedy top-k
+        "model_type": "deepseek_v2", "hidden_size": 256, "intermediate_size": 512,
+        "moe_intermediate_size": 128, "num_hidden_layers": 3, "first_k_dense_replace": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": None,
+        "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32, "v_head_dim": 32,
+        "n_routed_experts": 8, "num_experts_per_tok": 2, "n_shared_experts": 1,
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "olmo2": {  # post-norms on the branch outputs, q/k norms over the whole projections
+        "model_type": "olmo2", "hidden_size": 256, "intermediate_size": 688,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "granite": {  # scalar multipliers on embeddings, residual branches, attention and logits
+        "model_type": "granite", "hidden_size": 256, "intermediate_size": 688,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "embedding_multiplier": 12.0, "residual_multiplier": 0.22,
+        "attention_multiplier": 0.0078125, "logits_scaling": 8.0, "vocab_size": 16000,
+        "max_position_embeddings": 512, "tie_word_embeddings": True,
+    },
+    "cohere": {  # parallel attention + MLP block, mean-centred LayerNorm, scaled tied logits
+        "model_type": "cohere", "hidden_size": 256, "intermediate_size": 704,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 16000, "max_position_embeddings": 512, "logit_scale": 0.0625,
+    },
+    "glm4": {  # four RMSNorms per layer, fused gate_up_proj, partial rotary, q/k/v bias
+        "model_type": "glm4", "hidden_size": 256, "intermediate_size": 512,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 64, "vocab_size": 16000, "max_position_embeddings": 512,
+        "pad_token_id": 0, "eos_token_id": 1,
+    },
+    "starcoder2": {  # biased linears, plain gelu_pytorch_tanh MLP, LayerNorm, tied head
+        "model_type": "starcoder2", "hidden_size": 256, "intermediate_size": 1024,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 16000, "max_position_embeddings": 512, "sliding_window": None,
+    },
+    "smollm3": {  # every 4th layer NoPE (no_rope_layer_interval), tied head
+        "model_type": "smollm3", "hidden_size": 256, "intermediate_size": 688,
+        "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 16000, "max_position_embeddings": 512, "pad_token_id": 0,
+    },
     "mamba": {  # selective SSM, transformers' pure-torch scan (no mamba-ssm kernels)
         "model_type": "mamba", "hidden_size": 256, "num_hidden_layers": 2, "state_size": 16,
         "vocab_size": 8000,
+    },
+    "mamba2": {  # SSD mixer, transformers' pure-torch chunked scan (no mamba-ssm kernels)
+        "model_type": "mamba2", "hidden_size": 256, "num_hidden_layers": 2, "num_heads": 8,
+        "head_dim": 64, "n_groups": 2, "state_size": 16, "chunk_size": 64, "vocab_size": 8000,
+        "tie_word_embeddings": False, "pad_token_id": 0,
     },
     "jamba": {  # hybrid: layers 0,1,3 Mamba, layer 2 attention; layers 1,3 MoE (4 experts)
         "model_type": "jamba", "hidden_size": 256, "intermediate_size": 512,
@@ -264,6 +310,10 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("mamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
     ("mamba", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
     ("mamba", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+    ("mamba2", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba2", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("mamba2", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("mamba2", "lora", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 96),
     ("jamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
     ("jamba", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
     ("jamba", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "fused", 1, 64),
@@ -274,6 +324,30 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("mt5", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 256),
     ("mt5", "lora", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 4, 256),
     ("mt5", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 4, 256),
+    # issue 9's remaining decoder families: MLA without q compression (deepseek_v2), post-norm
+    # q/k-normed (olmo2), scalar multipliers (granite), parallel block (cohere), four norms
+    # (glm4), biased GELU MLP (starcoder2), NoPE layers (smollm3)
+    ("deepseek_v2", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("deepseek_v2", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("deepseek_v2", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 128),
+    ("olmo2", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("olmo2", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("olmo2", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("granite", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("granite", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("granite", "full", "fp32", "bf16", True, "eager", "adamw_torch", "foreach", 2, 128),
+    ("cohere", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("cohere", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("cohere", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("glm4", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("glm4", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("glm4", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("starcoder2", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("starcoder2", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("starcoder2", "full", "fp32", "bf16", True, "eager", "adamw_torch", "foreach", 2, 128),
+    ("smollm3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("smollm3", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("smollm3", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
 ]
 
 _NO_PEFT_DEFAULT = {
@@ -281,10 +355,17 @@ _NO_PEFT_DEFAULT = {
     "deepseek_v3": ("q_b_proj", "kv_b_proj"), "llama4_text": ("q_proj", "v_proj"),
     "gpt_oss": ("q_proj", "v_proj"), "olmoe": ("q_proj", "v_proj"),
     "qwen2_moe": ("q_proj", "v_proj"), "phimoe": ("q_proj", "v_proj"),
+    "deepseek_v2": ("q_proj", "kv_b_proj"), "olmo2": ("q_proj", "v_proj"),
+    "granite": ("q_proj", "v_proj"), "cohere": ("q_proj", "v_proj"),
+    "glm4": ("q_proj", "v_proj"), "starcoder2": ("q_proj", "v_proj"),
+    "smollm3": ("q_proj", "v_proj"),
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)
-_LORA_TARGETS = {"mamba": ("in_proj", "x_proj"), "jamba": ("q_proj", "v_proj", "in_proj")}
+_LORA_TARGETS = {
+    "mamba": ("in_proj", "x_proj"), "mamba2": ("in_proj",),
+    "jamba": ("q_proj", "v_proj", "in_proj"),
+}  # fmt: skip
 
 # decoder (target) length of the encoder-decoder families' scenarios
 _TARGET_LEN = {"t5": 64, "mt5": 48}

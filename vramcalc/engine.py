@@ -106,9 +106,12 @@ def _lora_spec(opts: LoraOptions, spec: ModelSpec, method: PeftMethod) -> PeftSp
         # PEFT allows target_parameters alone; with neither it takes its per-type defaults
         targets = default_lora_targets(spec.model_type)
         if not targets:
+            # PEFT refuses all-linear where it refuses some linears (Mamba's out_proj)
+            refused = catalog.architecture(spec.model_type).get("peft_incompatible_modules")
+            example = "targets=in_proj" if refused else "targets=all-linear"
             raise InvalidConfigError(
                 f"PEFT has no default LoRA targets for model_type '{spec.model_type}'; "
-                "pass targets=..., e.g. targets=all-linear"
+                f"pass targets=..., e.g. {example}"
             )
     alpha = opts.alpha if opts.alpha is not None else float(catalog.constant("lora_default_alpha"))
     return PeftSpec(
@@ -1285,7 +1288,15 @@ def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, st
     ``formulas/activations.py`` (``_ssm``, ``_cross_attention``).
     """
     out: dict[str, str | int] = {}
-    if int(spec.arch.get("ssm_layers") or 0) > 0:
+    if int(spec.arch.get("ssm_layers") or 0) > 0 and spec.arch.get("ssm_kind") == "ssd":
+        out["ssm_scan"] = (
+            "transformers' pure-torch chunked SSD scan (mamba-ssm / causal-conv1d not "
+            "installed, as on CPU): per Mamba-2 layer three B x heads x S x chunk_size fp32 "
+            "tensors (exp(segsum(A)), C.B, their product) and a dozen T x I fp32 tensors are "
+            "saved; with the CUDA kernel (mamba_split_conv1d_scan_combined) only O(T x I) per "
+            "layer is, so this estimate is an upper bound there"
+        )
+    elif int(spec.arch.get("ssm_layers") or 0) > 0:
         out["ssm_scan"] = (
             "transformers' pure-torch selective scan (mamba-ssm / causal-conv1d not "
             "installed, as on CPU): per SSM layer three T x I x N fp32 tensors (exp(A*dt), "
@@ -1297,8 +1308,8 @@ def _architecture_assumptions(spec: ModelSpec, tr: TrainingSpec) -> dict[str, st
         out["target_len"] = tr.target_len or tr.seq_len
         out["encoder_decoder_attention"] = (
             "encoder over seq_len tokens, decoder over target_len; T5's relative position "
-            "bias reaches SDPA as a float mask, so self- and cross-attention keep the "
-            "B x heads x S_q x S_k probabilities (math kernel)"
+            "bias reaches SDPA as a float mask: the memory-efficient kernel with that bias "
+            "(flash takes no mask); eager keeps the B x heads x S_q x S_k probabilities"
         )
     return out
 

@@ -164,6 +164,10 @@ def model_spec_from_config(
             f"config.json for model_type '{model_type}': num_experts_per_tok ({per_tok}) "
             f"exceeds the number of experts ({experts}); accepted: 1 to {experts}"
         )
+    for rule in template.get("constraints", []):
+        # a consistency rule of the transformers config class (its validate_architecture)
+        if not ev("constraints", rule["expr"]):
+            raise InvalidConfigError(f"config.json for model_type '{model_type}': {rule['error']}")
     arch: dict[str, _Scalar] = {}
     for key, expr in template.get("arch", {}).items():
         value = ev(key, expr)

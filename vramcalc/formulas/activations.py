@@ -277,7 +277,10 @@ def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
     if not ok_dims:
         return "sdpa math"
     if spec.position_embedding == "relative":
-        return "sdpa math (float position-bias mask)"  # T5's learned relative bias
+        # T5's learned relative bias reaches SDPA as a float additive mask (possibly needing
+        # its gradient): flash is ruled out, the memory-efficient kernel takes it (with the
+        # bias gradient), as for any explicit mask with equal q/k/v head counts
+        return "sdpa memory-efficient (float position-bias mask)"
     if masked:
         if kvh != heads and not repeats:
             return "sdpa math (broadcast K/V heads with a mask)"
@@ -440,6 +443,11 @@ def activation_profile(
             if spec.position_embedding == "relative":  # bucket ids and the causal bool mask
                 dec.save("dec_bucket_idx", "attention", dec_len * dec_len * 8)
                 dec.save("dec_causal", "attention", dec_len * dec_len)
+                if ctx.attn != Attention.EAGER and (ctx.full or ctx.lora):
+                    # _dec_cross_bias: the first cross-attention's zero (1, heads, S_dec,
+                    # S_enc) bias, reused by every decoder layer and saved by their SDPA
+                    heads = spec.num_attention_heads
+                    dec.save("x_pos_bias", "attention", heads * dec_len * enc_len * ctx.cb)
             prof.embed_saved += dec.total
             for k, v in dec.by_detail().items():
                 details[k] = details.get(k, 0) + v
@@ -578,6 +586,15 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
     spec, rc = ctx.spec, ctx.recipe
     T, H, V, cb = ctx.T, spec.hidden_size, spec.vocab_size, ctx.cb
     wgrad = block(V * H * (2 if ctx.amp else ctx.pb)) if head_trainable else 0
+    if head_trainable and ctx.pb == 4 and not ctx.amp and ctx.tr.grad_accum == 1:
+        # an fp32 head's weight gradient lands in a parameter whose ``.grad`` is None:
+        # AccumulateGrad keeps the very tensor (torch/csrc/autograd/functions/
+        # accumulate_grad.h, "steal"), already counted as the head's gradient (fake-CUDA
+        # traces of the fp32 t5/mt5 grid rows, whose peak this moment can be: no second
+        # V x H buffer). A 16-bit gradient cast to an fp32 master (AMP), one added into an
+        # existing ``.grad`` (accumulation), and the pure 16-bit rows (traced with a second
+        # V x H buffer at the head's backward) keep it
+        wgrad = 0
     if rc.loss == "fused_linear":
         if rc.liger:
             rows = liger_chunk_rows(T, H, V)
@@ -865,7 +882,8 @@ def _block(
             norm(f"n{si}")
         x_in = f"n{si}_out"
         if sub and _is_ssm(sub[0]):
-            f_x, b_x = _ssm(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
+            mixer = _ssd if spec.arch.get("ssm_kind") == "ssd" else _ssm
+            f_x, b_x = mixer(led, ctx, sub, x_in, norm_out_b, rg=rg or ctx.full, linear=linear)
             fwd_extra, bwd_extra = max(fwd_extra, f_x), max(bwd_extra, b_x)
             rg = rg or ctx.full or any(g.module in ctx.lora for g in sub[:1])
             continue
@@ -900,15 +918,15 @@ def _block(
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
             ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
             o_b = cb
-            # T5's learned relative position bias reaches SDPA as a float mask: math kernel
-            # (_sdpa_kernel)
+            # T5's learned relative position bias reaches SDPA as a float mask: the
+            # memory-efficient kernel with that bias (_sdpa_kernel)
             bias_mask = spec.position_embedding == "relative"
             qk_hd, v_hd = _qk_v_head_dims(spec)
             Hv = heads * v_hd
             kernel = "eager" if use_eager else _sdpa_kernel(spec, ab, masked=kind.masked)
             math = use_eager or kernel.startswith("sdpa math")
             efficient = kernel.startswith("sdpa memory-efficient") and (
-                kind.masked or qk_hd != v_hd
+                kind.masked or qk_hd != v_hd or bias_mask
             )
             flash_ok = not math
             if rg or ctx.full:
@@ -949,11 +967,22 @@ def _block(
                     led.save("v", "attention", T * kv_heads * v_hd * ab)
                     if kind.masked:
                         led.save("mask_bias", "attention", B * S * S * ab)
+                    if bias_mask:
+                        # T5: each layer's mask is a new (1, heads, S, S) tensor -- the
+                        # contiguous copy of the permuted relative-bias lookup (encoder) or
+                        # torch.where with the causal mask (decoder) -- in the compute dtype
+                        # (autocast casts it with q); broadcast over the batch, not copied
+                        led.save("pos_bias", "attention", heads * S * S * cb)
                     led.save("lse", "attention", B * heads * (-(-S // 32) * 32) * 4)
                     led.save("attn_out", "attention", T * Hv * ab)
                     led.save("rng_seed", "attention", 8)
                     led.save("rng_off", "attention", 8)
-                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab))
+                    bias_grad = 0
+                    if bias_mask and ctx.full:
+                        # the trainable relative bias: the kernel's backward writes the bias
+                        # gradient at the broadcast (B, heads, S, S) shape, then sums it
+                        bias_grad = block(B * heads * S * S * cb)
+                    bwd_extra = max(bwd_extra, 3 * block(T * Hq * ab) + bias_grad)
                 elif ctx.recipe.qkv_fused:
                     # LitGPT: q and k are new tensors after RoPE; v is a view of the fused
                     # qkv output, which SDPA's saved v keeps alive whole -- unless grouped
@@ -1315,6 +1344,103 @@ def _ssm(
     return fwd, bwd
 
 
+def _ssd(
+    led: Ledger,
+    ctx: _Ctx,
+    sub: list[ParamGroup],
+    xname: str,
+    xb: int,
+    *,
+    rg: bool,
+    linear: Callable[[ParamGroup, str, int], None],
+) -> tuple[int, int]:
+    """Record a Mamba-2 (SSD) mixer as transformers runs it without kernels; (fwd, bwd extra).
+
+    The pure-torch path (``mamba_ssm`` / ``causal_conv1d`` not installed: the fused
+    ``mamba_split_conv1d_scan_combined`` falls back to ``None`` and the mixer runs
+    ``causal_conv1d_fn`` and ``mamba2_chunk_scan``). With T = B*S tokens, I = intermediate,
+    h heads of p = head_dim, G groups, N = state_size, Q = chunk_size, c = ceil(S/Q) chunks
+    of padded length S' = c*Q (all fp32 in the scan):
+
+    - ``in_proj`` output (z, xBC, dt: T x (I + I + 2GN + h)) is saved whole by ``conv1d``
+      (its input is a view); the conv output (S + K - 1 positions) by ``silu``;
+    - dt + dt_bias and ``softplus``'s output (T x h, compute dtype), the fp32 ``dt`` copies
+      the two products read (16-bit: two T x h fp32 copies; fp32: ``clamp``'s output);
+    - x in fp32 (16-bit: a T x I copy; fp32: the silu output itself, T x (I + 2GN)) and
+      the zero-padded copy the D skip multiplies (when D trains);
+    - the intra-chunk part: ``L = exp(segment_sum(A))``, ``G = C.B`` and ``M = G * L``
+      (three B x h x S' x Q tensors), the contiguous operands ``einsum``'s batched matmuls
+      save (C and B, T x h x N each, M and x for ``Y_diag``; B*decay and x for the chunk
+      states; the (c + 1) chunk states for the inter-chunk recurrence; C and the c states for
+      ``C_times_states``), the chunked B, ``C_times_states`` (T x I), and the small
+      ``exp`` outputs (decays: B x h x S', B x h x (c + 1)^2);
+    - the gated RMSNorm (fp32): the gate's fp32 copy (16-bit), silu(gate), the scan output,
+      the gated product (``pow``), the per-group ``rsqrt`` and the normalised tensor (when
+      its weight trains); ``out_proj`` reads the cast back to the compute dtype.
+
+    Frozen D, A_log and norm weight (LoRA) drop the tensors only their gradients need.
+
+    The CUDA kernel path (``mamba_split_conv1d_scan_combined`` from ``mamba_ssm``) saves
+    only O(T x (I + conv_dim)) per layer and recomputes the chunk tensors in backward:
+    this ledger is an upper bound there (stated in ``assumptions.ssm_scan``).
+
+    Source: transformers v5.24 ``models/mamba2/modeling_mamba2.py`` (``Mamba2Mixer.forward``,
+    ``causal_conv1d_fn``, ``mamba2_chunk_scan``, ``segment_sum``, ``MambaRMSNormGated``);
+    torch 2.13 ``tools/autograd/derivatives.yaml`` (``mul``, ``exp``, ``softplus``,
+    ``clamp``, ``bmm``, ``convolution``) and ``aten/src/ATen/native/Linear.cpp``
+    (``einsum`` as permuted, contiguous ``bmm`` operands), ``PadNd.cpp`` (a zero pad is a
+    copy); checked against fake-CUDA traces (``validation/grid.py`` mamba2 rows).
+    """
+    by_module = {g.module: g for g in sub}
+    in_proj = by_module.get("in_proj", sub[0])
+    out_proj = by_module.get("out_proj", sub[-1])
+    spec = ctx.spec
+    T, B, S, cb = ctx.T, ctx.B, ctx.S, ctx.cb
+    inter = _arch_int(spec, "ssm_intermediate_size")
+    h = _arch_int(spec, "ssm_heads")
+    p = _arch_int(spec, "ssm_head_dim")
+    G = _arch_int(spec, "ssm_groups")
+    N = _arch_int(spec, "ssm_state_size")
+    Q = _arch_int(spec, "ssm_chunk_size") or S
+    K = _arch_int(spec, "ssm_conv_kernel") or 4
+    conv_dim = inter + 2 * G * N
+    linear(in_proj, xname, xb)
+    if not (rg or in_proj.module in ctx.lora):
+        return 0, 0
+    full = ctx.full
+    c = -(-S // Q)
+    Tp = B * c * Q  # padded tokens
+    chunk = h * Tp * Q * 4  # one B x h x S' x Q fp32 tensor
+    x32 = Tp * inter * 4
+    bn = Tp * h * N * 4
+    led.save("ssd_proj", "ssm", T * in_proj.out_features * cb)
+    led.save("ssd_conv", "ssm", B * conv_dim * (S + K - 1) * cb)
+    if cb != 4:
+        led.save("ssd_dt", "ssm", 2 * T * h * cb + (2 if full else 1) * T * h * 4)
+        led.save("ssd_x32", "ssm", T * inter * 4)
+    else:
+        led.save("ssd_dt", "ssm", 3 * T * h * 4)
+        led.save("ssd_x32", "ssm", B * conv_dim * S * 4)  # the silu output itself
+    if full:
+        led.save("ssd_a", "ssm", 2 * h * 4)
+        led.save("ssd_dpad", "ssm", x32)
+    led.save("ssd_masks", "ssm", 2 * Q * Q + 2 * (c + 1) ** 2)
+    led.save("ssd_lgm", "ssm", 3 * chunk)
+    led.save("ssd_bc", "ssm", 5 * bn)  # C, B for G; chunked B; B*decay; C for C.states
+    led.save("ssd_x_ops", "ssm", 2 * x32)  # x for Y_diag and for the chunk states
+    led.save("ssd_decays", "ssm", 2 * h * Tp * 4 + B * h * (c + 1) ** 2 * 4)
+    led.save("ssd_states", "ssm", B * h * (2 * c + 1) * p * N * 4)
+    led.save("ssd_cstates", "ssm", x32)
+    width = T * inter * 4
+    led.save("ssd_norm", "ssm", (3 if cb != 4 else 2) * width + width + T * G * 4)
+    if full:
+        led.save("ssd_normed", "ssm", width)
+    linear(out_proj, "ssd_out_in", cb)
+    fwd = 2 * block(chunk)
+    bwd = 2 * block(chunk) + 2 * block(width)
+    return fwd, bwd
+
+
 # ----------------------------------------------------------------------------- encoder-decoder
 
 
@@ -1363,13 +1489,18 @@ def _cross_attention(
 
     q projects the decoder's normalised input; k and v project the encoder output (saved
     once, by ``_enc_tail``). T5 passes a zero position bias (plus the mask, if any) as a float
-    mask, so SDPA runs its math kernel: it saves q, k, v, the fp32 probabilities
+    mask (``create_position_bias_mask``), so SDPA runs its memory-efficient kernel (flash
+    takes no mask): it saves q, k, v, the output, a log-sum-exp and the bias; dropout runs
+    inside the kernel (no mask tensor). Eager saves q, k, v, the probabilities
     (B x heads x S_dec x S_enc), the dropout mask and dropped probabilities, and the output
-    is made contiguous for ``o`` (its input). Return (fwd, bwd extra).
+    made contiguous for ``o`` (its input). Return (fwd, bwd extra).
 
     Source: transformers v5.24 ``models/t5/modeling_t5.py`` (``T5Attention.forward``,
-    ``T5LayerCrossAttention``), ``integrations/sdpa_attention.py``; torch 2.13
-    ``aten/src/ATen/native/transformers/attention.cpp`` (``_scaled_dot_product_attention_math``).
+    ``eager_attention_forward``, ``T5LayerCrossAttention``), ``integrations/sdpa_attention.py``
+    (``create_position_bias_mask``, ``sdpa_attention_forward``); torch 2.13
+    ``aten/src/ATen/native/transformers/attention.cpp`` (memory-efficient attention with an
+    additive bias and its gradient); checked against fake-CUDA traces that route such calls
+    to the memory-efficient kernel (``validation/trace.py``).
     """
     spec = ctx.spec
     T, B, S, Skv = ctx.T, ctx.B, ctx.S, ctx.kv_len
@@ -1385,7 +1516,21 @@ def _cross_attention(
     if not (rg or ctx.full or ctx.lora):
         return 0, 0
     probs = B * heads * S * Skv
-    mb = cb if ctx.attn == Attention.EAGER else 4  # math SDPA upcasts 16-bit inputs
+    if ctx.attn != Attention.EAGER:
+        # SDPA with the (zero) float bias as its mask: the memory-efficient kernel saves q,
+        # k, v, its output (in the (B, S, heads, d) layout ``o`` reads without a copy), a
+        # log-sum-exp and the bias (one tensor for every layer: ``_dec_cross_bias``)
+        led.save("x_q", "attention", T * Hq * cb)
+        led.save("x_k", "attention", Tkv * Hq * cb)
+        led.save("x_v", "attention", Tkv * Hq * cb)
+        led.save("x_lse", "attention", B * heads * (-(-S // 32) * 32) * 4)
+        led.save("x_out", "attention", T * Hq * cb)
+        led.save("x_rng_seed", "attention", 8)
+        led.save("x_rng_off", "attention", 8)
+        if ctx.full or out.module in ctx.lora:
+            linear(out, "x_out", cb)
+        return 0, 3 * block(T * Hq * cb)
+    mb = cb  # T5's eager attention keeps the compute dtype
     led.save("x_q", "attention", T * Hq * mb)
     led.save("x_k", "attention", Tkv * Hq * mb)
     led.save("x_v", "attention", Tkv * Hq * mb)

@@ -1,11 +1,12 @@
 """The estimate path gives byte-identical reports to the engine before its speed-ups.
 
 ``tests/data/engine_snapshot.jsonl`` was first written by the engine before its speed-ups
-(commit 1b1ec03); it is rewritten only when an estimate change is meant to land, and its first
-line names the engine commit that wrote it (the speed-ups were re-checked against a pre-speed-up
-engine carrying the later estimate changes before each rewrite). It covers a derandomized hypothesis draw of layouts (``tests/engine_snapshot.py``); every report's
-JSON must hash the same today, and every refused request must fail with the same message.
-The draw itself is checked too, so the stored set cannot silently drift from the generator.
+(commit 1b1ec03). It is rewritten only when an estimate change is meant to land; its first
+line names the engine commit that wrote it, and before each rewrite the speed-ups were
+re-checked against a pre-speed-up engine carrying the same estimate changes. It covers a
+derandomized hypothesis draw of layouts (``tests/engine_snapshot.py``); every report's JSON
+must hash the same today, and every refused request must fail with the same message. The
+draw itself is checked too, so the stored set cannot silently drift from the generator.
 """
 
 from __future__ import annotations

@@ -1073,6 +1073,22 @@ def _block(
     return led, fwd_extra, bwd_extra, rg, amp_copy
 
 
+def _router_input(led: Ledger, ctx: _Ctx, xname: str, xb: int, E: int) -> int:
+    """Save the router's input for backward and return its autocast weight copy's bytes.
+
+    Full fine-tuning keeps the router Linear's input (its bf16 cast under autocast of fp32
+    activations); autocast also casts the E x H router weight each forward. Shared by the
+    top-k and the dense (all-experts) MoE ledgers below.
+    """
+    T, H = ctx.T, ctx.spec.hidden_size
+    if ctx.full:
+        if ctx.amp and xb == 4:
+            led.save(f"{xname}_cast_router", "linear_inputs", T * H * 2)
+        else:
+            led.save(xname, "linear_inputs", T * H * xb)
+    return block(E * H * 2) if ctx.amp else 0
+
+
 def _moe(
     led: Ledger, ctx: _Ctx, experts: list[ParamGroup], xname: str, xb: int, *, rg: bool
 ) -> tuple[int, int, int]:
@@ -1121,13 +1137,7 @@ def _moe(
     if spec.arch.get("moe_dense_experts") is True:
         return _moe_dense(led, ctx, xname, xb, E, k, up_out, inter)
     # ---- router
-    if full:
-        if ctx.amp and xb == 4:
-            led.save(f"{xname}_cast_router", "linear_inputs", T * H * 2)
-        else:
-            led.save(xname, "linear_inputs", T * H * xb)
-    if ctx.amp:
-        amp_copy += block(E * H * 2)
+    amp_copy += _router_input(led, ctx, xname, xb, E)
     led.save("router_probs", "moe", T * E * 4)
     led.save("router_idx", "moe", T * k * 8)
     led.save("router_topv", "moe", T * k * 4)
@@ -1178,13 +1188,7 @@ def _moe_dense(
     cb, full = ctx.cb, ctx.full
     R = E * T  # every expert sees every token
     amp_copy = 0
-    if full:
-        if ctx.amp and xb == 4:
-            led.save(f"{xname}_cast_router", "linear_inputs", T * H * 2)
-        else:
-            led.save(xname, "linear_inputs", T * H * xb)
-    if ctx.amp:
-        amp_copy += block(E * H * 2)
+    amp_copy += _router_input(led, ctx, xname, xb, E)
     led.save("router_idx", "moe", T * k * 8)
     led.save("router_sig", "moe", T * E * 4)
     led.save("moe_scores", "moe", T * E * cb)

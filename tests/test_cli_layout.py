@@ -55,6 +55,8 @@ def _eighty_columns(monkeypatch: pytest.MonkeyPatch) -> None:
          "fsdp_use_orig_params", False),
         (["--fsdp", "full_shard", "--fsdp-version", "1", "--fsdp-limit-all-gathers", "false"],
          "fsdp_limit_all_gathers", False),
+        (["--fsdp", "full_shard", "--grad-accum", "4", "--fsdp-sync-each-batch"],
+         "fsdp_sync_each_batch", True),
         (["--fsdp", "full_shard", "--fsdp-version", "1", "--fsdp-backward-prefetch",
           "backward_post"], "fsdp_backward_prefetch", "backward_post"),
         (["--fsdp", "full_shard", "--fsdp-version", "1", "--fsdp-backward-prefetch", "none"],

@@ -462,9 +462,22 @@ def _walk(
     cum_act = list(accumulate(saved, initial=0))
     cum_amp = list(accumulate(amp_per, initial=0))
     freed = list(accumulate(saved[:L] if ckpt else map(add, saved[:L], amp_per), initial=0))
+    # FSDP under accelerate's no_sync accumulation: a later micro-batch runs with every
+    # unit's unsharded gradients alive (sharding.RankStates.grad_unsharded), reduced only by
+    # the last micro-batch of the step
+    G_acc = G
+    if accum and fsdp is not None and not fsdp.sync_each_batch and rs.grad_unsharded:
+        G_acc = rs.grad_unsharded
+        zdetails["gradients/unsharded_accumulated"] = G_acc
+        notes.append(
+            "FSDP with gradient accumulation: the micro-batches before the last run under "
+            f"no_sync (accelerate's default), so each rank holds the unsharded gradients "
+            f"({G_acc} bytes, not {G}); fsdp_sync_each_batch true reduces them every "
+            "micro-batch instead"
+        )
     for step in (1, 2):
         states = opt_b if step == 2 else 0
-        g_fwd = G if (accum and step == 2) else 0
+        g_fwd = G_acc if (accum and step == 2) else 0
         held[0] = hl if step == 2 else 0
 
         def comps(
@@ -566,9 +579,7 @@ def _walk(
                 gathered=fwd_gathered + zero_root + bwd_pref,
             ),
         )
-        grads = hg if not accum or step == 1 else G
-        if accum and step == 2:
-            grads = G
+        grads = hg if not accum or step == 1 else G_acc
         root_full = rs.grad_root_full if rs.sharded and fsdp is not None else 0
         fsdp2 = fsdp is not None and fsdp.version == 2
         # FSDP1 keeps the root's full gradients until the root's reduce at the end of backward;
@@ -622,7 +633,7 @@ def _walk(
         act = act_top - freed[L]
         if not (accum and step == 2):
             grads += lg * L + eg
-        grads = max(grads, G) if not (accum and step == 2) else G
+        grads = max(grads, G) if not (accum and step == 2) else G_acc
         w.add(
             step,
             Phase.BACKWARD,

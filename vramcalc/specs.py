@@ -241,6 +241,13 @@ class EstimateRequest(_Frozen):
     fsdp_backward_prefetch: FsdpBackwardPrefetch = Field(
         default=FsdpBackwardPrefetch.BACKWARD_PRE, description="FSDP1 backward_prefetch"
     )
+    fsdp_sync_each_batch: SBool = Field(
+        default=False,
+        description="reduce-scatter gradients after every micro-batch (accelerate's "
+        "GradientAccumulationPlugin sync_each_batch; the Trainer's accelerator_config "
+        "gradient_accumulation_kwargs). Default false: with grad_accum > 1 the micro-batches "
+        "before the last run under no_sync and FSDP accumulates unsharded gradients",
+    )
     tp: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="tensor-parallel degree")
     sequence_parallel: SBool = Field(
         default=False, description="Megatron sequence parallelism (needs tp > 1)"
@@ -628,6 +635,7 @@ _FSDP_OPTION_DEFAULTS: dict[str, Any] = {
     "fsdp_use_orig_params": True,
     "fsdp_limit_all_gathers": True,
     "fsdp_backward_prefetch": FsdpBackwardPrefetch.BACKWARD_PRE,
+    "fsdp_sync_each_batch": False,
 }
 # FullyShardedDataParallel (FSDP1) arguments that fully_shard (FSDP2) does not have.
 # Source: torch 2.13 distributed/fsdp/fully_sharded_data_parallel.py (FSDP1 __init__) and
@@ -673,6 +681,13 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
                         "but fsdp_version is 2 (fully_shard); accepted: fsdp_version 1, or "
                         f"{name} {_shown(_FSDP_OPTION_DEFAULTS[name])}"
                     )
+        if req.fsdp_sync_each_batch and req.pp > 1:
+            out.append(
+                f"fsdp_sync_each_batch true cannot apply with pp {req.pp}: torch's pipeline "
+                "schedule runs every micro-batch but the last without gradient sync "
+                "(pipelining/stage.py backward_maybe_with_nosync); accepted: pp 1 with "
+                "fsdp_sync_each_batch, or fsdp_sync_each_batch false"
+            )
     elif req.accelerate_config is None:
         for name, default in _FSDP_OPTION_DEFAULTS.items():
             value = getattr(req, name)
@@ -1095,6 +1110,8 @@ class FsdpSpec(_Frozen):
     use_orig_params: bool = True
     limit_all_gathers: bool = True
     backward_prefetch: FsdpBackwardPrefetch = FsdpBackwardPrefetch.BACKWARD_PRE
+    sync_each_batch: bool = False
+    """Reduce-scatter after every micro-batch; false: accelerate's ``no_sync`` accumulation."""
 
 
 class ParallelSpec(_Frozen):

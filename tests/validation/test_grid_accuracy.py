@@ -88,6 +88,26 @@ def test_distributed_grid_covers_the_layouts() -> None:
     assert all(m.fingerprint.backend == "trace" for m in DISTRIBUTED)
 
 
+def test_distributed_grid_covers_gradient_accumulation() -> None:
+    # the Trainer's accumulation under FSDP: no_sync micro-batches (unsharded gradients) and
+    # sync_each_batch, FSDP1 and FSDP2, full and LoRA; each no_sync row has a twin that
+    # differs only in fsdp_sync_each_batch, and the no_sync one measured more
+    accum = [m for m in DISTRIBUTED if m.scenario.request.grad_accum > 1]
+    reqs = [m.scenario.request for m in accum]
+    assert {r.fsdp_version for r in reqs} == {1, 2}
+    assert any(r.lora is not None for r in reqs) and any(r.lora is None for r in reqs)
+    twins = 0
+    for m in accum:
+        r = m.scenario.request
+        if not r.fsdp_sync_each_batch:
+            continue
+        twin = r.model_copy(update={"fsdp_sync_each_batch": False})
+        other = next(x for x in accum if x.scenario.request == twin)
+        assert other.measured.allocated_bytes > m.measured.allocated_bytes
+        twins += 1
+    assert twins >= 2
+
+
 def test_distributed_grid_covers_qlora_under_fsdp() -> None:
     # issue 8: QLoRA under FSDP (PEFT's FSDP+QLoRA recipe), FSDP1 and FSDP2, world 2 and 8,
     # two families

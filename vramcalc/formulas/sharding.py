@@ -178,6 +178,9 @@ class RankStates:
     sharded: bool = False
     root_held: bool = False
     embed_held: bool = False
+    grad_unsharded: int = 0
+    """FSDP: every unit's unsharded gradients, which accumulate across the micro-batches of
+    an optimizer step run under ``no_sync`` (0: not applicable)."""
 
 
 def _shard(n: int, parts: int) -> int:
@@ -395,6 +398,29 @@ def _gathered(tensors: tuple[tuple[int, int, int], ...], compute_bytes: int) -> 
     return total
 
 
+def _no_sync_grads(plan: ParamPlan, u: Units, version: int, compute_bytes: int, n: int) -> int:
+    """Unsharded gradients FSDP keeps across micro-batches run under ``no_sync``.
+
+    accelerate's ``Accelerator.accumulate`` (the Trainer's training step) runs every
+    micro-batch but the last of an optimizer step under ``Accelerator.no_sync``: FSDP2
+    ``set_requires_gradient_sync(False)`` skips the reduce-scatter and each unsharded
+    parameter keeps its ``.grad`` (in the unsharded ``param_dtype``); FSDP1's ``no_sync()``
+    leaves each unit's unsharded, padded flat gradient in ``flat_param.grad``. So the whole
+    model's gradients are alive unsharded from the first micro-batch's backward until the
+    last micro-batch reduces them -- ``dp_shard`` times the sharded gradients.
+
+    Source: torch 2.13 ``distributed/fsdp/_fully_shard/_fsdp_param_group.py``
+    (``post_backward``: ``if not self.reduce_grads``), ``distributed/fsdp/_runtime_utils.py``
+    (``_post_backward_hook``: ``if not state._sync_gradients: return``); accelerate 1.15
+    ``Accelerator.no_sync`` / ``accumulate`` (``sync_each_batch``); rank-0 traces
+    ``*-ga2`` in ``validation/measurements/trace-dist.jsonl``.
+    """
+    if version == 2:
+        return sum(block(t.numel * compute_bytes) * t.instances for t in plan.trainable_elements)
+    blocks = block(_shard(u.block_trainable_elements * compute_bytes, n) * n) * u.n_blocks
+    return blocks + block(_shard(u.root_trainable_elements * compute_bytes, n) * n)
+
+
 def _unsharded_grad(elements: int, compute_bytes: int, n: int) -> int:
     """Return a unit's gradient bytes while it is reduced.
 
@@ -460,6 +486,8 @@ def _fsdp(
     out.gather_prefetch = out.gather_block if prefetch else 0
     if opt.stores_grads and u.block_trainable_elements:
         out.grad_block_full = _unsharded_grad(u.block_trainable_elements, compute_bytes, n)
+    if opt.stores_grads:
+        out.grad_unsharded = _no_sync_grads(plan, u, f.version, compute_bytes, n)
     if f.version == 1:
         # FSDP1's root unit (everything outside the blocks) is not resharded after forward
         # (_runtime_utils._post_forward_reshard skips the root): held until its backward ends

@@ -57,6 +57,8 @@ def _eighty_columns(monkeypatch: pytest.MonkeyPatch) -> None:
          "fsdp_limit_all_gathers", False),
         (["--fsdp", "full_shard", "--grad-accum", "4", "--fsdp-sync-each-batch"],
          "fsdp_sync_each_batch", True),
+        (["--fsdp", "full_shard", "--fsdp-version", "1", "--lora", "r=8",
+          "--fsdp-lora-in-blocks"], "fsdp_lora_in_blocks", True),
         (["--fsdp", "full_shard", "--fsdp-version", "1", "--fsdp-backward-prefetch",
           "backward_post"], "fsdp_backward_prefetch", "backward_post"),
         (["--fsdp", "full_shard", "--fsdp-version", "1", "--fsdp-backward-prefetch", "none"],

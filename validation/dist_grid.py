@@ -112,6 +112,12 @@ _ROWS: list[_Row] = [
     ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
     ("mistral", "full", 2, "full_shard", 8, 1, 1, "bf16", False, 2, 256, {"ga": 4}),
     ("mixtral", "full", 2, "full_shard", 4, 1, 1, "bf16", False, 2, 256, {"ga": 2}),
+    # FSDP1 LoRA with the adapters inside their block's flat parameter (transformer policy
+    # alone, as Lightning Fabric's FSDPStrategy(auto_wrap_policy={Block}) wraps)
+    ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"inblk": True}),
+    ("llama", "lora", 1, "full_shard", 2, 1, 1, "ampbf16", True, 2, 256, {"inblk": True}),
+    ("llama", "lora", 1, "full_shard", 4, 1, 1, "ampbf16", True, 2, 256, {"inblk": True, "ga": 2}),
+    ("mistral", "lora", 1, "full_shard", 8, 1, 1, "fp32", False, 2, 256, {"inblk": True, "ga": 3}),
 ]
 
 _STRATEGY = {"full_shard": "fs", "shard_grad_op": "sgo", "hybrid_shard": "hsdp", "no_shard": "ns"}
@@ -143,6 +149,9 @@ def _make(row: _Row) -> Scenario:
     if extra.get("ga"):
         kw["grad_accum"] = extra["ga"]
         parts.append(f"ga{extra['ga']}")
+    if extra.get("inblk"):
+        kw["fsdp_lora_in_blocks"] = True
+        parts.append("lora-in-blocks")
     if extra.get("seb"):
         kw["fsdp_sync_each_batch"] = True
         parts.append("synceach")

@@ -580,7 +580,9 @@ def _wrap_fsdp1(model: Any, req: EstimateRequest, device: Any) -> Any:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: TID251
 
     plugin = _plugin(req)
-    if req.lora is not None or req.qlora is not None:  # Trainer: update_fsdp_plugin_peft
+    in_blocks = req.fsdp_lora_in_blocks  # the transformer policy alone (Fabric, own scripts)
+    if (req.lora is not None or req.qlora is not None) and not in_blocks:
+        # Trainer: update_fsdp_plugin_peft
         from peft.utils.other import fsdp_auto_wrap_policy
 
         plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)

@@ -744,8 +744,14 @@ def _rank(
     if tr.trainer.name != Trainer.SFT:
         tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
         act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
+    in_blocks = par.fsdp is not None and par.fsdp.version == 1 and par.fsdp.lora_in_blocks
     prof = activation_profile(
-        spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
+        spec,
+        inv,
+        act_tr,
+        plan,
+        seq_shard=par.tp if par.sequence_parallel else 1,
+        blocks_trainable=in_blocks,
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
     # the framework's own module implementations and memory features (frameworks/<name>.py)

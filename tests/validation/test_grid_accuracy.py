@@ -120,6 +120,13 @@ def test_distributed_grid_covers_gradient_accumulation() -> None:
     assert twins >= 2
 
 
+def test_distributed_grid_covers_lora_inside_fsdp1_block_units() -> None:
+    reqs = [m.scenario.request for m in DISTRIBUTED if m.scenario.request.fsdp_lora_in_blocks]
+    assert len(reqs) >= 4
+    assert any(r.grad_accum > 1 for r in reqs) and any(r.grad_ckpt for r in reqs)
+    assert all(r.fsdp_version == 1 and r.lora is not None for r in reqs)
+
+
 def test_distributed_grid_covers_qlora_under_fsdp() -> None:
     # issue 8: QLoRA under FSDP (PEFT's FSDP+QLoRA recipe), FSDP1 and FSDP2, world 2 and 8,
     # two families

@@ -94,6 +94,7 @@ def _fsdp_from_flags(req: EstimateRequest) -> FsdpSpec | None:
         limit_all_gathers=req.fsdp_limit_all_gathers,
         backward_prefetch=req.fsdp_backward_prefetch,
         sync_each_batch=req.fsdp_sync_each_batch,
+        lora_in_blocks=req.fsdp_lora_in_blocks,
     )
 
 

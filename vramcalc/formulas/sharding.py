@@ -398,7 +398,9 @@ def _gathered(tensors: tuple[tuple[int, int, int], ...], compute_bytes: int) -> 
     return total
 
 
-def _no_sync_grads(plan: ParamPlan, u: Units, version: int, compute_bytes: int, n: int) -> int:
+def _no_sync_grads(
+    plan: ParamPlan, u: Units, version: int, compute_bytes: int, n: int, block_grad: int
+) -> int:
     """Unsharded gradients FSDP keeps across micro-batches run under ``no_sync``.
 
     accelerate's ``Accelerator.accumulate`` (the Trainer's training step) runs every
@@ -417,7 +419,7 @@ def _no_sync_grads(plan: ParamPlan, u: Units, version: int, compute_bytes: int, 
     """
     if version == 2:
         return sum(block(t.numel * compute_bytes) * t.instances for t in plan.trainable_elements)
-    blocks = block(_shard(u.block_trainable_elements * compute_bytes, n) * n) * u.n_blocks
+    blocks = block(_shard(block_grad * compute_bytes, n) * n) * u.n_blocks
     return blocks + block(_shard(u.root_trainable_elements * compute_bytes, n) * n)
 
 
@@ -484,10 +486,21 @@ def _fsdp(
     out.gather_buffer = block(_shard(_gathered(u.block, compute_bytes), n) * n)
     prefetch = f.version == 2 or f.backward_prefetch != "none"
     out.gather_prefetch = out.gather_block if prefetch else 0
-    if opt.stores_grads and u.block_trainable_elements:
-        out.grad_block_full = _unsharded_grad(u.block_trainable_elements, compute_bytes, n)
+    block_grad = u.block_trainable_elements
+    if f.version == 1 and f.lora_in_blocks and block_grad and opt.stores_grads:
+        # the adapters share their block's flat parameter (use_orig_params): the flat
+        # gradient autograd produces and FSDP reduce-scatters is the whole unit, frozen
+        # weights included (zeros there); its shard stays as the unit's _saved_grad_shard
+        block_grad = sum((nb // eb if eb else nb // compute_bytes) * c for nb, c, eb in u.block)
+        store = max((eb for _, _, eb in u.block), default=compute_bytes) or compute_bytes
+        lora_shards = block(_shard(u.block_trainable_elements * store, n)) * n_blocks
+        whole_shards = block(_shard(block_grad * store, n)) * n_blocks
+        out.gradients = max(out.gradients - lora_shards, 0) + whole_shards
+        out.details["gradients/flat_unit_shards"] = whole_shards
+    if opt.stores_grads and block_grad:
+        out.grad_block_full = _unsharded_grad(block_grad, compute_bytes, n)
     if opt.stores_grads:
-        out.grad_unsharded = _no_sync_grads(plan, u, f.version, compute_bytes, n)
+        out.grad_unsharded = _no_sync_grads(plan, u, f.version, compute_bytes, n, block_grad)
     if f.version == 1:
         # FSDP1's root unit (everything outside the blocks) is not resharded after forward
         # (_runtime_utils._post_forward_reshard skips the root): held until its backward ends

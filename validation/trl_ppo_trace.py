@@ -158,7 +158,6 @@ def _no_pad() -> Iterator[None]:
         lp.SuppressTokensLogitsProcessor.__call__ = call  # type: ignore[method-assign]
 
 
-
 def run_ppo_trace(sid: str) -> dict[str, Any]:
     """Run scenario ``sid`` in THIS process (trl 1.12 importable) and return ``Measured``."""
     import torch  # noqa: TID251

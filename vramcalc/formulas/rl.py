@@ -268,3 +268,116 @@ def policy_head(
     wgrad = block(vocab * hidden * 4) if head_trainable else 0
     bwd = _tile(N, compute) + block(N * hidden * 4) + block(N * hidden * hidden_bytes) + wgrad
     return saved, fwd, outputs, bwd
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+@dataclass(frozen=True)
+class PPOHead:
+    """The PPO policy's logits and loss in a training micro-batch (bytes; see ``ppo_head``).
+
+    Attributes:
+        logits: ``output.logits`` ``[b, S, V]``, referenced by ``output`` from the forward
+            to the end of the micro-batch (after the optimizer step).
+        loss_fwd: the per-row ``log_softmax`` outputs saved for backward (``[L, V]`` each).
+        loss_bwd: the loss backward's transient (the logits' gradient: two ``[b, S, V]`` and
+            two ``[b, L, V]`` buffers).
+        head_bwd: the LM head's backward transient (the logits' gradient and the hidden
+            states' gradient ``[b, S, H]``).
+        entropy: after the optimizer step, the no-grad entropy statistic's ``softmax`` of
+            the completion logits and its product with them (two ``[b, L, V]``).
+
+    """
+
+    logits: int
+    loss_fwd: int
+    loss_bwd: int
+    head_bwd: int
+    entropy: int
+
+
+def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int) -> PPOHead:
+    """Return the PPO policy's full-vocabulary logits and loss buffers (no fused head).
+
+    ``output, vpred_temp = forward(model, mb_query_responses, pad)``; ``logits =
+    output.logits[:, context_length - 1 : -1]``; ``logits /= temperature`` (in place on the
+    view); ``selective_log_softmax(logits, mb_responses)``, which for 16-bit logits runs
+    ``log_softmax`` row by row (each ``[L, V]`` output saved for backward). Backward: the
+    rows' gradients and their stack (``UnbindBackward``), then the slice's zero-filled
+    ``[b, S, V]`` gradient and the in-place division's ``CopySlices`` clone of it, then the
+    LM head's input gradient. ``output`` is deleted only after the mini-batch loop, so the
+    logits stay alive through the optimizer step and the no-grad statistics after it
+    (``prob_dist = softmax(logits)``, ``torch.sum(prob_dist * logits, -1)``). fp32 logits
+    take TRL's gather/``logsumexp`` path instead (not traced; the same buffers are assumed).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
+    micro-batch loop), ``trl/trainer/utils.py`` ``selective_log_softmax``; traced by
+    ``validation/trl_ppo_trace.py``.
+    """
+    b, S, L = ro.completions, ro.seq_len, ro.completion
+    bsv = block(b * S * vocab * compute)
+    blv = block(b * L * vocab * compute)
+    return PPOHead(
+        logits=bsv,
+        loss_fwd=b * block(L * vocab * compute),
+        loss_bwd=2 * bsv + 2 * blv,
+        head_bwd=bsv + block(b * S * hidden * compute),
+        entropy=2 * blv,
+    )
+
+
+def ppo_scores_bytes(ro: Rollout, vocab: int) -> tuple[int, int]:
+    """Return PPO's generation scores: (kept per decode step, the stacked ``[b, L, V]``).
+
+    ``generate(..., return_dict_in_generate=True, output_scores=True)`` keeps every step's
+    processed fp32 scores ``[b, V]``; TRL's ``generate`` stacks them (``torch.stack(
+    output.scores, 1)``) and ``batch_generation`` pads the chunks' stacks into one more
+    ``[b, L, V]`` fp32 tensor, the ``logitss`` that ``train`` keeps until the next rollout
+    replaces it.
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``generate``,
+    ``batch_generation``, ``PPOTrainer.train``.
+    """
+    b, L = ro.generation_batch, ro.completion
+    return block(b * vocab * 4), block(b * L * vocab * 4)
+
+
+def ppo_logprob_bytes(
+    spec: ModelSpec, ro: Rollout, *, compute: int, attn: Attention, chunk: int
+) -> int:
+    """Peak of PPO's no-grad rollout scoring above the weights and the rollout buffer.
+
+    Per chunk of ``local_rollout_forward_batch_size`` rows: the reference forward (the copy,
+    or the policy with its adapter disabled) with ``output_hidden_states=True`` keeps every
+    layer's hidden state ``[c, S, H]``; its logits ``[c, S, V]`` in the weights' dtype, then
+    ``selective_log_softmax`` row by row (the new row's ``[L, V]`` ``log_softmax`` is
+    computed while the previous row's is still referenced: two rows). The value and reward models'
+    ``get_reward`` passes hold the same hidden states without logits (smaller).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
+    rollout loop), ``forward``; ``trl/experimental/utils.py`` ``get_reward``.
+    """
+    c = min(ro.completions, chunk)
+    S, L, H, V = ro.seq_len, ro.completion, spec.hidden_size, spec.vocab_size
+    nl = spec.num_hidden_layers
+    hs = block(c * S * H * compute)
+    layer = nl * hs + _layer_temporaries(spec, c * S, c, S, compute, attn)
+    head = (nl + 1) * hs + block(c * S * V * compute) + 2 * block(L * V * compute)
+    return max(layer, head)
+
+
+def ppo_rollout_buffer_bytes(ro: Rollout, vocab: int) -> int:
+    """Return what one PPO rollout keeps until the next: the scores and ``[b, *]`` tensors.
+
+    ``logitss`` ``[b, L, V]`` fp32 (``ppo_scores_bytes``), ``query_responses`` int64 ``[b,
+    P + L]``, and the ``[b, L]`` tensors of the update (``logprobs``, ``ref_logprobs``,
+    ``values``, ``padding_mask``, ``padding_mask_p1``, ``response_idxs``, ``rewards``,
+    ``kl``, ``non_score_reward``, ``advantages``, ``returns``, ...; counted as ten fp32/int64
+    blocks).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train``.
+    """
+    b, L = ro.generation_batch, ro.completion
+    _, stacked = ppo_scores_bytes(ro, vocab)
+    return stacked + block(b * ro.seq_len * 8) + 10 * block(b * L * 8)

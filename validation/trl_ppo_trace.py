@@ -46,6 +46,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,13 +122,21 @@ def ensure_trl(target: Path | None = None) -> Path:
     if (target / "trl" / "experimental" / "ppo" / "ppo_trainer.py").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    # into a fresh sibling folder, renamed when complete: an interrupted install leaves no
+    # half-filled target behind
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp),
          f"trl=={TRL_VERSION}"],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"pip install trl=={TRL_VERSION} failed: {proc.stderr[-2000:]}")
+    try:
+        tmp.rename(target)
+    except OSError:  # another process installed it first
+        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

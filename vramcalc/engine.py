@@ -836,7 +836,9 @@ def _rl_walk(
     in the weights' dtype (the bitsandbytes compute dtype for a quantized base). The
     reference copy is held as ``_trainer_walk`` holds it; PPO's reward and value models are
     sequence classifiers of the same backbone (no LM head) in the weights' dtype, the value
-    model trained in full (its gradients and AdamW states counted for the whole step).
+    model trained in full: its saved activations next to the policy's, its gradients at the
+    optimizer step, its AdamW states from the first step (trl 1.12.0
+    ``trl/experimental/ppo/ppo_trainer.py`` ``PolicyAndValueWrapper``, ``PPOTrainer.train``).
     """
     from vramcalc.formulas.inference import kv_heads_per_rank
     from vramcalc.formulas.rl import (
@@ -1339,7 +1341,11 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
         v for k, v in details.items() if k.startswith("params/") and k not in keep
     )
     out.update(tw.resident)
-    for tev in (*tw.before_forward, *tw.after_forward):
+    if tw.extra_states:  # PPO: the value model's AdamW states
+        out["optimizer/value_model"] = tw.extra_states
+    if tw.extra_grads and peak_event.startswith("optimizer step"):
+        out["gradients/value_model"] = tw.extra_grads
+    for tev in (*tw.before_forward, *tw.after_forward, *tw.after_step):
         if tev.event == peak_event:
             out.update(tev.rows)
     return out

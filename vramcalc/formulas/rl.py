@@ -1,4 +1,4 @@
-"""RL trainers with generation: GRPO and RLOO (TRL 1.16.0), PPO (TRL's last PPOTrainer).
+"""RL trainers with generation: GRPO and RLOO (TRL 1.16.0), PPO (trl 1.12.0's PPOTrainer).
 
 Numbers in, integer bytes out. What one GRPO/RLOO step holds on a training GPU, in the order
 TRL runs it (``trl/trainer/grpo_trainer.py``; ``rloo_trainer.py`` is the same shape):
@@ -36,14 +36,21 @@ TRL runs it (``trl/trainer/grpo_trainer.py``; ``rloo_trainer.py`` is the same sh
    ``[V, H]`` then its cast to the weight's dtype. The loss itself is a handful of ``b x L``
    fp32 tensors.
 
-PPO is not in trl 1.16.0 (removed); it is modelled from its last version
-(``trl/experimental/ppo/ppo_trainer.py``): a policy and a value model trained together
-(``PolicyAndValueWrapper``; the value model is a full ``AutoModelForSequenceClassification``
-with its own gradients and optimizer states), a frozen reference (the policy's disabled adapter
-under PEFT) and a frozen reward model (a sequence classifier), rollout generation of
-``response_length`` tokens, and full-vocabulary logits in its loss (no fused head). Not traced.
+**PPO** is not in trl 1.16.0 (it left TRL in 1.13): it is modelled from trl 1.12.0's
+``trl/experimental/ppo/ppo_trainer.py`` (``PPOTrainer.train``), its last release: rollout
+generation with ``output_scores=True`` (every step's fp32 scores kept, stacked and padded into
+a ``[b, L, V]`` tensor kept until the next rollout, ``ppo_scores_bytes``), the no-grad
+reference/value/reward passes with ``output_hidden_states=True`` (``ppo_logprob_bytes``), a
+value model (``AutoModelForSequenceClassification``) trained in full next to the policy
+(``PolicyAndValueWrapper``: its activations, gradients and AdamW states), a frozen reward model
+of the same backbone, the reference copy or the policy's disabled adapter under PEFT, and the
+policy's full-vocabulary logits with a per-row ``log_softmax`` in its loss (``ppo_head``; no
+fused head). PPOTrainer builds its own ``Accelerator`` and never calls ``Trainer.__init__``:
+no autocast and no gradient checkpointing under transformers 5. Traced by
+``validation/trl_ppo_trace.py`` (trl 1.12.0's real ``train()``).
 
-Source: trl 1.16.0 (paths above); the traced check is ``validation/trl_rl_trace.py``.
+Source: trl 1.16.0 (GRPO/RLOO) and trl 1.12.0 (PPO), paths above; the traced checks are
+``validation/trl_rl_trace.py`` and ``validation/trl_ppo_trace.py``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,10 @@ exactly ``PROMPT`` tokens built in memory. ``stop_token`` is unset (TRL's defaul
 policy's ``eos_token_id`` is None and every response is ``response_length`` tokens long.
 The step runs for real on the CPU under the storage tracker of ``validation/trace.py``
 (every storage an op returns, rounded to 512 B, released through a weakref); PPO has no
-fused head or other CUDA-only kernel to substitute.
+fused head or other CUDA-only kernel to substitute. The optimizer is ``adamw_torch_fused``
+(torch's fused AdamW has a CPU kernel with a GPU's allocations; ``adamw_torch`` would take the
+for-loop path on a CPU where a GPU takes foreach). The one stand-in (``_no_pad``) keeps a
+sampled pad token from cutting a response short.
 
 What TRL 1.12 does with these options (read from its code, and what the trace shows):
 ``PPOTrainer.__init__`` builds its own ``Accelerator(gradient_accumulation_steps=...)`` and
@@ -87,7 +90,7 @@ def scenario_request(sid: str) -> dict[str, Any]:
         "trainer": "ppo",
         "batch_size": s["batch"],
         "dtype": "bf16",
-        "optim": "adamw_torch",
+        "optim": "adamw_torch_fused",
         "grad_ckpt": False,
         "attn": "sdpa",
         "max_prompt_length": PROMPT,
@@ -206,7 +209,7 @@ def run_ppo_trace(sid: str) -> dict[str, Any]:
         output_dir=f"{tmp}/out", per_device_train_batch_size=B, gradient_accumulation_steps=1,
         num_ppo_epochs=1, num_mini_batches=1, total_episodes=2 * B, response_length=L,
         num_sample_generations=0, report_to=[], save_strategy="no", seed=0,
-        optim="adamw_torch", use_cpu=True,
+        optim="adamw_torch_fused", use_cpu=True,
     )  # fmt: skip
     peft_config = None
     if s.get("lora"):

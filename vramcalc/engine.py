@@ -881,7 +881,7 @@ def _rl_walk(
         prof.details["activations/logprob_buffers"] = saved + outs
     ph = None
     if ppo and spec.has_lm_head:
-        ph = ppo_head(ro, hidden=H, vocab=V, compute=cb)
+        ph = ppo_head(ro, hidden=H, vocab=V, compute=cb, layers=spec.num_hidden_layers)
         prof.details.pop("activations/logits", None)
         prof.logits_fwd = ph.loss_fwd
         prof.loss_saved = 0
@@ -889,6 +889,7 @@ def _rl_walk(
         prof.head_bwd_extra = ph.head_bwd
         prof.held_logits = 0
         prof.details["activations/logits"] = ph.logits + ph.loss_fwd
+        prof.details["activations/output_hidden_states"] = ph.hidden_states
     sharded = par.zero_stage == ZeroStage.PARAMETERS or (par.fsdp is not None and par.dp_shard > 1)
 
     def per_rank(n: int) -> int:
@@ -991,7 +992,7 @@ def _rl_walk(
         plan=tplan,
         resident=resident,
         before_forward=tuple(before),
-        after_loss=ph.logits if ph is not None else 0,
+        after_loss=ph.logits + ph.hidden_states if ph is not None else 0,
         after_step=(
             (
                 TrainerEvent(

@@ -294,6 +294,10 @@ class PPOHead:
             states' gradient ``[b, S, H]``).
         entropy: after the optimizer step, the no-grad entropy statistic's ``softmax`` of
             the completion logits and its product with them (two ``[b, L, V]``).
+        hidden_states: ``output.hidden_states`` (``output_hidden_states=True``): the
+            residual stream's layer inputs ``[b, S, H]`` that autograd does not save (the
+            embedding output and every block's output but the last, which the final norm's
+            output replaces), referenced by ``output`` as the logits are.
 
     """
 
@@ -302,9 +306,10 @@ class PPOHead:
     loss_bwd: int
     head_bwd: int
     entropy: int
+    hidden_states: int = 0
 
 
-def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int) -> PPOHead:
+def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int, layers: int) -> PPOHead:
     """Return the PPO policy's full-vocabulary logits and loss buffers (no fused head).
 
     ``output, vpred_temp = forward(model, mb_query_responses, pad)``; ``logits =
@@ -318,9 +323,15 @@ def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int) -> PPOHead:
     (``prob_dist = softmax(logits)``, ``torch.sum(prob_dist * logits, -1)``). fp32 logits
     take TRL's gather/``logsumexp`` path instead (not traced; the same buffers are assumed).
 
+    ``forward`` passes ``output_hidden_states=True``: the policy's output also keeps the
+    residual stream's ``layers`` hidden states that no backward needs (the value model's
+    tuple is dropped inside ``PolicyAndValueWrapper.forward``).
+
     Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
-    micro-batch loop), ``trl/trainer/utils.py`` ``selective_log_softmax``; traced by
-    ``validation/trl_ppo_trace.py``.
+    micro-batch loop), ``forward``, ``PolicyAndValueWrapper.forward``;
+    ``trl/trainer/utils.py`` ``selective_log_softmax``; transformers 5.24
+    ``utils/output_capturing.py`` (the first layer's input, then each layer's output, the
+    last replaced by the final norm's output); traced by ``validation/trl_ppo_trace.py``.
     """
     b, S, L = ro.completions, ro.seq_len, ro.completion
     bsv = block(b * S * vocab * compute)
@@ -331,6 +342,7 @@ def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int) -> PPOHead:
         loss_bwd=2 * bsv + 2 * blv,
         head_bwd=bsv + block(b * S * hidden * compute),
         entropy=2 * blv,
+        hidden_states=layers * block(b * S * hidden * compute),
     )
 
 

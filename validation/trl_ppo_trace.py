@@ -33,7 +33,10 @@ exports ``ACCELERATE_MIXED_PRECISION``): no autocast, no checkpointing; the requ
 Phases: ``generation`` (``batch_generation``: ``generate`` with ``output_scores=True``),
 ``logprobs`` (the no-grad rollout scoring: the generation scores' log-probs, the reference
 forward, the value and reward models, advantages), ``forward`` (the policy+value forward and
-the PPO loss), ``backward``, ``optimizer``. Step n is the n-th PPO update.
+the PPO loss), ``backward``, ``optimizer``. Step n is the n-th PPO update. The ``logprobs``
+phase starts when ``batch_generation`` returns, before ``train`` rebinds ``logitss``: its
+recorded peak is that instant, the previous and the new rollout's scores both alive (the
+estimate counts it in its last generation event).
 
 Run::
 

@@ -369,10 +369,11 @@ def ppo_logprob_bytes(
 
     Per chunk of ``local_rollout_forward_batch_size`` rows: the reference forward (the copy,
     or the policy with its adapter disabled) with ``output_hidden_states=True`` keeps every
-    layer's hidden state ``[c, S, H]``; its logits ``[c, S, V]`` in the weights' dtype, then
-    ``selective_log_softmax`` row by row (the new row's ``[L, V]`` ``log_softmax`` is
-    computed while the previous row's is still referenced: two rows). The value and reward models'
-    ``get_reward`` passes hold the same hidden states without logits (smaller).
+    layer's hidden state ``[c, S, H]`` (and, ``use_cache`` left on, every layer's K and V);
+    its logits ``[c, S, V]`` in the weights' dtype, then ``selective_log_softmax`` row by row
+    (the new row's ``[L, V]`` ``log_softmax`` is computed while the previous row's is still
+    referenced: two rows). The value and reward models' ``get_reward`` passes
+    (``use_cache=False``) hold the same hidden states without logits (smaller).
 
     Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
     rollout loop), ``forward``; ``trl/experimental/utils.py`` ``get_reward``.
@@ -381,8 +382,11 @@ def ppo_logprob_bytes(
     S, L, H, V = ro.seq_len, ro.completion, spec.hidden_size, spec.vocab_size
     nl = spec.num_hidden_layers
     hs = block(c * S * H * compute)
-    layer = nl * hs + _layer_temporaries(spec, c * S, c, S, compute, attn)
-    head = (nl + 1) * hs + block(c * S * V * compute) + 2 * block(L * V * compute)
+    # ``forward`` leaves ``use_cache`` at the config's default: the output also holds a
+    # DynamicCache of every layer's K and V
+    kv = 2 * nl * block(c * S * spec.num_key_value_heads * spec.head_dim * compute)
+    layer = nl * hs + kv + _layer_temporaries(spec, c * S, c, S, compute, attn)
+    head = (nl + 1) * hs + kv + block(c * S * V * compute) + 2 * block(L * V * compute)
     return max(layer, head)
 
 

@@ -840,6 +840,8 @@ def _rl_walk(
     optimizer step, its AdamW states from the first step (trl 1.12.0
     ``trl/experimental/ppo/ppo_trainer.py`` ``PolicyAndValueWrapper``, ``PPOTrainer.train``).
     """
+    from dataclasses import replace
+
     from vramcalc.formulas.inference import kv_heads_per_rank
     from vramcalc.formulas.rl import (
         generation_rows,
@@ -902,9 +904,34 @@ def _rl_walk(
     value_b = 0
     if ppo:
         # value and reward: AutoModelForSequenceClassification(num_labels=1) of the policy's
-        # backbone, a bias-free score Linear(H, 1) in place of the LM head
-        head_b = 0 if spec.tie_word_embeddings else block(V * H * pb)
-        value_b = max(full_plan.param_bytes - head_b, 0) + block(H * pb)
+        # backbone, a bias-free score Linear(H, 1) in place of the LM head. A quantized
+        # policy's value model cannot be trained in full in bitsandbytes storage: both are
+        # taken as the unquantized backbone in the compute dtype (as PPO scripts load them,
+        # `from_pretrained(..., dtype=...)` without a quantization config)
+        v_tr = act_tr.model_copy(update={"peft": None})
+        v_plan = full_plan
+        vb = pb
+        if tr.quant is not None:
+            vdt = (
+                act_tr.param_dtype
+                if dtype_bytes(act_tr.param_dtype) == cb
+                else DType(act_tr.mixed_precision.value)
+            )
+            v_tr = v_tr.model_copy(
+                update={"quant": None, "param_dtype": vdt, "mixed_precision": MixedPrecision.NO}
+            )
+            v_plan = plan_params(spec, inv, v_tr)
+            vb = dtype_bytes(vdt)
+            tplan = replace(
+                tplan,
+                notes=(
+                    *tplan.notes,
+                    f"PPO with a quantized policy: the value and reward models are counted "
+                    f"unquantized in {vdt.value} (a value model is trained in full)",
+                ),
+            )
+        head_b = 0 if spec.tie_word_embeddings else block(V * H * vb)
+        value_b = max(v_plan.param_bytes - head_b, 0) + block(H * vb)
         resident["params/reward"] = per_rank(value_b)
         resident["params/value"] = per_rank(value_b)
         # PolicyAndValueWrapper trains the value model in full next to the policy: its saved
@@ -912,7 +939,7 @@ def _rl_walk(
         # is backpropagated last), its gradients and AdamW states join the policy's
         from vramcalc.formulas.activations import activation_profile
 
-        vprof = activation_profile(spec, inv, act_tr.model_copy(update={"peft": None}), full_plan)
+        vprof = activation_profile(spec, inv, v_tr, v_plan)
         value_act = vprof.embed_saved + sum(vprof.layer_saved) + vprof.head_saved
         prof.embed_saved += value_act
         prof.details["activations/value_model"] = value_act
@@ -985,8 +1012,6 @@ def _rl_walk(
             "gradient checkpointing (PPOTrainer builds its own Accelerator and never applies "
             "bf16/gradient_checkpointing under transformers 5)"
         )
-    from dataclasses import replace
-
     tplan = replace(tplan, notes=tuple(notes))
     return TrainerWalk(
         plan=tplan,

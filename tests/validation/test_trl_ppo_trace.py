@@ -89,6 +89,20 @@ def test_ppo_reference_and_value_rows() -> None:
         assert rep.details["activations/value_model"] > 0
 
 
+def test_ppo_quantized_policy_keeps_16_bit_value_model() -> None:
+    """A 4-bit policy's value and reward models are the unquantized backbone (trained in full).
+
+    The same request without quantization gives the bytes of that backbone in bf16.
+    """
+    base = {"model": "llama-3.1-8b", "trainer": "ppo", "dtype": "bf16"}
+    plain = _estimate(EstimateRequest(**base, lora={"r": 16}))
+    qlora = _estimate(EstimateRequest(**base, qlora={"r": 16}))
+    assert qlora.details["params/value"] == plain.details["params/value"]
+    assert qlora.details["params/reward"] == plain.details["params/reward"]
+    assert qlora.details["params/policy"] < plain.details["params/policy"]
+    assert any("value and reward models are counted unquantized" in n for n in qlora.notes)
+
+
 def _trl_dir() -> Path:
     from validation.trl_ppo_trace import ensure_trl
 

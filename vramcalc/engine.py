@@ -25,6 +25,7 @@ from vramcalc.enums import (
     PeftMethod,
     Phase,
     Quant,
+    ServeEngine,
     Task,
     Trainer,
     ZeroStage,
@@ -1250,6 +1251,9 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
 
 
 def _serving(res: Resolved, rank: _Rank) -> ServingReport | None:
+    inf = res.training.inference
+    if inf is None or inf.engine != ServeEngine.VLLM:
+        return None  # what serving_for answers, without importing the inference modules
     from vramcalc.inference_walk import serving_for
 
     return serving_for(res, rank.spec, rank.inventory)

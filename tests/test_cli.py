@@ -590,13 +590,14 @@ def test_plugin_loader_stand_in_matches_pydantic() -> None:
 
 
 def test_cold_estimate_skips_modules_it_does_not_need() -> None:
-    """A training estimate imports neither ``importlib.resources`` (and its ``zipfile``) to
-    read the data files, nor the inference modules, nor rich for ``--json``
+    """A plain training estimate imports neither ``importlib.resources`` (and its ``zipfile``)
+    to read the data files, nor the inference and trainer modules, nor rich for ``--json``
     (benchmarks/bench_cold.py)."""
     code = (
         "import sys; from vramcalc.cli import run; rc = run(sys.argv[1:]); "
         "mods = ('zipfile', 'importlib.resources', 'importlib.metadata', 'rich', "
-        "'vramcalc.inference_walk', 'vramcalc.formulas.inference', 'vramcalc.serving'); "
+        "'vramcalc.inference_walk', 'vramcalc.formulas.inference', 'vramcalc.serving', "
+        "'vramcalc.formulas.trainers'); "
         "print(rc, sorted(m for m in mods if m in sys.modules), file=sys.stderr)"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
@@ -609,3 +610,7 @@ def test_cold_estimate_skips_modules_it_does_not_need() -> None:
                           cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert proc.stderr.strip() == "0 ['vramcalc.formulas.inference', 'vramcalc.inference_walk']"
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--trainer", "dpo", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.stderr.strip() == "0 ['vramcalc.formulas.inference', 'vramcalc.formulas.trainers']"

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import add
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramcalc import __version__, catalog
 from vramcalc.checks import check_global_batch, check_request
@@ -46,13 +46,6 @@ from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.overhead import overheads
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
 from vramcalc.formulas.sharding import RankStates, rank_states
-from vramcalc.formulas.trainers import (
-    TrainerPlan,
-    TrainerWalk,
-    apply_head,
-    trainer_plan,
-    trainer_walk,
-)
 from vramcalc.report import (
     Breakdown,
     CostReport,
@@ -78,6 +71,9 @@ from vramcalc.specs import (
     TrainingSpec,
     rl_batch_size,
 )
+
+if TYPE_CHECKING:  # the trainers' module is imported when a --trainer other than sft runs
+    from vramcalc.formulas.trainers import TrainerPlan, TrainerWalk
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
 
@@ -743,6 +739,8 @@ def _rank(
         )
     tplan = None
     if tr.trainer.name != Trainer.SFT:
+        from vramcalc.formulas.trainers import trainer_plan
+
         tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
         act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
     in_blocks = par.fsdp is not None and par.fsdp.version == 1 and par.fsdp.lora_in_blocks
@@ -802,6 +800,7 @@ def _trainer_walk(
     and replicated otherwise (``trl/models/utils.py`` ``prepare_deepspeed``/``prepare_fsdp``).
     """
     from vramcalc.formulas.inference import _layer_temporaries
+    from vramcalc.formulas.trainers import apply_head, trainer_walk
 
     par, tr = res.parallel, res.training
     amp = act_tr.mixed_precision != MixedPrecision.NO
@@ -854,7 +853,7 @@ def _rl_walk(
         rollout,
         rollout_buffer_bytes,
     )
-    from vramcalc.formulas.trainers import TrainerEvent
+    from vramcalc.formulas.trainers import TrainerEvent, TrainerWalk
     from vramcalc.serving import budget
 
     par, tr = res.parallel, res.training

@@ -614,3 +614,18 @@ def test_cold_estimate_skips_modules_it_does_not_need() -> None:
                           cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert proc.stderr.strip() == "0 ['vramcalc.formulas.inference', 'vramcalc.formulas.trainers']"
+
+
+def test_table_prints_a_model_name_as_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder name is text, not rich markup or an emoji code (``:rocket:``, ``[red]``)."""
+    folder = tmp_path / "my:rocket:[red]model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(catalog.model_row("gpt2")["config"]))
+    code, out, err = run(capsys, str(folder))
+    assert code == 0, err
+    assert out.splitlines()[0] == "my:rocket:[red]model · gpt2"
+    assert "\N{ROCKET}" not in out
+    code, out, err = run(capsys, str(folder), "--json")
+    assert json.loads(out)["model"]["name"] == "my:rocket:[red]model"

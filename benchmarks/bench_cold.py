@@ -15,7 +15,10 @@ Measures fresh processes of ``python -m vramcalc ARGS`` for the two commands of 
 - with ``--valgrind``: the instructions executed by one run (valgrind's cachegrind ``I refs``)
   of each command and of the floors, figures that do not move with the machine's load;
 - from one profiled run of the first command: its Python function calls (load-independent)
-  and the vramcalc model classes whose pydantic schema was built.
+  and the vramcalc model classes whose pydantic schema was built;
+- with ``--stages`` (and nothing else): where the instructions go, stage by stage (the
+  interpreter, the CLI module and parser, pydantic's import, the model classes, the engine's
+  modules, the estimate, the output).
 
 The machine's load average is printed first: on a shared machine wall time follows the load,
 CPU time much less (on an idle machine wall time is the CPU time plus a few ms), instruction
@@ -121,16 +124,65 @@ def _stats(label: str, runs: list[tuple[float, float]]) -> tuple[float, float]:
     return wall, cpu
 
 
+# Stages of a cold estimate, cumulative: each is a ``python -c`` program that runs the command
+# up to that point (as ``cli.main`` does: gc off, pydantic's plugin loader skipped).
+_PRE = ("import gc; gc.disable(); import os; os.environ.setdefault('PYDANTIC_DISABLE_PLUGINS', "
+        "'1')\nimport vramcalc.cli as cli; cli._skip_plugin_loader()\n")  # fmt: skip
+
+
+def _stages(args: tuple[str, ...]) -> list[tuple[str, str]]:
+    steps = [
+        ("vramcalc.cli (argparse, json)", _PRE),
+        ("parser built, argv parsed", f"ns = cli._estimate_parser().parse_args({list(args)!r})\n"),
+        ("import pydantic (pydantic_core, typing_extensions, inspect)", "import pydantic\n"),
+        ("pydantic.main, fields, types (what specs.py imports)",
+         "from pydantic import BaseModel, Field, Strict, AllowInfNan, ConfigDict, "
+         "ValidationInfo, field_validator, model_validator\n"),
+        ("vramcalc.specs, limits, enums (their model classes built)", "import vramcalc.specs\n"),
+        ("vramcalc.report (its model classes built)", "import vramcalc.report\n"),
+        ("vramcalc.engine and the formulas (modules, dataclasses)", "import vramcalc.engine\n"),
+        ("request validated", "req = cli.build_request(ns)\n"),
+        ("estimate", "rep = vramcalc.engine.estimate(req)\n"),
+    ]  # fmt: skip
+    if "--json" in args:
+        steps.append(("JSON written", "import json; print(json.dumps(rep.model_dump(mode='json'), "
+                                      "allow_nan=False))\n"))  # fmt: skip
+    else:
+        steps.append(("rich imported", "import rich.console, rich.table\n"))
+        steps.append(("table rendered", "cli.render_report(rep, cli._console())\n"))
+    steps.append(("flushed, os._exit", "import sys; sys.stdout.flush(); os._exit(0)\n"))
+    return steps
+
+
+def _print_stages(root: Path, args: tuple[str, ...]) -> None:
+    print(f"stages of vramcalc {' '.join(args)} (instructions, cumulative and added):")
+    prev = _instructions([sys.executable, "-c", "pass"], root) or 0
+    print(f"  {prev / 1e6:6.0f} M  {prev / 1e6:+5.0f} M  interpreter (python -c pass)")
+    code = ""
+    for label, add in _stages(args):
+        code += add
+        _time([sys.executable, "-c", code], root)  # bytecode written
+        n = _instructions([sys.executable, "-c", code], root) or 0
+        print(f"  {n / 1e6:6.0f} M  {(n - prev) / 1e6:+5.0f} M  {label}")
+        prev = n
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--runs", type=int, default=21)
     p.add_argument("--root", type=Path, default=ROOT)
     p.add_argument("--compare", type=Path, help="a second checkout, run interleaved (before)")
     p.add_argument("--valgrind", action="store_true", help="also count instructions")
+    p.add_argument("--stages", action="store_true",
+                   help="only the instructions of each stage (valgrind)")  # fmt: skip
     p.add_argument("args", nargs="*", help="one command's arguments (after --)")
     ns = p.parse_args()
     roots = [ns.root.resolve()] + ([ns.compare.resolve()] if ns.compare else [])
     commands = [tuple(ns.args)] if ns.args else list(COMMANDS)
+    if ns.stages:
+        for args in commands:
+            _print_stages(roots[0], args)
+        return
     for root in roots:
         for args in commands:
             _time(_vramcalc(args), root)  # bytecode written, page cache warm

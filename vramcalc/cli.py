@@ -675,7 +675,9 @@ def _console() -> Console:
             raise BrokenPipeError(32, "Broken pipe")
 
     width = min(Console().width, WIDTH)
-    return _Console(width=width, highlight=False, soft_wrap=False)
+    # emoji=False: text is printed as given (a model folder named ``a:rocket:b`` is not an
+    # emoji), and rich does not import its 3,600-entry emoji table (~4 % of a cold table)
+    return _Console(width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
 def _count(n: int) -> str:
@@ -750,6 +752,7 @@ def _render_trainer(report: MemoryReport, console: Console) -> None:
 
 def render_report(report: MemoryReport, console: Console) -> None:
     """Print a ``MemoryReport`` as tables that fit ``console.width`` (80 columns)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from vramcalc.report import COMPONENTS
@@ -757,7 +760,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     m = report.model
     pct = 100 * m.n_trainable_params / m.n_params if m.n_params else 0.0
     title = m.name + (f" ({m.hf_id})" if m.hf_id and m.hf_id != m.name else "")
-    console.print(f"[bold]{title}[/] · {m.model_type}")
+    # the name comes from the user (a folder, a config): shown as text, never as markup
+    console.print(f"[bold]{escape(title)}[/] · {escape(m.model_type)}")
     console.print(
         f"{_count(m.n_params)} parameters, {_count(m.n_trainable_params)} trainable ({pct:.2f}%)"
     )

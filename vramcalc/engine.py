@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import add
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramcalc import __version__, catalog
 from vramcalc.checks import check_global_batch, check_request
@@ -25,6 +25,7 @@ from vramcalc.enums import (
     PeftMethod,
     Phase,
     Quant,
+    ServeEngine,
     Task,
     Trainer,
     ZeroStage,
@@ -45,13 +46,6 @@ from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
 from vramcalc.formulas.overhead import overheads
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes, plan_params
 from vramcalc.formulas.sharding import RankStates, rank_states
-from vramcalc.formulas.trainers import (
-    TrainerPlan,
-    TrainerWalk,
-    apply_head,
-    trainer_plan,
-    trainer_walk,
-)
 from vramcalc.report import (
     Breakdown,
     CostReport,
@@ -77,6 +71,9 @@ from vramcalc.specs import (
     TrainingSpec,
     rl_batch_size,
 )
+
+if TYPE_CHECKING:  # the trainers' module is imported when a --trainer other than sft runs
+    from vramcalc.formulas.trainers import TrainerPlan, TrainerWalk
 
 __all__ = ["Resolved", "estimate", "fit", "resolve"]
 
@@ -752,6 +749,8 @@ def _rank(
         )
     tplan = None
     if tr.trainer.name != Trainer.SFT:
+        from vramcalc.formulas.trainers import trainer_plan
+
         tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
         act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
     in_blocks = par.fsdp is not None and par.fsdp.version == 1 and par.fsdp.lora_in_blocks
@@ -811,6 +810,7 @@ def _trainer_walk(
     and replicated otherwise (``trl/models/utils.py`` ``prepare_deepspeed``/``prepare_fsdp``).
     """
     from vramcalc.formulas.inference import _layer_temporaries
+    from vramcalc.formulas.trainers import apply_head, trainer_walk
 
     par, tr = res.parallel, res.training
     amp = act_tr.mixed_precision != MixedPrecision.NO
@@ -871,7 +871,7 @@ def _rl_walk(
         rollout,
         rollout_buffer_bytes,
     )
-    from vramcalc.formulas.trainers import TrainerEvent
+    from vramcalc.formulas.trainers import TrainerEvent, TrainerWalk
     from vramcalc.serving import budget
 
     par, tr = res.parallel, res.training
@@ -1395,6 +1395,9 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
 
 
 def _serving(res: Resolved, rank: _Rank) -> ServingReport | None:
+    inf = res.training.inference
+    if inf is None or inf.engine != ServeEngine.VLLM:
+        return None  # what serving_for answers, without importing the inference modules
     from vramcalc.inference_walk import serving_for
 
     return serving_for(res, rank.spec, rank.inventory)

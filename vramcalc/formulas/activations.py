@@ -332,6 +332,12 @@ def _expert_groups(inventory: tuple[ParamGroup, ...], stack: str) -> list[ParamG
 
 @dataclass
 class _Ctx:
+    """What every layer's saved-tensor ledger reads: the model, the step and its byte widths.
+
+    (A docstring also spares ``dataclass`` from building one with ``inspect.signature`` at
+    import.)
+    """
+
     spec: ModelSpec
     tr: TrainingSpec
     plan: ParamPlan

@@ -452,3 +452,24 @@ def test_rest_hub_lookup_is_off_by_default_and_opt_in(
         assert post(c, "org/name")[0] == 404
         assert post(c, "gpt2")[0] == 200
         assert len(fake_hub.requests) == requests_before
+
+
+def test_a_request_timeout_reads_as_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request's own read timeout can fire before the overall deadline (a loaded
+    machine): the user gets the same "within N s" line either way, not a transport name."""
+    import httpx
+    from huggingface_hub import errors as hf_errors
+
+    hh = hub._import_hub()
+    monkeypatch.setenv(hub.TIMEOUT_ENV, "0.5")
+    try:
+        try:
+            raise httpx.ReadTimeout("timed out")
+        except httpx.ReadTimeout as cause:
+            raise hf_errors.LocalEntryNotFoundError("no connection") from cause
+    except hf_errors.LocalEntryNotFoundError as exc:
+        err = hub._translate(hh, exc, "org/repo", None, "config.json")
+    assert isinstance(err, hub.HubUnavailableError)
+    assert "within 0.5 s (VRAMCALC_HUB_TIMEOUT)" in str(err) and "\n" not in str(err)
+    other = hub._translate(hh, httpx.ConnectTimeout("slow"), "org/repo", None, "config.json")
+    assert "within 0.5 s" in str(other)

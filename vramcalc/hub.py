@@ -503,6 +503,13 @@ def _read_config(path: Path, repo_id: str) -> dict[str, Any]:
     return data
 
 
+def _is_timeout(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a request timeout (``TimeoutError``, httpx/requests ``*Timeout``)."""
+    return exc is not None and (
+        isinstance(exc, TimeoutError) or type(exc).__name__.endswith("Timeout")
+    )
+
+
 def _translate(
     hh: Any, exc: BaseException, repo_id: str, revision: str | None, filename: str
 ) -> VramcalcError:
@@ -547,8 +554,18 @@ def _translate(
             f"({hh.constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it; run "
             "once online, or unset HF_HUB_OFFLINE"
         )
+    cause = exc.__cause__ or exc.__context__
+    if _is_timeout(exc) or (
+        isinstance(exc, _err(hh, "LocalEntryNotFoundError")) and _is_timeout(cause)
+    ):
+        # the request's own read/connect timeout fired before the overall deadline did
+        # (_run_bounded): the same answer as the deadline's, whichever comes first
+        return HubUnavailableError(
+            f"no answer from the Hugging Face Hub at {endpoint} for '{repo_id}{at}' within "
+            f"{_timeout_s():g} s ({TIMEOUT_ENV}); check the network or HF_ENDPOINT, or "
+            f"{offline_hint}"
+        )
     if isinstance(exc, _err(hh, "LocalEntryNotFoundError")):
-        cause = exc.__cause__ or exc.__context__
         why = f" ({type(cause).__name__})" if cause is not None else ""
         return HubUnavailableError(
             f"cannot reach the Hugging Face Hub at {endpoint} for '{repo_id}{at}'{why} and "

@@ -250,6 +250,64 @@ def test_lora_families_against_peft(model_type: str) -> None:
         assert _ours(model_type, ("lm_head", named)) == _theirs(model_type, ["lm_head", named])
 
 
+# the MLM head a published encoder config names (architectures[0]): ModernBertForMaskedLM
+# (head.dense, head.norm, a decoder tied to the embeddings) and BertForMaskedLM (no pooler)
+MASKED_LM = {
+    "modernbert": {**_BASE, "architectures": ["ModernBertForMaskedLM"]},
+    "modernbert_untied": {
+        **_BASE, "architectures": ["ModernBertForMaskedLM"], "tie_word_embeddings": False,
+        "classifier_bias": True, "decoder_bias": False,
+    },
+}  # fmt: skip
+
+
+def _masked_lm_model(config: dict[str, Any]) -> Any:
+    transformers = pytest.importorskip("transformers", reason="transformers missing")
+    torch = pytest.importorskip("torch", reason="torch missing")
+    cfg = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    hf_config = transformers.AutoConfig.for_model(config["model_type"], **cfg)
+    with torch.device("meta"):
+        model = getattr(transformers, config["architectures"][0])(hf_config)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("name", sorted(MASKED_LM))
+@pytest.mark.parametrize(
+    "targets",
+    [None, ("all-linear",), ("Wqkv", "Wo"), ("decoder", "Wqkv"), ("dense", "Wi")],
+    ids=str,
+)
+def test_lora_masked_lm_head_against_peft(name: str, targets: tuple[str, ...] | None) -> None:
+    """LoRA on a masked-LM model: trainable counts = PEFT's (all-linear takes head.dense and
+    leaves the output layer; the tied decoder can be named); PEFT has no default targets."""
+    peft = pytest.importorskip("peft", reason="peft missing")
+    from vramcalc.enums import PeftMethod
+    from vramcalc.formulas.counts import param_inventory
+    from vramcalc.formulas.params import plan_params
+    from vramcalc.hf import meta_param_count, model_spec_from_config
+    from vramcalc.specs import PeftSpec, TrainingSpec
+
+    config = {"model_type": "modernbert", **MASKED_LM[name]}
+    model = _masked_lm_model(config)
+    spec = model_spec_from_config(config)
+    assert spec.has_lm_head
+    assert spec.n_params == sum(p.numel() for p in model.parameters()) == meta_param_count(config)
+    if targets is None:
+        with pytest.raises(ValueError, match="target_modules"):
+            peft.get_peft_model(model, peft.LoraConfig(r=4))
+        return
+    peft_spec = PeftSpec(method=PeftMethod.LORA, r=4, alpha=8, targets=targets)
+    ours = plan_params(spec, param_inventory(spec), TrainingSpec(peft=peft_spec)).n_trainable
+    theirs = "all-linear" if targets == ("all-linear",) else list(targets)
+    trainable, _total = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, target_modules=theirs)
+    ).get_nb_trainable_parameters()
+    assert ours == trainable
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize(
     ("model_type", "params"),

@@ -129,12 +129,14 @@ def model_config(request: EstimateRequest) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _lora_config(request: EstimateRequest, model_type: str, task: str = "CAUSAL_LM") -> Any:
+def _lora_config(request: EstimateRequest, model_type: str, task: str | None = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     opts = request.lora or request.qlora
     assert opts is not None
-    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout, "task_type": task}
+    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout}
+    if task is not None:  # PEFT has no masked-LM task type: a plain PeftModel wraps those
+        kwargs["task_type"] = task
     if opts.alpha is not None:
         kwargs["lora_alpha"] = opts.alpha
     if opts.targets is not None:
@@ -197,7 +199,11 @@ def build_model(
     if req.lora is not None or req.qlora is not None:
         from peft import get_peft_model
 
-        task = "SEQ_CLS" if "SequenceClassification" in model_cls.__name__ else "CAUSAL_LM"
+        name = model_cls.__name__
+        task = (
+            "SEQ_CLS" if "SequenceClassification" in name
+            else None if name.endswith("ForMaskedLM") else "CAUSAL_LM"
+        )  # fmt: skip
         model = get_peft_model(model, _lora_config(req, cfg.model_type, task))
     if req.grad_ckpt:
         enable = getattr(model, "activation_checkpointing_enable", None)

@@ -192,6 +192,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "attn_layer_offset": 2, "expert_layer_period": 2, "expert_layer_offset": 1,
         "mamba_d_state": 16, "vocab_size": 8000, "tie_word_embeddings": False,
     },
+    "modernbert": {  # encoder + MLM head (architectures[0]); global layer 0, local layers 1-2
+        "model_type": "modernbert", "architectures": ["ModernBertForMaskedLM"],
+        "hidden_size": 256, "intermediate_size": 384, "num_hidden_layers": 3,
+        "num_attention_heads": 4, "global_attn_every_n_layers": 3, "local_attention": 128,
+        "vocab_size": 16000, "max_position_embeddings": 1024, "pad_token_id": 0,
+        "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2,
+    },
     "t5": {  # the original T5: relu MLP, tied head, dropout 0.1, relative position bias
         "model_type": "t5", "d_model": 256, "d_ff": 1024, "num_layers": 2,
         "num_decoder_layers": 2, "num_heads": 4, "d_kv": 64, "vocab_size": 8000,
@@ -324,6 +331,16 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("mt5", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 256),
     ("mt5", "lora", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 4, 256),
     ("mt5", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 4, 256),
+    # encoder with its masked-LM head (ModernBertForMaskedLM): global/local (window 128)
+    # attention (the sliding mask from s64 on), GeGLU MLP, no biases, tied decoder
+    ("modernbert", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("modernbert", "full", "fp32", "bf16", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("modernbert", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("modernbert", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 512),
+    ("modernbert", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("modernbert", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
+    # below the half window (local_attention // 2 = 64) transformers skips the sliding mask
+    ("modernbert", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 48),
     # issue 9's remaining decoder families: MLA without q compression (deepseek_v2), post-norm
     # q/k-normed (olmo2), scalar multipliers (granite), parallel block (cohere), four norms
     # (glm4), biased GELU MLP (starcoder2), NoPE layers (smollm3)
@@ -358,7 +375,7 @@ _NO_PEFT_DEFAULT = {
     "deepseek_v2": ("q_proj", "kv_b_proj"), "olmo2": ("q_proj", "v_proj"),
     "granite": ("q_proj", "v_proj"), "cohere": ("q_proj", "v_proj"),
     "glm4": ("q_proj", "v_proj"), "starcoder2": ("q_proj", "v_proj"),
-    "smollm3": ("q_proj", "v_proj"),
+    "smollm3": ("q_proj", "v_proj"), "modernbert": ("Wqkv", "Wo"),
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)

@@ -56,8 +56,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 127
-    assert len({m.scenario.id for m in SINGLE}) == 127
+    assert len(SINGLE) == 134
+    assert len({m.scenario.id for m in SINGLE}) == 134
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 
@@ -69,7 +69,8 @@ def test_grid_covers_the_attention_kinds_and_layer_schedules() -> None:
                 if isinstance(m.scenario.request.model, dict)}  # fmt: skip
     want = {"qwen3", "qwen3_moe", "deepseek_v3", "gemma2", "gemma3_text", "falcon",
             "llama4_text", "gpt_oss", "olmoe", "qwen2_moe", "phimoe", "deepseek_v2", "olmo2",
-            "granite", "cohere", "glm4", "starcoder2", "smollm3", "mamba2"}  # fmt: skip
+            "granite", "cohere", "glm4", "starcoder2", "smollm3", "mamba2",
+            "modernbert"}  # fmt: skip
     assert want <= families
 
 

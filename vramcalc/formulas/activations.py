@@ -457,7 +457,8 @@ def activation_profile(
         uses: dict[int, int] = {}
         ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
         i, n = 0, n_layers[stack]
-        own = decoder_kinds[:n] if stack == "decoder" else []
+        # an encoder-only model's layers have kinds too (ModernBERT's local layers)
+        own = decoder_kinds[:n]
         kinds = own + [LayerKind(moe=bool(experts))] * (n - len(own))
         # a stack whose blocks differ (hybrids, per-layer attention or MLP kinds) walks block
         # by block (equal kinds are mostly the same object: compare only the others)
@@ -522,6 +523,10 @@ def activation_profile(
         fn_out = rb
         if ctx.recipe.norm_impl != "liger":
             prof.fnorm_bwd = _rmsnorm_backward(head, ctx.T * H)
+    if spec.has_lm_head and spec.arch.get("task_head") == "masked_lm":
+        fn_out = _mlm_transform(head, ctx, fn_out)
+        if amp:
+            prof.amp_head_copy += block(H * H * 2)
     if spec.has_lm_head:
         if head_trainable:
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
@@ -532,7 +537,7 @@ def activation_profile(
             # Gemma2ForCausalLM.forward)
             head.save("softcap_tanh", "logits", ctx.T * V * cb)
         if amp:
-            prof.amp_head_copy = block(V * H * 2)
+            prof.amp_head_copy += block(V * H * 2)
         if tr.quant is not None and ctx.recipe.quant_lm_head:
             # a quantized LM head (LitGPT BitsandbytesPrecision) is dequantized for each
             # chunk's forward and again for its input gradient
@@ -547,6 +552,33 @@ def activation_profile(
         details["activations/amp_weight_copies"] = prof.amp_weight_copies
     prof.details = {k: v for k, v in details.items() if v > 0}
     return prof
+
+
+def _mlm_transform(head: Ledger, ctx: _Ctx, x_bytes: int) -> int:
+    """Record the masked-LM head's transform before the decoder; return its output's bytes.
+
+    ``dense`` (H -> H) -> activation -> ``LayerNorm``, on the final norm's output. The dense
+    layer saves its input when its weight trains (under autocast the 16-bit copy of the fp32
+    norm output); the activation saves its (compute-dtype) input and the LayerNorm its input
+    (fp32 under autocast: ``layer_norm`` is an fp32 autocast op) with the per-row mean and
+    rstd, whenever a gradient flows back through them (full fine-tuning or adapters below).
+    The output is fp32 under autocast, else the weights' dtype. The vocabulary decoder and
+    the masked-LM loss (``ForMaskedLMLoss``: the logits upcast to fp32, cross-entropy over
+    every position, no shift) are the causal LM head's ledger.
+
+    Source: transformers 5.24 ``models/modernbert/modeling_modernbert.py``
+    (``ModernBertPredictionHead``, ``ModernBertForMaskedLM.forward``), ``loss/loss_utils.py``
+    (``ForMaskedLMLoss``); traced: validation/measurements/trace-grid.jsonl ``modernbert-*``.
+    """
+    T, H, amp = ctx.T, ctx.spec.hidden_size, ctx.amp
+    cb = 2 if amp else ctx.pb
+    if ctx.full:
+        head.save("mlm_dense_in", "linear_inputs", T * H * (2 if amp else x_bytes))
+    head.save("mlm_act_in", "mlp", T * H * cb)
+    head.save("mlm_norm_in", "norms", T * H * (4 if amp else cb))
+    head.save("mlm_norm_mean", "norms", T * 4)
+    head.save("mlm_norm_rstd", "norms", T * 4)
+    return 4 if amp else ctx.pb
 
 
 def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
@@ -916,7 +948,10 @@ def _block(
             rope = spec.position_embedding == "rotary"
             # under autocast, rotary embeddings come out fp32 (fp32 cos/sin), and SDPA is not
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
-            ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
+            # ModernBERT's apply_rotary_pos_emb computes in fp32 and casts q and k back to
+            # their input dtype (modeling_modernbert.py): 16-bit under autocast
+            rope_back = ctx.recipe.rope_dtype == "input" or spec.arch.get("rope_cast_back") is True
+            ab = 4 if amp and rope and not use_eager and not rope_back else cb
             o_b = cb
             # T5's learned relative position bias reaches SDPA as a float mask: the
             # memory-efficient kernel with that bias (_sdpa_kernel)
@@ -929,6 +964,10 @@ def _block(
                 kind.masked or qk_hd != v_hd or bias_mask
             )
             flash_ok = not math
+            # the kernel saves v, a view of the fused qkv projection's output (ModernBERT's
+            # Wqkv: view + unbind), so the whole q|k|v tensor stays alive while q and k are
+            # new tensors after the rotary embedding (traced: trace-grid.jsonl modernbert-*)
+            qkv_view = fused and rope and spec.arch.get("qkv_view") is True and (ab == cb)
             if rg or ctx.full:
                 _qk_norm(led, ctx, Hq, Hkv)
                 if math:
@@ -964,7 +1003,10 @@ def _block(
                     kv_heads = heads if kind.masked else kvh
                     led.save("q", "attention", T * heads * qk_hd * ab)
                     led.save("k", "attention", T * kv_heads * qk_hd * ab)
-                    led.save("v", "attention", T * kv_heads * v_hd * ab)
+                    if qkv_view:
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
+                    else:
+                        led.save("v", "attention", T * kv_heads * v_hd * ab)
                     if kind.masked:
                         led.save("mask_bias", "attention", B * S * S * ab)
                     if bias_mask:
@@ -1004,6 +1046,10 @@ def _block(
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
                         led.save("q", "attention", T * Hq * ab)
                         led.save("v", "attention", T * Hkv * ab)
+                    elif qkv_view:
+                        led.save("q", "attention", T * Hq * ab)
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
                     else:
                         led.save("q", "attention", T * Hq * ab)
                         led.save("k", "attention", T * Hkv * ab)

@@ -241,9 +241,11 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
     kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr))
     amp = tr.mixed_precision != MixedPrecision.NO
     rope = spec.position_embedding == "rotary"
+    # rotary q/k stay 16-bit under autocast where they are cast back (ModernBERT, LitGPT)
+    rope_back = tr.recipe.rope_dtype == "input" or spec.arch.get("rope_cast_back") is True
     ab = (
         4
-        if (amp and rope and tr.attn != Attention.EAGER)
+        if (amp and rope and tr.attn != Attention.EAGER and not rope_back)
         or (not amp and tr.param_dtype == DType.FP32)
         else 2
     )

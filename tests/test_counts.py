@@ -395,6 +395,10 @@ def test_defaults_match_transformers(model_type: str) -> None:
             },
         ),
         ("modernbert", {"architectures": ["ModernBertForMaskedLM"], "decoder_bias": False}),
+        ("bert", {"architectures": ["BertForMaskedLM"]}),
+        ("bert", {"architectures": ["BertForMaskedLM"], "tie_word_embeddings": False}),
+        ("roberta", {"architectures": ["RobertaForMaskedLM"]}),
+        ("roberta", {"architectures": ["RobertaForMaskedLM"], "tie_word_embeddings": False}),
         ("mamba", {"time_step_rank": 7, "state_size": 8, "expand": 3, "conv_kernel": 3}),
         ("mamba", {"use_bias": True, "use_conv_bias": False, "tie_word_embeddings": False}),
         (

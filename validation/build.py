@@ -43,6 +43,7 @@ QLoRA (bitsandbytes 4-bit) is built only when ``bitsandbytes`` can quantize on `
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -487,6 +488,13 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
     if setup.encoder_decoder:
         # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
         # loss phase starts when the LM head has produced the logits
+        base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
+    if type(base).__name__.endswith("ForMaskedLM") and "loss_function" not in inspect.getsource(
+        type(base).forward
+    ):
+        # BERT/RoBERTa's masked-LM heads compute their loss inline (nn.CrossEntropyLoss): the
+        # loss phase starts when the decoder has produced the logits
         base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
         return setup
     original = base.loss_function

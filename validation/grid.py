@@ -199,6 +199,17 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "vocab_size": 16000, "max_position_embeddings": 1024, "pad_token_id": 0,
         "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2,
     },
+    "bert": {  # BertForMaskedLM (architectures[0]): no pooler, cls.predictions head
+        "model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 256,
+        "intermediate_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "vocab_size": 16000, "max_position_embeddings": 512,
+    },
+    "roberta": {  # RobertaForMaskedLM: no pooler, lm_head (dense, layer_norm, tied decoder)
+        "model_type": "roberta", "architectures": ["RobertaForMaskedLM"], "hidden_size": 256,
+        "intermediate_size": 1024, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "vocab_size": 16000, "max_position_embeddings": 514, "type_vocab_size": 1,
+        "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+    },
     "t5": {  # the original T5: relu MLP, tied head, dropout 0.1, relative position bias
         "model_type": "t5", "d_model": 256, "d_ff": 1024, "num_layers": 2,
         "num_decoder_layers": 2, "num_heads": 4, "d_kv": 64, "vocab_size": 8000,
@@ -341,6 +352,11 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("modernbert", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 256),
     # below the half window (local_attention // 2 = 64) transformers skips the sliding mask
     ("modernbert", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 4, 48),
+    # BERT/RoBERTa with their masked-LM heads (post-LN encoders, absolute positions, dropout)
+    ("bert", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("bert", "lora", "fp32", "bf16", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("roberta", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("roberta", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
     # issue 9's remaining decoder families: MLA without q compression (deepseek_v2), post-norm
     # q/k-normed (olmo2), scalar multipliers (granite), parallel block (cohere), four norms
     # (glm4), biased GELU MLP (starcoder2), NoPE layers (smollm3)

@@ -663,13 +663,23 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
         return
     logits_b = T * V * cb
     if rc.logits_fp32:
-        # seq2seq LMs (T5) call nn.CrossEntropyLoss on the logits as they are: no fp32 upcast
-        # in 16-bit (autocast still runs cross_entropy in fp32)
-        lf = cb if spec.is_encoder_decoder and not ctx.amp else 4
+        # seq2seq LMs (T5) and BERT/RoBERTa's masked-LM heads call nn.CrossEntropyLoss on the
+        # logits as they are: no fp32 upcast in 16-bit (autocast still runs cross_entropy in
+        # fp32; modeling_bert.py / modeling_roberta.py ``*ForMaskedLM.forward``)
+        inline = spec.is_encoder_decoder or spec.arch.get("inline_ce") is True
+        lf = cb if inline and not ctx.amp else 4
         prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != lf else 0)
         prof.loss_saved = block(T * V * lf)
         # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
         prof.loss_bwd_extra = 2 * block(T * V * lf)
+        if inline and ctx.amp and spec.arch.get("inline_ce") is True:
+            # nn.CrossEntropyLoss under autocast on 16-bit logits: log_softmax runs and saves
+            # its output in 16 bit, nll_loss saves its fp32 autocast copy; the fp32 output
+            # conversion (accelerate) joins the 16-bit logits; backward holds the saved pair
+            # and nll's fp32 gradient. Traced: trace-grid.jsonl bert-lora-ampbf16-*,
+            # roberta-full-ampbf16-* (peak in the loss phase)
+            prof.loss_saved = block(logits_b) + block(T * V * 4)
+            prof.loss_bwd_extra = block(T * V * 4)
     else:
         # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
         prof.logits_fwd = block(logits_b) + block(logits_b)

@@ -141,7 +141,10 @@ def _lora_config(request: EstimateRequest, model_type: str, task: str | None = "
     if opts.alpha is not None:
         kwargs["lora_alpha"] = opts.alpha
     if opts.targets is not None:
-        kwargs["target_modules"] = list(opts.targets)
+        targets = list(opts.targets)
+        all_linear = [t.lower().replace("_", "-") for t in targets] == ["all-linear"]
+        # PEFT takes the all-linear shorthand as a string only (a list entry names a module)
+        kwargs["target_modules"] = "all-linear" if all_linear else targets
     if model_type == "gpt2":  # Conv1D weights are stored (in, out); PEFT asks for this flag
         kwargs["fan_in_fan_out"] = True
     return LoraConfig(**kwargs)

@@ -515,7 +515,10 @@ def activation_profile(
     head = Ledger()
     H, V = spec.hidden_size, spec.vocab_size
     head_trainable = ctx.full
-    if spec.norm == "layernorm":
+    if spec.arch.get("norm_impl") == "centred_python":
+        _centred_layernorm(head, "fnorm", ctx.T, H, trainable=ctx.full)
+        fn_out = 4 if amp else pb
+    elif spec.norm == "layernorm":
         head.save("fnorm_in", "norms", ctx.T * H * rb)
         head.save("fnorm_stats", "norms", ctx.T * 4)
         head.save("fnorm_stats2", "norms", ctx.T * 4)
@@ -723,6 +726,24 @@ def _rmsnorm(
         led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
 
 
+def _centred_layernorm(led: Ledger, name: str, rows: int, width: int, *, trainable: bool) -> None:
+    """Record the saved tensors of Cohere's Python LayerNorm over ``rows`` rows of ``width``.
+
+    ``x32 = x.float(); (x32 - mean).pow(2).mean()`` saves the first centred copy (``pow``),
+    ``(x32 - mean) * rsqrt(var + eps)`` a second centred copy and the per-row ``rsqrt``, and
+    ``weight.float() * normed`` the fp32 normalised tensor when the weight trains: two or three
+    fp32 tensors of the input's size, whatever the input dtype. Source: transformers 5.24
+    ``models/cohere/modeling_cohere.py`` (``CohereLayerNorm.forward``); traced: small-vocab
+    cohere traces (the blocks dominate) and trace-grid.jsonl ``cohere-*``.
+    """
+    n = rows * width
+    led.save(f"{name}_c1", "norms", n * 4)
+    led.save(f"{name}_c2", "norms", n * 4)
+    led.save(f"{name}_rsqrt", "norms", rows * 4)
+    if trainable:
+        led.save(f"{name}_normed", "norms", n * 4)
+
+
 def _rmsnorm_backward(led: Ledger, numel: int) -> int:
     """Bytes alive at the peak of a python RMSNorm's backward: its saved tensors + temporaries.
 
@@ -853,7 +874,9 @@ def _block(
     def norm(name: str) -> None:
         if not (rg or ctx.full):
             return
-        if spec.norm == "layernorm":
+        if spec.arch.get("norm_impl") == "centred_python":
+            _centred_layernorm(led, name, Ts, H, trainable=ctx.full)
+        elif spec.norm == "layernorm":
             led.save(f"{name}_in", "residual", Ts * H * rb)
             led.save(f"{name}_mean", "norms", Ts * 4)
             led.save(f"{name}_rstd", "norms", Ts * 4)
@@ -921,8 +944,15 @@ def _block(
         subs = [(a, sub) for a, sub in subs if sub]
         if all(a for a, _ in subs):
             subs.append((False, []))  # no shared expert: the MoE block alone is the MLP
+    rg_in, rg_attn = rg, False
     for si, (is_attn, sub) in enumerate(subs):
-        if not (spec.parallel_residual and si == 1):
+        if spec.parallel_residual and si == 1:
+            # a parallel block's MLP reads the block's normalised input, not the attention
+            # output: a gradient reaches it only if one reaches the block input (LoRA's first
+            # block: the attention adapters do not make the MLP branch save anything; traced:
+            # cohere/phi LoRA), the block output needs one if either branch does
+            rg_attn, rg = rg, rg_in
+        else:
             norm(f"n{si}")
         x_in = f"n{si}_out"
         if sub and _is_ssm(sub[0]):
@@ -1116,6 +1146,10 @@ def _block(
                     linear(out, prod_name, prod_b)
                 elif amp:
                     amp_copy += block(out.weight_numel * 2)
+            elif out.module in ctx.lora:
+                # no gradient reaches the MLP's input, but the adapter on its output projection
+                # still saves its (cast) input for its own weight gradient
+                linear(out, "prod", cb)
             for g in moe_gate:  # shared expert gate: sigmoid(linear(x)) * shared output
                 linear(g, x_in, norm_out_b)
                 if rg or ctx.full:
@@ -1128,7 +1162,7 @@ def _block(
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
     bwd_extra += 2 * block(T * H * rb)
-    return led, fwd_extra, bwd_extra, rg, amp_copy
+    return led, fwd_extra, bwd_extra, rg or rg_attn, amp_copy
 
 
 def _router_input(led: Ledger, ctx: _Ctx, xname: str, xb: int, E: int) -> int:

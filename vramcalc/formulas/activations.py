@@ -723,7 +723,9 @@ def _rmsnorm(
             led.save(f"{name}_normed", "norms", numel * 4)
         return
     if trainable:
-        led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
+        # Gemma ((1 + w) * x32) and OLMo-2 ((w * x32).to(dtype)) multiply by the weight in fp32
+        fp32 = gemma or ctx.spec.arch.get("norm_weight_fp32") is True
+        led.save(f"{name}_normed", "norms", numel * (4 if fp32 else xb))
 
 
 def _centred_layernorm(led: Ledger, name: str, rows: int, width: int, *, trainable: bool) -> None:

@@ -222,6 +222,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "dropout_rate": 0.1,
     },
 }  # fmt: skip
+# the same blocks under a 512-token vocabulary: the logits no longer hold the peak, so the
+# blocks' own ledgers (Cohere's Python LayerNorm, GLM-4's and OLMo-2's extra norms) show
+for _fam in ("cohere", "glm4", "olmo2"):
+    FAMILIES[f"{_fam}_v512"] = {**FAMILIES[_fam], "vocab_size": 512}
 
 # (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
 _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
@@ -382,6 +386,11 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("smollm3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("smollm3", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("smollm3", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256),
+    # small vocabulary: the blocks' own norms hold a visible share of the peak
+    ("cohere_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("glm4_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("glm4_v512", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    ("olmo2_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
 ]
 
 _NO_PEFT_DEFAULT = {
@@ -393,6 +402,7 @@ _NO_PEFT_DEFAULT = {
     "granite": ("q_proj", "v_proj"), "cohere": ("q_proj", "v_proj"),
     "glm4": ("q_proj", "v_proj"), "starcoder2": ("q_proj", "v_proj"),
     "smollm3": ("q_proj", "v_proj"), "modernbert": ("Wqkv", "Wo"),
+    "glm4_v512": ("q_proj", "v_proj"),
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)

@@ -328,6 +328,7 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("gemma3_text", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 1024),
     ("gemma2", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 1, 1024),
     ("modernbert", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("modernbert", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
     # SSM and hybrid (the sequential selective scan keeps T x I x N fp32 tensors per layer)
     ("mamba", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
     ("mamba", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),

@@ -56,8 +56,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 143
-    assert len({m.scenario.id for m in SINGLE}) == 143
+    assert len(SINGLE) == 144
+    assert len({m.scenario.id for m in SINGLE}) == 144
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 

@@ -587,3 +587,45 @@ def test_plugin_loader_stand_in_matches_pydantic() -> None:
     proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--json"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "['importlib.metadata', 'pydantic.plugin._loader']" in proc.stderr
+
+
+def test_cold_estimate_skips_modules_it_does_not_need() -> None:
+    """A plain training estimate imports neither ``importlib.resources`` (and its ``zipfile``)
+    to read the data files, nor the inference and trainer modules, nor rich for ``--json``
+    (benchmarks/bench_cold.py)."""
+    code = (
+        "import sys; from vramcalc.cli import run; rc = run(sys.argv[1:]); "
+        "mods = ('zipfile', 'importlib.resources', 'importlib.metadata', 'rich', "
+        "'vramcalc.inference_walk', 'vramcalc.formulas.inference', 'vramcalc.serving', "
+        "'vramcalc.formulas.trainers'); "
+        "print(rc, sorted(m for m in mods if m in sys.modules), file=sys.stderr)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    proc = subprocess.run([sys.executable, "-c", code, "llama-3.1-8b", "--lora", "r=16",
+                           "--json"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.stderr.strip() == "0 []", proc.stderr
+    # an inference estimate does import them (the test above is not vacuous)
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--task", "infer", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.stderr.strip() == "0 ['vramcalc.formulas.inference', 'vramcalc.inference_walk']"
+    proc = subprocess.run([sys.executable, "-c", code, "gpt2", "--trainer", "dpo", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+    assert proc.stderr.strip() == "0 ['vramcalc.formulas.inference', 'vramcalc.formulas.trainers']"
+
+
+def test_table_prints_a_model_name_as_given(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder name is text, not rich markup or an emoji code (``:rocket:``, ``[red]``)."""
+    folder = tmp_path / "my:rocket:[red]model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(catalog.model_row("gpt2")["config"]))
+    code, out, err = run(capsys, str(folder))
+    assert code == 0, err
+    assert out.splitlines()[0] == "my:rocket:[red]model · gpt2"
+    assert "\N{ROCKET}" not in out
+    code, out, err = run(capsys, str(folder), "--json")
+    assert json.loads(out)["model"]["name"] == "my:rocket:[red]model"

@@ -526,6 +526,88 @@ def framework_rows() -> list[tuple[str, str, int, int, float, str, str]]:
     return out
 
 
+TRAINER_TRACES = REPO / "validation" / "measurements" / "trace-trl.jsonl"
+# the RL tracers name the no-grad scoring passes "logprobs"; the engine files them under its
+# generation phase (tests/validation/test_trl_rl_trace.py)
+_TRAINER_PHASES = {"logprobs": "generation"}
+
+
+def trainer_rows() -> list[tuple[str, str, int, int, float, str, str, bool]]:
+    """TRL trainer traces vs the estimate (``target="trace"``).
+
+    (trainer, id, traced, estimated, error %, traced step/phase, estimated step/phase, the
+    phases agree). DPO-family and reward rows are TRL's trainers on fake CUDA
+    (``validation/trl_trace.py``), GRPO/RLOO and PPO their real ``train()`` on the CPU under
+    the storage tracker (``validation/trl_rl_trace.py``, ``validation/trl_ppo_trace.py``).
+    """
+    if not TRAINER_TRACES.exists():
+        return []
+    from validation.compare import predict
+
+    out = []
+    for line in TRAINER_TRACES.read_text("utf-8").splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        if d.get("error"):
+            continue
+        scen = d.get("scenario") or {}
+        req = EstimateRequest(**(scen.get("request") or d["request"]))
+        sid = scen.get("id") or d["id"]
+        impl = scen.get("optim_impl") or "default"
+        est = predict(req, impl, target="trace")
+        m = d["measured"]
+        t = int(m["allocated_bytes"])
+        phase = _TRAINER_PHASES.get(m["phase"], m["phase"])
+        agree = est.peak.phase.value == phase and est.peak.step == m["step"]
+        out.append(
+            (req.trainer.value, sid, t, est.peak.allocated_bytes,
+             100 * (est.peak.allocated_bytes - t) / t, f"{m['step']}/{m['phase']}",
+             f"{est.peak.step}/{est.peak.phase.value}", agree)
+        )  # fmt: skip
+    return out
+
+
+def _trainers_line(rows: Sequence[tuple[str, str, int, int, float, str, str, bool]]) -> str:
+    errs = [r[4] for r in rows]
+    names = sorted({r[0] for r in rows})
+    return (
+        f"TRL trainer traces ({len(rows)} scenarios over {', '.join(names)}; allocated peak "
+        f"vs TRL's own step traced): {_dist(errs)}; peak phase agrees in "
+        f"{sum(r[7] for r in rows)}/{len(rows)}."
+    )
+
+
+def _trainers_section() -> list[str]:
+    rows = trainer_rows()
+    if not rows:
+        return []
+    lines = [
+        "## Preference and RL trainers (TRL)",
+        "",
+        "`--trainer` estimates against TRL's own training step on small shapes "
+        "(`validation/measurements/trace-trl.jsonl`): DPO, KTO, ORPO, SimPO, CPO and reward "
+        "modelling through TRL 1.16's trainers on fake CUDA (`validation/trl_trace.py`), "
+        "GRPO and RLOO through their real `train()` on the CPU under the storage tracker "
+        "(`validation/trl_rl_trace.py`; fake tensors cannot answer the rollout's value "
+        "reads), PPO through trl 1.12.0's `PPOTrainer.train()` the same way "
+        "(`validation/trl_ppo_trace.py`; PPO left TRL after 1.12). vLLM colocation is a "
+        "reservation taken from vLLM's memory profiling, not traced.",
+        "",
+        "- " + _trainers_line(rows),
+        "",
+        "| trainer | scenario | traced MiB | estimated MiB | error | traced peak "
+        "| estimated peak |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    for trainer, sid, t, e, err, tp, ep, _ in rows:
+        lines.append(
+            f"| {trainer} | {sid} | {t / MIB:,.2f} | {e / MIB:,.2f} | {_pct(err)} | {tp} | {ep} |"
+        )
+    lines.append("")
+    return lines
+
+
 def _dist(errors: Sequence[float]) -> str:
     a = sorted(abs(e) for e in errors)
     if not a:
@@ -613,10 +695,12 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
+        *(["- " + _trainers_line(tr)] if (tr := trainer_rows()) else []),
         "- " + cuda_line(cuda),
         "",
         *_generate_section(),
         *_frameworks_section(pub),
+        *_trainers_section(),
         "## How measured",
         "",
         "**Published** figures come from `" + reference + "`: peaks that others measured and "
@@ -744,6 +828,7 @@ def readme_block(
         + f" ({coverage(pub)})",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
+        *(["- " + _trainers_line(tr)] if (tr := trainer_rows()) else []),
         "- " + cuda_line(cuda),
         "",
         "| id | metric | measured MiB | predicted MiB | error | confidence |",

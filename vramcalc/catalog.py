@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from vramcalc.errors import UnknownNameError
@@ -31,11 +31,16 @@ __all__ = [
 ]
 
 
+# the package's data folder, read as plain files: ``importlib.resources`` would also import
+# ``zipfile`` and its readers (~2 % of a cold ``vramcalc MODEL``) for an installed package that
+# is never a zip (a wheel installs as files; benchmarks/bench_cold.py)
+DATA_DIR = Path(__file__).with_name("data")
+
+
 @cache
 def load(name: str) -> Any:
     """Parse ``vramcalc/data/<name>.json`` once."""
-    text = resources.files("vramcalc").joinpath("data", f"{name}.json").read_text("utf-8")
-    return json.loads(text)
+    return json.loads((DATA_DIR / f"{name}.json").read_text("utf-8"))
 
 
 def _norm(name: str) -> str:

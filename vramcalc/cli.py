@@ -253,6 +253,14 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="1 = FullyShardedDataParallel, 2 = fully_shard (default 2)")  # fmt: skip
     g.add_argument("--fsdp-offload", action="store_true",
                    help="FSDP CPU offload: parameters, gradients, optimizer states")  # fmt: skip
+    g.add_argument("--fsdp-lora-in-blocks", action="store_true",
+                   help="FSDP1 + LoRA: adapters inside their block's flat parameter "
+                        "(transformer wrap policy alone, as Lightning Fabric wraps), so the "
+                        "block's whole flat gradient is kept")  # fmt: skip
+    g.add_argument("--fsdp-sync-each-batch", action="store_true",
+                   help="with --grad-accum > 1: reduce-scatter gradients every micro-batch "
+                        "(accelerate sync_each_batch) instead of accumulating them unsharded "
+                        "under no_sync")  # fmt: skip
     g.add_argument("--fsdp-reshard-after-forward", metavar="{true,false}",
                    help="free gathered parameters after each layer's forward (default: true "
                         "for full_shard/hybrid_shard, false for shard_grad_op)")  # fmt: skip
@@ -443,7 +451,8 @@ def _layout_fields(ns: argparse.Namespace) -> dict[str, Any]:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _bool_value(option, getattr(ns, name))
-    for name in ("fsdp_offload", "sequence_parallel"):
+    flags = ("fsdp_offload", "fsdp_sync_each_batch", "fsdp_lora_in_blocks", "sequence_parallel")
+    for name in flags:
         if getattr(ns, name):
             fields[name] = True
     if ns.deepspeed is not None:
@@ -666,7 +675,9 @@ def _console() -> Console:
             raise BrokenPipeError(32, "Broken pipe")
 
     width = min(Console().width, WIDTH)
-    return _Console(width=width, highlight=False, soft_wrap=False)
+    # emoji=False: text is printed as given (a model folder named ``a:rocket:b`` is not an
+    # emoji), and rich does not import its 3,600-entry emoji table (~4 % of a cold table)
+    return _Console(width=width, highlight=False, soft_wrap=False, emoji=False)
 
 
 def _count(n: int) -> str:
@@ -741,6 +752,7 @@ def _render_trainer(report: MemoryReport, console: Console) -> None:
 
 def render_report(report: MemoryReport, console: Console) -> None:
     """Print a ``MemoryReport`` as tables that fit ``console.width`` (80 columns)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from vramcalc.report import COMPONENTS
@@ -748,7 +760,8 @@ def render_report(report: MemoryReport, console: Console) -> None:
     m = report.model
     pct = 100 * m.n_trainable_params / m.n_params if m.n_params else 0.0
     title = m.name + (f" ({m.hf_id})" if m.hf_id and m.hf_id != m.name else "")
-    console.print(f"[bold]{title}[/] · {m.model_type}")
+    # the name comes from the user (a folder, a config): shown as text, never as markup
+    console.print(f"[bold]{escape(title)}[/] · {escape(m.model_type)}")
     console.print(
         f"{_count(m.n_params)} parameters, {_count(m.n_trainable_params)} trainable ({pct:.2f}%)"
     )

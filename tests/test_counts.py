@@ -166,8 +166,12 @@ def _auto_meta_model(config: dict[str, Any]) -> Any:
     transformers = pytest.importorskip("transformers")
     cfg = dict(config)
     model_type = cfg.pop("model_type")
+    named = cfg.pop("architectures", None)
     hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
-    if getattr(hf_config, "is_encoder_decoder", False):
+    if named:  # an encoder's task head (ModernBertForMaskedLM): the masked-LM Auto class
+        auto = transformers.AutoModelForMaskedLM
+        assert named[0].endswith("ForMaskedLM")
+    elif getattr(hf_config, "is_encoder_decoder", False):
         auto = transformers.AutoModelForSeq2SeqLM
     elif model_type in ("bert", "roberta", "modernbert"):
         auto = transformers.AutoModel  # encoder-only: the base model with its pooler
@@ -185,6 +189,8 @@ def _oracle_breakdown(model: Any) -> Counter[tuple[str, str, bool]]:
     """(leaf module name, kind, expert) -> elements, classified from the module objects."""
     torch = pytest.importorskip("torch")
     modules = dict(model.named_modules())
+    out_emb = model.get_output_embeddings()
+    tied_out = out_emb is not None and out_emb.weight is model.get_input_embeddings().weight
     out: Counter[tuple[str, str, bool]] = Counter()
     for name, param in model.named_parameters():  # shared (tied) tensors appear once
         owner_name, _, pname = name.rpartition(".")
@@ -196,12 +202,14 @@ def _oracle_breakdown(model: Any) -> Counter[tuple[str, str, bool]]:
         expert = cls.endswith("Experts")
         if expert:  # GPT-OSS expert biases (gate_up_proj_bias) belong to their weight's group
             leaf = leaf.removesuffix("_bias")
-        if isinstance(owner, torch.nn.Embedding):
+        if tied_out and owner is out_emb:
+            kind = "other"  # a tied output layer's own parameter: its bias (MLM decoders)
+        elif isinstance(owner, torch.nn.Embedding):
             kind = "other" if leaf == "relative_attention_bias" else "embedding"
         elif expert:
             kind = "linear"
         elif isinstance(owner, torch.nn.Linear) or cls == "Conv1D":
-            kind = "lm_head" if owner_name == "lm_head" else "linear"
+            kind = "lm_head" if owner_name == "lm_head" or owner is out_emb else "linear"
         elif "Norm" in cls:
             kind = "norm"
         else:
@@ -376,6 +384,21 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ("starcoder2", {"use_bias": False, "tie_word_embeddings": False, "num_key_value_heads": 4}),
         ("smollm3", {"attention_bias": True, "mlp_bias": True, "tie_word_embeddings": False}),
         ("modernbert", {"norm_bias": True, "attention_bias": True, "mlp_bias": True}),
+        ("modernbert", {"architectures": ["ModernBertForMaskedLM"]}),
+        (
+            "modernbert",
+            {
+                "architectures": ["ModernBertForMaskedLM"],
+                "tie_word_embeddings": False,
+                "classifier_bias": True,
+                "norm_bias": True,
+            },
+        ),
+        ("modernbert", {"architectures": ["ModernBertForMaskedLM"], "decoder_bias": False}),
+        ("bert", {"architectures": ["BertForMaskedLM"]}),
+        ("bert", {"architectures": ["BertForMaskedLM"], "tie_word_embeddings": False}),
+        ("roberta", {"architectures": ["RobertaForMaskedLM"]}),
+        ("roberta", {"architectures": ["RobertaForMaskedLM"], "tie_word_embeddings": False}),
         ("mamba", {"time_step_rank": 7, "state_size": 8, "expand": 3, "conv_kernel": 3}),
         ("mamba", {"use_bias": True, "use_conv_bias": False, "tie_word_embeddings": False}),
         (

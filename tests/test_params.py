@@ -250,6 +250,85 @@ def test_lora_families_against_peft(model_type: str) -> None:
         assert _ours(model_type, ("lm_head", named)) == _theirs(model_type, ["lm_head", named])
 
 
+# the MLM head a published encoder config names (architectures[0]): ModernBertForMaskedLM
+# (head.dense, head.norm, a decoder tied to the embeddings), BertForMaskedLM and
+# RobertaForMaskedLM (no pooler; transform dense + LayerNorm, tied decoder + bias)
+_MB = {**_BASE, "model_type": "modernbert", "architectures": ["ModernBertForMaskedLM"]}
+_BERT = {**_BASE, "model_type": "bert", "vocab_size": 1000, "architectures": ["BertForMaskedLM"]}
+_ROBERTA = {
+    **_BASE,
+    "model_type": "roberta",
+    "vocab_size": 1000,
+    "architectures": ["RobertaForMaskedLM"],
+}
+MASKED_LM: dict[str, dict[str, Any]] = {
+    "modernbert": _MB,
+    "modernbert_untied": {
+        **_MB, "tie_word_embeddings": False, "classifier_bias": True, "decoder_bias": False,
+    },
+    "bert": _BERT,
+    "bert_untied": {**_BERT, "tie_word_embeddings": False},
+    "roberta": _ROBERTA,
+}  # fmt: skip
+_MLM_TARGETS = {
+    "modernbert": [("all-linear",), ("Wqkv", "Wo"), ("decoder", "Wqkv"), ("dense", "Wi")],
+    "bert": [("all-linear",), ("query", "value"), ("decoder", "query"), ("dense",)],
+    "roberta": [("all-linear",), ("query", "value"), ("decoder", "dense")],
+}
+_MLM_CASES = [
+    (name, targets)
+    for name, cfg in sorted(MASKED_LM.items())
+    for targets in [None, *_MLM_TARGETS[cfg["model_type"]]]
+]
+
+
+def _masked_lm_model(config: dict[str, Any]) -> Any:
+    transformers = pytest.importorskip("transformers", reason="transformers missing")
+    torch = pytest.importorskip("torch", reason="torch missing")
+    cfg = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    hf_config = transformers.AutoConfig.for_model(config["model_type"], **cfg)
+    with torch.device("meta"):
+        model = getattr(transformers, config["architectures"][0])(hf_config)
+    if getattr(hf_config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return model
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("name", "targets"), _MLM_CASES, ids=str)
+def test_lora_masked_lm_head_against_peft(name: str, targets: tuple[str, ...] | None) -> None:
+    """LoRA on a masked-LM model: trainable counts = PEFT's (all-linear takes the head's dense
+    and leaves the output layer; the tied decoder can be named); PEFT's defaults where it has
+    them (BERT, RoBERTa: query, value), an error where it has none (ModernBERT)."""
+    peft = pytest.importorskip("peft", reason="peft missing")
+    from vramcalc.enums import PeftMethod
+    from vramcalc.formulas.counts import param_inventory
+    from vramcalc.formulas.params import plan_params
+    from vramcalc.hf import default_lora_targets, meta_param_count, model_spec_from_config
+    from vramcalc.specs import PeftSpec, TrainingSpec
+
+    config = MASKED_LM[name]
+    model = _masked_lm_model(config)
+    spec = model_spec_from_config(config)
+    assert spec.has_lm_head
+    assert spec.n_params == sum(p.numel() for p in model.parameters()) == meta_param_count(config)
+    if targets is None:
+        targets = default_lora_targets(config["model_type"])
+        if targets is None:
+            with pytest.raises(ValueError, match="target_modules"):
+                peft.get_peft_model(model, peft.LoraConfig(r=4))
+            return
+        theirs: Any = None
+    else:
+        theirs = "all-linear" if targets == ("all-linear",) else list(targets)
+    peft_spec = PeftSpec(method=PeftMethod.LORA, r=4, alpha=8, targets=targets)
+    ours = plan_params(spec, param_inventory(spec), TrainingSpec(peft=peft_spec)).n_trainable
+    trainable, _total = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, target_modules=theirs)
+    ).get_nb_trainable_parameters()
+    assert ours == trainable
+
+
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize(
     ("model_type", "params"),

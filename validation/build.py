@@ -43,6 +43,7 @@ QLoRA (bitsandbytes 4-bit) is built only when ``bitsandbytes`` can quantize on `
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,16 +130,21 @@ def model_config(request: EstimateRequest) -> Any:
     return AutoConfig.for_model(model_type, **fields)
 
 
-def _lora_config(request: EstimateRequest, model_type: str, task: str = "CAUSAL_LM") -> Any:
+def _lora_config(request: EstimateRequest, model_type: str, task: str | None = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     opts = request.lora or request.qlora
     assert opts is not None
-    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout, "task_type": task}
+    kwargs: dict[str, Any] = {"r": opts.r, "lora_dropout": opts.dropout}
+    if task is not None:  # PEFT has no masked-LM task type: a plain PeftModel wraps those
+        kwargs["task_type"] = task
     if opts.alpha is not None:
         kwargs["lora_alpha"] = opts.alpha
     if opts.targets is not None:
-        kwargs["target_modules"] = list(opts.targets)
+        targets = list(opts.targets)
+        all_linear = [t.lower().replace("_", "-") for t in targets] == ["all-linear"]
+        # PEFT takes the all-linear shorthand as a string only (a list entry names a module)
+        kwargs["target_modules"] = "all-linear" if all_linear else targets
     if model_type == "gpt2":  # Conv1D weights are stored (in, out); PEFT asks for this flag
         kwargs["fan_in_fan_out"] = True
     return LoraConfig(**kwargs)
@@ -197,7 +203,11 @@ def build_model(
     if req.lora is not None or req.qlora is not None:
         from peft import get_peft_model
 
-        task = "SEQ_CLS" if "SequenceClassification" in model_cls.__name__ else "CAUSAL_LM"
+        name = model_cls.__name__
+        task = (
+            "SEQ_CLS" if "SequenceClassification" in name
+            else None if name.endswith("ForMaskedLM") else "CAUSAL_LM"
+        )  # fmt: skip
         model = get_peft_model(model, _lora_config(req, cfg.model_type, task))
     if req.grad_ckpt:
         enable = getattr(model, "activation_checkpointing_enable", None)
@@ -506,6 +516,13 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
     if setup.encoder_decoder:
         # T5 computes its loss inline (nn.CrossEntropyLoss), not through loss_function: the
         # loss phase starts when the LM head has produced the logits
+        base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
+        return setup
+    if type(base).__name__.endswith("ForMaskedLM") and "loss_function" not in inspect.getsource(
+        type(base).forward
+    ):
+        # BERT/RoBERTa's masked-LM heads compute their loss inline (nn.CrossEntropyLoss): the
+        # loss phase starts when the decoder has produced the logits
         base.get_output_embeddings().register_forward_hook(lambda *_args: setup.on_phase("loss"))
         return setup
     original = base.loss_function

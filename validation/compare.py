@@ -175,8 +175,13 @@ def trace_limitations(request: EstimateRequest) -> str | None:
         )
     from vramcalc.hf import resolve_model
 
-    if not resolve_model(request.model).is_causal_lm:
-        return "the trace backend builds causal language models (AutoModelForCausalLM) only"
+    spec = resolve_model(request.model)
+    if not (spec.is_causal_lm or spec.is_encoder_decoder or spec.has_lm_head):
+        return (
+            "the trace backend builds language models: causal, encoder-decoder, or an encoder "
+            "whose config.json names a masked-LM class in architectures[0] "
+            "(e.g. ModernBertForMaskedLM)"
+        )
     return None
 
 

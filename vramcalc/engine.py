@@ -1521,6 +1521,16 @@ def _not_modelled(res: Resolved) -> list[str]:
                 else ""
             )
         )
+    spec = res.model
+    if spec.has_lm_head and spec.arch.get("task_head") == "masked_lm":
+        # the class config.json's architectures[0] names (data/architectures.json templates)
+        out.append(
+            "masked-LM head (config.json architectures[0]): logits and loss over every "
+            "position (sparse_prediction, which scores only masked tokens, is not modelled)"
+            if spec.model_type == "modernbert"
+            else "masked-LM head (config.json architectures[0]): logits and loss over every "
+            "position"
+        )
     return out
 
 

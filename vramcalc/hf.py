@@ -476,10 +476,12 @@ def untie_forced_heads(model: Any, config: Mapping[str, Any]) -> None:
 def meta_param_count(config: Mapping[str, Any]) -> int:
     """Count parameters of the transformers model built from ``config`` on the meta device.
 
-    The model class is the template's ``model_class`` (causal LM, seq2seq LM, or the bare
-    encoder for BERT-style models). Tied weights are tied with ``tie_weights()`` before
-    counting, and parameters are counted once per identity (``model.parameters()``
-    de-duplicates shared tensors). Needs torch and transformers; used as a test oracle.
+    The model class is the config's ``architectures[0]`` when transformers has that class for
+    the config type (an encoder's task head: ``ModernBertForMaskedLM``), else the template's
+    ``model_class`` (causal LM, seq2seq LM, or the bare encoder for BERT-style models). Tied
+    weights are tied with ``tie_weights()`` before counting, and parameters are counted once
+    per identity (``model.parameters()`` de-duplicates shared tensors). Needs torch and
+    transformers; used as a test oracle.
     """
     try:
         import torch  # noqa: TID251 - lazy: only this oracle helper needs torch
@@ -491,8 +493,17 @@ def meta_param_count(config: Mapping[str, Any]) -> int:
     cfg = dict(config)
     model_type = cfg.pop("model_type")
     template = catalog.architecture(model_type)
+    for key in ("architectures", "transformers_version", "torch_dtype", "dtype", "_name_or_path"):
+        cfg.pop(key, None)
     hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
     model_cls = getattr(transformers, template["model_class"])
+    named = config.get("architectures")
+    if isinstance(named, list) and named:
+        # a task head the config names (ModernBertForMaskedLM) when transformers has that
+        # class for this config type, as validation/build.py builds it
+        head_cls = getattr(transformers, str(named[0]), None)
+        if head_cls is not None and getattr(head_cls, "config_class", None) is type(hf_config):
+            model_cls = head_cls
     with torch.device("meta"):
         model = model_cls(hf_config)
     if getattr(hf_config, "tie_word_embeddings", False):

@@ -82,7 +82,22 @@ def test_trace_limitations(fields: dict[str, Any], needle: str) -> None:
 def test_trace_accepts_a_causal_lm_and_refuses_bert() -> None:
     assert trace_limitations(EstimateRequest(model=TINY_GPT2, lora={"r": 4})) is None
     why = trace_limitations(EstimateRequest(model="bert-large-uncased"))
-    assert why is not None and "causal" in why
+    assert why is not None and "causal" in why and "masked-LM" in why
+    # an encoder whose config names its masked-LM class is built as that class
+    from validation.grid import FAMILIES
+
+    assert trace_limitations(EstimateRequest(model=FAMILIES["modernbert"])) is None
+    assert trace_limitations(EstimateRequest(model=FAMILIES["bert"])) is None
+
+
+def test_lora_all_linear_reaches_peft_as_its_shorthand() -> None:
+    pytest.importorskip("peft")
+    from validation.build import _lora_config
+
+    req = EstimateRequest(model=TINY_GPT2, lora={"r": 4, "targets": "all-linear"})
+    assert _lora_config(req, "gpt2").target_modules == "all-linear"
+    req = EstimateRequest(model=TINY_GPT2, lora={"r": 4, "targets": "c_attn+c_proj"})
+    assert set(_lora_config(req, "gpt2").target_modules) == {"c_attn", "c_proj"}
 
 
 def test_unknown_backend_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:

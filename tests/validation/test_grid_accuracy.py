@@ -62,19 +62,21 @@ def test_grid_is_complete() -> None:
     ids = [m.scenario.id for m in SINGLE]
     assert len(ids) == len(set(ids))
     assert set(ids) == {s.id for s in grid.scenarios() if s.request.qlora is None}
-    assert len(ids) >= 131
+    assert len(ids) >= 148
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 
 def test_grid_covers_the_attention_kinds_and_layer_schedules() -> None:
     # issue 9: sliding-window / local-global (qwen3, gemma2, gemma3_text, gpt_oss), chunked +
     # NoPE (llama4_text), MLA + dense-then-MoE (deepseek_v3), MoE schedules (qwen3_moe, olmoe),
-    # Falcon's always-built mask, Gemma-2's eager soft-capping
+    # Falcon's always-built mask, Gemma-2's eager soft-capping; encoders with their masked-LM
+    # heads (ModernBERT's local/global layers, BERT, RoBERTa)
     families = {str(m.scenario.request.model.get("model_type")) for m in SINGLE
                 if isinstance(m.scenario.request.model, dict)}  # fmt: skip
     want = {"qwen3", "qwen3_moe", "deepseek_v3", "gemma2", "gemma3_text", "falcon",
             "llama4_text", "gpt_oss", "olmoe", "qwen2_moe", "phimoe", "deepseek_v2", "olmo2",
-            "granite", "cohere", "glm4", "starcoder2", "smollm3", "mamba2"}  # fmt: skip
+            "granite", "cohere", "glm4", "starcoder2", "smollm3", "mamba2",
+            "modernbert", "bert", "roberta"}  # fmt: skip
     assert want <= families
 
 

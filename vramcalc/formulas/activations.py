@@ -241,9 +241,11 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
     kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr))
     amp = tr.mixed_precision != MixedPrecision.NO
     rope = spec.position_embedding == "rotary"
+    # rotary q/k stay 16-bit under autocast where they are cast back (ModernBERT, LitGPT)
+    rope_back = tr.recipe.rope_dtype == "input" or spec.arch.get("rope_cast_back") is True
     ab = (
         4
-        if (amp and rope and tr.attn != Attention.EAGER)
+        if (amp and rope and tr.attn != Attention.EAGER and not rope_back)
         or (not amp and tr.param_dtype == DType.FP32)
         else 2
     )
@@ -471,7 +473,8 @@ def activation_profile(
         uses: dict[int, int] = {}
         ckpt_in = block(ctx.T * spec.hidden_size * rb) if tr.grad_ckpt else 0
         i, n = 0, n_layers[stack]
-        own = decoder_kinds[:n] if stack == "decoder" else []
+        # an encoder-only model's layers have kinds too (ModernBERT's local layers)
+        own = decoder_kinds[:n]
         kinds = own + [LayerKind(moe=bool(experts))] * (n - len(own))
         # a stack whose blocks differ (hybrids, per-layer attention or MLP kinds) walks block
         # by block (equal kinds are mostly the same object: compare only the others)
@@ -528,7 +531,10 @@ def activation_profile(
     head = Ledger()
     H, V = spec.hidden_size, spec.vocab_size
     head_trainable = ctx.full
-    if spec.norm == "layernorm":
+    if spec.arch.get("norm_impl") == "centred_python":
+        _centred_layernorm(head, "fnorm", ctx.T, H, trainable=ctx.full)
+        fn_out = 4 if amp else pb
+    elif spec.norm == "layernorm":
         head.save("fnorm_in", "norms", ctx.T * H * rb)
         head.save("fnorm_stats", "norms", ctx.T * 4)
         head.save("fnorm_stats2", "norms", ctx.T * 4)
@@ -538,6 +544,10 @@ def activation_profile(
         fn_out = rb
         if ctx.recipe.norm_impl != "liger":
             prof.fnorm_bwd = _rmsnorm_backward(head, ctx.T * H)
+    if spec.has_lm_head and spec.arch.get("task_head") == "masked_lm":
+        fn_out = _mlm_transform(head, ctx, fn_out)
+        if amp:
+            prof.amp_head_copy += block(H * H * 2)
     if spec.has_lm_head:
         if head_trainable:
             head.save("head_in", "linear_inputs", ctx.T * H * (2 if amp else fn_out))
@@ -548,7 +558,7 @@ def activation_profile(
             # Gemma2ForCausalLM.forward)
             head.save("softcap_tanh", "logits", ctx.T * V * cb)
         if amp:
-            prof.amp_head_copy = block(V * H * 2)
+            prof.amp_head_copy += block(V * H * 2)
         if tr.quant is not None and ctx.recipe.quant_lm_head:
             # a quantized LM head (LitGPT BitsandbytesPrecision) is dequantized for each
             # chunk's forward and again for its input gradient
@@ -563,6 +573,33 @@ def activation_profile(
         details["activations/amp_weight_copies"] = prof.amp_weight_copies
     prof.details = {k: v for k, v in details.items() if v > 0}
     return prof
+
+
+def _mlm_transform(head: Ledger, ctx: _Ctx, x_bytes: int) -> int:
+    """Record the masked-LM head's transform before the decoder; return its output's bytes.
+
+    ``dense`` (H -> H) -> activation -> ``LayerNorm``, on the final norm's output. The dense
+    layer saves its input when its weight trains (under autocast the 16-bit copy of the fp32
+    norm output); the activation saves its (compute-dtype) input and the LayerNorm its input
+    (fp32 under autocast: ``layer_norm`` is an fp32 autocast op) with the per-row mean and
+    rstd, whenever a gradient flows back through them (full fine-tuning or adapters below).
+    The output is fp32 under autocast, else the weights' dtype. The vocabulary decoder and
+    the masked-LM loss (``ForMaskedLMLoss``: the logits upcast to fp32, cross-entropy over
+    every position, no shift) are the causal LM head's ledger.
+
+    Source: transformers 5.24 ``models/modernbert/modeling_modernbert.py``
+    (``ModernBertPredictionHead``, ``ModernBertForMaskedLM.forward``), ``loss/loss_utils.py``
+    (``ForMaskedLMLoss``); traced: validation/measurements/trace-grid.jsonl ``modernbert-*``.
+    """
+    T, H, amp = ctx.T, ctx.spec.hidden_size, ctx.amp
+    cb = 2 if amp else ctx.pb
+    if ctx.full:
+        head.save("mlm_dense_in", "linear_inputs", T * H * (2 if amp else x_bytes))
+    head.save("mlm_act_in", "mlp", T * H * cb)
+    head.save("mlm_norm_in", "norms", T * H * (4 if amp else cb))
+    head.save("mlm_norm_mean", "norms", T * 4)
+    head.save("mlm_norm_rstd", "norms", T * 4)
+    return 4 if amp else ctx.pb
 
 
 def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
@@ -645,13 +682,23 @@ def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
         return
     logits_b = T * V * cb
     if rc.logits_fp32:
-        # seq2seq LMs (T5) call nn.CrossEntropyLoss on the logits as they are: no fp32 upcast
-        # in 16-bit (autocast still runs cross_entropy in fp32)
-        lf = cb if spec.is_encoder_decoder and not ctx.amp else 4
+        # seq2seq LMs (T5) and BERT/RoBERTa's masked-LM heads call nn.CrossEntropyLoss on the
+        # logits as they are: no fp32 upcast in 16-bit (autocast still runs cross_entropy in
+        # fp32; modeling_bert.py / modeling_roberta.py ``*ForMaskedLM.forward``)
+        inline = spec.is_encoder_decoder or spec.arch.get("inline_ce") is True
+        lf = cb if inline and not ctx.amp else 4
         prof.logits_fwd = block(logits_b) + (block(T * V * 4) if cb != lf else 0)
         prof.loss_saved = block(T * V * lf)
         # loss backward: nll grad + log_softmax grad (fp32), then the cast back to 16-bit
         prof.loss_bwd_extra = 2 * block(T * V * lf)
+        if inline and ctx.amp and spec.arch.get("inline_ce") is True:
+            # nn.CrossEntropyLoss under autocast on 16-bit logits: log_softmax runs and saves
+            # its output in 16 bit, nll_loss saves its fp32 autocast copy; the fp32 output
+            # conversion (accelerate) joins the 16-bit logits; backward holds the saved pair
+            # and nll's fp32 gradient. Traced: trace-grid.jsonl bert-lora-ampbf16-*,
+            # roberta-full-ampbf16-* (peak in the loss phase)
+            prof.loss_saved = block(logits_b) + block(T * V * 4)
+            prof.loss_bwd_extra = block(T * V * 4)
     else:
         # LitGPT full: cross_entropy on the shifted compute-dtype logits (a copy)
         prof.logits_fwd = block(logits_b) + block(logits_b)
@@ -692,7 +739,27 @@ def _rmsnorm(
             led.save(f"{name}_normed", "norms", numel * 4)
         return
     if trainable:
-        led.save(f"{name}_normed", "norms", numel * (4 if gemma else xb))
+        # Gemma ((1 + w) * x32) and OLMo-2 ((w * x32).to(dtype)) multiply by the weight in fp32
+        fp32 = gemma or ctx.spec.arch.get("norm_weight_fp32") is True
+        led.save(f"{name}_normed", "norms", numel * (4 if fp32 else xb))
+
+
+def _centred_layernorm(led: Ledger, name: str, rows: int, width: int, *, trainable: bool) -> None:
+    """Record the saved tensors of Cohere's Python LayerNorm over ``rows`` rows of ``width``.
+
+    ``x32 = x.float(); (x32 - mean).pow(2).mean()`` saves the first centred copy (``pow``),
+    ``(x32 - mean) * rsqrt(var + eps)`` a second centred copy and the per-row ``rsqrt``, and
+    ``weight.float() * normed`` the fp32 normalised tensor when the weight trains: two or three
+    fp32 tensors of the input's size, whatever the input dtype. Source: transformers 5.24
+    ``models/cohere/modeling_cohere.py`` (``CohereLayerNorm.forward``); traced: small-vocab
+    cohere traces (the blocks dominate) and trace-grid.jsonl ``cohere-*``.
+    """
+    n = rows * width
+    led.save(f"{name}_c1", "norms", n * 4)
+    led.save(f"{name}_c2", "norms", n * 4)
+    led.save(f"{name}_rsqrt", "norms", rows * 4)
+    if trainable:
+        led.save(f"{name}_normed", "norms", n * 4)
 
 
 def _rmsnorm_backward(led: Ledger, numel: int) -> int:
@@ -825,7 +892,9 @@ def _block(
     def norm(name: str) -> None:
         if not (rg or ctx.full):
             return
-        if spec.norm == "layernorm":
+        if spec.arch.get("norm_impl") == "centred_python":
+            _centred_layernorm(led, name, Ts, H, trainable=ctx.full)
+        elif spec.norm == "layernorm":
             led.save(f"{name}_in", "residual", Ts * H * rb)
             led.save(f"{name}_mean", "norms", Ts * 4)
             led.save(f"{name}_rstd", "norms", Ts * 4)
@@ -893,8 +962,15 @@ def _block(
         subs = [(a, sub) for a, sub in subs if sub]
         if all(a for a, _ in subs):
             subs.append((False, []))  # no shared expert: the MoE block alone is the MLP
+    rg_in, rg_attn = rg, False
     for si, (is_attn, sub) in enumerate(subs):
-        if not (spec.parallel_residual and si == 1):
+        if spec.parallel_residual and si == 1:
+            # a parallel block's MLP reads the block's normalised input, not the attention
+            # output: a gradient reaches it only if one reaches the block input (LoRA's first
+            # block: the attention adapters do not make the MLP branch save anything; traced:
+            # cohere/phi LoRA), the block output needs one if either branch does
+            rg_attn, rg = rg, rg_in
+        else:
             norm(f"n{si}")
         x_in = f"n{si}_out"
         if sub and _is_ssm(sub[0]):
@@ -932,7 +1008,10 @@ def _block(
             rope = spec.position_embedding == "rotary"
             # under autocast, rotary embeddings come out fp32 (fp32 cos/sin), and SDPA is not
             # an autocast op: it runs in fp32 (v promoted); eager's matmuls cast to 16-bit
-            ab = 4 if amp and rope and not use_eager and ctx.recipe.rope_dtype == "promoted" else cb
+            # ModernBERT's apply_rotary_pos_emb computes in fp32 and casts q and k back to
+            # their input dtype (modeling_modernbert.py): 16-bit under autocast
+            rope_back = ctx.recipe.rope_dtype == "input" or spec.arch.get("rope_cast_back") is True
+            ab = 4 if amp and rope and not use_eager and not rope_back else cb
             o_b = cb
             # T5's learned relative position bias reaches SDPA as a float mask: the
             # memory-efficient kernel with that bias (_sdpa_kernel)
@@ -945,6 +1024,10 @@ def _block(
                 kind.masked or qk_hd != v_hd or bias_mask
             )
             flash_ok = not math
+            # the kernel saves v, a view of the fused qkv projection's output (ModernBERT's
+            # Wqkv: view + unbind), so the whole q|k|v tensor stays alive while q and k are
+            # new tensors after the rotary embedding (traced: trace-grid.jsonl modernbert-*)
+            qkv_view = fused and rope and spec.arch.get("qkv_view") is True and (ab == cb)
             if rg or ctx.full:
                 _qk_norm(led, ctx, Hq, Hkv)
                 if math:
@@ -980,7 +1063,10 @@ def _block(
                     kv_heads = heads if kind.masked else kvh
                     led.save("q", "attention", T * heads * qk_hd * ab)
                     led.save("k", "attention", T * kv_heads * qk_hd * ab)
-                    led.save("v", "attention", T * kv_heads * v_hd * ab)
+                    if qkv_view:
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
+                    else:
+                        led.save("v", "attention", T * kv_heads * v_hd * ab)
                     if kind.masked:
                         led.save("mask_bias", "attention", B * S * S * ab)
                     if bias_mask:
@@ -1020,6 +1106,10 @@ def _block(
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
                         led.save("q", "attention", T * Hq * ab)
                         led.save("v", "attention", T * Hkv * ab)
+                    elif qkv_view:
+                        led.save("q", "attention", T * Hq * ab)
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
                     else:
                         led.save("q", "attention", T * Hq * ab)
                         led.save("k", "attention", T * Hkv * ab)
@@ -1074,6 +1164,10 @@ def _block(
                     linear(out, prod_name, prod_b)
                 elif amp:
                     amp_copy += block(out.weight_numel * 2)
+            elif out.module in ctx.lora:
+                # no gradient reaches the MLP's input, but the adapter on its output projection
+                # still saves its (cast) input for its own weight gradient
+                linear(out, "prod", cb)
             for g in moe_gate:  # shared expert gate: sigmoid(linear(x)) * shared output
                 linear(g, x_in, norm_out_b)
                 if rg or ctx.full:
@@ -1086,7 +1180,7 @@ def _block(
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
     bwd_extra += 2 * block(T * H * rb)
-    return led, fwd_extra, bwd_extra, rg, amp_copy
+    return led, fwd_extra, bwd_extra, rg or rg_attn, amp_copy
 
 
 def _router_input(led: Ledger, ctx: _Ctx, xname: str, xb: int, E: int) -> int:

@@ -113,6 +113,8 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
     "startswith": lambda s, p: isinstance(s, str) and s.startswith(p),
+    "endswith": lambda s, p: isinstance(s, str) and s.endswith(p),
+    "first": lambda items: items[0] if isinstance(items, list | tuple) and items else None,
     "last_part": lambda s, sep: str(s).split(sep)[-1],
 }
 _BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {

@@ -245,7 +245,8 @@ def lora_targets(
             nameable.append(
                 ParamGroup(
                     key="head/lm_head",
-                    module="lm_head",
+                    # the output layer's own name (ModernBertForMaskedLM: ``decoder``)
+                    module=str(template.get("tied_head_module", "lm_head")),
                     kind="lm_head",
                     in_features=emb.out_features,
                     out_features=emb.in_features,

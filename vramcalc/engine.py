@@ -75,6 +75,7 @@ from vramcalc.specs import (
     PeftSpec,
     TrainerSpec,
     TrainingSpec,
+    VisionSpec,
     rl_batch_size,
 )
 
@@ -247,6 +248,15 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     if tspec.max_prompt_length and tspec.max_completion_length:
         # GRPO/RLOO/PPO: a training row is a prompt and its completion
         seq_len = tspec.max_prompt_length + tspec.max_completion_length
+    vision, image_tokens = _vision(req, spec)
+    if vision is not None and vision.images:
+        seq_len += image_tokens
+        notes.append(
+            f"{vision.images} image(s) of {vision.height}x{vision.width} per row: "
+            f"{vision.patches} vision-tower tokens and {vision.tokens} language-model tokens "
+            f"each; sequence {seq_len} = {seq_len - image_tokens} text + {image_tokens} image"
+            + ("; vision tower frozen" if vision.freeze else "")
+        )
     training = TrainingSpec(
         task=req.task,
         batch_size=rl_batch_size(req),
@@ -263,6 +273,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         inference=InferenceSpec.from_request(req),
         trainer=tspec,
         recipe=recipe,
+        vision=vision,
     )
     if req.target_len is not None and not spec.is_encoder_decoder:
         raise InvalidConfigError(
@@ -286,6 +297,23 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         price_usd_per_gpu_hour=req.price_per_gpu_hour,
     )
     return Resolved(spec, training, parallel, HardwareSpec(gpu=gpu), cost, tuple(notes))
+
+
+def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, int]:
+    """Images of a vision-language model's row, and the LM tokens they add per row."""
+    from vramcalc.checks import check_vision, parse_image_size
+    from vramcalc.formulas.vision import default_image_size, image_tokens, is_vlm
+
+    check_vision(req, spec)
+    if not is_vlm(spec):
+        return None, 0
+    h, w = parse_image_size(req.image_size) if req.image_size else default_image_size(spec)
+    patches, tokens = image_tokens(spec, h, w)
+    vision = VisionSpec(
+        images=req.images, height=h, width=w, freeze=req.freeze_vision,
+        patches=patches, tokens=tokens,
+    )  # fmt: skip
+    return vision, req.images * tokens
 
 
 def _has_peft(req: EstimateRequest) -> bool:

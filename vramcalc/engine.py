@@ -302,7 +302,12 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
 def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, int]:
     """Images of a vision-language model's row, and the LM tokens they add per row."""
     from vramcalc.checks import check_vision, parse_image_size
-    from vramcalc.formulas.vision import default_image_size, image_tokens, is_vlm
+    from vramcalc.formulas.vision import (
+        default_image_size,
+        image_tokens,
+        is_vlm,
+        pixel_values,
+    )
 
     check_vision(req, spec)
     if not is_vlm(spec):
@@ -311,7 +316,9 @@ def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, i
     patches, tokens = image_tokens(spec, h, w)
     vision = VisionSpec(
         images=req.images, height=h, width=w, freeze=req.freeze_vision,
-        patches=patches, tokens=tokens,
+        patches=patches, tokens=tokens, pixels=pixel_values(spec, patches),
+        grid=spec.arch.get("vision_resize") == "dynamic",
+        token_types=spec.arch.get("vision_token_types") is True,
     )  # fmt: skip
     return vision, req.images * tokens
 
@@ -702,8 +709,21 @@ def _load_transient(res: Resolved, rank: _Rank) -> int:
 
 
 def _input_bytes(tr: TrainingSpec) -> int:
-    """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S)."""
-    return 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S).
+
+    A vision-language batch adds its fp32 ``pixel_values`` and, per model, the int64
+    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S).
+    """
+    n = 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    vis = tr.vision
+    if vis is not None and vis.images:
+        images = tr.batch_size * vis.images
+        n += block(images * vis.pixels * 4)
+        if vis.grid:
+            n += block(images * 3 * INT64_BYTES)
+        if vis.token_types:
+            n += block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    return n
 
 
 def _run_ends(prof: ActivationProfile) -> list[int]:
@@ -1202,6 +1222,17 @@ def _estimate(
         assumptions["trainer"] = rank.trainer.plan.name.value
         assumptions["reference"] = rank.trainer.plan.reference_kind
     assumptions.update(_architecture_assumptions(spec, tr))
+    if tr.vision is not None:
+        vis = tr.vision
+        assumptions.update(
+            {
+                "images_per_row": vis.images,
+                "image_size": f"{vis.height}x{vis.width}",
+                "vision_tokens_per_image": vis.patches,
+                "image_tokens_per_image": vis.tokens,
+                "freeze_vision": vis.freeze,
+            }
+        )
     return MemoryReport(
         version=__version__,
         model=summary,

@@ -1061,6 +1061,12 @@ class VisionSpec(_Frozen):
     freeze: bool = Field(default=False, description="vision tower frozen")
     patches: int = Field(default=0, ge=0, description="tower tokens per image")
     tokens: int = Field(default=0, ge=0, description="language-model tokens per image")
+    pixels: int = Field(default=0, ge=0, description="pixel_values elements per image")
+    grid: bool = Field(default=False, description="the batch carries image_grid_thw (Qwen-VL)")
+    token_types: bool = Field(
+        default=False,
+        description="the batch carries token_type_ids (Gemma 3) / mm_token_type_ids (Qwen3-VL)",
+    )
 
 
 class TrainingSpec(_Frozen):

@@ -239,7 +239,7 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
     Source: ``_attention`` below; the kernel choice checked with the profiler on an H200
     (torch 2.11) and mirrored by the tracer (``validation/trace.py``).
     """
-    kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr))
+    kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr) or _image_blocks(spec, tr))
     amp = tr.mixed_precision != MixedPrecision.NO
     rope = spec.position_embedding == "rotary"
     ab = (
@@ -267,6 +267,18 @@ def _padded(tr: TrainingSpec) -> bool:
     ``_upad_input``), so neither changes.
     """
     return tr.trainer.padded_batch and tr.attn == Attention.SDPA
+
+
+def _image_blocks(spec: ModelSpec, tr: TrainingSpec) -> bool:
+    """Tell whether images make the language model build a mask for every layer.
+
+    Gemma 3 attends bidirectionally within each image's tokens: with the processor's
+    ``token_type_ids`` it builds its masks from ``create_masks_for_vision_model`` (an
+    or-mask over the causal one), which every layer's attention receives explicitly.
+    Source: transformers v5.24 ``modeling_gemma3.py`` ``Gemma3Model.forward``.
+    """
+    vis = tr.vision
+    return vis is not None and vis.images > 0 and spec.arch.get("vision_block_mask") is True
 
 
 def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
@@ -426,7 +438,11 @@ def activation_profile(
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
-    decoder_kinds = layer_kinds(spec, S, padded=_padded(tr)) if not spec.is_encoder_decoder else []
+    decoder_kinds = (
+        layer_kinds(spec, S, padded=_padded(tr) or _image_blocks(spec, tr))
+        if not spec.is_encoder_decoder
+        else []
+    )
     enc_len = S
     dec_len = tr.target_len or S
     base_ctx = ctx
@@ -1010,6 +1026,12 @@ def _block(
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
                         led.save("q", "attention", T * Hq * ab)
                         led.save("v", "attention", T * Hkv * ab)
+                    elif fused and spec.arch.get("qkv_view_saved"):
+                        # rotary q and k are new tensors; v stays a view of the fused qkv
+                        # output, which SDPA's saved v keeps alive whole
+                        led.save("q", "attention", T * Hq * ab)
+                        led.save("k", "attention", T * Hkv * ab)
+                        led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
                     else:
                         led.save("q", "attention", T * Hq * ab)
                         led.save("k", "attention", T * Hkv * ab)
@@ -1024,6 +1046,10 @@ def _block(
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
+            if spec.arch.get("attn_out_cat") and (ctx.full or out.module in ctx.lora):
+                # attention run per window/image: the outputs are concatenated (a new tensor)
+                # before the output projection
+                o_name, o_b = "attn_cat", ab
             if ctx.full or out.module in ctx.lora:
                 linear(out, o_name, o_b)
             elif amp and rg:

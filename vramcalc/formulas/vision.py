@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 
+from vramcalc.errors import InvalidConfigError
 from vramcalc.specs import ModelSpec
 
-__all__ = ["default_image_size", "image_tokens", "is_vlm", "tower_spec"]
+__all__ = ["default_image_size", "image_tokens", "is_vlm", "pixel_values", "tower_spec"]
 
 
 def is_vlm(spec: ModelSpec) -> bool:
@@ -74,6 +75,12 @@ def image_tokens(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
     """
     patch = _int(spec, "vision_patch_size")
     if spec.arch.get("vision_resize") == "dynamic":
+        ratio = max(height, width) / min(height, width)
+        if ratio > 200:  # smart_resize refuses it (ValueError in the processor)
+            raise InvalidConfigError(
+                f"image size {height}x{width}: aspect ratio {ratio:.1f} is refused by "
+                f"{spec.model_type}'s processor; accepted: at most 200"
+            )
         merge = _int(spec, "vision_merge") or 1
         h, w = _smart_resize(
             height, width, patch * merge,
@@ -85,6 +92,21 @@ def image_tokens(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
     patches = side * side
     tokens = _int(spec, "vision_tokens_per_image") or patches
     return patches + (1 if spec.arch.get("vision_cls") else 0), tokens
+
+
+def pixel_values(spec: ModelSpec, patches: int) -> int:
+    """Elements of one image's ``pixel_values`` as the processor returns them (fp32).
+
+    Qwen-VL: one row of ``channels * temporal_patch_size * patch**2`` values per patch (the
+    image repeated over the temporal patch); CLIP/SigLIP: ``channels * image_size**2``.
+    Source: ``image_processing_qwen2_vl.py`` ``_preprocess``, ``image_processing_clip.py``.
+    """
+    c = _int(spec, "vision_in_channels") or 3
+    p = _int(spec, "vision_patch_size")
+    if spec.arch.get("vision_resize") == "dynamic":
+        return patches * c * max(1, _int(spec, "vision_temporal_patch")) * p * p
+    side = _int(spec, "vision_image_size")
+    return c * side * side
 
 
 def tower_spec(spec: ModelSpec) -> ModelSpec:
@@ -112,6 +134,10 @@ def tower_spec(spec: ModelSpec) -> ModelSpec:
             "embedding_dropout": 0.0,
             "num_local_experts": 0,
             "num_experts_per_tok": 0,
-            "arch": {},
+            # Qwen-VL towers: a fused qkv whose v is a view (SDPA keeps the whole qkv output)
+            # and attention run per window/image, its outputs concatenated
+            "arch": {"qkv_view_saved": True, "attn_out_cat": True}
+            if spec.arch.get("vision_resize") == "dynamic"
+            else {},
         }
     )

@@ -117,3 +117,19 @@ def test_bad_image_options() -> None:
         estimate(EstimateRequest(model="gpt2", images=1))
     with pytest.raises(InvalidConfigError, match="not HEIGHTxWIDTH"):
         estimate(EstimateRequest(model="qwen2.5-vl-7b", images=1, image_size="448x"))
+
+
+def test_tower_flops_follow_its_tokens() -> None:
+    """The tower's matmuls run over the tower's tokens, not the language model's."""
+    from vramcalc.formulas.flops import training_flops_per_token
+
+    spec = resolve_model("qwen2.5-vl-7b")
+    inv = param_inventory(spec)
+    keys = {g.key for g in inv}
+    tower = sum(g.weight_numel * g.count for g in inv if g.stack == "vision" and g.kind == "linear")
+    text = training_flops_per_token(spec, inv, keys, 768, stack_tokens={"vision": 0.0,
+                                                                        "projector": 0.0})
+    one = training_flops_per_token(spec, inv, keys, 768, stack_tokens={"vision": 1024 / 768,
+                                                                       "projector": 0.0})
+    # forward 2 and backward 4 FLOPs per weight and token
+    assert one.total - text.total == pytest.approx(6 * tower * 1024 / 768, rel=1e-9)

@@ -342,6 +342,18 @@ CASES: list[Case] = [
         {"model": "qwen2.5-vl-7b", "images": -1},
         ("images", "greater than or equal to 0"),
     ),
+    _req(
+        "images_with_litgpt",
+        ("qwen2.5-vl-7b", "--images", "1", "--framework", "litgpt"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "framework": "litgpt"},
+        ("--images with --framework litgpt is not modelled",),
+    ),
+    _req(
+        "images_with_inference",
+        ("qwen2.5-vl-7b", "--images", "1", "--task", "infer"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "task": "infer"},
+        ("--images with --task infer", "is not modelled"),
+    ),
     _req("name_empty", ("",), {"model": ""}, ("model is empty",)),
     _req("name_blank", ("   ",), {"model": "   "}, ("model is empty",)),
     _req("name_unicode", ("ллама-7b",), {"model": "ллама-7b"}, ("unknown model 'ллама-7b'",)),

@@ -104,6 +104,25 @@ def check_vision(req: EstimateRequest, spec: ModelSpec) -> None:
             f"{', '.join(given)} applies to vision-language models (qwen2_5_vl, qwen3_vl, "
             f"llava, gemma3); {spec.name} is a text model ({spec.model_type})"
         )
+    if req.images and is_vlm(spec):
+        # what the image path is modelled and traced for: one SFT-style step of the
+        # transformers model (HF Trainer or TRL's SFT/preference trainers), no pipeline split
+        unsupported = [
+            text
+            for text, on in (
+                (f"--task {req.task.value}", req.task.value != "train"),
+                (f"--framework {req.framework}", req.framework != "hf"),
+                (f"--trainer {req.trainer.value}", req.trainer.value in ("grpo", "rloo", "ppo")),
+                (f"--pp {req.pp}", req.pp > 1),
+            )
+            if on
+        ]
+        if unsupported:
+            raise InvalidConfigError(
+                f"--images with {', '.join(unsupported)} is not modelled; images are "
+                "estimated for training with the transformers model (--framework hf), "
+                "without pipeline stages or RL generation (drop --images for the text path)"
+            )
 
 
 def _deepspeed_flags(req: EstimateRequest) -> None:

@@ -57,8 +57,8 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 140
-    assert len({m.scenario.id for m in SINGLE}) == 140
+    assert len(SINGLE) == 141
+    assert len({m.scenario.id for m in SINGLE}) == 141
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 

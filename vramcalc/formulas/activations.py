@@ -1632,7 +1632,12 @@ def _vision_tower(
     per_layer = [g for g in per_layer if "/head/" not in g.key]
     n_layers = _int_arch(spec, "vision_layers")
     used = n_layers - _int_arch(spec, "vision_unused_layers")
-    rg = tower_trains
+    # gradient checkpointing on a model whose main input is input_ids calls
+    # enable_input_require_grads, which hooks every input embedding -- the tower's patch
+    # embedding too -- so the tower builds a graph even when its weights are frozen
+    # (transformers v5.24 modeling_utils.py gradient_checkpointing_enable,
+    # enable_input_require_grads), as the language model does (``grad_flows`` above)
+    rg = tower_trains or ctx.tr.grad_ckpt
     saved: list[int] = []
     fwd: list[int] = []
     bwd: list[int] = []
@@ -1673,7 +1678,7 @@ def _vision_tower(
                 proj.save("ln_in", "vision", Tv * Hv * rb)
                 proj.save("ln_stats", "vision", 2 * block(Tv * 4))
         lin_in("m0_in", Tv * Hv, ("0", "linear_fc1"))
-        if p_trains or plora:
+        if p_trains or plora or rg:
             proj.save("m_gelu_in", "vision", (Tv // (merge * merge)) * wide * cb)
         lin_in("m2_in", (Tv // (merge * merge)) * wide, ("2", "linear_fc2"))
         for d in range(_int_arch(spec, "vision_deepstack")):
@@ -1681,12 +1686,12 @@ def _vision_tower(
                 proj.save(f"ds{d}_ln_in", "vision", Tv * Hv * rb)
                 proj.save(f"ds{d}_ln_stats", "vision", 2 * block((Tv // (merge * merge)) * 4))
             lin_in(f"ds{d}_fc1_in", Tv * Hv, ("linear_fc1",))
-            if p_trains or plora:
+            if p_trains or plora or rg:
                 proj.save(f"ds{d}_gelu_in", "vision", (Tv // (merge * merge)) * wide * cb)
             lin_in(f"ds{d}_fc2_in", (Tv // (merge * merge)) * wide, ("linear_fc2",))
     elif kind == "mlp2":
         lin_in("l1_in", tokens * Hv, ("linear_1",))
-        if p_trains or plora:
+        if p_trains or plora or rg:
             proj.save("l_gelu_in", "vision", tokens * H * cb)
         lin_in("l2_in", tokens * H, ("linear_2",))
     elif kind == "pool":
@@ -1710,6 +1715,8 @@ def _vision_tower(
     prof.layer_bwd_extra[:0] = bwd
     prof.amp_copy_per_layer[:0] = amp_c
     if ctx.tr.grad_ckpt:
+        # checkpointing makes the tower's input require a gradient (below): every block
+        # keeps its input
         prof.ckpt_input[:0] = [block(Tv * Hv * rb)] * used
     total = emb.total + proj.total + sum(tower_details.values())
     details["activations/vision"] = details.get("activations/vision", 0) + total

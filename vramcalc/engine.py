@@ -796,7 +796,10 @@ def _rank(
     elif tplan is not None:
         tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     states = rank_states(
-        spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
+        spec, inv, plan, opt, par, compute_bytes=cb,
+        # the language model's blocks are the sharding units; a vision tower's parameters
+        # (other block count) go with the root unit
+        n_blocks=len(prof.layer_saved) - prof.tower_blocks,
     )
     extra = 0
     tokens = tr.batch_size * act_tr.seq_len

@@ -108,6 +108,7 @@ class ActivationProfile:
             0 for fused norms (LayerNorm, Liger).
         amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
         ckpt_input: with checkpointing, bytes kept per block (its input).
+        tower_blocks: a vision-language model's tower blocks at the front of the block lists.
         held_logits: logits the training loop keeps referenced from the loss to the end of
             the step and through the next forward (LitGPT's ``logits`` variable).
         details: ``activations/...`` -> bytes at the end of forward.
@@ -130,6 +131,8 @@ class ActivationProfile:
     ckpt_input: list[int] = field(default_factory=list)
     held_logits: int = 0
     details: dict[str, int] = field(default_factory=dict)
+    tower_blocks: int = 0
+    """Vision-tower blocks at the front of ``layer_saved`` (0 for text models)."""
 
     @property
     def forward_total(self) -> int:
@@ -1711,6 +1714,7 @@ def _vision_tower(
         ]
     prof.embed_saved += emb.total + proj.total
     prof.layer_saved[:0] = saved
+    prof.tower_blocks = len(saved)
     prof.layer_fwd_extra[:0] = fwd
     prof.layer_bwd_extra[:0] = bwd
     prof.amp_copy_per_layer[:0] = amp_c

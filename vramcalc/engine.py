@@ -251,8 +251,11 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     vision, image_tokens = _vision(req, spec)
     if vision is not None and vision.images:
         seq_len += image_tokens
+        side = spec.arch.get("vision_image_size")
+        fixed = spec.arch.get("vision_resize") == "fixed"
+        resized = f" (resized to {side}x{side})" if fixed else ""
         notes.append(
-            f"{vision.images} image(s) of {vision.height}x{vision.width} per row: "
+            f"{vision.images} image(s) of {vision.height}x{vision.width}{resized} per row: "
             f"{vision.patches} vision-tower tokens and {vision.tokens} language-model tokens "
             f"each; sequence {seq_len} = {seq_len - image_tokens} text + {image_tokens} image"
             + ("; vision tower frozen" if vision.freeze else "")

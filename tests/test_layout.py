@@ -193,3 +193,41 @@ def test_pipeline_reports_the_worst_stage() -> None:
     r = vramcalc.estimate(model="llama-2-7b", dtype="bf16", gpus=8, pp=4, grad_accum=8)
     assert r.layout is not None and r.layout.pp == 4
     assert r.layout.peak_stage == 0  # the first stage holds pp micro-batches of activations
+
+
+_MOE_4 = {
+    "model_type": "mixtral",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 16000,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.mark.parametrize("gpus", [2, 4, 8, 16])
+def test_fsdp2_rank0_shard_is_torch_chunk_of_each_parameter(gpus: int) -> None:
+    """FSDP2's rank-0 shard of every parameter is ``torch.chunk(param, n, dim=0)[0]``.
+
+    The oracle is torch itself on transformers' meta build: a fused ``[experts, out, in]``
+    expert tensor is split by whole experts, so with 4 experts on 8 or 16 ranks rank 0 holds
+    one expert, not 1/8 or 1/16 of the tensor.
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    cfg = dict(_MOE_4)
+    hf = transformers.AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(hf)
+    block = 512  # CUDA caching allocator block (c10 kMinBlockSize)
+    expected = 0
+    for p in model.parameters():
+        first = torch.chunk(p, gpus, dim=0)[0]
+        expected += -(-first.numel() * 4 // block) * block  # fp32 storage
+    r = vramcalc.estimate(model=_MOE_4, gpus=gpus, fsdp="full_shard", fsdp_version=2)
+    got = r.details["params/sharded"]
+    assert got == expected

@@ -50,6 +50,8 @@ def test_two_sharding_engines_are_refused(fields: dict[str, Any], must_name: lis
         ({"fsdp_use_orig_params": False}, ["fsdp_use_orig_params false"]),
         ({"fsdp_limit_all_gathers": False}, ["fsdp_limit_all_gathers false"]),
         ({"fsdp_backward_prefetch": "backward_post"}, ["fsdp_backward_prefetch backward_post"]),
+        ({"fsdp_sync_each_batch": True}, ["fsdp_sync_each_batch true", "fsdp is not set"]),
+        ({"fsdp_lora_in_blocks": True}, ["fsdp_lora_in_blocks true", "fsdp is not set"]),
     ],
 )
 def test_fsdp_options_need_fsdp(fields: dict[str, Any], must_name: list[str]) -> None:
@@ -64,6 +66,7 @@ def test_fsdp_options_need_fsdp(fields: dict[str, Any], must_name: list[str]) ->
         {"fsdp_use_orig_params": False},
         {"fsdp_limit_all_gathers": False},
         {"fsdp_backward_prefetch": "none"},
+        {"fsdp_lora_in_blocks": True, "lora": {"r": 8}},
     ],
 )
 def test_fsdp1_options_with_fsdp2_are_refused(fields: dict[str, Any]) -> None:
@@ -126,3 +129,26 @@ def test_rules_that_an_accelerate_config_may_satisfy_wait_for_it() -> None:
         accelerate_config={"distributed_type": "FSDP"},
     )
     assert req.fsdp_offload
+
+
+@pytest.mark.parametrize(
+    ("fields", "must_name"),
+    [
+        # FSDP1 cannot flatten PEFT's fp32 adapters with 16-bit block weights
+        ({"lora": {"r": 8}, "dtype": "bf16"}, ["uniform dtype", "framework litgpt"]),
+        ({"qlora": {"r": 8}}, ["4-bit base", "uniform dtype"]),
+        ({}, ["no lora or qlora"]),
+        ({"lora": {"r": 8}, "fsdp_use_orig_params": False}, ["use_orig_params"]),
+    ],
+)
+def test_fsdp_lora_in_blocks_is_refused_where_fsdp1_cannot_build_it(
+    fields: dict[str, Any], must_name: list[str]
+) -> None:
+    msg = _message(fsdp="full_shard", fsdp_version=1, fsdp_lora_in_blocks=True, **fields)
+    for text in must_name:
+        assert text in msg, (text, msg)
+
+
+def test_sync_each_batch_is_refused_under_pipeline_parallelism() -> None:
+    msg = _message(fsdp="full_shard", gpus=8, pp=2, grad_accum=4, fsdp_sync_each_batch=True)
+    assert "backward_maybe_with_nosync" in msg and "pp 2" in msg

@@ -410,6 +410,12 @@ class Setup:
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
     encoder_decoder: bool = False
     images: ImageBatch | None = None
+    no_sync: Callable[[], Any] | None = None
+    """A context in which backward does not reduce gradients: accelerate's
+    ``Accelerator.no_sync`` (FSDP1 ``model.no_sync()``, FSDP2
+    ``set_requires_gradient_sync(False)``), entered by ``Accelerator.accumulate`` for every
+    micro-batch but the last of an optimizer step (unless ``sync_each_batch``). None: every
+    micro-batch syncs (one process, DDP's no_sync changes no memory)."""
 
     def make_batch(self) -> dict[str, Any]:
         """Make an unpadded batch (no attention mask, as an unpadded Trainer batch).
@@ -441,19 +447,38 @@ class Setup:
 
     def step(self, batch: dict[str, Any]) -> None:
         """Forward -> loss -> backward -> optimizer.step -> zero_grad(set_to_none=True)."""
-        self.on_phase("forward")
-        with self._autocast():
-            out = self.model(**batch)
-        if self.autocast_dtype is not None:
-            out = _to_fp32(out)
-        loss = out["loss"] if isinstance(out, dict) else out.loss
-        del out
-        self.on_phase("backward")
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-        else:
-            loss.backward()
-        del loss
+        self.micro_step(batch, 1, sync=True)
+        self.optimizer_step()
+
+    def micro_step(self, batch: dict[str, Any], grad_accum: int, *, sync: bool) -> None:
+        """One micro-batch: forward -> loss / ``grad_accum`` -> backward (gradients accumulate).
+
+        As ``Trainer.training_step`` runs it inside ``Accelerator.accumulate``: the forward
+        and backward of a micro-batch that does not end the optimizer step run under
+        ``no_sync`` (when set).
+        """
+        ctx = contextlib.nullcontext()
+        if self.no_sync is not None and not sync:
+            ctx = self.no_sync()
+        with ctx:
+            self.on_phase("forward")
+            with self._autocast():
+                out = self.model(**batch)
+            if self.autocast_dtype is not None:
+                out = _to_fp32(out)
+            loss = out["loss"] if isinstance(out, dict) else out.loss
+            del out
+            if grad_accum > 1:
+                loss = loss / grad_accum
+            self.on_phase("backward")
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            del loss
+
+    def optimizer_step(self) -> None:
+        """optimizer.step (through the grad scaler under fp16) -> zero_grad(set_to_none=True)."""
         self.on_phase("optimizer")
         if self.scaler is not None:
             self.scaler.step(self.optimizer)

@@ -5,7 +5,8 @@ Three families: ``llama`` (MHA) and ``mistral`` (GQA) from ``validation.grid.FAM
 takes seconds. Settings vary over FSDP1/FSDP2 x {full_shard, shard_grad_op, hybrid_shard
 (2 nodes), no_shard} x reshard after forward on/off x CPU offload x world 2/4/8 x TP 2 with
 FSDP2 (with and without sequence parallel) x {full, LoRA, QLoRA} x {fp32, bf16, AMP bf16} x
-checkpointing on/off x batch/sequence. Not the full cross product; the llama rows vary one
+checkpointing on/off x batch/sequence x gradient accumulation (with and without
+``fsdp_sync_each_batch``). Not the full cross product; the llama rows vary one
 setting at a time from a base case (FSDP2 full_shard, world 4, fp32) so each effect can be read
 off a pair of rows. QLoRA rows follow PEFT's FSDP+QLoRA recipe
 (``validation.build.bnb_config``).
@@ -99,6 +100,24 @@ _ROWS: list[_Row] = [
     ("mixtral", "full", 1, "full_shard", 4, 1, 1, "ampbf16", False, 2, 256, {}),
     ("mixtral", "lora", 2, "full_shard", 2, 1, 1, "bf16", False, 2, 256, {}),
     ("mixtral", "full", 2, "full_shard", 4, 1, 1, "ampbf16", False, 2, 256, {"offload": True}),
+    # gradient accumulation as the Trainer runs it (Accelerator.accumulate): the micro-batches
+    # before the last under no_sync, so FSDP keeps unsharded gradients; and sync_each_batch
+    ("llama", "full", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
+    ("llama", "full", 2, "full_shard", 4, 1, 1, "ampbf16", True, 2, 256, {"ga": 3}),
+    ("llama", "full", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2, "seb": True}),
+    ("llama", "full", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
+    ("llama", "full", 1, "full_shard", 4, 1, 1, "ampbf16", True, 2, 256, {"ga": 2}),
+    ("llama", "full", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2, "seb": True}),
+    ("llama", "lora", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
+    ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
+    ("mistral", "full", 2, "full_shard", 8, 1, 1, "bf16", False, 2, 256, {"ga": 4}),
+    ("mixtral", "full", 2, "full_shard", 4, 1, 1, "bf16", False, 2, 256, {"ga": 2}),
+    # FSDP1 LoRA with the adapters inside their block's flat parameter (transformer policy
+    # alone, as Lightning Fabric's FSDPStrategy(auto_wrap_policy={Block}) wraps)
+    ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"inblk": True}),
+    ("llama", "lora", 1, "full_shard", 2, 1, 1, "ampbf16", True, 2, 256, {"inblk": True}),
+    ("llama", "lora", 1, "full_shard", 4, 1, 1, "ampbf16", True, 2, 256, {"inblk": True, "ga": 2}),
+    ("mistral", "lora", 1, "full_shard", 8, 1, 1, "fp32", False, 2, 256, {"inblk": True, "ga": 3}),
 ]
 
 _STRATEGY = {"full_shard": "fs", "shard_grad_op": "sgo", "hybrid_shard": "hsdp", "no_shard": "ns"}
@@ -127,6 +146,15 @@ def _make(row: _Row) -> Scenario:
         kw["fsdp_backward_prefetch"] = "backward_post"
         kw["fsdp_limit_all_gathers"] = False
         parts.append("bwdpost-nolimit")
+    if extra.get("ga"):
+        kw["grad_accum"] = extra["ga"]
+        parts.append(f"ga{extra['ga']}")
+    if extra.get("inblk"):
+        kw["fsdp_lora_in_blocks"] = True
+        parts.append("lora-in-blocks")
+    if extra.get("seb"):
+        kw["fsdp_sync_each_batch"] = True
+        parts.append("synceach")
     if method == "lora":
         kw["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         if family == "mixtral":  # PEFT has no default LoRA targets for mixtral

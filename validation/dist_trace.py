@@ -580,7 +580,9 @@ def _wrap_fsdp1(model: Any, req: EstimateRequest, device: Any) -> Any:
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP  # noqa: TID251
 
     plugin = _plugin(req)
-    if req.lora is not None or req.qlora is not None:  # Trainer: update_fsdp_plugin_peft
+    in_blocks = req.fsdp_lora_in_blocks  # the transformer policy alone (Fabric, own scripts)
+    if (req.lora is not None or req.qlora is not None) and not in_blocks:
+        # Trainer: update_fsdp_plugin_peft
         from peft.utils.other import fsdp_auto_wrap_policy
 
         plugin.auto_wrap_policy = fsdp_auto_wrap_policy(model)
@@ -805,10 +807,30 @@ def wrap_for_step(
     setup = build.build_setup(scenario, device, model=wrapped, base=base)
     if req.fsdp_version == 2 or req.fsdp is None:
         setup.autocast_dtype = None  # accelerate: no autocast under FSDP2
+    if req.fsdp is not None and not req.fsdp_sync_each_batch:
+        setup.no_sync = functools.partial(_accelerate_no_sync, wrapped, req.fsdp_version)
     make_batch = None
     if req.sequence_parallel:
         make_batch = functools.partial(_batch_with_positions, setup)
     return setup, params + quant_state, make_batch
+
+
+@contextlib.contextmanager
+def _accelerate_no_sync(model: Any, fsdp_version: int) -> Iterator[None]:
+    """Enter accelerate 1.15's ``Accelerator.no_sync`` for an FSDP model.
+
+    FSDP2: ``set_requires_gradient_sync(False)`` for the block; FSDP1: the root's
+    ``no_sync()``. Either way the gradients accumulate unsharded.
+    """
+    if fsdp_version == 2:
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with model.no_sync():
+            yield
 
 
 def _fsdp1_modules(model: Any) -> list[Any]:

@@ -505,9 +505,29 @@ def _make(
     return Scenario(id="-".join(parts), request=request, steps=2, optim_impl=impl)
 
 
+# gradient accumulation: (row, grad_accum); the Trainer's step over grad_accum micro-batches
+# (loss / grad_accum, gradients accumulated, one optimizer step), id suffix -ga<N>
+_ACCUM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], int]] = [
+    (("llama", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256), 2),
+    (("gpt2", "full", "fp32", "bf16", True, "sdpa", "adamw_torch", "foreach", 2, 256), 3),
+    (("llama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256), 2),
+    (("mistral", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 256), 4),
+]  # fmt: skip
+
+
+def _make_accum(row: tuple[str, str, str, str, bool, str, str, str, int, int], ga: int) -> Scenario:
+    base = _make(row)
+    request = base.request.model_copy(update={"grad_accum": ga})
+    return Scenario(id=f"{base.id}-ga{ga}", request=request, steps=2, optim_impl=base.optim_impl)
+
+
 def scenarios() -> list[Scenario]:
     """Every scenario of the traced grid, in a fixed order."""
-    return [_make(row) for row in _ROWS] + [_make(*row) for row in _VLM_ROWS]
+    return (
+        [_make(row) for row in _ROWS]
+        + [_make_accum(r, ga) for r, ga in _ACCUM_ROWS]
+        + [_make(*row) for row in _VLM_ROWS]
+    )
 
 
 def scenario(scenario_id: str) -> Scenario:

@@ -419,8 +419,15 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
         fields["fsdp_limit_all_gathers"] = bool(fsdp.get("limit_all_gathers", True))
         if "every" in str(fsdp.get("activation_checkpointing", "")):
             fields["grad_ckpt"] = True
+        if fields.get("lora") is not None or fields.get("qlora") is not None:
+            # FSDPStrategy(auto_wrap_policy={Block}) with Lightning's use_orig_params=True:
+            # the LoRA matrices share their Block's flat parameter (litgpt 8641822
+            # finetune/lora.py; lightning fabric/strategies/fsdp.py)
+            fields["fsdp_lora_in_blocks"] = True
         notes.append(
-            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does; the rank-0 peak is estimated"
+            "FSDP1 wrapping each Block as LitGPT's FSDPStrategy does (LoRA inside the Block's "
+            "flat parameter; gradient accumulation under no_backward_sync, i.e. FSDP1 "
+            "no_sync); the rank-0 peak is estimated"
         )
     zero = raw.get("zero")
     if zero:

@@ -544,11 +544,20 @@ def run_steps(
         tracker.mark(setup.model.buffers(), "params")
         tracker.mark(params, "params")
         setup.on_phase = functools.partial(_on_phase, tracker, setup)
+        from validation import build
+
+        ga = setup.scenario.request.grad_accum if isinstance(setup, build.Setup) else 1
         for step in range(1, steps + 1):
-            tracker.set_phase(step, "input")
-            batch = (make_batch or setup.make_batch)()
-            setup.step(batch)
-            del batch
+            for micro in range(ga):
+                tracker.set_phase(step, "input")
+                batch = (make_batch or setup.make_batch)()
+                if ga == 1:
+                    setup.step(batch)
+                else:  # a Trainer step over grad_accum micro-batches
+                    setup.micro_step(batch, ga, sync=micro == ga - 1)
+                del batch
+            if ga > 1:
+                setup.optimizer_step()
             _classify(tracker, setup)
         return _measured(tracker)
 

@@ -262,6 +262,14 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
                    help="1 = FullyShardedDataParallel, 2 = fully_shard (default 2)")  # fmt: skip
     g.add_argument("--fsdp-offload", action="store_true",
                    help="FSDP CPU offload: parameters, gradients, optimizer states")  # fmt: skip
+    g.add_argument("--fsdp-lora-in-blocks", action="store_true",
+                   help="FSDP1 + LoRA: adapters inside their block's flat parameter "
+                        "(transformer wrap policy alone, as Lightning Fabric wraps), so the "
+                        "block's whole flat gradient is kept")  # fmt: skip
+    g.add_argument("--fsdp-sync-each-batch", action="store_true",
+                   help="with --grad-accum > 1: reduce-scatter gradients every micro-batch "
+                        "(accelerate sync_each_batch) instead of accumulating them unsharded "
+                        "under no_sync")  # fmt: skip
     g.add_argument("--fsdp-reshard-after-forward", metavar="{true,false}",
                    help="free gathered parameters after each layer's forward (default: true "
                         "for full_shard/hybrid_shard, false for shard_grad_op)")  # fmt: skip
@@ -452,7 +460,8 @@ def _layout_fields(ns: argparse.Namespace) -> dict[str, Any]:
         if getattr(ns, name) is not None:
             option = "--" + name.replace("_", "-")
             fields[name] = _bool_value(option, getattr(ns, name))
-    for name in ("fsdp_offload", "sequence_parallel"):
+    flags = ("fsdp_offload", "fsdp_sync_each_batch", "fsdp_lora_in_blocks", "sequence_parallel")
+    for name in flags:
         if getattr(ns, name):
             fields[name] = True
     if ns.deepspeed is not None:

@@ -437,6 +437,12 @@ def _walk(
     params, G, opt_b, temp, cpu = rs.params, rs.gradients, rs.optimizer, rs.step_temps, rs.cpu
     tw = rank.trainer
     params += tw.resident_bytes if tw is not None else 0
+    # a second trained model (PPO's value model): its states from the first optimizer step,
+    # its gradients at the step; bytes alive from the loss to the step's end (PPO's logits)
+    opt_b += tw.extra_states if tw is not None else 0
+    xg = tw.extra_grads if tw is not None else 0
+    late_b = tw.after_loss if tw is not None else 0
+    late = [0]
     zdetails, notes = dict(rs.details), list(rs.notes)
     split = grad_split(spec, inventory, plan)
     head_g, layer_g, embed_g, other_g = split.head, split.per_block, split.embed, split.other
@@ -500,9 +506,22 @@ def _walk(
     cum_act = list(accumulate(saved, initial=0))
     cum_amp = list(accumulate(amp_per, initial=0))
     freed = list(accumulate(saved[:L] if ckpt else map(add, saved[:L], amp_per), initial=0))
+    # FSDP under accelerate's no_sync accumulation: a later micro-batch runs with every
+    # unit's unsharded gradients alive (sharding.RankStates.grad_unsharded), reduced only by
+    # the last micro-batch of the step
+    G_acc = G
+    if accum and fsdp is not None and not fsdp.sync_each_batch and rs.grad_unsharded:
+        G_acc = rs.grad_unsharded
+        zdetails["gradients/unsharded_accumulated"] = G_acc
+        notes.append(
+            "FSDP with gradient accumulation: the micro-batches before the last run under "
+            f"no_sync (accelerate's default), so each rank holds the unsharded gradients "
+            f"({G_acc} bytes, not {G}); fsdp_sync_each_batch true reduces them every "
+            "micro-batch instead"
+        )
     for step in (1, 2):
         states = opt_b if step == 2 else 0
-        g_fwd = G if (accum and step == 2) else 0
+        g_fwd = G_acc if (accum and step == 2) else 0
         held[0] = hl if step == 2 else 0
 
         def comps(
@@ -510,7 +529,7 @@ def _walk(
         ) -> dict[str, int]:
             return {
                 "params": params + inputs + gathered,
-                "activations": act + earlier + held[0],
+                "activations": act + earlier + held[0] + late[0],
                 "gradients": grads,
                 "optimizer": st + extra_opt,
             }
@@ -577,6 +596,7 @@ def _walk(
                 tev.event,
                 comps(act + prof.loss_saved + tev.bytes, g_fwd, gathered=fwd_gathered + zero_root),
             )
+        late[0] = late_b
         w.add(
             step,
             Phase.LOSS,
@@ -604,9 +624,7 @@ def _walk(
                 gathered=fwd_gathered + zero_root + bwd_pref,
             ),
         )
-        grads = hg if not accum or step == 1 else G
-        if accum and step == 2:
-            grads = G
+        grads = hg if not accum or step == 1 else G_acc
         root_full = rs.grad_root_full if rs.sharded and fsdp is not None else 0
         fsdp2 = fsdp is not None and fsdp.version == 2
         # FSDP1 keeps the root's full gradients until the root's reduce at the end of backward;
@@ -660,7 +678,7 @@ def _walk(
         act = act_top - freed[L]
         if not (accum and step == 2):
             grads += lg * L + eg
-        grads = max(grads, G) if not (accum and step == 2) else G
+        grads = max(grads, G) if not (accum and step == 2) else G_acc
         w.add(
             step,
             Phase.BACKWARD,
@@ -686,9 +704,12 @@ def _walk(
             step,
             Phase.OPTIMIZER,
             "optimizer step" + (" (states created)" if step == 1 else ""),
-            comps(0, G, opt_b, temp + clip),
+            comps(0, G + xg, opt_b, temp + clip),
         )
         w.add(step, Phase.OPTIMIZER, "zero_grad", comps(0, 0, opt_b))
+        for tev in tw.after_step if tw is not None else ():
+            w.add(step, tev.phase, tev.event, comps(tev.bytes, 0, opt_b))
+        late[0] = 0
     return w.events, cpu, zdetails, notes
 
 
@@ -784,8 +805,14 @@ def _rank(
     if tr.trainer.name != Trainer.SFT:
         tplan = trainer_plan(tr.trainer, tr.peft, tr.batch_size)
         act_tr = act_tr.model_copy(update={"batch_size": tplan.forward_rows})
+    in_blocks = par.fsdp is not None and par.fsdp.version == 1 and par.fsdp.lora_in_blocks
     prof = activation_profile(
-        spec, inv, act_tr, plan, seq_shard=par.tp if par.sequence_parallel else 1
+        spec,
+        inv,
+        act_tr,
+        plan,
+        seq_shard=par.tp if par.sequence_parallel else 1,
+        blocks_trainable=in_blocks,
     )
     opt = plan_optimizer(tr.optim, plan, impl=optim_impl)
     # the framework's own module implementations and memory features (frameworks/<name>.py)
@@ -880,13 +907,21 @@ def _rl_walk(
     in the weights' dtype (the bitsandbytes compute dtype for a quantized base). The
     reference copy is held as ``_trainer_walk`` holds it; PPO's reward and value models are
     sequence classifiers of the same backbone (no LM head) in the weights' dtype, the value
-    model trained in full (its gradients and AdamW states counted for the whole step).
+    model trained in full: its saved activations next to the policy's, its gradients at the
+    optimizer step, its AdamW states from the first step (trl 1.12.0
+    ``trl/experimental/ppo/ppo_trainer.py`` ``PolicyAndValueWrapper``, ``PPOTrainer.train``).
     """
+    from dataclasses import replace
+
     from vramcalc.formulas.inference import kv_heads_per_rank
     from vramcalc.formulas.rl import (
         generation_rows,
         logprob_forward_bytes,
         policy_head,
+        ppo_head,
+        ppo_logprob_bytes,
+        ppo_rollout_buffer_bytes,
+        ppo_scores_bytes,
         rollout,
         rollout_buffer_bytes,
     )
@@ -917,6 +952,17 @@ def _rl_walk(
         prof.loss_bwd_extra = 0
         prof.head_bwd_extra = bwd
         prof.details["activations/logprob_buffers"] = saved + outs
+    ph = None
+    if ppo and spec.has_lm_head:
+        ph = ppo_head(ro, hidden=H, vocab=V, compute=cb, layers=spec.num_hidden_layers)
+        prof.details.pop("activations/logits", None)
+        prof.logits_fwd = ph.loss_fwd
+        prof.loss_saved = 0
+        prof.loss_bwd_extra = ph.loss_bwd
+        prof.head_bwd_extra = ph.head_bwd
+        prof.held_logits = 0
+        prof.details["activations/logits"] = ph.logits + ph.loss_fwd
+        prof.details["activations/output_hidden_states"] = ph.hidden_states
     sharded = par.zero_stage == ZeroStage.PARAMETERS or (par.fsdp is not None and par.dp_shard > 1)
 
     def per_rank(n: int) -> int:
@@ -926,13 +972,48 @@ def _rl_walk(
     full_plan = plan_params(spec, inv, tr.model_copy(update={"peft": None}))
     if tplan.reference_kind == "copy":
         resident["params/reference"] = per_rank(full_plan.param_bytes)
+    value_b = 0
     if ppo:
-        head_b = 0 if spec.tie_word_embeddings else block(V * H * pb)
-        backbone = max(full_plan.param_bytes - head_b, 0)
-        resident["params/reward"] = per_rank(backbone)
-        resident["params/value"] = per_rank(backbone)
-        # the value model trains in full: gradients + two AdamW states in its dtype
-        resident["params/value_training_state"] = per_rank(3 * backbone)
+        # value and reward: AutoModelForSequenceClassification(num_labels=1) of the policy's
+        # backbone, a bias-free score Linear(H, 1) in place of the LM head. A quantized
+        # policy's value model cannot be trained in full in bitsandbytes storage: both are
+        # taken as the unquantized backbone in the compute dtype (as PPO scripts load them,
+        # `from_pretrained(..., dtype=...)` without a quantization config)
+        v_tr = act_tr.model_copy(update={"peft": None})
+        v_plan = full_plan
+        vb = pb
+        if tr.quant is not None:
+            vdt = (
+                act_tr.param_dtype
+                if dtype_bytes(act_tr.param_dtype) == cb
+                else DType(act_tr.mixed_precision.value)
+            )
+            v_tr = v_tr.model_copy(
+                update={"quant": None, "param_dtype": vdt, "mixed_precision": MixedPrecision.NO}
+            )
+            v_plan = plan_params(spec, inv, v_tr)
+            vb = dtype_bytes(vdt)
+            tplan = replace(
+                tplan,
+                notes=(
+                    *tplan.notes,
+                    f"PPO with a quantized policy: the value and reward models are counted "
+                    f"unquantized in {vdt.value} (a value model is trained in full)",
+                ),
+            )
+        head_b = 0 if spec.tie_word_embeddings else block(V * H * vb)
+        value_b = max(v_plan.param_bytes - head_b, 0) + block(H * vb)
+        resident["params/reward"] = per_rank(value_b)
+        resident["params/value"] = per_rank(value_b)
+        # PolicyAndValueWrapper trains the value model in full next to the policy: its saved
+        # activations are a full fine-tune's of the same backbone (the critic runs first and
+        # is backpropagated last), its gradients and AdamW states join the policy's
+        from vramcalc.formulas.activations import activation_profile
+
+        vprof = activation_profile(spec, inv, v_tr, v_plan)
+        value_act = vprof.embed_saved + sum(vprof.layer_saved) + vprof.head_saved
+        prof.embed_saved += value_act
+        prof.details["activations/value_model"] = value_act
     if ro.vllm == "colocate":
         gpu = res.hardware.gpu
         if gpu is None:
@@ -942,17 +1023,36 @@ def _rl_walk(
             )
         resident["params/vllm_engine"] = budget(gpu, ro.vllm_utilization or 0.3)
     n_logps = int(ro.old_logps) + int(ro.ref_logps)
-    resident["params/rollout_buffer"] = rollout_buffer_bytes(ro, n_logps)
+    if ppo:
+        resident["params/rollout_buffer"] = ppo_rollout_buffer_bytes(ro, V)
+    else:
+        resident["params/rollout_buffer"] = rollout_buffer_bytes(ro, n_logps)
     before: list[TrainerEvent] = []
     if ro.vllm == "none":
         gen_cb = cb if tr.quant is not None else pb
-        for name, rows in generation_rows(
+        gen = generation_rows(
             spec, ro, compute=gen_cb, kv_bytes=gen_cb, attn=tr.attn,
             kv_heads=kv_heads_per_rank(res.model.num_key_value_heads, par.tp),
-        ):  # fmt: skip
+        )  # fmt: skip
+        if ppo:
+            gen = _ppo_generation(gen, *ppo_scores_bytes(ro, V), ro)
+        for name, rows in gen:
             before.append(TrainerEvent(Phase.GENERATION, name, sum(rows.values()), rows))
     passes = [n for n, on in (("old", ro.old_logps), ("reference", ro.ref_logps)) if on]
-    if passes:
+    if ppo:
+        from vramcalc import catalog
+
+        chunk = int(catalog.load("rl")["defaults"]["ppo"]["local_rollout_forward_batch_size"])
+        lp = ppo_logprob_bytes(spec, ro, compute=cb, attn=tr.attn, chunk=chunk)
+        before.append(
+            TrainerEvent(
+                Phase.GENERATION,
+                "reference log-probs, values and rewards (no grad, output_hidden_states)",
+                lp,
+                {"activations/logprob_forward": lp},
+            )
+        )
+    elif passes:
         lp = logprob_forward_bytes(spec, ro, compute=cb, hidden_bytes=hb, attn=tr.attn)
         before.append(
             TrainerEvent(
@@ -978,13 +1078,71 @@ def _rl_walk(
         notes.append("vLLM server: generation runs on other GPUs; nothing of it on this GPU")
     if ppo:
         notes.append(
-            "PPO is not in TRL 1.16: modelled from its last PPOTrainer "
-            "(trl/experimental/ppo/ppo_trainer.py); not traced"
+            "PPO is not in TRL 1.16: modelled from trl 1.12.0's PPOTrainer (its last release "
+            "with PPO), traced by validation/trl_ppo_trace.py; it runs without autocast or "
+            "gradient checkpointing (PPOTrainer builds its own Accelerator and never applies "
+            "bf16/gradient_checkpointing under transformers 5)"
         )
-    from dataclasses import replace
-
     tplan = replace(tplan, notes=tuple(notes))
-    return TrainerWalk(plan=tplan, resident=resident, before_forward=tuple(before))
+    return TrainerWalk(
+        plan=tplan,
+        resident=resident,
+        before_forward=tuple(before),
+        after_loss=ph.logits + ph.hidden_states if ph is not None else 0,
+        after_step=(
+            (
+                TrainerEvent(
+                    Phase.OPTIMIZER,
+                    "PPO statistics (no grad: softmax of the logits, entropy)",
+                    ph.entropy,
+                    {"activations/ppo_statistics": ph.entropy},
+                ),
+            )
+            if ph is not None
+            else ()
+        ),
+        # the value model's AdamW states (two, in its dtype) and gradients
+        extra_states=per_rank(2 * value_b),
+        extra_grads=per_rank(value_b),
+    )
+
+
+def _ppo_generation(
+    gen: list[tuple[str, dict[str, int]]], step_scores: int, stacked: int, ro: Any
+) -> list[tuple[str, dict[str, int]]]:
+    """Add PPO's kept generation scores to the ``generate`` walk's events.
+
+    ``output_scores=True``: each decode step's fp32 scores ``[b, V]`` are kept (one per
+    generated token so far); at the end TRL stacks them into ``[b, L, V]`` while the cache is
+    still referenced by the output, then ``batch_generation`` pads the stack into ``logitss``
+    (the rollout buffer's scores, ``formulas/rl.ppo_scores_bytes``).
+    """
+    out = []
+    kv = 0
+    for name, rows in gen:
+        rows = dict(rows)
+        if "decode: first step" in name:
+            rows["activations/generation_scores"] = step_scores
+        elif "decode: last step" in name:
+            rows["activations/generation_scores"] = (ro.completion - 1) * step_scores
+        kv = rows.get("activations/generation_kv_cache", kv)
+        out.append((name, rows))
+    out.append(
+        (
+            "generation: scores stacked (output_scores)",
+            {
+                "activations/generation_kv_cache": kv,
+                "activations/generation_scores": ro.completion * step_scores + stacked,
+            },
+        )
+    )
+    out.append(
+        (
+            "generation: scores padded (batch_generation)",
+            {"activations/generation_scores": 2 * stacked},
+        )
+    )
+    return out
 
 
 def _layout(par: ParallelSpec, stage: Stage) -> Layout:
@@ -1291,7 +1449,11 @@ def _trainer_details(details: dict[str, int], tw: TrainerWalk, peak_event: str) 
         v for k, v in details.items() if k.startswith("params/") and k not in keep
     )
     out.update(tw.resident)
-    for tev in (*tw.before_forward, *tw.after_forward):
+    if tw.extra_states:  # PPO: the value model's AdamW states
+        out["optimizer/value_model"] = tw.extra_states
+    if tw.extra_grads and peak_event.startswith("optimizer step"):
+        out["gradients/value_model"] = tw.extra_grads
+    for tev in (*tw.before_forward, *tw.after_forward, *tw.after_step):
         if tev.event == peak_event:
             out.update(tev.rows)
     return out

@@ -254,6 +254,22 @@ class EstimateRequest(_Frozen):
     fsdp_backward_prefetch: FsdpBackwardPrefetch = Field(
         default=FsdpBackwardPrefetch.BACKWARD_PRE, description="FSDP1 backward_prefetch"
     )
+    fsdp_lora_in_blocks: SBool = Field(
+        default=False,
+        description="FSDP1 with LoRA: the adapters stay in their decoder block's flat "
+        "parameter (transformer_auto_wrap_policy alone, e.g. Lightning Fabric's "
+        "FSDPStrategy(auto_wrap_policy={Block}); use_orig_params=True), so each block's "
+        "flat gradient covers its frozen weights too. Default false: PEFT's "
+        "fsdp_auto_wrap_policy, which the Trainer installs, wraps the adapters in units of "
+        "their own",
+    )
+    fsdp_sync_each_batch: SBool = Field(
+        default=False,
+        description="reduce-scatter gradients after every micro-batch (accelerate's "
+        "GradientAccumulationPlugin sync_each_batch; the Trainer's accelerator_config "
+        "gradient_accumulation_kwargs). Default false: with grad_accum > 1 the micro-batches "
+        "before the last run under no_sync and FSDP accumulates unsharded gradients",
+    )
     tp: SInt = Field(default=1, gt=0, le=MAX_GPUS, description="tensor-parallel degree")
     sequence_parallel: SBool = Field(
         default=False, description="Megatron sequence parallelism (needs tp > 1)"
@@ -641,11 +657,18 @@ _FSDP_OPTION_DEFAULTS: dict[str, Any] = {
     "fsdp_use_orig_params": True,
     "fsdp_limit_all_gathers": True,
     "fsdp_backward_prefetch": FsdpBackwardPrefetch.BACKWARD_PRE,
+    "fsdp_sync_each_batch": False,
+    "fsdp_lora_in_blocks": False,
 }
 # FullyShardedDataParallel (FSDP1) arguments that fully_shard (FSDP2) does not have.
 # Source: torch 2.13 distributed/fsdp/fully_sharded_data_parallel.py (FSDP1 __init__) and
 # distributed/fsdp/_fully_shard/_fully_shard.py (fully_shard signature).
-_FSDP1_ONLY = ("fsdp_use_orig_params", "fsdp_limit_all_gathers", "fsdp_backward_prefetch")
+_FSDP1_ONLY = (
+    "fsdp_use_orig_params",
+    "fsdp_limit_all_gathers",
+    "fsdp_backward_prefetch",
+    "fsdp_lora_in_blocks",
+)
 _PP_VIRTUAL_STAGES_DEFAULT = 2
 
 
@@ -686,6 +709,35 @@ def _layout_problems(req: EstimateRequest) -> list[str]:
                         "but fsdp_version is 2 (fully_shard); accepted: fsdp_version 1, or "
                         f"{name} {_shown(_FSDP_OPTION_DEFAULTS[name])}"
                     )
+        if req.fsdp_lora_in_blocks and req.lora is None and req.qlora is None:
+            out.append(
+                "fsdp_lora_in_blocks true places LoRA adapters in their block's FSDP unit, "
+                "but the request has no lora or qlora; accepted: lora/qlora with it, or "
+                "fsdp_lora_in_blocks false"
+            )
+        if req.fsdp_lora_in_blocks and req.framework == "hf" and (
+            req.qlora is not None or req.dtype != DType.FP32
+        ):
+            out.append(
+                "fsdp_lora_in_blocks true with PEFT's fp32 adapters and a "
+                f"{'4-bit' if req.qlora is not None else req.dtype.value} base: FSDP1 cannot "
+                "flatten one block of mixed dtypes (torch: 'Must flatten tensors with uniform "
+                "dtype'); accepted: dtype fp32 (with mixed_precision for 16-bit compute), "
+                "framework litgpt (adapters in the base dtype), or fsdp_lora_in_blocks false"
+            )
+        if req.fsdp_lora_in_blocks and not req.fsdp_use_orig_params:
+            out.append(
+                "fsdp_lora_in_blocks true mixes frozen and trainable parameters in one flat "
+                "parameter, which FSDP1 allows only with use_orig_params; accepted: "
+                "fsdp_use_orig_params true, or fsdp_lora_in_blocks false"
+            )
+        if req.fsdp_sync_each_batch and req.pp > 1:
+            out.append(
+                f"fsdp_sync_each_batch true cannot apply with pp {req.pp}: torch's pipeline "
+                "schedule runs every micro-batch but the last without gradient sync "
+                "(pipelining/stage.py backward_maybe_with_nosync); accepted: pp 1 with "
+                "fsdp_sync_each_batch, or fsdp_sync_each_batch false"
+            )
     elif req.accelerate_config is None:
         for name, default in _FSDP_OPTION_DEFAULTS.items():
             value = getattr(req, name)
@@ -1130,6 +1182,10 @@ class FsdpSpec(_Frozen):
     use_orig_params: bool = True
     limit_all_gathers: bool = True
     backward_prefetch: FsdpBackwardPrefetch = FsdpBackwardPrefetch.BACKWARD_PRE
+    sync_each_batch: bool = False
+    """Reduce-scatter after every micro-batch; false: accelerate's ``no_sync`` accumulation."""
+    lora_in_blocks: bool = False
+    """FSDP1: LoRA adapters share their block's flat parameter (its gradient is whole)."""
 
 
 class ParallelSpec(_Frozen):

@@ -20,7 +20,7 @@ const FEATURE_FIELDS = ["activation_offload", "optimizer_in_backward", "packing"
 // Parallel layout (issue 8): FSDP options are sent only with an FSDP strategy.
 const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
-const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_reshard_after_forward",
+const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_sync_each_batch", "fsdp_lora_in_blocks", "fsdp_reshard_after_forward",
   "precompute_ref_log_probs", "activation_offload", "optimizer_in_backward", "packing", "liger", "compile",
   "checkpoint_offload", "padded_batch", "freeze_vision"];
 const DEFAULTS = {
@@ -145,6 +145,8 @@ function buildRequest() {
       if ($(f).value !== "") req[f] = $(f).value === "true";
     }
     if ($("fsdp_offload").checked) req.fsdp_offload = true;
+    if ($("fsdp_sync_each_batch").checked) req.fsdp_sync_each_batch = true;
+    if ($("fsdp_lora_in_blocks").checked) req.fsdp_lora_in_blocks = true;
   }
   const peft = $("peft").value;
   if (peft === "lora" || peft === "qlora") {
@@ -218,6 +220,8 @@ function fillForm(req) {
   $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;
   $("unpadded_batch").checked = req.padded_batch === false;
   $("fsdp_offload").checked = !!req.fsdp_offload;
+  $("fsdp_sync_each_batch").checked = !!req.fsdp_sync_each_batch;
+  $("fsdp_lora_in_blocks").checked = !!req.fsdp_lora_in_blocks;
   if (req.fsdp_version !== undefined) $("fsdp_version").value = String(req.fsdp_version);
   if (req.fsdp_reshard_after_forward !== undefined) $("fsdp_reshard_after_forward").value = String(req.fsdp_reshard_after_forward);
   for (const m of ["lora", "qlora"]) {

@@ -213,9 +213,14 @@ def test_past_the_budget_is_504_in_threads() -> None:
 
 def test_past_the_budget_kills_the_worker_process() -> None:
     """The real engine in a worker process: killed at the budget, replaced for the next job."""
-    # a fit over 16384 layers takes about 0.5 s of CPU (repeated blocks are walked once, so
-    # depth alone no longer makes a request slow): a 0.1 s budget stops it reliably
-    settings = Settings(access_log=False, engine_workers=1, request_timeout_s=0.1, max_layers=16384)
+    # repeated blocks are walked once, so depth alone costs little: a fit over 16384 layers
+    # took 0.06 s warm on a 2026-12 CI-class machine and slipped under the budget. 2**20
+    # layers take 0.7 s warm there (7x the 0.1 s budget), while the gpt2-medium fit that
+    # follows takes 4 ms (25x under it)
+    layers = 1 << 20
+    settings = Settings(
+        access_log=False, engine_workers=1, request_timeout_s=0.1, max_layers=layers
+    )
     huge = {
         "model": {
             "model_type": "llama",
@@ -223,7 +228,7 @@ def test_past_the_budget_kills_the_worker_process() -> None:
             "intermediate_size": 128,
             "num_attention_heads": 1,
             "num_key_value_heads": 1,
-            "num_hidden_layers": 16384,
+            "num_hidden_layers": layers,
             "vocab_size": 1000,
         },
         "seq_len": 128,

@@ -57,8 +57,13 @@ TRACE_PHASE = {p.value: p for p in Phase}
 
 
 def test_grid_is_complete() -> None:
-    assert len(SINGLE) == 141
-    assert len({m.scenario.id for m in SINGLE}) == 141
+    # one record per grid scenario the tracer runs (it skips QLoRA on one device), no other
+    from validation import grid
+
+    ids = [m.scenario.id for m in SINGLE]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {s.id for s in grid.scenarios() if s.request.qlora is None}
+    assert len(ids) >= 131
     assert all(m.fingerprint.backend == "trace" and m.error is None for m in SINGLE)
 
 
@@ -100,6 +105,40 @@ def test_distributed_grid_covers_the_layouts() -> None:
     families = {str(r.model.get("model_type")) for r in reqs if isinstance(r.model, dict)}
     assert {"llama", "mistral", "mixtral"} <= families
     assert all(m.fingerprint.backend == "trace" for m in DISTRIBUTED)
+
+
+def test_single_device_grid_covers_gradient_accumulation() -> None:
+    reqs = [m.scenario.request for m in SINGLE if m.scenario.request.grad_accum > 1]
+    assert len(reqs) >= 4
+    assert any(r.lora is not None for r in reqs) and any(r.grad_ckpt for r in reqs)
+    assert any(r.mixed_precision.value != "no" for r in reqs)
+
+
+def test_distributed_grid_covers_gradient_accumulation() -> None:
+    # the Trainer's accumulation under FSDP: no_sync micro-batches (unsharded gradients) and
+    # sync_each_batch, FSDP1 and FSDP2, full and LoRA; each no_sync row has a twin that
+    # differs only in fsdp_sync_each_batch, and the no_sync one measured more
+    accum = [m for m in DISTRIBUTED if m.scenario.request.grad_accum > 1]
+    reqs = [m.scenario.request for m in accum]
+    assert {r.fsdp_version for r in reqs} == {1, 2}
+    assert any(r.lora is not None for r in reqs) and any(r.lora is None for r in reqs)
+    twins = 0
+    for m in accum:
+        r = m.scenario.request
+        if not r.fsdp_sync_each_batch:
+            continue
+        twin = r.model_copy(update={"fsdp_sync_each_batch": False})
+        other = next(x for x in accum if x.scenario.request == twin)
+        assert other.measured.allocated_bytes > m.measured.allocated_bytes
+        twins += 1
+    assert twins >= 2
+
+
+def test_distributed_grid_covers_lora_inside_fsdp1_block_units() -> None:
+    reqs = [m.scenario.request for m in DISTRIBUTED if m.scenario.request.fsdp_lora_in_blocks]
+    assert len(reqs) >= 4
+    assert any(r.grad_accum > 1 for r in reqs) and any(r.grad_ckpt for r in reqs)
+    assert all(r.fsdp_version == 1 and r.lora is not None for r in reqs)
 
 
 def test_distributed_grid_covers_qlora_under_fsdp() -> None:

@@ -5,7 +5,7 @@ each a fake-CUDA trace of TRL's own ``compute_loss`` (DPOTrainer, KTOTrainer, OR
 CPOTrainer, RewardTrainer built by TRL's ``__init__``) -> backward -> optimizer step
 (``validation/trl_trace.py``). The engine must predict each allocated peak within 5 % (issue
 11's target: 3 %; the distribution is printed) and in the same phase. Lines of other trainers
-(the RL helper's GRPO/RLOO lines) are checked by their own tests.
+(the RL helper's GRPO/RLOO/PPO lines) are checked by their own tests.
 
 A live re-trace of one small scenario (``slow``) checks the tracer still reproduces its
 committed line to the byte.

@@ -375,6 +375,7 @@ def activation_profile(
     plan: ParamPlan,
     *,
     seq_shard: int = 1,
+    blocks_trainable: bool = False,
 ) -> ActivationProfile:
     """Activation bytes of one forward/backward of ``tr.batch_size`` x ``tr.seq_len`` tokens.
 
@@ -433,6 +434,13 @@ def activation_profile(
     details: dict[str, int] = dict(emb.by_detail())
     # ---------------------------------------------------------------- blocks
     grad_flows = ctx.full or tr.grad_ckpt
+    if blocks_trainable:
+        # FSDP1 with LoRA inside the block's flat parameter (use_orig_params): every block
+        # weight is a view of a parameter that requires grad, so the block saves what full
+        # fine-tuning saves (linear inputs, norm outputs) on top of the adapters' tensors; the
+        # embedding and the head (the root unit, all frozen) do not (rank-0 traces
+        # *-lora-in-blocks, validation/measurements/trace-dist.jsonl)
+        ctx = replace(ctx, full=True)
     stacks = (
         ["encoder", "decoder"]
         if spec.is_encoder_decoder
@@ -534,6 +542,8 @@ def activation_profile(
         details.pop("activations/dropout_masks", None)
         details["activations/checkpoints"] = ck
     # ---------------------------------------------------------------- head and loss
+    if blocks_trainable:
+        ctx = replace(ctx, full=peft is None)
     head = Ledger()
     H, V = spec.hidden_size, spec.vocab_size
     head_trainable = ctx.full

@@ -93,6 +93,8 @@ def _fsdp_from_flags(req: EstimateRequest) -> FsdpSpec | None:
         use_orig_params=req.fsdp_use_orig_params,
         limit_all_gathers=req.fsdp_limit_all_gathers,
         backward_prefetch=req.fsdp_backward_prefetch,
+        sync_each_batch=req.fsdp_sync_each_batch,
+        lora_in_blocks=req.fsdp_lora_in_blocks,
     )
 
 

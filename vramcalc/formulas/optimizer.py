@@ -100,7 +100,7 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
         if not (factored and sname in ("exp_avg_sq", "exp_avg_sq_row", "exp_avg_sq_col")):
             kept.append((f"optimizer/{sname}", st, st.get("bits", "param")))
     details = out.details
-    for numel, count, pb in plan.trainable_elements:
+    for numel, count, pb, *_ in plan.trainable_elements:
         before = total
         per_bits: dict[Any, int] = {}  # equal widths, equal bytes (exp_avg, exp_avg_sq)
         for key, st, bits in kept:
@@ -133,8 +133,8 @@ def plan_optimizer(name: str, plan: ParamPlan, *, impl: str | None = None) -> Op
         out.step_temp_bytes = 2 * plan.largest_trainable
     elif temps == "adafactor":
         # fp32 update and its negation; 16-bit params add fp32 copies of grad and param
-        largest = max((n for n, _, _ in plan.trainable_elements), default=0)
-        sixteen = any(b < 4 for _, _, b in plan.trainable_elements)
+        largest = max((t.numel for t in plan.trainable_elements), default=0)
+        sixteen = any(t.elt_bytes < 4 for t in plan.trainable_elements)
         out.step_temp_bytes = (4 if sixteen else 2) * block(largest * 4)
     else:
         out.step_temp_bytes = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from vramcalc import catalog
 from vramcalc.enums import PeftMethod, Quant
@@ -20,6 +21,8 @@ __all__ = [
     "Adapter",
     "LoraTarget",
     "ParamPlan",
+    "Stored",
+    "Trainable",
     "block",
     "dtype_bytes",
     "lora_target_groups",
@@ -75,6 +78,43 @@ class Adapter:
         return block(self.shape[0] * self.shape[1] * self.bytes_per_elt) * self.count
 
 
+class Stored(NamedTuple):
+    """One kind of parameter tensor as a sharding engine sees it (``ParamPlan.tensors``).
+
+    ``rows`` and ``stack`` give the stored tensor's dim 0, which FSDP2 splits
+    (``sharding._fsdp2_plan``): a fused 3-D MoE parameter ``[experts, out, in]`` stacks
+    ``stack = experts`` instances (one per expert, one dim-0 row each); every other tensor is
+    one instance (``stack = 1``) with ``rows`` = its dim 0 in torch's layout (``out`` of a
+    linear weight, the rows of an embedding, the length of a 1-D norm/bias, the packed bytes
+    of 4-bit storage, ``r`` of a LoRA A). Conv1D weights (GPT-2) are stored ``(in, out)``
+    but counted with ``rows = out``: the same shard whenever both divide by the shard count.
+    """
+
+    key: str
+    nbytes: int
+    """Bytes of one instance before block rounding."""
+    instances: int
+    """Instances in the model (or on this rank)."""
+    elt_bytes: int
+    """Bytes per element; 0 for quantized storage."""
+    rows: int
+    stack: int
+
+
+class Trainable(NamedTuple):
+    """One kind of trainable tensor.
+
+    Elements of one instance, count, bytes per element, and the stored tensor's dim-0
+    ``rows`` / ``stack`` (as in ``Stored``).
+    """
+
+    numel: int
+    instances: int
+    elt_bytes: int
+    rows: int
+    stack: int
+
+
 @dataclass
 class ParamPlan:
     """Where the parameters are and which of them train.
@@ -120,12 +160,11 @@ class ParamPlan:
     lora_by_stack: dict[str, set[str]] = field(default_factory=dict)
     """LoRA-adapted module names per stack (a VLM's tower and language model may share
     module names such as ``q_proj``)."""
-    trainable_elements: list[tuple[int, int, int]] = field(default_factory=list)
-    """(elements of one tensor, count, bytes per element) of every trainable tensor kind."""
-    tensors: list[tuple[str, int, int, int]] = field(default_factory=list)
-    """(group key, bytes of one instance before block rounding, count, bytes per element; 0
-    for quantized storage) of every parameter tensor (weights, biases, quantized weights with
-    their state, adapters): what a sharding engine splits and gathers."""
+    trainable_elements: list[Trainable] = field(default_factory=list)
+    """Every trainable tensor kind."""
+    tensors: list[Stored] = field(default_factory=list)
+    """Every parameter tensor kind (weights, biases, quantized weights with their state,
+    adapters): what a sharding engine splits and gathers."""
 
 
 @dataclass(frozen=True)
@@ -393,9 +432,20 @@ def plan_params(
         if quant_this and sharded_quant:
             one = _packed_4bit_bytes(n_w)
             plan.replicated_bytes += (wbytes - block(one)) * g.count
-        plan.tensors.append((g.key, one, g.count, 0 if quant_this else other_bytes))
+        stack = g.experts if g.expert else 1
+        if stack > 1:
+            rows = b_rows = stack
+        else:
+            rows = g.in_features if g.kind == "embedding" else g.out_features or n_w
+            b_rows = n_b
+        if quant_this:
+            rows = one  # bitsandbytes packs 4-bit storage as a [numel / 2, 1] uint8 tensor
+        plan.tensors.append(
+            Stored(g.key, one, g.count, 0 if quant_this else other_bytes, rows, stack)
+        )
         if n_b:
-            plan.tensors.append((g.key, n_b * other_bytes, g.count, other_bytes))
+            bias = Stored(g.key, n_b * other_bytes, g.count, other_bytes, b_rows, stack)
+            plan.tensors.append(bias)
             bb = block(n_b * other_bytes)
             plan.details[other_key] = plan.details.get(other_key, 0) + bb * g.count
             plan.param_bytes += bb * g.count
@@ -408,7 +458,7 @@ def plan_params(
         if trainable and gc:
             wb = wbytes if pb == other_bytes and not quant_this else block(n_w * pb)
             plan.grad_tensors.append((wb, gc, 0))
-            plan.trainable_elements.append((n_w, gc, pb))
+            plan.trainable_elements.append(Trainable(n_w, gc, pb, rows, stack))
             plan.largest_trainable = max(plan.largest_trainable, wb)
             if g.kind in ("norm", "other") and n_w <= spec.hidden_size:
                 plan.nodecay_bytes += wb * gc
@@ -418,15 +468,16 @@ def plan_params(
             if n_b:
                 bb = block(n_b * pb)
                 plan.grad_tensors.append((bb, gc, 0))
-                plan.trainable_elements.append((n_b, gc, pb))
+                plan.trainable_elements.append(Trainable(n_b, gc, pb, b_rows, stack))
                 plan.nodecay_bytes += bb * gc
                 plan.n_trainable_tensors += gc
     if peft is not None:
         ab = pb if recipe.adapter_dtype == "base" else 4
         plan.adapters = _adapters(spec, inventory, peft, lora, ab)
         for a in plan.adapters:
+            numel = a.shape[0] * a.shape[1]
             plan.tensors.append(
-                (a.key, a.shape[0] * a.shape[1] * a.bytes_per_elt, a.count, a.bytes_per_elt)
+                Stored(a.key, numel * a.bytes_per_elt, a.count, a.bytes_per_elt, a.shape[0], 1)
             )
             plan.param_bytes += a.tensor_bytes
             akey = f"params/adapters_{_dtype_name(a.bytes_per_elt)}"
@@ -434,7 +485,8 @@ def plan_params(
             plan.trainable_keys.add(a.key)
             one = block(a.shape[0] * a.shape[1] * a.bytes_per_elt)
             plan.grad_tensors.append((one, a.count, 1))
-            plan.trainable_elements.append((a.shape[0] * a.shape[1], a.count, a.bytes_per_elt))
+            tr = Trainable(numel, a.count, a.bytes_per_elt, a.shape[0], 1)
+            plan.trainable_elements.append(tr)
             plan.largest_trainable = max(plan.largest_trainable, one)
             if a.shape[1] == 1 or (a.shape[0] == 1 and a.module.endswith("bias")):
                 plan.nodecay_bytes += a.tensor_bytes

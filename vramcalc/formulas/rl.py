@@ -1,4 +1,4 @@
-"""RL trainers with generation: GRPO and RLOO (TRL 1.16.0), PPO (TRL's last PPOTrainer).
+"""RL trainers with generation: GRPO and RLOO (TRL 1.16.0), PPO (trl 1.12.0's PPOTrainer).
 
 Numbers in, integer bytes out. What one GRPO/RLOO step holds on a training GPU, in the order
 TRL runs it (``trl/trainer/grpo_trainer.py``; ``rloo_trainer.py`` is the same shape):
@@ -36,14 +36,21 @@ TRL runs it (``trl/trainer/grpo_trainer.py``; ``rloo_trainer.py`` is the same sh
    ``[V, H]`` then its cast to the weight's dtype. The loss itself is a handful of ``b x L``
    fp32 tensors.
 
-PPO is not in trl 1.16.0 (removed); it is modelled from its last version
-(``trl/experimental/ppo/ppo_trainer.py``): a policy and a value model trained together
-(``PolicyAndValueWrapper``; the value model is a full ``AutoModelForSequenceClassification``
-with its own gradients and optimizer states), a frozen reference (the policy's disabled adapter
-under PEFT) and a frozen reward model (a sequence classifier), rollout generation of
-``response_length`` tokens, and full-vocabulary logits in its loss (no fused head). Not traced.
+**PPO** is not in trl 1.16.0 (it left TRL in 1.13): it is modelled from trl 1.12.0's
+``trl/experimental/ppo/ppo_trainer.py`` (``PPOTrainer.train``), its last release: rollout
+generation with ``output_scores=True`` (every step's fp32 scores kept, stacked and padded into
+a ``[b, L, V]`` tensor kept until the next rollout, ``ppo_scores_bytes``), the no-grad
+reference/value/reward passes with ``output_hidden_states=True`` (``ppo_logprob_bytes``), a
+value model (``AutoModelForSequenceClassification``) trained in full next to the policy
+(``PolicyAndValueWrapper``: its activations, gradients and AdamW states), a frozen reward model
+of the same backbone, the reference copy or the policy's disabled adapter under PEFT, and the
+policy's full-vocabulary logits with a per-row ``log_softmax`` in its loss (``ppo_head``; no
+fused head). PPOTrainer builds its own ``Accelerator`` and never calls ``Trainer.__init__``:
+no autocast and no gradient checkpointing under transformers 5. Traced by
+``validation/trl_ppo_trace.py`` (trl 1.12.0's real ``train()``).
 
-Source: trl 1.16.0 (paths above); the traced check is ``validation/trl_rl_trace.py``.
+Source: trl 1.16.0 (GRPO/RLOO) and trl 1.12.0 (PPO), paths above; the traced checks are
+``validation/trl_rl_trace.py`` and ``validation/trl_ppo_trace.py``.
 """
 
 from __future__ import annotations
@@ -268,3 +275,132 @@ def policy_head(
     wgrad = block(vocab * hidden * 4) if head_trainable else 0
     bwd = _tile(N, compute) + block(N * hidden * 4) + block(N * hidden * hidden_bytes) + wgrad
     return saved, fwd, outputs, bwd
+
+
+# ----------------------------------------------------------------------------- PPO
+
+
+@dataclass(frozen=True)
+class PPOHead:
+    """The PPO policy's logits and loss in a training micro-batch (bytes; see ``ppo_head``).
+
+    Attributes:
+        logits: ``output.logits`` ``[b, S, V]``, referenced by ``output`` from the forward
+            to the end of the micro-batch (after the optimizer step).
+        loss_fwd: the per-row ``log_softmax`` outputs saved for backward (``[L, V]`` each).
+        loss_bwd: the loss backward's transient (the logits' gradient: two ``[b, S, V]`` and
+            two ``[b, L, V]`` buffers).
+        head_bwd: the LM head's backward transient (the logits' gradient and the hidden
+            states' gradient ``[b, S, H]``).
+        entropy: after the optimizer step, the no-grad entropy statistic's ``softmax`` of
+            the completion logits and its product with them (two ``[b, L, V]``).
+        hidden_states: ``output.hidden_states`` (``output_hidden_states=True``): the
+            residual stream's layer inputs ``[b, S, H]`` that autograd does not save (the
+            embedding output and every block's output but the last, which the final norm's
+            output replaces), referenced by ``output`` as the logits are.
+
+    """
+
+    logits: int
+    loss_fwd: int
+    loss_bwd: int
+    head_bwd: int
+    entropy: int
+    hidden_states: int = 0
+
+
+def ppo_head(ro: Rollout, *, hidden: int, vocab: int, compute: int, layers: int) -> PPOHead:
+    """Return the PPO policy's full-vocabulary logits and loss buffers (no fused head).
+
+    ``output, vpred_temp = forward(model, mb_query_responses, pad)``; ``logits =
+    output.logits[:, context_length - 1 : -1]``; ``logits /= temperature`` (in place on the
+    view); ``selective_log_softmax(logits, mb_responses)``, which for 16-bit logits runs
+    ``log_softmax`` row by row (each ``[L, V]`` output saved for backward). Backward: the
+    rows' gradients and their stack (``UnbindBackward``), then the slice's zero-filled
+    ``[b, S, V]`` gradient and the in-place division's ``CopySlices`` clone of it, then the
+    LM head's input gradient. ``output`` is deleted only after the mini-batch loop, so the
+    logits stay alive through the optimizer step and the no-grad statistics after it
+    (``prob_dist = softmax(logits)``, ``torch.sum(prob_dist * logits, -1)``). fp32 logits
+    take TRL's gather/``logsumexp`` path instead (not traced; the same buffers are assumed).
+
+    ``forward`` passes ``output_hidden_states=True``: the policy's output also keeps the
+    residual stream's ``layers`` hidden states that no backward needs (the value model's
+    tuple is dropped inside ``PolicyAndValueWrapper.forward``).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
+    micro-batch loop), ``forward``, ``PolicyAndValueWrapper.forward``;
+    ``trl/trainer/utils.py`` ``selective_log_softmax``; transformers 5.24
+    ``utils/output_capturing.py`` (the first layer's input, then each layer's output, the
+    last replaced by the final norm's output); traced by ``validation/trl_ppo_trace.py``.
+    """
+    b, S, L = ro.completions, ro.seq_len, ro.completion
+    bsv = block(b * S * vocab * compute)
+    blv = block(b * L * vocab * compute)
+    return PPOHead(
+        logits=bsv,
+        loss_fwd=b * block(L * vocab * compute),
+        loss_bwd=2 * bsv + 2 * blv,
+        head_bwd=bsv + block(b * S * hidden * compute),
+        entropy=2 * blv,
+        hidden_states=layers * block(b * S * hidden * compute),
+    )
+
+
+def ppo_scores_bytes(ro: Rollout, vocab: int) -> tuple[int, int]:
+    """Return PPO's generation scores: (kept per decode step, the stacked ``[b, L, V]``).
+
+    ``generate(..., return_dict_in_generate=True, output_scores=True)`` keeps every step's
+    processed fp32 scores ``[b, V]``; TRL's ``generate`` stacks them (``torch.stack(
+    output.scores, 1)``) and ``batch_generation`` pads the chunks' stacks into one more
+    ``[b, L, V]`` fp32 tensor, the ``logitss`` that ``train`` keeps until the next rollout
+    replaces it.
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``generate``,
+    ``batch_generation``, ``PPOTrainer.train``.
+    """
+    b, L = ro.generation_batch, ro.completion
+    return block(b * vocab * 4), block(b * L * vocab * 4)
+
+
+def ppo_logprob_bytes(
+    spec: ModelSpec, ro: Rollout, *, compute: int, attn: Attention, chunk: int
+) -> int:
+    """Peak of PPO's no-grad rollout scoring above the weights and the rollout buffer.
+
+    Per chunk of ``local_rollout_forward_batch_size`` rows: the reference forward (the copy,
+    or the policy with its adapter disabled) with ``output_hidden_states=True`` keeps every
+    layer's hidden state ``[c, S, H]`` (and, ``use_cache`` left on, every layer's K and V);
+    its logits ``[c, S, V]`` in the weights' dtype, then ``selective_log_softmax`` row by row
+    (the new row's ``[L, V]`` ``log_softmax`` is computed while the previous row's is still
+    referenced: two rows). The value and reward models' ``get_reward`` passes
+    (``use_cache=False``) hold the same hidden states without logits (smaller).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train`` (the
+    rollout loop), ``forward``; ``trl/experimental/utils.py`` ``get_reward``.
+    """
+    c = min(ro.completions, chunk)
+    S, L, H, V = ro.seq_len, ro.completion, spec.hidden_size, spec.vocab_size
+    nl = spec.num_hidden_layers
+    hs = block(c * S * H * compute)
+    # ``forward`` leaves ``use_cache`` at the config's default: the output also holds a
+    # DynamicCache of every layer's K and V
+    kv = 2 * nl * block(c * S * spec.num_key_value_heads * spec.head_dim * compute)
+    layer = nl * hs + kv + _layer_temporaries(spec, c * S, c, S, compute, attn)
+    head = (nl + 1) * hs + kv + block(c * S * V * compute) + 2 * block(L * V * compute)
+    return max(layer, head)
+
+
+def ppo_rollout_buffer_bytes(ro: Rollout, vocab: int) -> int:
+    """Return what one PPO rollout keeps until the next: the scores and ``[b, *]`` tensors.
+
+    ``logitss`` ``[b, L, V]`` fp32 (``ppo_scores_bytes``), ``query_responses`` int64 ``[b,
+    P + L]``, and the ``[b, L]`` tensors of the update (``logprobs``, ``ref_logprobs``,
+    ``values``, ``padding_mask``, ``padding_mask_p1``, ``response_idxs``, ``rewards``,
+    ``kl``, ``non_score_reward``, ``advantages``, ``returns``, ...; counted as ten fp32/int64
+    blocks).
+
+    Source: trl 1.12.0 ``trl/experimental/ppo/ppo_trainer.py`` ``PPOTrainer.train``.
+    """
+    b, L = ro.generation_batch, ro.completion
+    _, stacked = ppo_scores_bytes(ro, vocab)
+    return stacked + block(b * ro.seq_len * 8) + 10 * block(b * L * 8)

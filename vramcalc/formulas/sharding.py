@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from vramcalc.enums import FsdpStrategy, Offload, ZeroStage
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.optimizer import OptimizerPlan, plan_optimizer
-from vramcalc.formulas.params import ParamPlan, block
+from vramcalc.formulas.params import ParamPlan, Trainable, block
 from vramcalc.specs import ModelSpec, ParallelSpec
 
 __all__ = ["RankStates", "Units", "rank_states", "units"]
@@ -109,7 +109,7 @@ def units(plan: ParamPlan, n_blocks: int) -> Units:
     rest: list[tuple[int, int, int]] = []
     b_tr = r_tr = e_tr = h_tr = 0
     trainable = plan.trainable_keys
-    for key, nb, count, eb in plan.tensors:
+    for key, nb, count, eb, *_ in plan.tensors:
         trains = key in trainable
         el = (nb // eb) * count if trains and eb else 0
         if _in_block(key, count, n_blocks):
@@ -178,6 +178,9 @@ class RankStates:
     sharded: bool = False
     root_held: bool = False
     embed_held: bool = False
+    grad_unsharded: int = 0
+    """FSDP: every unit's unsharded gradients, which accumulate across the micro-batches of
+    an optimizer step run under ``no_sync`` (0: not applicable)."""
 
 
 def _shard(n: int, parts: int) -> int:
@@ -191,15 +194,59 @@ def _sharded_plan(plan: ParamPlan, ratio_num: int, ratio_den: int) -> ParamPlan:
     def part(n: int) -> int:
         return -(-n * ratio_num // ratio_den)
 
-    elems = [(part(n), c, b) for n, c, b in plan.trainable_elements]
+    elems = [t._replace(numel=part(t.numel)) for t in plan.trainable_elements]
     return replace(
         plan,
         trainable_elements=elems,
-        grad_tensors=[(block(n * b), c, 0) for n, c, b in elems],
+        grad_tensors=[(block(t.numel * t.elt_bytes), t.instances, 0) for t in elems],
         decay_bytes=-(-plan.decay_bytes * ratio_num // ratio_den),
         nodecay_bytes=-(-plan.nodecay_bytes * ratio_num // ratio_den),
         largest_trainable=-(-plan.largest_trainable * ratio_num // ratio_den),
     )
+
+
+def _fsdp2_plan(plan: ParamPlan, n: int) -> ParamPlan:
+    """Return the trainable tensors of ``plan`` as FSDP2's rank-0 shards over ``n`` ranks.
+
+    ``fully_shard`` splits every parameter on dim 0 with ``torch.chunk`` and pads the chunks
+    to ``ceil(dim0 / n)`` rows; rank 0 holds a full chunk. For a 2-D weight whose rows divide
+    by ``n`` that is exactly ``numel / n`` elements (what ``_sharded_plan`` gives), but a fused
+    3-D MoE parameter ``[experts, out, in]`` is split by whole experts: with fewer experts
+    than ranks, rank 0 holds one expert (``ceil(experts / n)`` of them), not ``1 / n`` of the
+    tensor, and the optimizer states and gradients follow that shard.
+
+    Source: torch 2.13 ``distributed/fsdp/_fully_shard/_fsdp_param.py``
+    (``FSDPParam._init_sharded_param``: ``torch.chunk(param, shard_world_size, dim=0)``,
+    ``padded_sharded_param_size``); transformers 5.24 ``models/mixtral/modeling_mixtral.py``
+    ``MixtralExperts`` (``gate_up_proj`` / ``down_proj`` are ``[num_experts, ...]``); rank-0
+    trace ``mixtral-full-fsdp2-fs-w8-ampbf16-ckpt-b2s256`` (4 experts on 8 ranks,
+    ``validation/measurements/trace-dist.jsonl``).
+    """
+    even = _sharded_plan(plan, 1, n)
+    elems: list[Trainable] = []
+    extra = 0
+    for t in plan.trainable_elements:
+        e = _row_shard(t.numel, t.rows, t.stack, n)
+        elems.append(Trainable(e, t.instances // t.stack, t.elt_bytes, -(-t.rows // n), 1))
+        extra += block(e * t.elt_bytes) * (t.instances // t.stack)
+        extra -= block(_shard(t.numel, n) * t.elt_bytes) * t.instances
+    grads = [(block(t.numel * t.elt_bytes), t.instances, 0) for t in elems]
+    return replace(
+        even,
+        trainable_elements=elems,
+        grad_tensors=grads,
+        decay_bytes=even.decay_bytes + extra,
+        largest_trainable=max((g for g, _, _ in grads), default=0),
+    )
+
+
+def _row_shard(per_instance: int, rows: int, stack: int, n: int) -> int:
+    """Rank 0's share of one stored tensor under ``torch.chunk(..., n, dim=0)``.
+
+    The tensor holds ``stack`` instances of ``per_instance`` units in ``rows`` dim-0 rows;
+    rank 0 gets ``ceil(rows / n)`` rows, returned in the instance's units.
+    """
+    return -(-rows // n) * (per_instance * stack // rows)
 
 
 def rank_states(
@@ -287,9 +334,8 @@ def _zero(
     sixteen = z.precision in ("fp16", "bf16")
     if sixteen:
         # the optimizer steps the fp32 master partition: its states and work lists are fp32
-        plan32 = replace(
-            plan, trainable_elements=[(e, c, FP32_BYTES) for e, c, _ in plan.trainable_elements]
-        )
+        fp32 = [t._replace(elt_bytes=FP32_BYTES) for t in plan.trainable_elements]
+        plan32 = replace(plan, trainable_elements=fp32)
         opt32 = plan_optimizer(opt.name, plan32)
         opt_b, temp = opt32.state_bytes + opt32.paged_bytes, opt32.step_temp_bytes
     master = FP32_BYTES * psi_t if sixteen else 0
@@ -352,6 +398,31 @@ def _gathered(tensors: tuple[tuple[int, int, int], ...], compute_bytes: int) -> 
     return total
 
 
+def _no_sync_grads(
+    plan: ParamPlan, u: Units, version: int, compute_bytes: int, n: int, block_grad: int
+) -> int:
+    """Unsharded gradients FSDP keeps across micro-batches run under ``no_sync``.
+
+    accelerate's ``Accelerator.accumulate`` (the Trainer's training step) runs every
+    micro-batch but the last of an optimizer step under ``Accelerator.no_sync``: FSDP2
+    ``set_requires_gradient_sync(False)`` skips the reduce-scatter and each unsharded
+    parameter keeps its ``.grad`` (in the unsharded ``param_dtype``); FSDP1's ``no_sync()``
+    leaves each unit's unsharded, padded flat gradient in ``flat_param.grad``. So the whole
+    model's gradients are alive unsharded from the first micro-batch's backward until the
+    last micro-batch reduces them -- ``dp_shard`` times the sharded gradients.
+
+    Source: torch 2.13 ``distributed/fsdp/_fully_shard/_fsdp_param_group.py``
+    (``post_backward``: ``if not self.reduce_grads``), ``distributed/fsdp/_runtime_utils.py``
+    (``_post_backward_hook``: ``if not state._sync_gradients: return``); accelerate 1.15
+    ``Accelerator.no_sync`` / ``accumulate`` (``sync_each_batch``); rank-0 traces
+    ``*-ga2`` in ``validation/measurements/trace-dist.jsonl``.
+    """
+    if version == 2:
+        return sum(block(t.numel * compute_bytes) * t.instances for t in plan.trainable_elements)
+    blocks = block(_shard(block_grad * compute_bytes, n) * n) * u.n_blocks
+    return blocks + block(_shard(u.root_trainable_elements * compute_bytes, n) * n)
+
+
 def _unsharded_grad(elements: int, compute_bytes: int, n: int) -> int:
     """Return a unit's gradient bytes while it is reduced.
 
@@ -395,10 +466,14 @@ def _fsdp(
         return out
     u = units(plan, n_blocks)
     if f.version == 2:
-        shard_params = sum(block(_shard(nb, n)) * c for _, nb, c, _ in plan.tensors)
+        shard_params = sum(
+            block(_row_shard(t.nbytes, t.rows, t.stack, n)) * (t.instances // t.stack)
+            for t in plan.tensors
+        )
+        sharded_plan = _fsdp2_plan(plan, n)
     else:
         shard_params = block(_shard(u.block_bytes, n)) * n_blocks + block(_shard(u.root_bytes, n))
-    sharded_plan = _sharded_plan(plan, 1, n)
+        sharded_plan = _sharded_plan(plan, 1, n)
     sopt = plan_optimizer(opt.name, sharded_plan)
     # 4-bit QLoRA: FSDP shards (and gathers) the packed storage; each weight's QuantState is
     # no parameter and stays whole on every rank (bitsandbytes 0.50 ``Linear4bit``)
@@ -411,8 +486,21 @@ def _fsdp(
     out.gather_buffer = block(_shard(_gathered(u.block, compute_bytes), n) * n)
     prefetch = f.version == 2 or f.backward_prefetch != "none"
     out.gather_prefetch = out.gather_block if prefetch else 0
-    if opt.stores_grads and u.block_trainable_elements:
-        out.grad_block_full = _unsharded_grad(u.block_trainable_elements, compute_bytes, n)
+    block_grad = u.block_trainable_elements
+    if f.version == 1 and f.lora_in_blocks and block_grad and opt.stores_grads:
+        # the adapters share their block's flat parameter (use_orig_params): the flat
+        # gradient autograd produces and FSDP reduce-scatters is the whole unit, frozen
+        # weights included (zeros there); its shard stays as the unit's _saved_grad_shard
+        block_grad = sum((nb // eb if eb else nb // compute_bytes) * c for nb, c, eb in u.block)
+        store = max((eb for _, _, eb in u.block), default=compute_bytes) or compute_bytes
+        lora_shards = block(_shard(u.block_trainable_elements * store, n)) * n_blocks
+        whole_shards = block(_shard(block_grad * store, n)) * n_blocks
+        out.gradients = max(out.gradients - lora_shards, 0) + whole_shards
+        out.details["gradients/flat_unit_shards"] = whole_shards
+    if opt.stores_grads and block_grad:
+        out.grad_block_full = _unsharded_grad(block_grad, compute_bytes, n)
+    if opt.stores_grads:
+        out.grad_unsharded = _no_sync_grads(plan, u, f.version, compute_bytes, n, block_grad)
     if f.version == 1:
         # FSDP1's root unit (everything outside the blocks) is not resharded after forward
         # (_runtime_utils._post_forward_reshard skips the root): held until its backward ends
@@ -440,6 +528,14 @@ def _fsdp(
             rest_tr -= u.head_trainable_elements
             out.grad_root_full = _unsharded_grad(max(rest_tr, 0), compute_bytes, n)
     out.details["params/sharded"] = shard_params
+    few = sorted({t.rows for t in plan.tensors if t.stack > 1 and t.rows % n})
+    if f.version == 2 and few:
+        out.notes.append(
+            f"FSDP2 shards each parameter on dim 0 (torch.chunk): a fused expert tensor of "
+            f"{', '.join(map(str, few))} experts over {n} ranks leaves rank 0 with "
+            f"{-(-few[-1] // n)} whole expert(s) per tensor, more than 1/{n} of it "
+            f"(expert parallelism, or a shard_placement_fn on another dim, splits it evenly)"
+        )
     if replicated:
         out.details["params/quant_state"] = replicated
     out.details.update(sopt.details)

@@ -95,7 +95,8 @@ class TrainerPlan:
         reference_kind: how the reference is held (module docstring).
         reference_rows: rows of the reference's no-grad forward (0 without one).
         kl_rows: rows of KTO's no-grad KL forward of the policy (0 otherwise).
-        head_kind: ``logits``, ``fused_logprob``, ``concat_logits`` or ``score``.
+        head_kind: ``logits``, ``fused_logprob``, ``concat_logits``, ``score`` or
+            ``ppo_logits`` (PPO's full logits, ``formulas/rl.ppo_head``).
         generation: the trainer generates rollouts (GRPO/RLOO/PPO; the RL helper's part).
         nll: ORPO/CPO add a cross-entropy term over the chosen rows' full logits.
         notes: what the estimate assumes for this trainer.
@@ -121,6 +122,7 @@ class TrainerPlan:
             "fused_logprob": "policy log-probs (chunked LM-head kernel)",
             "score": "score head, pairwise loss",
             "concat_logits": "loss (logits of chosen + rejected, log-softmax)",
+            "ppo_logits": "PPO loss (policy logits, per-row log-softmax; value head)",
         }.get(self.head_kind, "loss (fp32 logits, log-softmax)")
 
     @property
@@ -210,6 +212,14 @@ class TrainerWalk:
     """``params/<model>`` rows resident on the rank for the whole step (beyond the policy)."""
     before_forward: tuple[TrainerEvent, ...] = ()
     after_forward: tuple[TrainerEvent, ...] = ()
+    after_step: tuple[TrainerEvent, ...] = ()
+    """Events after ``zero_grad`` while ``after_loss`` is still alive (PPO's statistics)."""
+    after_loss: int = 0
+    """Bytes alive from the loss to the end of the optimizer step (PPO: the step's logits)."""
+    extra_states: int = 0
+    """Optimizer states of a second trained model (PPO: the value model's AdamW states)."""
+    extra_grads: int = 0
+    """Gradients of a second trained model at the optimizer step (PPO: the value model's)."""
 
     @property
     def resident_bytes(self) -> int:

@@ -429,6 +429,8 @@ _VLM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], 
      1, None, False),
     (("gemma3", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
      2, None, False),
+    (("gemma3", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+     4, None, True),
     # short text, several images: the tower holds most of the activations
     (("llava", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 32),
      4, None, False),

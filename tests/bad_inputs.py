@@ -305,6 +305,55 @@ CASES: list[Case] = [
     _req(
         "name_5000_chars", ("b" * 5000,), {"model": "b" * 5000}, ("model is 5000 characters long",)
     ),
+    # ---- vision-language options (issue 9 item 5)
+    _req(
+        "images_on_text_model",
+        ("gpt2", "--images", "2"),
+        {"model": "gpt2", "images": 2},
+        ("--images applies to vision-language models", "gpt2 is a text model (gpt2)"),
+    ),
+    _req(
+        "freeze_vision_on_text_model",
+        ("gpt2", "--freeze-vision"),
+        {"model": "gpt2", "freeze_vision": True},
+        ("--freeze-vision applies to vision-language models",),
+    ),
+    _req(
+        "image_size_not_hxw",
+        ("qwen2.5-vl-7b", "--images", "1", "--image-size", "448by448"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "image_size": "448by448"},
+        ("image size '448by448' is not HEIGHTxWIDTH in pixels",),
+    ),
+    _req(
+        "image_size_zero",
+        ("qwen2.5-vl-7b", "--images", "1", "--image-size", "0x448"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "image_size": "0x448"},
+        ("image size '0x448' is not HEIGHTxWIDTH", "each side 1 to 32768"),
+    ),
+    _req(
+        "image_aspect_ratio",
+        ("qwen2.5-vl-7b", "--images", "1", "--image-size", "10x4000"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "image_size": "10x4000"},
+        ("aspect ratio 400.0", "at most 200"),
+    ),
+    _req(
+        "images_negative",
+        ("qwen2.5-vl-7b", "--images", "-1"),
+        {"model": "qwen2.5-vl-7b", "images": -1},
+        ("images", "greater than or equal to 0"),
+    ),
+    _req(
+        "images_with_litgpt",
+        ("qwen2.5-vl-7b", "--images", "1", "--framework", "litgpt"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "framework": "litgpt"},
+        ("--images with --framework litgpt is not modelled",),
+    ),
+    _req(
+        "images_with_inference",
+        ("qwen2.5-vl-7b", "--images", "1", "--task", "infer"),
+        {"model": "qwen2.5-vl-7b", "images": 1, "task": "infer"},
+        ("--images with --task infer", "is not modelled"),
+    ),
     _req("name_empty", ("",), {"model": ""}, ("model is empty",)),
     _req("name_blank", ("   ",), {"model": "   "}, ("model is empty",)),
     _req("name_unicode", ("ллама-7b",), {"model": "ллама-7b"}, ("unknown model 'ллама-7b'",)),

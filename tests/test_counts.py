@@ -108,7 +108,9 @@ def test_keys_unique_and_stacks() -> None:
         groups = param_inventory(resolve_model(row["name"]))
         keys = [g.key for g in groups]
         assert len(keys) == len(set(keys)), row["name"]
-        assert keys[0] == "embed/tokens", row["name"]
+        # a vision-language model lists its image tower first, in forward order
+        text = (k for k in keys if not k.startswith(("vision/", "projector/")))
+        assert next(text) == "embed/tokens", row["name"]
         for g in groups:
             assert g.key.split("/")[0] == g.stack, g.key
 
@@ -168,11 +170,13 @@ def _auto_meta_model(config: dict[str, Any]) -> Any:
     model_type = cfg.pop("model_type")
     named = cfg.pop("architectures", None)
     hf_config = transformers.AutoConfig.for_model(model_type, **cfg)
-    if named:  # an encoder's task head (ModernBertForMaskedLM): the masked-LM Auto class
+    if named and named[0].endswith("ForMaskedLM"):
+        # an encoder's task head (ModernBertForMaskedLM): the masked-LM Auto class
         auto = transformers.AutoModelForMaskedLM
-        assert named[0].endswith("ForMaskedLM")
     elif getattr(hf_config, "is_encoder_decoder", False):
         auto = transformers.AutoModelForSeq2SeqLM
+    elif "vision_config" in hf_config.sub_configs:  # vision-language: image + text -> text
+        auto = transformers.AutoModelForImageTextToText
     elif model_type in ("bert", "roberta", "modernbert"):
         auto = transformers.AutoModel  # encoder-only: the base model with its pooler
     else:
@@ -199,6 +203,9 @@ def _oracle_breakdown(model: Any) -> Counter[tuple[str, str, bool]]:
         # a ModuleList of per-head norms (StableLM q_layernorm.norms.<i>) is one group
         path = [c for c in owner_name.split(".") if not c.isdigit() and c != "norms"]
         leaf = path[-1] if pname in ("weight", "bias") else pname
+        parent = modules[owner_name.rpartition(".")[0]] if "." in owner_name else None
+        if owner_name.split(".")[-1].isdigit() and isinstance(parent, torch.nn.Sequential):
+            leaf = owner_name.split(".")[-1]  # a Linear in an nn.Sequential (Qwen merger mlp.0)
         expert = cls.endswith("Experts")
         if expert:  # GPT-OSS expert biases (gate_up_proj_bias) belong to their weight's group
             leaf = leaf.removesuffix("_bias")
@@ -254,16 +261,29 @@ _SIZES = {
 
 # config classes that validate their sizes together (Mamba2Config: hidden * expand must equal
 # num_heads * head_dim; its default 128 heads of 64 do not fit a 256-wide model)
-_CONSISTENT: dict[str, dict[str, Any]] = {"mamba2": {"num_heads": 8}}
+# (a VLM's vision_config.out_hidden_size must be the text model's width; transformers builds
+# the mismatch but the merger's output could not join the text embeddings)
+_CONSISTENT: dict[str, dict[str, Any]] = {
+    "mamba2": {"num_heads": 8},
+    "qwen2_5_vl": {"vision_config": {"out_hidden_size": 256}},
+    "qwen3_vl": {"vision_config": {"out_hidden_size": 256}},
+}
+
+
+def _small_config(model_type: str) -> dict[str, Any]:
+    """The required keys at their small sizes (a VLM's in text_config, as its class reads them)."""
+    template = catalog.architecture(model_type)
+    sizes = {k: _SIZES[k] for k in template["required"]}
+    if "nested" in template and not template.get("text_at_top"):
+        return {"model_type": model_type, "text_config": sizes, **_CONSISTENT.get(model_type, {})}
+    return {"model_type": model_type, **sizes, **_CONSISTENT.get(model_type, {})}
 
 
 @pytest.mark.parametrize("model_type", catalog.architecture_types())
 def test_defaults_match_transformers(model_type: str) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    required = catalog.architecture(model_type)["required"]
-    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}}
-    config.update(_CONSISTENT.get(model_type, {}))
+    config = _small_config(model_type)
     spec = model_spec_from_config(config)
     assert spec.n_params == meta_param_count(config)
     mine: Counter[tuple[str, str, bool]] = Counter()
@@ -292,6 +312,33 @@ def test_defaults_match_transformers(model_type: str) -> None:
         ("gpt2", {"n_inner": 300, "tie_word_embeddings": False}),
         ("mixtral", {"num_local_experts": 4, "num_experts_per_tok": 1}),
         ("gemma", {"num_key_value_heads": 1, "attention_bias": True}),
+        (
+            "qwen2_5_vl",
+            {"vision_config": {"depth": 3, "hidden_size": 64, "intermediate_size": 96,
+                               "num_heads": 4, "out_hidden_size": 256, "patch_size": 8}},
+        ),
+        (
+            "qwen3_vl",
+            {"text_config": {"head_dim": 16, "num_key_value_heads": 8},
+             "vision_config": {"depth": 3, "hidden_size": 64, "intermediate_size": 96,
+                               "num_heads": 4, "out_hidden_size": 256,
+                               "deepstack_visual_indexes": [1], "num_position_embeddings": 64}},
+        ),
+        (
+            "llava",
+            {"vision_feature_layer": -1, "multimodal_projector_bias": False,
+             "vision_config": {"model_type": "clip_vision_model", "hidden_size": 64,
+                               "intermediate_size": 96, "num_hidden_layers": 3,
+                               "num_attention_heads": 4, "image_size": 64, "patch_size": 8}},
+        ),
+        (
+            "gemma3",
+            {"mm_tokens_per_image": 16, "tie_word_embeddings": False,
+             "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 64,
+                               "intermediate_size": 96, "num_hidden_layers": 2,
+                               "num_attention_heads": 4, "image_size": 64, "patch_size": 8,
+                               "vision_use_head": False}},
+        ),
         ("bert", {"type_vocab_size": 4, "max_position_embeddings": 128}),
         ("t5", {"feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}),
         ("mt5", {"tie_word_embeddings": False, "num_decoder_layers": 3}),
@@ -454,9 +501,12 @@ def test_defaults_match_transformers(model_type: str) -> None:
 def test_variants_match_transformers(model_type: str, extra: dict[str, Any]) -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    required = catalog.architecture(model_type)["required"]
-    config: dict[str, Any] = {"model_type": model_type, **{k: _SIZES[k] for k in required}}
-    config.update({**_CONSISTENT.get(model_type, {}), **extra})
+    config = _small_config(model_type)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
     spec = model_spec_from_config(config)
     assert spec.n_params == meta_param_count(config)
     mine: Counter[tuple[str, str, bool]] = Counter()

@@ -133,6 +133,6 @@ def test_templates_well_formed() -> None:
         assert len(keys) == len(set(keys)), model_type
         for m in t["modules"]:
             assert m["kind"] in {"linear", "embedding", "lm_head", "norm", "other"}
-            assert m["stack"] in {"embed", "encoder", "decoder", "head"}
+            assert m["stack"] in {"embed", "encoder", "decoder", "head", "vision", "projector"}
             assert m["key"].startswith(m["stack"] + "/")
         assert "lora_targets" in t

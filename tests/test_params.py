@@ -170,6 +170,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "bert": {**_BASE, "vocab_size": 1000},
 }  # fmt: skip
 # an explicit pair per family: the (tied or untied) LM head and one attention projection
+# vision-language models: the traced grid's tiny configs (PEFT's all-linear and q_proj reach
+# the vision tower and projector too)
+from validation.grid import FAMILIES as _GRID  # noqa: E402
+
+for _vlm in ("qwen2_5_vl", "qwen3_vl", "llava", "gemma3"):
+    FAMILIES[_vlm] = {k: v for k, v in _GRID[_vlm].items() if k != "model_type"}
+
 NAMED = {"mt5": "q", "t5": "q", "modernbert": "Wqkv", "mamba": "in_proj", "bert": "query"}
 NAMED["mamba2"] = "in_proj"
 NAMED.update({"deepseek_v2": "kv_b_proj", "deepseek_v3": "kv_b_proj"})
@@ -184,6 +191,8 @@ def _family_model(model_type: str) -> Any:
     hf_config = transformers.AutoConfig.for_model(model_type, **config)
     if hf_config.is_encoder_decoder:
         auto = transformers.AutoModelForSeq2SeqLM
+    elif "vision_config" in hf_config.sub_configs:
+        auto = transformers.AutoModelForImageTextToText
     elif model_type in ("bert", "modernbert"):
         auto = transformers.AutoModel
     else:

@@ -145,6 +145,10 @@ def _lora_config(request: EstimateRequest, model_type: str, task: str | None = "
         all_linear = [t.lower().replace("_", "-") for t in targets] == ["all-linear"]
         # PEFT takes the all-linear shorthand as a string only (a list entry names a module)
         kwargs["target_modules"] = "all-linear" if all_linear else targets
+        if request.freeze_vision and not all_linear:
+            # --freeze-vision: adapters in the language model only (a regex over its path)
+            names = "|".join(t.replace(".", r"\.") for t in targets)
+            kwargs["target_modules"] = rf".*language_model\..*({names})"
     if model_type == "gpt2":  # Conv1D weights are stored (in, out); PEFT asks for this flag
         kwargs["fan_in_fan_out"] = True
     return LoraConfig(**kwargs)
@@ -200,6 +204,18 @@ def build_model(
             modules_to_not_convert=get_keys_to_not_convert(model),
             quantization_config=bnb_config(req),
         )
+    if req.freeze_vision:
+        # the vision tower's weights (not the projector) stop training, as a VLM recipe's
+        # freeze loop does (LLaVA's vision_tower, Qwen-VL's visual blocks)
+        inner = getattr(model, "model", model)
+        tower = getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)
+        if tower is None:
+            raise Unsupported("--freeze-vision: the model has no vision tower")
+        merger = getattr(tower, "merger", None)
+        kept = {id(p) for p in merger.parameters()} if merger is not None else set()
+        for name, param in tower.named_parameters():
+            if id(param) not in kept and "deepstack_merger" not in name:
+                param.requires_grad_(False)
     if req.lora is not None or req.qlora is not None:
         from peft import get_peft_model
 
@@ -226,13 +242,17 @@ def _model_class(cfg: Any, architectures: Any = None) -> Any:
     and what the engine estimates); else the causal or seq2seq LM class.
     """
     import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoModelForSeq2SeqLM,
+    )
 
     if isinstance(architectures, list) and architectures:
         named = getattr(transformers, str(architectures[0]), None)
         if named is not None and getattr(named, "config_class", None) is type(cfg):
             return named
-    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM):
+    for auto in (AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForImageTextToText):
         mapping = auto._model_mapping
         if type(cfg) in mapping:
             return mapping[type(cfg)]
@@ -399,6 +419,7 @@ class Setup:
     num_labels: int = 0  # > 0: a sequence-classification head (labels are class ids)
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
     encoder_decoder: bool = False
+    images: ImageBatch | None = None
     no_sync: Callable[[], Any] | None = None
     """A context in which backward does not reduce gradients: accelerate's
     ``Accelerator.no_sync`` (FSDP1 ``model.no_sync()``, FSDP2
@@ -415,6 +436,8 @@ class Setup:
         import torch  # noqa: TID251
 
         req = self.scenario.request
+        if self.images is not None:
+            return self.images.make(req.batch_size, req.seq_len, self.device)
         ids = torch.randint(0, self.vocab_size, (req.batch_size, req.seq_len), device=self.device)
         if self.num_labels:  # a sequence-classification head: one class label per row
             cls = torch.randint(0, self.num_labels, (req.batch_size,), device=self.device)
@@ -475,6 +498,117 @@ class Setup:
         self.optimizer.zero_grad(set_to_none=True)
 
 
+@dataclass
+class ImageBatch:
+    """How a vision-language model's processor lays out ``images`` images per row.
+
+    Each row is ``seq_len`` text tokens plus ``images * tokens`` image placeholder tokens
+    (the processor expands one placeholder per LM token), with the model's pixel inputs:
+    Qwen-VL ``pixel_values`` (all patches of the batch, ``C * temporal * patch**2`` values
+    each) and ``image_grid_thw``; LLaVA / Gemma 3 ``(images, C, size, size)`` pixels, and
+    Gemma 3's ``token_type_ids`` (1 on image tokens: its processor returns them, and with them
+    the model builds its bidirectional image-block mask) and Qwen3-VL's ``mm_token_type_ids``
+    (which its forward requires with ``image_grid_thw``). Labels are -100 on image tokens,
+    as the collators mask them.
+
+    Source: transformers v5.24 ``processing_qwen2_5_vl.py``, ``image_processing_qwen2_vl.py``
+    (``smart_resize``), ``processing_llava.py``, ``processing_gemma3.py``.
+    """
+
+    images: int
+    tokens: int
+    image_token_id: int
+    vocab_size: int
+    pixel_shape: tuple[int, ...]
+    grid: tuple[int, int, int] | None = None
+    start_id: int | None = None
+    end_id: int | None = None
+    token_types: bool = False
+    mm_token_types: bool = False
+
+    def make(self, batch: int, seq_len: int, device: Any) -> dict[str, Any]:
+        import torch  # noqa: TID251
+
+        reserved = {self.image_token_id, self.start_id, self.end_id} - {None}
+        top = min(reserved) if reserved else self.vocab_size
+        length = seq_len + self.images * self.tokens
+        ids = torch.randint(0, top, (batch, length), device=device)
+        is_image = torch.zeros(batch, length, dtype=torch.bool, device=device)
+        pos = 0
+        for _ in range(self.images):
+            if self.start_id is not None:  # <|vision_start|> before the image's tokens
+                ids[:, pos] = self.start_id
+                pos += 1
+            is_image[:, pos : pos + self.tokens] = True
+            pos += self.tokens
+            if self.end_id is not None:
+                ids[:, pos] = self.end_id
+                pos += 1
+        ids[is_image] = self.image_token_id
+        labels = ids.masked_fill(is_image, -100)
+        n = batch * self.images
+        shape = (n * self.pixel_shape[0], *self.pixel_shape[1:]) if self.grid else (
+            n, *self.pixel_shape
+        )
+        out: dict[str, Any] = {
+            "input_ids": ids,
+            "labels": labels,
+            "pixel_values": torch.randn(shape, device=device),
+        }
+        if self.grid is not None:
+            out["image_grid_thw"] = torch.tensor([self.grid] * n, device=device)
+        if self.token_types:
+            out["token_type_ids"] = is_image.long()
+        if self.mm_token_types:  # Qwen3-VL's processor: 1 on image tokens (2 on video)
+            out["mm_token_type_ids"] = is_image.long()
+        return out
+
+
+def image_batch(request: EstimateRequest, config: Any) -> ImageBatch | None:
+    """Return the ``ImageBatch`` of a vision-language request (None: text model, no image)."""
+    if getattr(config, "vision_config", None) is None or not request.images:
+        return None
+    from vramcalc.checks import parse_image_size
+
+    text = config.get_text_config()
+    vis = config.vision_config
+    vocab = int(text.vocab_size)
+    if config.model_type in ("qwen2_5_vl", "qwen3_vl"):
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        # the processor defaults: Qwen2.5-VL min_pixels 56*56, max_pixels 28*28*1280;
+        # Qwen3-VL preprocessor_config.json size shortest_edge 65536, longest_edge 16777216
+        lo, hi = (3136, 1003520) if config.model_type == "qwen2_5_vl" else (65536, 16777216)
+        h, w = parse_image_size(request.image_size) if request.image_size else (448, 448)
+        merge = int(vis.spatial_merge_size)
+        patch = int(vis.patch_size)
+        rh, rw = smart_resize(h, w, factor=patch * merge, min_pixels=lo, max_pixels=hi)
+        gh, gw = rh // patch, rw // patch
+        per = int(vis.in_channels) * int(vis.temporal_patch_size) * patch * patch
+        return ImageBatch(
+            images=request.images, tokens=gh * gw // (merge * merge),
+            image_token_id=int(config.image_token_id), vocab_size=vocab,
+            pixel_shape=(gh * gw, per), grid=(1, gh, gw),
+            start_id=int(config.vision_start_token_id), end_id=int(config.vision_end_token_id),
+            mm_token_types=config.model_type == "qwen3_vl",
+        )  # fmt: skip
+    size = int(vis.image_size)
+    pixels = (int(vis.num_channels), size, size)
+    if config.model_type == "llava":
+        side = size // int(vis.patch_size)
+        return ImageBatch(
+            images=request.images, tokens=side * side,
+            image_token_id=int(config.image_token_id), vocab_size=vocab, pixel_shape=pixels,
+        )  # fmt: skip
+    if config.model_type == "gemma3":
+        return ImageBatch(
+            images=request.images, tokens=int(config.mm_tokens_per_image),
+            image_token_id=int(config.image_token_id), vocab_size=vocab, pixel_shape=pixels,
+            token_types=True,
+        )  # fmt: skip
+    raise Unsupported(f"no image batch for {config.model_type!r}")
+
+
 def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any = None) -> Setup:
     """Model, optimizer, scaler and step of a scenario on ``device`` (see module docstring).
 
@@ -500,7 +634,8 @@ def build_setup(scenario: Scenario, device: Any, *, model: Any = None, base: Any
         optimizer=optimizer,
         scaler=scaler,
         autocast_dtype=autocast_dtype,
-        vocab_size=int(base.config.vocab_size),
+        vocab_size=int(base.config.get_text_config().vocab_size),
+        images=image_batch(req, base.config),
         encoder_decoder=bool(getattr(base.config, "is_encoder_decoder", False)),
         num_labels=int(base.config.num_labels)
         if "SequenceClassification" in type(base).__name__

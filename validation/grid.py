@@ -221,6 +221,60 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "num_decoder_layers": 3, "num_heads": 4, "d_kv": 32, "vocab_size": 16000,
         "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False, "dropout_rate": 0.1,
     },
+    # vision-language (issue 9 item 5): tiny towers and small images; traced on real CPU
+    # tensors (validation.trace --mode cpu): the processors' grid metadata drives
+    # data-dependent ops (image_grid_thw.tolist(), masked_scatter counts) fake tensors refuse
+    "qwen2_5_vl": {  # windowed ViT (2x2 merge), RMSNorm + SwiGLU tower, Qwen2 LM, M-RoPE
+        "model_type": "qwen2_5_vl", "hidden_size": 256, "intermediate_size": 704,
+        "bos_token_id": 1, "eos_token_id": 2,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 16000, "max_position_embeddings": 2048, "tie_word_embeddings": False,
+        "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
+        "image_token_id": 15999, "vision_start_token_id": 15998, "vision_end_token_id": 15997,
+        "video_token_id": 15996,
+        "vision_config": {"depth": 2, "hidden_size": 128, "intermediate_size": 256,
+                          "num_heads": 4, "patch_size": 14, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "out_hidden_size": 256, "window_size": 112,
+                          "fullatt_block_indexes": [1]},
+    },
+    "qwen3_vl": {  # LayerNorm + GELU tower, learned positions, DeepStack merger, Qwen3 LM
+        "model_type": "qwen3_vl", "tie_word_embeddings": False,
+        "image_token_id": 15999, "vision_start_token_id": 15998, "vision_end_token_id": 15997,
+        "video_token_id": 15996,
+        "text_config": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                        "vocab_size": 16000, "max_position_embeddings": 2048,
+                        "rope_scaling": {"rope_type": "default", "mrope_section": [8, 12, 12],
+                                         "mrope_interleaved": True}},
+        "vision_config": {"depth": 2, "hidden_size": 128, "intermediate_size": 256,
+                          "num_heads": 4, "patch_size": 16, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "out_hidden_size": 256,
+                          "num_position_embeddings": 256, "deepstack_visual_indexes": [0]},
+    },
+    "llava": {  # CLIP tower (features of the second-to-last layer) + 2-layer GELU projector
+        "model_type": "llava", "image_token_id": 15999, "vision_feature_layer": -2,
+        "text_config": {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688,
+                        "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "num_key_value_heads": 4, "vocab_size": 16000,
+                        "max_position_embeddings": 1024},
+        "vision_config": {"model_type": "clip_vision_model", "hidden_size": 128,
+                          "intermediate_size": 256, "num_hidden_layers": 3,
+                          "num_attention_heads": 4, "image_size": 112, "patch_size": 14,
+                          "projection_dim": 64},
+    },
+    "gemma3": {  # SigLIP tower, 4x4 average pool to 16 tokens, bidirectional image blocks
+        "model_type": "gemma3", "mm_tokens_per_image": 16, "image_token_id": 15999,
+        "boi_token_id": 15998, "eoi_token_id": 15997,
+        "text_config": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+                        "sliding_window": 64, "query_pre_attn_scalar": 64,
+                        "layer_types": ["sliding_attention", "full_attention"],
+                        "vocab_size": 16000, "max_position_embeddings": 1024},
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 128,
+                          "intermediate_size": 256, "num_hidden_layers": 2,
+                          "num_attention_heads": 4, "image_size": 112, "patch_size": 14,
+                          "vision_use_head": False},
+    },
 }  # fmt: skip
 # the same blocks under a 512-token vocabulary: the logits no longer hold the peak, so the
 # blocks' own ledgers (Cohere's Python LayerNorm, GLM-4's and OLMo-2's extra norms) show
@@ -394,6 +448,42 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("olmo2_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
 ]
 
+# vision-language rows: (row, images per row, --image-size, --freeze-vision); seq is the text
+_VLM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], int, str | None,
+                      bool]] = [
+    (("qwen2_5_vl", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     2, "224x224", False),
+    (("qwen2_5_vl", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     2, "224x224", False),
+    (("qwen2_5_vl", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 1, 128),
+     1, "280x336", False),
+    (("qwen2_5_vl", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 128),
+     2, "448x448", False),
+    (("qwen3_vl", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, "256x256", False),
+    (("qwen3_vl", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, "256x256", False),
+    (("llava", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, None, False),
+    (("llava", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, None, True),
+    (("llava", "lora", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 128),
+     2, None, False),
+    (("gemma3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, None, False),
+    (("gemma3", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     2, None, False),
+    (("gemma3", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+     4, None, True),
+    # short text, several images: the tower holds most of the activations
+    (("llava", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 32),
+     4, None, False),
+    (("gemma3", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 32),
+     4, None, False),
+    (("qwen3_vl", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 32),
+     2, "512x512", False),
+]  # fmt: skip
+
 _NO_PEFT_DEFAULT = {
     "mixtral": ("q_proj", "v_proj"), "qwen3_moe": ("q_proj", "v_proj"),
     "deepseek_v3": ("q_b_proj", "kv_b_proj"), "llama4_text": ("q_proj", "v_proj"),
@@ -403,7 +493,9 @@ _NO_PEFT_DEFAULT = {
     "granite": ("q_proj", "v_proj"), "cohere": ("q_proj", "v_proj"),
     "glm4": ("q_proj", "v_proj"), "starcoder2": ("q_proj", "v_proj"),
     "smollm3": ("q_proj", "v_proj"), "modernbert": ("Wqkv", "Wo"),
-    "glm4_v512": ("q_proj", "v_proj"),
+    "glm4_v512": ("q_proj", "v_proj"), "qwen2_5_vl": ("q_proj", "v_proj"),
+    "qwen3_vl": ("q_proj", "v_proj"), "llava": ("q_proj", "v_proj"),
+    "gemma3": ("q_proj", "v_proj"),
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)
@@ -422,7 +514,12 @@ _ABBR = {
 }  # fmt: skip
 
 
-def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scenario:
+def _make(
+    row: tuple[str, str, str, str, bool, str, str, str, int, int],
+    images: int = 0,
+    image_size: str | None = None,
+    freeze: bool = False,
+) -> Scenario:
     family, method, dtype, mp, ckpt, attn, optim, impl, batch, seq = row
     parts = [family, method, dtype if mp == "no" else f"amp{mp}", "ckpt" if ckpt else "nockpt",
              _ABBR[attn], _ABBR[optim] + ("" if impl in ("default", "fused") else f"-{impl}"),
@@ -440,6 +537,14 @@ def _make(row: tuple[str, str, str, str, bool, str, str, str, int, int]) -> Scen
     elif method == "qlora":
         extra["qlora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
         extra["quant"] = "nf4"
+    if images:
+        extra["images"] = images
+        parts[-1] += f"i{images}" + (f"x{image_size}" if image_size else "")
+        if image_size:
+            extra["image_size"] = image_size
+        if freeze:
+            extra["freeze_vision"] = True
+            parts[1] += "-frozenvision"
     request = EstimateRequest(
         model=dict(FAMILIES[family]), batch_size=batch, seq_len=seq, dtype=dtype,
         mixed_precision=mp, optim=optim, grad_ckpt=ckpt, attn=attn, **extra,
@@ -465,7 +570,11 @@ def _make_accum(row: tuple[str, str, str, str, bool, str, str, str, int, int], g
 
 def scenarios() -> list[Scenario]:
     """Every scenario of the traced grid, in a fixed order."""
-    return [_make(row) for row in _ROWS] + [_make_accum(r, ga) for r, ga in _ACCUM_ROWS]
+    return (
+        [_make(row) for row in _ROWS]
+        + [_make_accum(r, ga) for r, ga in _ACCUM_ROWS]
+        + [_make(*row) for row in _VLM_ROWS]
+    )
 
 
 def scenario(scenario_id: str) -> Scenario:

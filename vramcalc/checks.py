@@ -10,10 +10,10 @@ concrete value; both are named, neither silently wins).
 from __future__ import annotations
 
 from vramcalc.errors import InvalidConfigError
-from vramcalc.limits import MAX_NAME_CHARS, check_tree, current_limits
-from vramcalc.specs import EstimateRequest
+from vramcalc.limits import MAX_IMAGE_SIDE, MAX_NAME_CHARS, check_tree, current_limits
+from vramcalc.specs import EstimateRequest, ModelSpec
 
-__all__ = ["check_global_batch", "check_request"]
+__all__ = ["check_global_batch", "check_request", "check_vision", "parse_image_size"]
 
 
 def check_request(req: EstimateRequest) -> None:
@@ -54,6 +54,75 @@ def check_request(req: EstimateRequest) -> None:
         check_tree(req.accelerate_config, "accelerate_config", lim, sizes=False)
     if isinstance(req.config, dict):
         check_tree(req.config, "config", lim, sizes=False)
+    if req.image_size is not None:
+        parse_image_size(req.image_size)
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """Read ``--image-size`` ``HxW`` (or one number for a square) as (height, width) pixels.
+
+    Raises:
+        InvalidConfigError: not ``HxW`` with integer sides from 1 to ``MAX_IMAGE_SIDE``.
+
+    """
+    parts = text.strip().lower().replace("*", "x").split("x")
+    sides = [p.strip() for p in parts]
+    if len(sides) == 1:
+        sides = sides * 2
+    ok = len(sides) == 2 and all(p.isdigit() for p in sides)
+    if ok:
+        h, w = int(sides[0]), int(sides[1])
+        if 0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE:
+            return h, w
+    raise InvalidConfigError(
+        f"image size '{text[:40]}' is not HEIGHTxWIDTH in pixels; accepted: e.g. 448x448 or "
+        f"1080x1920, each side 1 to {MAX_IMAGE_SIDE}"
+    )
+
+
+def check_vision(req: EstimateRequest, spec: ModelSpec) -> None:
+    """Refuse image options on a model without an image tower.
+
+    Raises:
+        InvalidConfigError: ``images``, ``image_size`` or ``freeze_vision`` given for a
+            text-only model (naming the model and its type).
+
+    """
+    from vramcalc.formulas.vision import is_vlm
+
+    given = [
+        flag
+        for flag, on in (
+            ("--images", req.images > 0),
+            ("--image-size", req.image_size is not None),
+            ("--freeze-vision", req.freeze_vision),
+        )
+        if on
+    ]
+    if given and not is_vlm(spec):
+        raise InvalidConfigError(
+            f"{', '.join(given)} applies to vision-language models (qwen2_5_vl, qwen3_vl, "
+            f"llava, gemma3); {spec.name} is a text model ({spec.model_type})"
+        )
+    if req.images and is_vlm(spec):
+        # what the image path is modelled and traced for: one SFT-style step of the
+        # transformers model (HF Trainer or TRL's SFT/preference trainers), no pipeline split
+        unsupported = [
+            text
+            for text, on in (
+                (f"--task {req.task.value}", req.task.value != "train"),
+                (f"--framework {req.framework}", req.framework != "hf"),
+                (f"--trainer {req.trainer.value}", req.trainer.value in ("grpo", "rloo", "ppo")),
+                (f"--pp {req.pp}", req.pp > 1),
+            )
+            if on
+        ]
+        if unsupported:
+            raise InvalidConfigError(
+                f"--images with {', '.join(unsupported)} is not modelled; images are "
+                "estimated for training with the transformers model (--framework hf), "
+                "without pipeline stages or RL generation (drop --images for the text path)"
+            )
 
 
 def _deepspeed_flags(req: EstimateRequest) -> None:

@@ -193,6 +193,15 @@ def _add_estimate_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default off; on for --trainer grpo/rloo, "
                         "as TRL's configs default)")  # fmt: skip
+    g.add_argument("--images", type=int, metavar="N",
+                   help="images per training row of a vision-language model (default 0); "
+                        "their tokens are added to --seq-len")  # fmt: skip
+    g.add_argument("--image-size", metavar="HxW",
+                   help="image height x width in pixels (default: the processor's size; "
+                        "Qwen-VL tokens grow with it, LLaVA/Gemma 3 resize to a fixed "
+                        "square)")  # fmt: skip
+    g.add_argument("--freeze-vision", action="store_true",
+                   help="freeze the vision tower (the projector still trains)")  # fmt: skip
     g.add_argument("--attn", metavar="{eager,sdpa,flash_attention_2}",
                    help="attention implementation (default: what transformers picks for the "
                         "model: sdpa, or eager for Gemma-2, GPT-OSS, BLOOM)")  # fmt: skip
@@ -535,7 +544,8 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
             f"file that names the model (see `{PROG} --help`)"
         )
     for name in ("batch_size", "seq_len", "target_len", "grad_accum", "optim", "epochs",
-                 "gpu", "tokens", "mfu", "price_per_gpu_hour"):  # fmt: skip
+                 "gpu", "tokens", "mfu", "price_per_gpu_hour", "images",
+                 "image_size"):  # fmt: skip
         if getattr(ns, name) is not None:
             fields[name] = getattr(ns, name)
     for name, enum in (
@@ -551,6 +561,8 @@ def build_request(ns: argparse.Namespace) -> EstimateRequest:
         fields["ia3"] = True
     if ns.grad_ckpt is not None:
         fields["grad_ckpt"] = ns.grad_ckpt
+    if getattr(ns, "freeze_vision", False):
+        fields["freeze_vision"] = True
     for flag in FEATURES:
         if getattr(ns, flag):
             fields[flag] = True

@@ -218,6 +218,22 @@ class StepTiming:
         return self.compute_s + self.dequant_s
 
 
+def _vision_tokens(training: TrainingSpec) -> dict[str, float] | None:
+    """Tokens a vision-language model's tower and projector run over, per LM token.
+
+    The tower runs over ``images x tower tokens`` per row, the projector's output over
+    ``images x LM tokens`` (``formulas/vision.py``); the language model over ``seq_len``
+    (which already counts the image tokens). Without images neither runs.
+    """
+    vis = training.vision
+    if vis is None:
+        return None
+    return {
+        "vision": vis.images * vis.patches / training.seq_len,
+        "projector": vis.images * vis.tokens / training.seq_len,
+    }
+
+
 def estimate_step_time(
     model: ModelSpec,
     training: TrainingSpec,
@@ -253,6 +269,7 @@ def estimate_step_time(
         attn=training.attn,
         grad_ckpt=training.grad_ckpt,
         task=training.task,
+        stack_tokens=_vision_tokens(training),
     )
     dtype = compute_dtype(training, parallel)
     peak, peak_key = peak_tflops(gpu, dtype, allow_tf32=allow_tf32)

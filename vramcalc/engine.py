@@ -69,6 +69,7 @@ from vramcalc.specs import (
     PeftSpec,
     TrainerSpec,
     TrainingSpec,
+    VisionSpec,
     rl_batch_size,
 )
 
@@ -244,6 +245,18 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
     if tspec.max_prompt_length and tspec.max_completion_length:
         # GRPO/RLOO/PPO: a training row is a prompt and its completion
         seq_len = tspec.max_prompt_length + tspec.max_completion_length
+    vision, image_tokens = _vision(req, spec)
+    if vision is not None and vision.images:
+        seq_len += image_tokens
+        side = spec.arch.get("vision_image_size")
+        fixed = spec.arch.get("vision_resize") == "fixed"
+        resized = f" (resized to {side}x{side})" if fixed else ""
+        notes.append(
+            f"{vision.images} image(s) of {vision.height}x{vision.width}{resized} per row: "
+            f"{vision.patches} vision-tower tokens and {vision.tokens} language-model tokens "
+            f"each; sequence {seq_len} = {seq_len - image_tokens} text + {image_tokens} image"
+            + ("; vision tower frozen" if vision.freeze else "")
+        )
     training = TrainingSpec(
         task=req.task,
         batch_size=rl_batch_size(req),
@@ -260,6 +273,7 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         inference=InferenceSpec.from_request(req),
         trainer=tspec,
         recipe=recipe,
+        vision=vision,
     )
     if req.target_len is not None and not spec.is_encoder_decoder:
         raise InvalidConfigError(
@@ -283,6 +297,30 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         price_usd_per_gpu_hour=req.price_per_gpu_hour,
     )
     return Resolved(spec, training, parallel, HardwareSpec(gpu=gpu), cost, tuple(notes))
+
+
+def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, int]:
+    """Images of a vision-language model's row, and the LM tokens they add per row."""
+    from vramcalc.checks import check_vision, parse_image_size
+    from vramcalc.formulas.vision import (
+        default_image_size,
+        image_tokens,
+        is_vlm,
+        pixel_values,
+    )
+
+    check_vision(req, spec)
+    if not is_vlm(spec):
+        return None, 0
+    h, w = parse_image_size(req.image_size) if req.image_size else default_image_size(spec)
+    patches, tokens = image_tokens(spec, h, w)
+    vision = VisionSpec(
+        images=req.images, height=h, width=w, freeze=req.freeze_vision,
+        patches=patches, tokens=tokens, pixels=pixel_values(spec, patches),
+        grid=spec.arch.get("vision_resize") == "dynamic",
+        token_types=spec.arch.get("vision_token_types") is True,
+    )  # fmt: skip
+    return vision, req.images * tokens
 
 
 def _has_peft(req: EstimateRequest) -> bool:
@@ -692,8 +730,21 @@ def _load_transient(res: Resolved, rank: _Rank) -> int:
 
 
 def _input_bytes(tr: TrainingSpec) -> int:
-    """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S)."""
-    return 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S).
+
+    A vision-language batch adds its fp32 ``pixel_values`` and, per model, the int64
+    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S).
+    """
+    n = 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    vis = tr.vision
+    if vis is not None and vis.images:
+        images = tr.batch_size * vis.images
+        n += block(images * vis.pixels * 4)
+        if vis.grid:
+            n += block(images * 3 * INT64_BYTES)
+        if vis.token_types:
+            n += block(tr.batch_size * tr.seq_len * INT64_BYTES)
+    return n
 
 
 def _run_ends(prof: ActivationProfile) -> list[int]:
@@ -774,7 +825,10 @@ def _rank(
     elif tplan is not None:
         tw = _trainer_walk(res, spec, inv, plan, prof, tplan, act_tr, cb)
     states = rank_states(
-        spec, inv, plan, opt, par, compute_bytes=cb, n_blocks=len(prof.layer_saved)
+        spec, inv, plan, opt, par, compute_bytes=cb,
+        # the language model's blocks are the sharding units; a vision tower's parameters
+        # (other block count) go with the root unit
+        n_blocks=len(prof.layer_saved) - prof.tower_blocks,
     )
     extra = 0
     tokens = tr.batch_size * act_tr.seq_len
@@ -1332,6 +1386,17 @@ def _estimate(
         assumptions["trainer"] = rank.trainer.plan.name.value
         assumptions["reference"] = rank.trainer.plan.reference_kind
     assumptions.update(_architecture_assumptions(spec, tr))
+    if tr.vision is not None:
+        vis = tr.vision
+        assumptions.update(
+            {
+                "images_per_row": vis.images,
+                "image_size": f"{vis.height}x{vis.width}",
+                "vision_tokens_per_image": vis.patches,
+                "image_tokens_per_image": vis.tokens,
+                "freeze_vision": vis.freeze,
+            }
+        )
     return MemoryReport(
         version=__version__,
         model=summary,

@@ -49,9 +49,46 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _flatten(config: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
+    """Lift a composite config's sub-configs to the top level (template ``nested``).
+
+    A vision-language config holds its language model in ``text_config`` and its vision
+    tower in ``vision_config`` (transformers 5 serialisation; Qwen2.5-VL's Hub file keeps the
+    text fields at the top level, ``text_at_top``). ``nested`` maps each sub-config to the
+    prefix its keys get (``""`` for the text model, ``"vision_"`` for the tower); a
+    sub-config's ``model_type`` becomes ``<prefix or 'text_'>model_type`` so the composite's
+    own type stays. Without ``text_at_top`` only the composite's own keys (``top_keys``) are
+    read at the top level, as the config class does (a top-level ``hidden_size`` of a
+    Gemma 3 or LLaVA config does not reach its text model).
+
+    Source: transformers v5.24 ``configuration_{llava,gemma3,qwen2_5_vl,qwen3_vl}.py``
+    (``sub_configs``).
+    """
+    nested = template.get("nested")
+    if not nested:
+        return dict(config)
+    own = set(template.get("top_keys", ())) | {"model_type"}
+    top = template.get("text_at_top", False)
+    cfg = {k: v for k, v in config.items() if k not in nested and (top or k in own)}
+    for sub, prefix in nested.items():
+        part = config.get(sub)
+        if part is None:
+            continue
+        if not isinstance(part, Mapping):
+            raise InvalidConfigError(
+                f"config.json for model_type '{config.get('model_type')}': '{sub}' is "
+                f"{_clip(repr(part))}; accepted: an object of {sub.split('_')[0]} model fields"
+            )
+        for key, value in part.items():
+            name = (prefix or "text_") + key if key == "model_type" else prefix + key
+            if prefix or key not in cfg or key != "tie_word_embeddings":
+                cfg[name] = value
+    return cfg
+
+
 def _normalize(config: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
     """Apply the template's key aliases and defaults (the config's own keys win)."""
-    cfg = dict(config)
+    cfg = _flatten(config, template)
     for alias, key in template.get("aliases", {}).items():
         if alias in cfg and key not in cfg:
             cfg[key] = cfg[alias]

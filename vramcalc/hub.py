@@ -111,7 +111,7 @@ class RemoteCodeError(UnknownNameError):
     status_code = 422
 
     def __init__(
-        self, where: str, model_type: str, auto_map: Any, choices: list[str], *, show: int = 40
+        self, where: str, model_type: str, auto_map: Any, choices: list[str], *, show: int = 80
     ) -> None:
         super().__init__("model_type", model_type, choices, show=show)
         classes = sorted(str(v) for v in auto_map.values()) if isinstance(auto_map, dict) else []

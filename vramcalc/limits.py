@@ -33,6 +33,8 @@ __all__ = [
     "DEFAULT_LIMITS",
     "MAX_BATCH",
     "MAX_GPUS",
+    "MAX_IMAGES",
+    "MAX_IMAGE_SIDE",
     "MAX_INT",
     "MAX_NAME_CHARS",
     "MAX_SEQ",
@@ -53,6 +55,10 @@ __all__ = [
 MAX_BATCH = 1 << 16
 """Largest micro-batch a request may ask for, and the cap of the ``--max-batch`` search."""
 MAX_SEQ = 1 << 22
+MAX_IMAGES = 1 << 12
+"""Most images per training row (``--images``)."""
+MAX_IMAGE_SIDE = 1 << 15
+"""Longest image side in pixels (``--image-size``)."""
 MAX_GPUS = 1 << 16
 MAX_INT = 1 << 53
 """Integers under keys no size category names (2**53: exact in JSON doubles)."""

@@ -40,7 +40,7 @@ from vramcalc.enums import (
     ZeroStage,
 )
 from vramcalc.errors import UnknownNameError
-from vramcalc.limits import MAX_BATCH, MAX_GPUS, MAX_SEQ, MIN_MFU
+from vramcalc.limits import MAX_BATCH, MAX_GPUS, MAX_IMAGES, MAX_SEQ, MIN_MFU
 
 __all__ = [
     "MAX_BATCH",
@@ -62,6 +62,7 @@ __all__ = [
     "RecipeSpec",
     "TrainerSpec",
     "TrainingSpec",
+    "VisionSpec",
     "ZeroSpec",
 ]
 
@@ -203,6 +204,18 @@ class EstimateRequest(_Frozen):
     prompt_tuning: PromptOptions | None = None
     ia3: SBool = False
     grad_ckpt: SBool = False
+    images: SInt = Field(
+        default=0, ge=0, le=MAX_IMAGES,
+        description="images per training row (vision-language models); their tokens are "
+        "added to seq_len",
+    )  # fmt: skip
+    image_size: str | None = Field(
+        default=None,
+        description="image height x width in pixels, 'HxW' (default: the processor's size)",
+    )
+    freeze_vision: SBool = Field(
+        default=False, description="the vision tower's weights are frozen (not the projector)"
+    )
     attn: Attention | None = Field(
         default=None,
         description="attention implementation; None = what transformers picks for the model "
@@ -1091,6 +1104,23 @@ class RecipeSpec(_Frozen):
     checkpoint_offload: bool = False
 
 
+class VisionSpec(_Frozen):
+    """Images of a vision-language model's training row (``formulas/vision.py``)."""
+
+    images: int = Field(default=0, ge=0, description="images per row")
+    height: int = Field(gt=0, description="image height in pixels, before the processor")
+    width: int = Field(gt=0, description="image width in pixels, before the processor")
+    freeze: bool = Field(default=False, description="vision tower frozen")
+    patches: int = Field(default=0, ge=0, description="tower tokens per image")
+    tokens: int = Field(default=0, ge=0, description="language-model tokens per image")
+    pixels: int = Field(default=0, ge=0, description="pixel_values elements per image")
+    grid: bool = Field(default=False, description="the batch carries image_grid_thw (Qwen-VL)")
+    token_types: bool = Field(
+        default=False,
+        description="the batch carries token_type_ids (Gemma 3) / mm_token_type_ids (Qwen3-VL)",
+    )
+
+
 class TrainingSpec(_Frozen):
     """A resolved training (or inference) step on one GPU."""
 
@@ -1111,6 +1141,11 @@ class TrainingSpec(_Frozen):
     inference: InferenceSpec | None = None
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
     recipe: RecipeSpec = RecipeSpec()
+    vision: VisionSpec | None = Field(
+        default=None,
+        description="images per row of a vision-language model (seq_len already counts "
+        "their tokens)",
+    )
 
 
 class ZeroSpec(_Frozen):

@@ -9,7 +9,7 @@ const PHASES = ["load", "generation", "forward", "loss", "backward", "optimizer"
 const $ = (id) => document.getElementById(id);
 
 // Plain request fields: id of the control = field name in EstimateRequest.
-const NUMBER_FIELDS = ["batch_size", "seq_len", "target_len", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
+const NUMBER_FIELDS = ["batch_size", "seq_len", "target_len", "images", "grad_accum", "gpus", "nodes", "tokens", "epochs", "mfu", "price_per_gpu_hour",
   "tp", "cp", "ep", "pp", "pp_virtual_stages", "loss_chunks",
   "beta", "num_generations", "max_completion_length", "max_prompt_length", "steps_per_generation",
   "vllm_gpu_memory_utilization"];
@@ -22,9 +22,9 @@ const FSDP_NUMBER_FIELDS = ["fsdp_version"];
 const FSDP_BOOL_SELECTS = ["fsdp_reshard_after_forward"];
 const BOOL_FIELDS = ["grad_ckpt", "ia3", "sequence_parallel", "fsdp_offload", "fsdp_sync_each_batch", "fsdp_lora_in_blocks", "fsdp_reshard_after_forward",
   "precompute_ref_log_probs", "activation_offload", "optimizer_in_backward", "packing", "liger", "compile",
-  "checkpoint_offload", "padded_batch"];
+  "checkpoint_offload", "padded_batch", "freeze_vision"];
 const DEFAULTS = {
-  batch_size: 1, seq_len: 512, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
+  batch_size: 1, seq_len: 512, images: 0, grad_accum: 1, gpus: 1, nodes: 1, epochs: 1,
   dtype: "fp32", mixed_precision: "no", attn: "", optim: "adamw_torch", task: "train",
   offload_optimizer: "none", offload_param: "none", zero: 0, framework: "hf",
   tp: 1, cp: 1, ep: 1, pp: 1, pp_virtual_stages: 2, pp_schedule: "1f1b", fsdp_version: 2,
@@ -120,6 +120,10 @@ function buildRequest() {
   const zero = Number($("zero").value);
   if (zero) req.zero = zero;
   if ($("grad_ckpt").checked) req.grad_ckpt = true;
+  // vision-language models (issue 9): images per row, their size, a frozen tower
+  const imageSize = $("image_size").value.trim();
+  if (imageSize) req.image_size = imageSize;
+  if ($("freeze_vision").checked) req.freeze_vision = true;
   for (const f of FEATURE_FIELDS) if ($(f).checked) req[f] = true;
   if ($("sequence_parallel").checked) req.sequence_parallel = true;
   // trainer options only for the trainers that read them (the API refuses the others)
@@ -209,6 +213,8 @@ function fillForm(req) {
   }
   if (req.zero !== undefined) $("zero").value = String(req.zero);
   $("grad_ckpt").checked = !!req.grad_ckpt;
+  $("image_size").value = req.image_size || "";
+  $("freeze_vision").checked = !!req.freeze_vision;
   for (const f of FEATURE_FIELDS) $(f).checked = !!req[f];
   $("sequence_parallel").checked = !!req.sequence_parallel;
   $("precompute_ref_log_probs").checked = !!req.precompute_ref_log_probs;

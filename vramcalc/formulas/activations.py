@@ -50,7 +50,8 @@ from vramcalc import catalog
 from vramcalc.enums import Attention, DType, MixedPrecision
 from vramcalc.formulas.counts import ParamGroup
 from vramcalc.formulas.params import ParamPlan, block, dtype_bytes
-from vramcalc.specs import ModelSpec, RecipeSpec, TrainingSpec
+from vramcalc.formulas.vision import is_vlm, tower_spec
+from vramcalc.specs import ModelSpec, RecipeSpec, TrainingSpec, VisionSpec
 
 __all__ = ["ActivationProfile", "LayerKind", "Ledger", "activation_profile", "attention_kernels",
            "layer_kinds"]  # fmt: skip
@@ -107,6 +108,7 @@ class ActivationProfile:
             0 for fused norms (LayerNorm, Liger).
         amp_weight_copies: 16-bit weight copies autocast keeps alive until backward.
         ckpt_input: with checkpointing, bytes kept per block (its input).
+        tower_blocks: a vision-language model's tower blocks at the front of the block lists.
         held_logits: logits the training loop keeps referenced from the loss to the end of
             the step and through the next forward (LitGPT's ``logits`` variable).
         details: ``activations/...`` -> bytes at the end of forward.
@@ -129,6 +131,8 @@ class ActivationProfile:
     ckpt_input: list[int] = field(default_factory=list)
     held_logits: int = 0
     details: dict[str, int] = field(default_factory=dict)
+    tower_blocks: int = 0
+    """Vision-tower blocks at the front of ``layer_saved`` (0 for text models)."""
 
     @property
     def forward_total(self) -> int:
@@ -238,7 +242,7 @@ def attention_kernels(spec: ModelSpec, tr: TrainingSpec) -> str:
     Source: ``_attention`` below; the kernel choice checked with the profiler on an H200
     (torch 2.11) and mirrored by the tracer (``validation/trace.py``).
     """
-    kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr))
+    kinds = layer_kinds(spec, tr.seq_len, padded=_padded(tr) or _image_blocks(spec, tr))
     amp = tr.mixed_precision != MixedPrecision.NO
     rope = spec.position_embedding == "rotary"
     # rotary q/k stay 16-bit under autocast where they are cast back (ModernBERT, LitGPT)
@@ -268,6 +272,18 @@ def _padded(tr: TrainingSpec) -> bool:
     ``_upad_input``), so neither changes.
     """
     return tr.trainer.padded_batch and tr.attn == Attention.SDPA
+
+
+def _image_blocks(spec: ModelSpec, tr: TrainingSpec) -> bool:
+    """Tell whether images make the language model build a mask for every layer.
+
+    Gemma 3 attends bidirectionally within each image's tokens: with the processor's
+    ``token_type_ids`` it builds its masks from ``create_masks_for_vision_model`` (an
+    or-mask over the causal one), which every layer's attention receives explicitly.
+    Source: transformers v5.24 ``modeling_gemma3.py`` ``Gemma3Model.forward``.
+    """
+    vis = tr.vision
+    return vis is not None and vis.images > 0 and spec.arch.get("vision_block_mask") is True
 
 
 def _sdpa_kernel(spec: ModelSpec, ab: int, *, masked: bool) -> str:
@@ -400,7 +416,10 @@ def activation_profile(
     peft = tr.peft
     ctx = _Ctx(
         spec=spec, tr=tr, plan=plan, T=B * S, B=B, S=S, pb=pb, cb=cb, amp=amp,
-        full=peft is None, lora=set(plan.lora_modules),
+        full=peft is None,
+        lora=set(plan.lora_modules) if not is_vlm(spec) else set().union(
+            *(m for k, m in plan.lora_by_stack.items() if k not in ("vision", "projector"))
+        ),
         lora_r=peft.r if peft is not None else 0,
         lora_dropout=peft.dropout if peft is not None else 0.0, attn=tr.attn,
         seq_shard=seq_shard, recipe=tr.recipe,
@@ -438,7 +457,11 @@ def activation_profile(
     n_layers = {"encoder": spec.num_hidden_layers, "decoder": spec.num_hidden_layers}
     if spec.is_encoder_decoder:
         n_layers["decoder"] = spec.num_decoder_layers or spec.num_hidden_layers
-    decoder_kinds = layer_kinds(spec, S, padded=_padded(tr)) if not spec.is_encoder_decoder else []
+    decoder_kinds = (
+        layer_kinds(spec, S, padded=_padded(tr) or _image_blocks(spec, tr))
+        if not spec.is_encoder_decoder
+        else []
+    )
     enc_len = S
     dec_len = tr.target_len or S
     base_ctx = ctx
@@ -520,6 +543,8 @@ def activation_profile(
         for led_id, n_uses in uses.items():
             for k, v in detail_cache[led_id].items():
                 details[k] = details.get(k, 0) + v * n_uses
+    if tr.vision is not None and tr.vision.images > 0 and is_vlm(spec):
+        _vision_tower(prof, ctx, inventory, tr.vision, details)
     if tr.grad_ckpt:
         ck = sum(prof.ckpt_input)
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
@@ -1106,7 +1131,10 @@ def _block(
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * ab)
                         led.save("q", "attention", T * Hq * ab)
                         led.save("v", "attention", T * Hkv * ab)
-                    elif qkv_view:
+                    elif qkv_view or (fused and spec.arch.get("qkv_view_saved")):
+                        # rotary q and k are new tensors; v stays a view of the fused qkv
+                        # output, which SDPA's saved v keeps alive whole (ModernBERT's Wqkv,
+                        # the Qwen vision towers' qkv)
                         led.save("q", "attention", T * Hq * ab)
                         led.save("k", "attention", T * Hkv * ab)
                         led.save("qkv", "attention", T * (Hq + 2 * Hkv) * cb)
@@ -1124,6 +1152,10 @@ def _block(
             if o_name == "o_in" and not use_eager and flash_ok:
                 o_name = "attn_out"
             o_b = ab if o_name == "attn_out" else (4 if ab == 4 else cb)
+            if spec.arch.get("attn_out_cat") and (ctx.full or out.module in ctx.lora):
+                # attention run per window/image: the outputs are concatenated (a new tensor)
+                # before the output projection
+                o_name, o_b = "attn_cat", ab
             if ctx.full or out.module in ctx.lora:
                 linear(out, o_name, o_b)
             elif amp and rg:
@@ -1655,3 +1687,151 @@ def _cross_attention(
     if ctx.full or out.module in ctx.lora:
         linear(out, "x_o_in", cb)
     return 2 * block(probs * 4), 3 * block(probs * 4)
+
+
+def _vision_tower(
+    prof: ActivationProfile,
+    ctx: _Ctx,
+    inventory: tuple[ParamGroup, ...],
+    vis: VisionSpec,
+    details: dict[str, int],
+) -> None:
+    """Add a vision-language model's image tower and projector to ``prof`` (in place).
+
+    The tower runs first: its blocks go before the language model's in ``layer_saved`` (the
+    step walk frees them last in backward), its patch embedding and projector go to
+    ``embed_saved``. The tower's blocks are ``_block`` ledgers over a ``tower_spec`` view
+    (its width, heads, norm, MLP) and ``B * images * patches`` tokens, attention without a
+    mask over each image (``S = patches``); blocks whose output never reaches the loss
+    (LLaVA above ``vision_feature_layer``) save nothing. Rotary tower embeddings are applied
+    in fp32 and cast back (``apply_rotary_pos_emb_vision``): q and k stay in the compute
+    dtype. The residual stream is fp32 under autocast when a learned fp32 position table is
+    added to the patch embeddings (CLIP, SigLIP, Qwen3-VL), else the compute dtype.
+
+    Source: transformers v5.24 ``modeling_qwen2_5_vl.py`` (``Qwen2_5_VisionTransformer
+    PretrainedModel``, ``Qwen2_5_VLPatchMerger``), ``modeling_qwen3_vl.py``,
+    ``modeling_clip.py``/``modeling_llava.py``, ``modeling_siglip.py``/``modeling_gemma3.py``;
+    checked against traces in ``validation/measurements/trace-grid.jsonl``.
+    """
+    spec = ctx.spec
+    tspec = tower_spec(spec)
+    amp, cb, pb = ctx.amp, ctx.cb, ctx.pb
+    n_img = ctx.B * vis.images
+    Tv = n_img * vis.patches
+    Hv = tspec.hidden_size
+    tower_trains = ctx.full and not vis.freeze
+    vlora = ctx.plan.lora_by_stack.get("vision", set())
+    plora = ctx.plan.lora_by_stack.get("projector", set())
+    vctx = replace(
+        ctx, spec=tspec, T=Tv, B=n_img, S=vis.patches, full=tower_trains, lora=vlora,
+        seq_shard=1, recipe=ctx.recipe.model_copy(update={"rope_dtype": "input"}),
+        ssm_inner_norms=False, kv_len=0,
+    )  # fmt: skip
+    learned_pos = any(g.stack == "vision" and g.kind == "embedding" for g in inventory)
+    rb = (4 if learned_pos else cb) if amp else pb
+    # ------------------------------------------------------------ patch embedding
+    emb = Ledger()
+    pixels = n_img * _int_arch(spec, "vision_in_channels") * vis.patches
+    pixels *= _int_arch(spec, "vision_patch_size") ** 2 * max(
+        1, _int_arch(spec, "vision_temporal_patch")
+    )
+    if tower_trains and (amp or pb != 4):
+        emb.save("pixels", "vision", pixels * cb)  # the conv's input, cast from fp32 pixels
+    groups = _layer_groups(inventory, "vision")
+    per_layer = [g for g in groups if g.count > 1 or g.count == _int_arch(spec, "vision_layers")]
+    per_layer = [g for g in per_layer if "/head/" not in g.key]
+    n_layers = _int_arch(spec, "vision_layers")
+    used = n_layers - _int_arch(spec, "vision_unused_layers")
+    # gradient checkpointing on a model whose main input is input_ids calls
+    # enable_input_require_grads, which hooks every input embedding -- the tower's patch
+    # embedding too -- so the tower builds a graph even when its weights are frozen
+    # (transformers v5.24 modeling_utils.py gradient_checkpointing_enable,
+    # enable_input_require_grads), as the language model does (``grad_flows`` above)
+    rg = tower_trains or ctx.tr.grad_ckpt
+    saved: list[int] = []
+    fwd: list[int] = []
+    bwd: list[int] = []
+    amp_c: list[int] = []
+    tower_details: dict[str, int] = {}
+    led, f_x, b_x, rg_after, amp_copy = _block(vctx, per_layer, rb, x_requires_grad=rg, first=True)
+    for i in range(used):
+        if i == 1 and rg_after != rg:
+            led, f_x, b_x, rg_after, amp_copy = _block(
+                vctx, per_layer, rb, x_requires_grad=rg_after, first=False
+            )
+        saved.append(led.total)
+        fwd.append(f_x)
+        bwd.append(b_x)
+        amp_c.append(amp_copy)
+        for k, v in led.by_detail().items():
+            tower_details[k] = tower_details.get(k, 0) + v
+    rg = rg_after or rg
+    # ------------------------------------------------------------ projector
+    proj = Ledger()
+    kind = spec.arch.get("vision_projector")
+    p_trains = ctx.full
+    tokens = n_img * vis.tokens
+    H = spec.hidden_size
+    lin_b = 2 if amp else pb  # a linear's saved input: its autocast copy, else the tensor
+
+    def lin_in(name: str, n: int, modules: tuple[str, ...]) -> None:
+        if p_trains or plora & set(modules):
+            proj.save(name, "vision", n * lin_b)
+
+    if kind == "merger":
+        merge = _int_arch(spec, "vision_merge") or 1
+        wide = Hv * merge * merge
+        if p_trains or rg:
+            if tspec.norm == "rmsnorm":
+                _rmsnorm(proj, vctx, "ln_q", Tv * Hv, rb, trainable=p_trains, width=Hv)
+            else:
+                proj.save("ln_in", "vision", Tv * Hv * rb)
+                proj.save("ln_stats", "vision", 2 * block(Tv * 4))
+        lin_in("m0_in", Tv * Hv, ("0", "linear_fc1"))
+        if p_trains or plora or rg:
+            proj.save("m_gelu_in", "vision", (Tv // (merge * merge)) * wide * cb)
+        lin_in("m2_in", (Tv // (merge * merge)) * wide, ("2", "linear_fc2"))
+        for d in range(_int_arch(spec, "vision_deepstack")):
+            if p_trains or rg:
+                proj.save(f"ds{d}_ln_in", "vision", Tv * Hv * rb)
+                proj.save(f"ds{d}_ln_stats", "vision", 2 * block((Tv // (merge * merge)) * 4))
+            lin_in(f"ds{d}_fc1_in", Tv * Hv, ("linear_fc1",))
+            if p_trains or plora or rg:
+                proj.save(f"ds{d}_gelu_in", "vision", (Tv // (merge * merge)) * wide * cb)
+            lin_in(f"ds{d}_fc2_in", (Tv // (merge * merge)) * wide, ("linear_fc2",))
+    elif kind == "mlp2":
+        lin_in("l1_in", tokens * Hv, ("linear_1",))
+        if p_trains or plora or rg:
+            proj.save("l_gelu_in", "vision", tokens * H * cb)
+        lin_in("l2_in", tokens * H, ("linear_2",))
+    elif kind == "pool":
+        if p_trains or rg:
+            proj.save("post_ln_in", "vision", Tv * Hv * rb)
+            proj.save("post_ln_stats", "vision", 2 * block(Tv * 4))
+            proj.save("pool_in", "vision", Tv * Hv * (4 if amp else pb))
+        if p_trains or rg:
+            _rmsnorm(proj, vctx, "soft_norm", tokens * Hv, 4 if amp else pb,
+                     trainable=p_trains, width=Hv)  # fmt: skip
+        if p_trains:
+            proj.save("proj_in", "vision", tokens * Hv * (2 if amp else pb))
+    if amp and p_trains:
+        amp_c[-1:] = [
+            (amp_c[-1] if amp_c else 0)
+            + sum(block(g.weight_numel * 2) for g in _layer_groups(inventory, "projector"))
+        ]
+    prof.embed_saved += emb.total + proj.total
+    prof.layer_saved[:0] = saved
+    prof.tower_blocks = len(saved)
+    prof.layer_fwd_extra[:0] = fwd
+    prof.layer_bwd_extra[:0] = bwd
+    prof.amp_copy_per_layer[:0] = amp_c
+    if ctx.tr.grad_ckpt:
+        # checkpointing makes the tower's input require a gradient (below): every block
+        # keeps its input
+        prof.ckpt_input[:0] = [block(Tv * Hv * rb)] * used
+    total = emb.total + proj.total + sum(tower_details.values())
+    details["activations/vision"] = details.get("activations/vision", 0) + total
+
+
+def _int_arch(spec: ModelSpec, key: str) -> int:
+    return _arch_int(spec, key)

@@ -65,7 +65,10 @@ class ParamGroup(BaseModel):
     bias_numel: int = 0
     count: int = 1
     """Instances in the whole model (layers x experts)."""
-    stack: Literal["embed", "encoder", "decoder", "head"] = "decoder"
+    stack: Literal["embed", "encoder", "decoder", "head", "vision", "projector"] = "decoder"
+    """Where the group sits: ``vision`` is a vision-language model's image tower (its blocks,
+    patch and position embeddings, norms), ``projector`` the layers that map its features to
+    the language model's width."""
     role: Literal["column", "row", "vocab", "replicated", "expert_column", "expert_row"] = (
         "replicated"
     )
@@ -77,6 +80,10 @@ class ParamGroup(BaseModel):
     experts: int = 1
     """Experts stacked in each 3-D parameter of an ``expert`` group, so the model holds
     ``count // experts`` such tensors (1 for every other group)."""
+
+    idle: int = 0
+    """Instances whose output never reaches the loss (LLaVA's vision layers above
+    ``vision_feature_layer``): built and counted, run in forward, but given no gradient."""
 
     @property
     def numel(self) -> int:
@@ -262,6 +269,7 @@ def _group(module: Mapping[str, Any], names: Mapping[str, Any]) -> ParamGroup | 
         expert=bool(module.get("expert", False)),
         experts=_as_int(evaluate(module.get("experts", 1), names), f"{key} experts", names),
         role=module["role"],
+        idle=min(count, _as_int(evaluate(module.get("idle", 0), names), f"{key} idle", names)),
     )
 
 

@@ -52,7 +52,7 @@ Sources:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from vramcalc.enums import Attention, Task
@@ -125,9 +125,15 @@ def active_fraction(group: ParamGroup, spec: ModelSpec) -> float:
 
 
 def matmul_groups(
-    spec: ModelSpec, inventory: Iterable[ParamGroup], trainable_keys: Collection[str]
+    spec: ModelSpec,
+    inventory: Iterable[ParamGroup],
+    trainable_keys: Collection[str],
+    stack_tokens: Mapping[str, float] | None = None,
 ) -> list[tuple[str, str, float, bool]]:
     """List the matmul weights a token meets: ``(key, stack, active weight elements, trainable)``.
+
+    ``stack_tokens`` scales a stack that runs over other tokens than the language model's,
+    per language-model token (a vision tower: tower tokens / LM tokens; 0 without images).
 
     Adds the tied LM head (the token embedding's shape, trainable iff the embedding is)
     when ``spec.tie_word_embeddings`` is set, the model has an output layer
@@ -139,6 +145,8 @@ def matmul_groups(
     for g in groups:
         if g.kind in MATMUL_KINDS:
             active = g.weight_numel * g.count * active_fraction(g, spec)
+            if stack_tokens is not None and g.stack in stack_tokens:
+                active *= stack_tokens[g.stack]
             out.append((g.key, g.stack, active, g.key in trainable_keys))
     has_head = any(g.kind == "lm_head" for g in groups)
     has_output_layer = bool(getattr(spec, "has_lm_head", spec.is_causal_lm))
@@ -259,6 +267,7 @@ def training_flops_per_token(
     grad_ckpt: bool = False,
     early_stop: bool = True,
     task: Task = Task.TRAIN,
+    stack_tokens: Mapping[str, float] | None = None,
 ) -> FlopsPerToken:
     """FLOPs per token of one training (or inference) step.
 
@@ -278,6 +287,8 @@ def training_flops_per_token(
             the MLP output projection is not recomputed (see :func:`skipped_by_early_stop`);
             ``False`` models ``use_reentrant=True`` (a full forward of each layer).
         task: ``inference`` counts the forward pass only.
+        stack_tokens: per stack, the tokens it runs over per language-model token (a vision
+            tower's and projector's; see :func:`matmul_groups`).
 
     Returns:
         FLOPs per token by pass, with slash-keyed details.
@@ -287,7 +298,7 @@ def training_flops_per_token(
 
     """
     groups = list(inventory)
-    mm = matmul_groups(spec, groups, trainable_keys)
+    mm = matmul_groups(spec, groups, trainable_keys, stack_tokens)
     fwd_layers = sum(2.0 * n for _, stack, n, _ in mm if stack in CHECKPOINTED_STACKS)
     fwd_head = sum(2.0 * n for _, stack, n, _ in mm if stack == "head")
     fwd_other = sum(2.0 * n for _, stack, n, _ in mm if stack not in (*CHECKPOINTED_STACKS, "head"))

@@ -157,6 +157,9 @@ class ParamPlan:
     FSDP-sharded 4-bit weights): whole on every rank, never sharded or gathered. Included in
     ``param_bytes``."""
     lora_modules: set[str] = field(default_factory=set)
+    lora_by_stack: dict[str, set[str]] = field(default_factory=dict)
+    """LoRA-adapted module names per stack (a VLM's tower and language model may share
+    module names such as ``q_proj``)."""
     trainable_elements: list[Trainable] = field(default_factory=list)
     """Every trainable tensor kind."""
     tensors: list[Stored] = field(default_factory=list)
@@ -393,14 +396,27 @@ def plan_params(
             has_lm_head=spec.has_lm_head,
             dropout=peft.dropout,
         )
+        if training.vision is not None and training.vision.freeze:
+            # --freeze-vision with LoRA: no adapters in the tower (PEFT target_modules
+            # restricted to the language model, e.g. a regex over language_model)
+            lora = [t for t in lora if t.group.stack != "vision"]
         for t in lora:
             plan.lora_modules.add(t.group.module)
+            plan.lora_by_stack.setdefault(t.group.stack, set()).add(t.group.module)
     other_key = f"params/{_dtype_name(other_bytes)}"
+    vision = training.vision
     for g in inventory:
         head_q = g.kind == "lm_head" and recipe.quant_lm_head
         quant_this = quantized and (g.kind == "linear" or head_q) and not g.expert
         n_w, n_b = g.weight_numel, g.bias_numel
-        trainable = full
+        # --freeze-vision: the tower's weights do not train (the projector still does)
+        trainable = full and not (vision is not None and vision.freeze and g.stack == "vision")
+        # instances that get no gradient although they train: outputs that never reach the
+        # loss (ParamGroup.idle), or the whole image path of a batch without images; their
+        # .grad stays None, so torch.optim keeps no state for them either
+        # (torch/optim/adamw.py _init_group skips ``p.grad is None``)
+        no_image = vision is not None and vision.images == 0 and g.stack in ("vision", "projector")
+        gc = 0 if no_image else g.count - g.idle
         if quant_this:
             assert quant is not None
             wbytes = _quantized_weight_bytes(
@@ -439,23 +455,23 @@ def plan_params(
         plan.n_params += g.numel
         if trainable:
             plan.trainable_keys.add(g.key)
+            plan.n_trainable += (n_w + n_b) * g.count
+        if trainable and gc:
             wb = wbytes if pb == other_bytes and not quant_this else block(n_w * pb)
-            plan.grad_tensors.append((wb, g.count, 0))
-            plan.trainable_elements.append(Trainable(n_w, g.count, pb, rows, stack))
+            plan.grad_tensors.append((wb, gc, 0))
+            plan.trainable_elements.append(Trainable(n_w, gc, pb, rows, stack))
             plan.largest_trainable = max(plan.largest_trainable, wb)
             if g.kind in ("norm", "other") and n_w <= spec.hidden_size:
-                plan.nodecay_bytes += wb * g.count
+                plan.nodecay_bytes += wb * gc
             else:
-                plan.decay_bytes += wb * g.count
-            plan.n_trainable += n_w * g.count
-            plan.n_trainable_tensors += g.count
+                plan.decay_bytes += wb * gc
+            plan.n_trainable_tensors += gc
             if n_b:
                 bb = block(n_b * pb)
-                plan.grad_tensors.append((bb, g.count, 0))
-                plan.trainable_elements.append(Trainable(n_b, g.count, pb, b_rows, stack))
-                plan.nodecay_bytes += bb * g.count
-                plan.n_trainable += n_b * g.count
-                plan.n_trainable_tensors += g.count
+                plan.grad_tensors.append((bb, gc, 0))
+                plan.trainable_elements.append(Trainable(n_b, gc, pb, b_rows, stack))
+                plan.nodecay_bytes += bb * gc
+                plan.n_trainable_tensors += gc
     if peft is not None:
         ab = pb if recipe.adapter_dtype == "base" else 4
         plan.adapters = _adapters(spec, inventory, peft, lora, ab)

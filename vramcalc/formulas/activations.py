@@ -899,6 +899,10 @@ def _block(
     amp_copy = 0
     fwd_extra = 0
     bwd_extra = 0
+    # peaks inside the block as absolute ledger totals: what was saved up to that point plus
+    # the transients of that moment (in backward the tensors saved after it are freed by then)
+    fwd_at: list[int] = []
+    bwd_at: list[int] = []
     norm_out_b = (4 if amp else pb) if spec.norm == "layernorm" else rb
     heads, kvh, hd = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
     Hq, Hkv = heads * hd, kvh * hd
@@ -1071,6 +1075,7 @@ def _block(
                         led.save("probs_c", "attention", probs * cb)
                     else:
                         led.save("probs32", "attention", probs * 4)
+                    at_softmax = led.total
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
                     if spec.attention_dropout > 0:
@@ -1079,8 +1084,27 @@ def _block(
                     led.save("v", "attention", rep)
                     if use_eager or bias_mask:
                         led.save("o_in", "attention", T * Hq * cb)
-                    fwd_extra = max(fwd_extra, 2 * block(probs * 4))
-                    bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                    if bias_mask:
+                        fwd_extra = max(fwd_extra, 2 * block(probs * 4))
+                        bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                    else:
+                        # softmax(scores, dtype=fp32): in forward the scores (q dtype), their
+                        # fp32 copy and the fp32 output are alive together, on top of what
+                        # was saved up to the softmax; pure fp16 on CUDA skips the copy
+                        # (aten softmax: half_to_float). In backward, once the blocks' later
+                        # saved tensors (16-bit probabilities, v, the output, the MLP) are
+                        # freed, the softmax's fp32 incoming gradient and its result (fp16
+                        # under half_to_float) are the two S^2 buffers on top of the saved
+                        # fp32 probabilities. Source: torch 2.13 aten/src/ATen/native/
+                        # SoftMax.cpp (softmax, _softmax_backward_data); modeling_llama.py
+                        # eager_attention_forward; traced: trace-grid.jsonl *_v512-*-s1024
+                        sb = cb if use_eager else qb
+                        h2f = use_eager and sb == 2 and not amp and pb == 2
+                        h2f = h2f and ctx.tr.param_dtype == DType.FP16
+                        copy = 0 if sb == 4 or h2f else block(probs * 4)
+                        fwd_at.append(at_softmax + block(probs * sb) + copy)
+                        grad_scores = block(probs * (2 if h2f else 4))
+                        bwd_at.append(at_softmax + block(probs * 4) + grad_scores)
                 elif efficient:
                     # memory-efficient/cuDNN kernel: with a mask transformers repeats the K/V
                     # heads first (sdpa_attention.py use_gqa_in_sdpa/repeat_kv), and SDPA
@@ -1211,6 +1235,9 @@ def _block(
                 post_norm(f"p{si}")
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
+    # moments recorded as "saved so far + transients" are relative to the whole ledger here
+    fwd_extra = max([fwd_extra] + [m - led.total for m in fwd_at])
+    bwd_extra = max([bwd_extra] + [m - led.total for m in bwd_at])
     bwd_extra += 2 * block(T * H * rb)
     return led, fwd_extra, bwd_extra, rg or rg_attn, amp_copy
 

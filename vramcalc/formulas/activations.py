@@ -543,13 +543,23 @@ def activation_profile(
         for led_id, n_uses in uses.items():
             for k, v in detail_cache[led_id].items():
                 details[k] = details.get(k, 0) + v * n_uses
+    has_attn = any(_is_attention(g) and g.stack != "vision" for g in inventory)
+    mask = _eager_masks(ctx, decoder_kinds if has_attn else [], encoder_only=stacks == ["encoder"])
+    if mask and tr.grad_ckpt and prof.ckpt_input:
+        # the checkpoints keep their layers' arguments for the recomputation, the mask among
+        # them: alive from the first block's forward to the end of its backward
+        prof.ckpt_input[0] += mask
+    elif mask:
+        prof.layer_fwd_extra = [x + mask for x in prof.layer_fwd_extra]
     if tr.vision is not None and tr.vision.images > 0 and is_vlm(spec):
         _vision_tower(prof, ctx, inventory, tr.vision, details)
     if tr.grad_ckpt:
         ck = sum(prof.ckpt_input)
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
         details.pop("activations/dropout_masks", None)
-        details["activations/checkpoints"] = ck
+        details["activations/checkpoints"] = ck - mask
+        if mask:
+            details["activations/attention_mask"] = mask
     # ---------------------------------------------------------------- head and loss
     if blocks_trainable:
         ctx = replace(ctx, full=peft is None)
@@ -637,6 +647,30 @@ def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
     inc = -(-vocab // hidden)
     rows = -(-tokens // inc)
     return min(1 << (rows - 1).bit_length(), max(tokens, 1))
+
+
+def _eager_masks(ctx: _Ctx, kinds: list[LayerKind], *, encoder_only: bool) -> int:
+    """Bytes of the float masks transformers builds for eager attention (0 for other kernels).
+
+    ``eager_mask`` materialises the boolean mask as a (B, 1, S, S) tensor of 0 and the dtype's
+    minimum in the embeddings' dtype, one per kind of layer (full, sliding, chunked) and never
+    skips a causal one (``allow_is_causal_skip=False``); a bidirectional full mask without
+    padding is skipped (``_ignore_bidirectional_mask_sdpa``). The model's forward holds the
+    masks for every layer; ``attn_weights + attention_mask`` saves none of them. T5 builds its
+    own position-bias masks (the ledger's ``pos_bias``). Source: transformers v5.24
+    ``masking_utils.py`` (``eager_mask``, ``create_causal_mask``,
+    ``create_bidirectional_mask``); traced: trace-grid.jsonl ``*_v512-*-ckpt-eager-*``.
+    """
+    spec, tr = ctx.spec, ctx.tr
+    if ctx.attn != Attention.EAGER or ctx.recipe.framework != "hf":
+        return 0
+    if spec.position_embedding == "relative" or not kinds:
+        return 0
+    attn = {k.attn for k in kinds}
+    if encoder_only and not (_padded(tr) or _image_blocks(spec, tr)):
+        attn.discard("full")
+    rb = 4 if ctx.amp else ctx.pb
+    return len(attn) * block(ctx.B * ctx.S * ctx.S * rb)
 
 
 def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
@@ -1070,7 +1104,8 @@ def _block(
                     if use_eager and _arch_num(spec, "attn_logit_softcapping"):
                         # scores / cap -> tanh (saves its output) -> * cap, in 16 bit
                         led.save("softcap_tanh", "attention", probs * cb)
-                        fwd_extra = max(fwd_extra, 2 * block(probs * cb))
+                        # the scaled scores and their quotient by the cap, alive with tanh's
+                        fwd_at.append(led.total + 2 * block(probs * cb))
                     if bias_mask and use_eager:
                         led.save("probs_c", "attention", probs * cb)
                     else:

@@ -461,6 +461,7 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("gemma2_v512", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 1, 1024),
     ("gemma2_v512", "lora", "bf16", "no", True, "eager", "adamw_torch", "foreach", 1, 1024),
     ("qwen2_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("qwen2_v512", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
     ("glm4_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
 ]
 

@@ -463,6 +463,12 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("qwen2_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
     ("qwen2_v512", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
     ("glm4_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    # small vocabulary, long sequence, SDPA with checkpointing: the checkpointed block's
+    # forward working set and the recomputed MLP's backward moment hold the peak
+    ("llama_v512", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("modernbert_v512", "full", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
 ]
 
 # vision-language rows: (row, images per row, --image-size, --freeze-vision); seq is the text

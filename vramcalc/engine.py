@@ -548,6 +548,9 @@ def _walk(
             act = act0 + cum_act[i]
             layer = saved[i]
             transient = (prof.layer_saved[i] if ckpt else 0) + fwd_extra[i]
+            ck = prof.layer_ckpt[i] if ckpt and prof.layer_ckpt else None
+            if ck is not None:  # checkpointed: the block's working set (activations._block)
+                transient += ck[0]
             amp_live = cum_amp[i + 1]
             before = rs.gather_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:
@@ -662,12 +665,22 @@ def _walk(
                 nxt = rs.gather_prefetch if i > 0 else rs.gather_embed
                 gathered = held_root + rs.gather_block + nxt
             grads_i = grads + (lg * (done + 1) if not (accum and step == 2) else 0)
+            b_act = recompute + bwd_extra[i]
+            ck = prof.layer_ckpt[i] if ckpt and prof.layer_ckpt else None
+            if ck is not None:
+                # checkpointed: the larger of the MLP's and the attention's backward moments,
+                # the MLP's with only down_proj's gradient of this block (activations._block)
+                pending = lg - int(lg * ck[2]) if not (accum and step == 2) else 0
+                if ck[1] - pending > ck[3]:
+                    b_act, grads_i = b_act + ck[1], grads_i - pending
+                else:
+                    b_act += ck[3]
             w.block(
                 step,
                 Phase.BACKWARD,
                 f"block {i} backward",
                 comps(
-                    act + recompute + bwd_extra[i] + rank.extra_act,
+                    act + b_act + rank.extra_act,
                     grads_i + (0 if rs.gather_head else head_full) + rs.grad_block_full,
                     gathered=gathered,
                 ),
@@ -756,6 +769,7 @@ def _run_ends(prof: ActivationProfile) -> list[int]:
             prof.layer_bwd_extra,
             prof.amp_copy_per_layer or [0] * len(prof.layer_saved),
             prof.ckpt_input or [0] * len(prof.layer_saved),
+            prof.layer_ckpt or [None] * len(prof.layer_saved),
             strict=True,
         )
     )

@@ -64,6 +64,11 @@ class Ledger:
         self.saved: dict[str, tuple[str, int]] = {}
         self.live_peak = 0
         self._transient = 0
+        # under non-reentrant checkpointing, relative to (saved + forward/backward extra):
+        # (forward working set, backward bytes at the MLP's activation-product backward,
+        # share of the block's gradients created by then, backward bytes at the attention's
+        # backward); None where not modelled (_block)
+        self.ckpt_moments: tuple[int, int, float, int] | None = None
 
     def save(self, name: str, detail: str, nbytes: int | float) -> None:
         """Record a tensor kept for backward (first writer wins; ``name`` de-duplicates)."""
@@ -129,6 +134,7 @@ class ActivationProfile:
     amp_copy_per_layer: list[int] = field(default_factory=list)
     amp_head_copy: int = 0
     ckpt_input: list[int] = field(default_factory=list)
+    layer_ckpt: list[tuple[int, int, float, int] | None] = field(default_factory=list)
     held_logits: int = 0
     details: dict[str, int] = field(default_factory=dict)
     tower_blocks: int = 0
@@ -536,6 +542,7 @@ def activation_profile(
             prof.amp_copy_per_layer += [amp_copy] * reps
             if tr.grad_ckpt:
                 prof.ckpt_input += [ckpt_in] * reps
+                prof.layer_ckpt += [led.ckpt_moments] * reps
             if id(led) not in detail_cache:
                 detail_cache[id(led)] = led.by_detail()
             uses[id(led)] = uses.get(id(led), 0) + reps
@@ -1026,7 +1033,19 @@ def _block(
         if all(a for a, _ in subs):
             subs.append((False, []))  # no shared expert: the MoE block alone is the MLP
     rg_in, rg_attn = rg, False
+    # checkpointing moments (a plain [attention, dense MLP] block): see the end of _block
+    simple = (
+        [a for a, _ in subs] == [True, False]
+        and not experts
+        and not spec.parallel_residual
+        and not ctx.kv_len
+        and not any(_is_ssm(g) for _, sub in subs for g in sub)
+    )
+    pre_mlp = pre_mlp_f = pre_mlp_b = at_act = n_mlp = n_bufs = 0
+    down_share = 0.0
     for si, (is_attn, sub) in enumerate(subs):
+        if simple and not is_attn:
+            pre_mlp, pre_mlp_f, pre_mlp_b = led.total, fwd_extra, bwd_extra
         if spec.parallel_residual and si == 1:
             # a parallel block's MLP reads the block's normalised input, not the attention
             # output: a gradient reaches it only if one reaches the block input (LoRA's first
@@ -1246,6 +1265,9 @@ def _block(
                     python_gelu = ctx.recipe.gelu_tanh == "python"
                     tanh_gelu = spec.hidden_act in ("gelu_new", "gelu_fast")
                     prod_b = 4 if amp and tanh_gelu and python_gelu else cb
+                # a fused gate|up projection (ModernBERT's Wi + chunk) has chunk's backward
+                # concatenate the two halves' gradients: a fourth B*S*I buffer at that moment
+                at_act, n_mlp, n_bufs = led.total, n_i, 4 if gated and len(ins) == 1 else 3
                 prod_name = "prod"
                 if float(spec.arch.get("mlp_dropout") or 0) > 0:
                     # T5's DenseReluDense drops out the activation before wo: mask + output
@@ -1270,10 +1292,50 @@ def _block(
                 post_norm(f"p{si}")
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
+    if simple and at_act and (rg or ctx.full):
+        # Non-reentrant checkpointing (torch 2.13 utils/checkpoint.py _checkpoint_hook,
+        # _checkpoint_without_reentrant_generator; transformers 5 modeling_utils.py
+        # _activation_checkpointing_enable defaults to use_reentrant=False; torchtune 0.6
+        # training/memory.py set_activation_checkpointing -> apply_activation_checkpointing,
+        # whose checkpoint_wrapper defaults to CheckpointImpl.NO_REENTRANT). The forward runs
+        # under saved-tensor hooks that keep nothing, so the block's working set is what is
+        # alive at its worst moment: the attention's tensors with its transient, or in the MLP
+        # the residual h, the normalised input and act(gate), up and their product -- not the
+        # whole ledger. In backward the block is recomputed (ledger saved again) and unwinds
+        # in reverse; the peak is either the MLP's act(gate) * up backward (down_proj's input
+        # already freed; three B*S*I buffers, the incoming gradient and the two factors'
+        # gradients, four where a fused gate|up projection's chunk backward concatenates
+        # them; of the block's gradients only down_proj's exists) or the attention's backward
+        # (the MLP's tensors freed, its gradients created), each with one residual-stream
+        # gradient. Source: modeling_llama.py LlamaMLP.forward, modeling_modernbert.py
+        # ModernBertMLP.forward, torchtune modules/feed_forward.py FeedForward.forward;
+        # traced: trace-frameworks.jsonl tt-*-ckpt-*, trace-grid.jsonl *_v512-*-ckpt-sdpa-*.
+        R = block(T * H * rb)
+        three = n_bufs * block(n_mlp * cb)
+        fwd_ck = max([pre_mlp + pre_mlp_f, R + block(T * H * cb) + three, *fwd_at])
+        bwd_mlp = at_act + three + R
+        bwd_attn = max([pre_mlp + pre_mlp_b, *bwd_at]) + R
+        out_g = subs[1][1][-1] if subs[1][1] else None
+        if out_g is not None:
+            if ctx.full:
+                tot = sum(g.weight_numel for _, sub in subs for g in sub)
+                down_share = out_g.weight_numel / tot if tot else 0.0
+            elif out_g.module in ctx.lora:
+                lo = [g for _, sub in subs for g in sub if g.module in ctx.lora]
+                tot = sum(g.in_features + g.out_features for g in lo)
+                down_share = (out_g.in_features + out_g.out_features) / tot if tot else 0.0
     # moments recorded as "saved so far + transients" are relative to the whole ledger here
     fwd_extra = max([fwd_extra] + [m - led.total for m in fwd_at])
     bwd_extra = max([bwd_extra] + [m - led.total for m in bwd_at])
     bwd_extra += 2 * block(T * H * rb)
+    if simple and at_act and (rg or ctx.full):
+        # kept relative to (ledger + extra), so what a framework adds to either carries
+        led.ckpt_moments = (
+            fwd_ck - led.total - fwd_extra,
+            bwd_mlp - led.total - bwd_extra,
+            down_share,
+            bwd_attn - led.total - bwd_extra,
+        )
     return led, fwd_extra, bwd_extra, rg or rg_attn, amp_copy
 
 
@@ -1891,6 +1953,7 @@ def _vision_tower(
         # checkpointing makes the tower's input require a gradient (below): every block
         # keeps its input
         prof.ckpt_input[:0] = [block(Tv * Hv * rb)] * used
+        prof.layer_ckpt[:0] = [None] * used
     total = emb.total + proj.total + sum(tower_details.values())
     details["activations/vision"] = details.get("activations/vision", 0) + total
 

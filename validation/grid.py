@@ -275,6 +275,18 @@ FAMILIES: dict[str, dict[str, Any]] = {
                           "num_attention_heads": 4, "image_size": 112, "patch_size": 14,
                           "vision_use_head": False},
     },
+    "mllama": {  # Llama-3.2-Vision: tiled tower (local + gated global), cross-attention layers
+        "model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"],
+        "image_token_index": 512,
+        "text_config": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                        "max_position_embeddings": 2048, "cross_attention_layers": [1, 3],
+                        "pad_token_id": 511, "bos_token_id": 1, "eos_token_id": 2},
+        "vision_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+                          "num_global_layers": 2, "attention_heads": 4, "image_size": 112,
+                          "patch_size": 14, "vision_output_dim": 384,
+                          "intermediate_layers_indices": [1, 3]},
+    },
 }  # fmt: skip
 # the same blocks under a 512-token vocabulary: the logits no longer hold the peak, so the
 # blocks' own ledgers (Cohere's Python LayerNorm, GLM-4's and OLMo-2's extra norms) show
@@ -482,6 +494,18 @@ _VLM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], 
      4, None, False),
     (("qwen3_vl", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 32),
      2, "512x512", False),
+    # Llama-3.2-Vision: 4 tiles of 112 px per image (padded), cross-attention layers 1 and 3,
+    # a 512-token vocabulary (the tower and the cross-attention K/V hold the activations)
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, "112x224", False),
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     2, "224x224", False),
+    (("mllama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, False),
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, True),
+    (("mllama", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 1, 64),
+     2, None, False),
 ]  # fmt: skip
 
 _NO_PEFT_DEFAULT = {
@@ -495,7 +519,7 @@ _NO_PEFT_DEFAULT = {
     "smollm3": ("q_proj", "v_proj"), "modernbert": ("Wqkv", "Wo"),
     "glm4_v512": ("q_proj", "v_proj"), "qwen2_5_vl": ("q_proj", "v_proj"),
     "qwen3_vl": ("q_proj", "v_proj"), "llava": ("q_proj", "v_proj"),
-    "gemma3": ("q_proj", "v_proj"),
+    "gemma3": ("q_proj", "v_proj"), "mllama": ("q_proj", "v_proj"),
 }  # fmt: skip
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)

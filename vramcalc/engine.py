@@ -251,6 +251,10 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         side = spec.arch.get("vision_image_size")
         fixed = spec.arch.get("vision_resize") == "fixed"
         resized = f" (resized to {side}x{side})" if fixed else ""
+        if vision.tiles:
+            resized = (
+                f" ({vision.used_tiles} of {side}x{side} tile(s), padded to {vision.tiles})"
+            )
         notes.append(
             f"{vision.images} image(s) of {vision.height}x{vision.width}{resized} per row: "
             f"{vision.patches} vision-tower tokens and {vision.tokens} language-model tokens "
@@ -307,6 +311,7 @@ def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, i
         image_tokens,
         is_vlm,
         pixel_values,
+        tiled_canvas,
     )
 
     check_vision(req, spec)
@@ -314,11 +319,18 @@ def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, i
         return None, 0
     h, w = parse_image_size(req.image_size) if req.image_size else default_image_size(spec)
     patches, tokens = image_tokens(spec, h, w)
+    tiles = used = 0
+    if spec.arch.get("vision_resize") == "tiles":
+        tiles = int(spec.arch.get("vision_max_num_tiles") or 1)
+        side = int(spec.arch.get("vision_image_size") or 1)
+        ch, cw = tiled_canvas(h, w, tiles, side)
+        used = (ch // side) * (cw // side)
     vision = VisionSpec(
         images=req.images, height=h, width=w, freeze=req.freeze_vision,
         patches=patches, tokens=tokens, pixels=pixel_values(spec, patches),
         grid=spec.arch.get("vision_resize") == "dynamic",
         token_types=spec.arch.get("vision_token_types") is True,
+        tiles=tiles, used_tiles=used,
     )  # fmt: skip
     return vision, req.images * tokens
 
@@ -733,7 +745,9 @@ def _input_bytes(tr: TrainingSpec) -> int:
     """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S).
 
     A vision-language batch adds its fp32 ``pixel_values`` and, per model, the int64
-    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S).
+    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S), or Llama-3.2-Vision's
+    ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask`` (B x S x images x
+    tiles; ``processing_mllama.py`` ``convert_sparse_cross_attention_mask_to_dense``).
     """
     n = 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
     vis = tr.vision
@@ -744,6 +758,9 @@ def _input_bytes(tr: TrainingSpec) -> int:
             n += block(images * 3 * INT64_BYTES)
         if vis.token_types:
             n += block(tr.batch_size * tr.seq_len * INT64_BYTES)
+        if vis.tiles:  # aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask (int64)
+            n += block(images * INT64_BYTES) + block(images * vis.tiles * INT64_BYTES)
+            n += block(tr.batch_size * tr.seq_len * vis.images * vis.tiles * INT64_BYTES)
     return n
 
 

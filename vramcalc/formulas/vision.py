@@ -88,7 +88,7 @@ def _tile_arrangements(max_tiles: int) -> list[tuple[int, int]]:
 
 
 def tiled_canvas(height: int, width: int, max_tiles: int, tile: int) -> tuple[int, int]:
-    """The canvas (height, width) in pixels Llama-3.2-Vision's processor fits an image to.
+    """Return the canvas (height, width) Llama-3.2-Vision's processor fits an image to.
 
     ``get_optimal_tiled_canvas`` of transformers v5.24 ``image_processing_mllama.py``: for
     each tile grid (as ``(width, height)`` pairs read as ``(rows, cols)``, as the processor

@@ -571,12 +571,13 @@ def _walk(
                         act + amp_live, g_fwd, gathered=before + rs.gather_block + rs.gather_buffer
                     ),
                 )
+            cache = prof.output_cache if prof.output_cache and i >= prof.output_cache_from else 0
             w.block(
                 step,
                 Phase.FORWARD,
                 f"block {i} forward",
                 comps(
-                    act + amp_live + layer + transient + rank.extra_act,
+                    act + amp_live + layer + transient + rank.extra_act + cache,
                     g_fwd,
                     gathered=before
                     + rs.gather_block
@@ -595,7 +596,11 @@ def _walk(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act + rank.head_extra + hl, g_fwd, gathered=head_fwd_gathered + zero_root),
+            comps(
+                act + rank.head_extra + hl + prof.output_cache,
+                g_fwd,
+                gathered=head_fwd_gathered + zero_root,
+            ),
         )
         held[0] = hl
         for tev in tw.after_forward if tw is not None else ():
@@ -611,7 +616,9 @@ def _walk(
             Phase.LOSS,
             tw.plan.loss_event if tw is not None else "loss (fp32 logits, log-softmax)",
             comps(
-                act + prof.logits_fwd + prof.loss_saved, g_fwd, gathered=fwd_gathered + zero_root
+                act + prof.logits_fwd + prof.loss_saved + prof.output_cache,
+                g_fwd,
+                gathered=fwd_gathered + zero_root,
             ),
         )
         # backward: the root's pre-backward hook prefetches the last block
@@ -661,11 +668,18 @@ def _walk(
                 comps(act, grads + rs.grad_head_full, gathered=fwd_gathered - head_unit),
             )
         act_top = act  # saved activations when the blocks' backward starts
+        # gradients created by blocks i .. L-1; a vision tower's blocks (at the front) hold
+        # the tower's and projector's share, the language model's blocks the rest
+        blk_g = [lg] * L
+        tb = prof.tower_blocks
+        if tb and split.tower and tb < L and lg:
+            t_g = int(split.tower * grad_scale)
+            blk_g = [t_g // tb] * tb + [(lg * L - t_g) // (L - tb)] * (L - tb)
+        cum_lg = list(accumulate(reversed(blk_g), initial=0))[::-1][:L]
         for i in reversed(reps):
             # blocks i+1 .. L-1 have run their backward: their activations are freed and
             # their gradients are in place
             act = act_top - (freed[L] - freed[i + 1])
-            done = L - 1 - i
             amp_i = amp_per[i]
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if keep_gathered:
@@ -673,7 +687,7 @@ def _walk(
             else:
                 nxt = rs.gather_prefetch if i > 0 else rs.gather_embed
                 gathered = held_root + rs.gather_block + nxt
-            grads_i = grads + (lg * (done + 1) if not (accum and step == 2) else 0)
+            grads_i = grads + (cum_lg[i] if not (accum and step == 2) else 0)
             w.block(
                 step,
                 Phase.BACKWARD,
@@ -686,7 +700,7 @@ def _walk(
             )
         act = act_top - freed[L]
         if not (accum and step == 2):
-            grads += lg * L + eg
+            grads += cum_lg[0] + eg
         grads = max(grads, G) if not (accum and step == 2) else G_acc
         w.add(
             step,

@@ -133,6 +133,14 @@ class ActivationProfile:
     details: dict[str, int] = field(default_factory=dict)
     tower_blocks: int = 0
     """Vision-tower blocks at the front of ``layer_saved`` (0 for text models)."""
+    output_cache: int = 0
+    """Bytes the model output keeps referenced from the forward to the loss but no backward
+    needs (Llama-3.2-Vision's cross-attention KV cache, ``use_cache``); ``output_cache_from``
+    is the first block whose forward creates them."""
+    output_cache_from: int = 0
+    tower_kept: int = 0
+    """Under checkpointing, bytes of tower blocks that are not checkpointed (Llama-3.2-Vision:
+    their whole ledgers, held in ``ckpt_input``)."""
 
     @property
     def forward_total(self) -> int:
@@ -555,13 +563,17 @@ def activation_profile(
     if vis is not None and vis.images > 0 and is_vlm(spec):
         if spec.arch.get("vision_resize") == "tiles":
             _mllama_tower(prof, ctx, inventory, vis, details)
+            prof.output_cache_from += prof.tower_blocks
         else:
             _vision_tower(prof, ctx, inventory, vis, details)
     if tr.grad_ckpt:
-        ck = sum(prof.ckpt_input)
+        ck = sum(prof.ckpt_input) - prof.tower_kept
+        vision_kept = details.get("activations/vision", 0) if prof.tower_kept else 0
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
         details.pop("activations/dropout_masks", None)
         details["activations/checkpoints"] = ck
+        if vision_kept:  # Llama-3.2-Vision's tower is not checkpointed
+            details["activations/vision"] = vision_kept
     # ---------------------------------------------------------------- head and loss
     if blocks_trainable:
         ctx = replace(ctx, full=peft is None)
@@ -1931,8 +1943,11 @@ def _mllama_cross_layers(
             led.save(f"x_{g.module}_lA", "lora", rows * ctx.lora_r * lb)
             if amp:
                 amp_copy += block((g.in_features + g.out_features) * ctx.lora_r * 2)
+    tower_grad = (full or ctx.tr.grad_ckpt or bool(ctx.plan.lora_by_stack.get("vision"))
+                  or bool(ctx.plan.lora_by_stack.get("projector")))  # fmt: skip
     _rmsnorm(led, ctx, "x_qn", T * Hq, cb, trainable=full, width=hd)
-    _rmsnorm(led, ctx, "x_kn", Tkv * Hkv, cb, trainable=full, width=hd)
+    if tower_grad or "k_proj" in lora:  # the k path needs a gradient
+        _rmsnorm(led, ctx, "x_kn", Tkv * Hkv, cb, trainable=full, width=hd)
     ab = 4 if amp else cb
     led.save("x_q", "attention", T * Hq * qk_b)
     led.save("x_k", "attention", Tkv * Hq * qk_b if kvh != heads else Tkv * Hkv * qk_b)
@@ -1946,7 +1961,10 @@ def _mllama_cross_layers(
         led.save("x_gate_m", "mlp", T * H * (4 if amp else cb))
     total = led.total + mlp_led.total
     fwd = max(f_x, 0)
-    bwd = max(b_x, 3 * block(Tkv * Hq * ab))
+    # backward runs the MLP first (its saved tensors freed), then the attention: the
+    # gradients of q and of the repeated k and v
+    attn_grads = 2 * block(Tkv * Hq * ab) + block(T * Hq * ab)
+    bwd = max(b_x, attn_grads - mlp_led.total)
     for i in sorted(cross):
         prof.layer_saved.insert(i, total)
         prof.layer_fwd_extra.insert(i, fwd)
@@ -1954,9 +1972,32 @@ def _mllama_cross_layers(
         prof.amp_copy_per_layer.insert(i, amp_copy + mlp_amp)
         if ctx.tr.grad_ckpt:
             prof.ckpt_input.insert(i, block(T * H * rb))
+    if not full:
+        # the image states (B x positions x H), an input of every cross-attention layer, are
+        # alive through the language model's forward even when nothing saves them
+        xs = block(Tkv * H * cb)
+        n_text = len(prof.layer_saved)
+        prof.layer_fwd_extra[:n_text] = [x + xs for x in prof.layer_fwd_extra[:n_text]]
+    if tower_grad:
+        # the image states' gradient, accumulated over the cross-attention layers from the
+        # last one's backward down to the projector's (B x positions x H)
+        # (created in the last one's attention backward, after its MLP's tensors are freed)
+        acc = block(Tkv * H * cb)
+        last = max(cross)
+        prof.layer_bwd_extra[last] = max(b_x, attn_grads + acc - mlp_led.total)
+        for i in range(last):
+            prof.layer_bwd_extra[i] += acc
     for src in (led.by_detail(), mlp_led.by_detail()):
         for key, val in src.items():
             details[key] = details.get(key, 0) + val * len(cross)
+    if not ctx.tr.grad_ckpt and kvh != heads:
+        # use_cache (the config's default; gradient checkpointing turns it off): the
+        # DynamicCache in the model output keeps each cross-attention layer's k (after k_norm)
+        # and v before repeat_kv -- tensors SDPA does not save (it saves the repeated ones)
+        # -- until the output is dropped after the loss (MllamaTextCrossAttention.forward
+        # cache.update)
+        prof.output_cache = len(cross) * (block(Tkv * Hkv * qk_b) + block(Tkv * Hkv * cb))
+        prof.output_cache_from = min(cross)
     # the cross-attention mask, one (B, 1, S, kv) tensor in the model's dtype, saved by every
     # layer's SDPA; the full-row mask (B, 1, S, 1)
     mask = block(B * S * _mllama_kv_tokens(spec, vis) * pb) + block(B * S * pb)
@@ -2063,6 +2104,11 @@ def _mllama_tower(
     out_dim = _int_arch(spec, "vision_output_dim")
     if ctx.full:
         proj.save("proj_in", "vision", Tp * out_dim * (2 if amp else pb))
+    if not ctx.full or amp:
+        # the tower's output stays referenced by the model output (MllamaModel.forward returns
+        # it as image_outputs) until the step ends: the projector's input itself when it
+        # trains in the weights' dtype, else one more tensor
+        proj.save("image_outputs", "vision", Tp * out_dim * rb)
     # the image states (B, images x tiles x positions, H) the cross-attention k/v read
     if ctx.full:
         proj.save("xstates", "vision", Tp * spec.hidden_size * cb)
@@ -2072,14 +2118,17 @@ def _mllama_tower(
             + sum(block(g.weight_numel * 2) for g in _layer_groups(inventory, "projector"))
         ]
     prof.embed_saved += emb.total + proj.total
+    prof.tower_blocks = len(saved)
+    prof.layer_fwd_extra[:0] = fwd
+    prof.layer_bwd_extra[:0] = bwd
+    prof.amp_copy_per_layer[:0] = amp_c
     if ctx.tr.grad_ckpt:
-        # the tower's layers are not checkpointed: their ledgers stay whole
-        prof.embed_saved += sum(saved)
+        # the tower's layers are not checkpointed: each keeps its whole ledger (as the
+        # "checkpoint" the step walk holds) and recomputes nothing in backward
+        prof.layer_saved[:0] = [0] * len(saved)
+        prof.ckpt_input[:0] = saved
+        prof.tower_kept = sum(saved)
     else:
         prof.layer_saved[:0] = saved
-        prof.tower_blocks = len(saved)
-        prof.layer_fwd_extra[:0] = fwd
-        prof.layer_bwd_extra[:0] = bwd
-        prof.amp_copy_per_layer[:0] = amp_c
     total = emb.total + proj.total + sum(tower_details.values())
     details["activations/vision"] = details.get("activations/vision", 0) + total

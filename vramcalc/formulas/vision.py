@@ -35,8 +35,14 @@ import math
 from vramcalc.errors import InvalidConfigError
 from vramcalc.specs import ModelSpec
 
-__all__ = ["default_image_size", "image_tokens", "is_vlm", "pixel_values", "tiled_canvas",
-           "tower_spec"]
+__all__ = [
+    "default_image_size",
+    "image_tokens",
+    "is_vlm",
+    "pixel_values",
+    "tiled_canvas",
+    "tower_spec",
+]
 
 
 def is_vlm(spec: ModelSpec) -> bool:

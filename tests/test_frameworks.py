@@ -117,6 +117,21 @@ def test_compile_is_a_stated_approximation() -> None:
     assert rep.peak.allocated_bytes == estimate(model=TINY).peak.allocated_bytes
 
 
+def test_torchtune_compiled_chunked_loss_keeps_16bit_chunks() -> None:
+    # compile_loss compiles compute_cross_entropy: no fp32 log-softmax kept (the CPU Inductor
+    # probe, tests/validation/test_compile_ce_probe.py, checks the terms); the full loss and
+    # eager mode are unchanged, and the note says which part of --compile is modelled
+    kw = {"model": TINY, "framework": "torchtune", "dtype": "bf16", "lora": {"r": 8}}
+    eager = estimate(**kw)
+    comp = estimate(compile=True, **kw)
+    assert comp.peak.allocated_bytes < eager.peak.allocated_bytes
+    assert not any("--compile is an approximation" in n for n in comp.notes)
+    assert any("compiled chunked cross-entropy is modelled" in n for n in comp.notes)
+    full = {**kw, "loss": "full"}
+    compiled_full = estimate(compile=True, **full).peak.allocated_bytes
+    assert compiled_full == estimate(**full).peak.allocated_bytes
+
+
 def test_untraced_profile_says_so() -> None:
     rep = estimate(model=TINY, framework="unsloth", dtype="bf16", lora={"r": 8})
     assert any("not traced" in n for n in rep.notes)

@@ -470,7 +470,11 @@ def _request(raw: Mapping[str, Any], model: str) -> tuple[EstimateRequest, list[
             "on packed 4096-token samples (flex attention, a flash-like kernel; sdpa assumed)"
         )
         if fields["compile"]:
-            notes.append("torch.compile as eager (the profile's stated approximation)")
+            notes.append(
+                "torch.compile: the compiled chunked cross-entropy as the torchtune profile "
+                "models it (16-bit chunks and per-row statistics saved, no fp32 "
+                "log-softmax); the compiled layers as eager (an upper bound)"
+            )
         if raw.get("peft") and raw["peft"].get("method") == "qlora":
             notes.append(
                 "torchao NF4 (block 64 absmax quantized per 256 blocks) as the request's nf4 "

@@ -65,6 +65,8 @@ DEEP: dict[str, Any] = {
     "intermediate_size": 512,
     "num_hidden_layers": 12,
 }
+# a Llama-3.2-like vocabulary-to-width ratio (128256 / 3072 ~ 42): the chunked loss is the peak
+WIDE_VOCAB: dict[str, Any] = {**LLAMA, "vocab_size": 12288}
 QV = {"r": 8, "alpha": 16, "targets": ["q_proj", "v_proj"]}
 ALL = {
     "r": 16,
@@ -120,6 +122,20 @@ _CASES: dict[str, dict[str, Any]] = {
     "deep-lora-all-ckpt-offload-b2s512": {
         "model": DEEP,
         "lora": ALL,
+        "grad_ckpt": True,
+        "activation_offload": True,
+        "seq_len": 512,
+    },
+    "widevocab-lora-all-ckpt-offload-b2s512": {
+        "model": WIDE_VOCAB,
+        "lora": ALL,
+        "grad_ckpt": True,
+        "activation_offload": True,
+        "seq_len": 512,
+    },
+    "widevocab-qlora-all-ckpt-offload-b2s512": {
+        "model": WIDE_VOCAB,
+        "qlora": ALL,
         "grad_ckpt": True,
         "activation_offload": True,
         "seq_len": 512,

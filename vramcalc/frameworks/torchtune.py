@@ -12,6 +12,14 @@ fake-CUDA trace of those recipes shows (``validation/torchtune_trace.py``, grid
   ``cross_entropy`` saves that chunk's fp32 ``log_softmax``; ``_loss_step`` then drops the
   logits (``del logits``). At the loss: the 16-bit logits, every chunk's fp32 log-softmax,
   and one chunk's fp32 copy. In backward one chunk's fp32 gradients at a time.
+- **compiled chunked cross-entropy** (``compile: True``; ``training/_compile.py``
+  ``compile_loss`` compiles ``CEWithChunkedOutputLoss.compute_cross_entropy`` alone): Inductor
+  fuses the upcast, ``log_softmax`` and ``nll_loss``; the partitioner saves each chunk's
+  16-bit logits and two fp32 per-row statistics (max, log-sum-exp), not the fp32
+  log-softmax, and no kernel materialises an fp32 chunk (``validation/compile_ce_probe.py``,
+  CPU Inductor). The 16-bit chunks outlive ``del logits`` as the loss graphs' saved tensors;
+  in backward one chunk's 16-bit gradient at a time. The compiled layers
+  (``compile_model``) are taken as eager (an upper bound, not traced).
 - **full loss** (``torch.nn.CrossEntropyLoss`` in the config): the model returns
   ``self.output(h).float()`` (``modules/transformer.py``) and the loss runs on fp32 logits:
   the same terms as transformers' causal-LM loss.
@@ -45,7 +53,7 @@ if TYPE_CHECKING:
     from vramcalc.formulas.activations import ActivationProfile
     from vramcalc.formulas.optimizer import OptimizerPlan
     from vramcalc.formulas.params import ParamPlan
-    from vramcalc.specs import EstimateRequest, ModelSpec, TrainingSpec
+    from vramcalc.specs import EstimateRequest, ModelSpec, RecipeSpec, TrainingSpec
 
 __all__ = ["PROFILE", "TorchtuneProfile"]
 
@@ -86,6 +94,20 @@ class TorchtuneProfile(FrameworkProfile):
                     f"--optimizer-in-backward is a torchtune full-finetune option; its "
                     f"{peft[0]} recipe has none (drop --optimizer-in-backward)"
                 )
+        return out
+
+    def notes(self, req: EstimateRequest, recipe: RecipeSpec) -> list[str]:
+        """Say what of ``--compile`` is modelled: the compiled chunked loss, not the layers."""
+        out = super().notes(req, recipe)
+        if recipe.compile and recipe.loss == "chunked" and req.task.value == "train":
+            out = [x for x in out if not x.startswith("--compile is an approximation")]
+            out.append(
+                "--compile: torchtune's compiled chunked cross-entropy is modelled (each "
+                "chunk's 16-bit logits and per-row statistics saved, no fp32 log-softmax; "
+                "validation/compile_ce_probe.py); the compiled layers are taken to save what "
+                "eager mode saves (Inductor's recomputation usually saves less: an upper "
+                "bound); not traced"
+            )
         return out
 
     def adjust(
@@ -141,17 +163,36 @@ class TorchtuneProfile(FrameworkProfile):
                 spec.tie_word_embeddings and "embed/tokens" in plan.trainable_keys
             )
             wgrad = block(V * H * cb) if head_trains else 0
-            lsm = n * block(chunk * V * 4)
-            prof = replace(
-                prof,
-                logits_fwd=n * block(chunk * V * cb) + upcast,
-                loss_saved=lsm,
-                loss_bwd_extra=2 * block(chunk * V * 4),
-                head_bwd_extra=block(chunk * V * cb)
-                + block(T * H * cb)
-                + (3 if n > 1 else 1) * wgrad,
-            )
-            details["activations/logits"] = lsm
+            head_bwd = block(chunk * V * cb) + block(T * H * cb) + (3 if n > 1 else 1) * wgrad
+            if recipe.compile:
+                # compile=True: training/_compile.py compile_loss compiles only
+                # CEWithChunkedOutputLoss.compute_cross_entropy (upcast + cross_entropy).
+                # Inductor's partitioner (min_cut_rematerialization_partition) saves each
+                # chunk's 16-bit logits and two fp32 per-row statistics (max, logsumexp)
+                # instead of the fp32 log-softmax, and neither the forward nor the backward
+                # kernel materialises an fp32 chunk; the chunks, saved by the loss graphs,
+                # outlive _loss_step's `del logits` until each chunk's backward
+                # (validation/compile_ce_probe.py records the saved tensors and buffers).
+                rows = n * 2 * block(chunk * 4)
+                kept = n * block(chunk * V * cb)
+                prof = replace(
+                    prof,
+                    logits_fwd=0,
+                    loss_saved=kept + rows,
+                    loss_bwd_extra=block(chunk * V * cb),
+                    head_bwd_extra=head_bwd,
+                )
+                details["activations/logits"] = kept + rows
+            else:
+                lsm = n * block(chunk * V * 4)
+                prof = replace(
+                    prof,
+                    logits_fwd=n * block(chunk * V * cb) + upcast,
+                    loss_saved=lsm,
+                    loss_bwd_extra=2 * block(chunk * V * 4),
+                    head_bwd_extra=head_bwd,
+                )
+                details["activations/logits"] = lsm
         prof = replace(prof, details={k: v for k, v in details.items() if v > 0})
         # ------------------------------------------------------------ optimizer in backward
         if recipe.optimizer_in_backward:

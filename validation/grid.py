@@ -510,6 +510,8 @@ _VLM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], 
      2, None, False),
     (("mllama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
      2, "1080x1920", True),
+    (("mllama", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, True),
 ]  # fmt: skip
 
 _NO_PEFT_DEFAULT = {

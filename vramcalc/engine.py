@@ -559,7 +559,7 @@ def _walk(
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
-            transient = (prof.layer_saved[i] if ckpt else 0) + fwd_extra[i]
+            transient = (prof.ckpt_fwd.get(i, prof.layer_saved[i]) if ckpt else 0) + fwd_extra[i]
             amp_live = cum_amp[i + 1]
             before = rs.gather_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:

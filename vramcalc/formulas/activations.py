@@ -133,6 +133,9 @@ class ActivationProfile:
     details: dict[str, int] = field(default_factory=dict)
     tower_blocks: int = 0
     """Vision-tower blocks at the front of ``layer_saved`` (0 for text models)."""
+    ckpt_fwd: dict[int, int] = field(default_factory=dict)
+    """Under checkpointing, a block's working set in its (discarding) forward where it is less
+    than its ledger (block index -> bytes; the ledger otherwise)."""
     output_cache: int = 0
     """Bytes the model output keeps referenced from the forward to the loss but no backward
     needs (Llama-3.2-Vision's cross-attention KV cache, ``use_cache``); ``output_cache_from``
@@ -564,6 +567,7 @@ def activation_profile(
         if spec.arch.get("vision_resize") == "tiles":
             _mllama_tower(prof, ctx, inventory, vis, details)
             prof.output_cache_from += prof.tower_blocks
+            prof.ckpt_fwd = {i + prof.tower_blocks: v for i, v in prof.ckpt_fwd.items()}
         else:
             _vision_tower(prof, ctx, inventory, vis, details)
     if tr.grad_ckpt:
@@ -1961,6 +1965,10 @@ def _mllama_cross_layers(
         led.save("x_gate_m", "mlp", T * H * (4 if amp else cb))
     total = led.total + mlp_led.total
     fwd = max(f_x, 0)
+    # a checkpointed forward keeps nothing: its peak is the attention's working set (q, the
+    # repeated k and v, the output) or the MLP's ledger, not both
+    work = block(T * Hq * qk_b) + 2 * block(Tkv * Hq * ab) + block(T * Hq * ab)
+    ckpt_work = max(work, mlp_led.total)
     # backward runs the MLP first (its saved tensors freed), then the attention: the
     # gradients of q and of the repeated k and v
     attn_grads = 2 * block(Tkv * Hq * ab) + block(T * Hq * ab)
@@ -1972,6 +1980,7 @@ def _mllama_cross_layers(
         prof.amp_copy_per_layer.insert(i, amp_copy + mlp_amp)
         if ctx.tr.grad_ckpt:
             prof.ckpt_input.insert(i, block(T * H * rb))
+            prof.ckpt_fwd[i] = min(total, ckpt_work)
     if not full:
         # the image states (B x positions x H), an input of every cross-attention layer, are
         # alive through the language model's forward even when nothing saves them

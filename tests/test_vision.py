@@ -200,3 +200,20 @@ def test_mllama_cross_layers_idle_without_images() -> None:
     grads = max(e.components.get("gradients", 0) for e in r.timeline)
     assert with_grad * 4 == pytest.approx(grads, rel=2e-3)
     assert with_grad < spec.n_params
+
+
+def test_mllama_fsdp_units_hold_average_layers() -> None:
+    """FSDP wraps every decoder layer (self- or cross-attention) as a unit: no unit gathers the
+    80 self-attention layers' weights at once (they were the root before)."""
+    spec = resolve_model("llama-3.2-90b-vision")
+    inv = param_inventory(spec)
+    block_groups = [g for g in inv if g.stack == "decoder" and "final_norm" not in g.key]
+    avg_block = 2 * sum(g.numel for g in block_groups) // spec.num_hidden_layers
+    root = 2 * sum(g.numel for g in inv if g not in block_groups)
+    for images in (0, 1):
+        r = estimate(EstimateRequest(model="llama-3.2-90b-vision", dtype="bf16", seq_len=2048,
+                                     grad_ckpt=True, gpus=8, fsdp="full_shard", images=images,
+                                     freeze_vision=images > 0,
+                                     lora={"r": 16, "targets": ["q_proj", "v_proj"]}))
+        gathered = r.details["params/gathered"]
+        assert gathered <= 3 * avg_block + root

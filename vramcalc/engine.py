@@ -859,7 +859,11 @@ def _rank(
         spec, inv, plan, opt, par, compute_bytes=cb,
         # the language model's blocks are the sharding units; a vision tower's parameters
         # (other block count) go with the root unit
-        n_blocks=len(prof.layer_saved) - prof.tower_blocks,
+        n_blocks=len(prof.layer_saved) - prof.tower_blocks
+        # Llama-3.2-Vision: every decoder layer is a unit, also the cross-attention layers a
+        # text-only batch skips
+        if not spec.arch.get("cross_layers")
+        else spec.num_hidden_layers,
     )
     extra = 0
     tokens = tr.batch_size * act_tr.seq_len

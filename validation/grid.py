@@ -292,6 +292,9 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # blocks' own ledgers (Cohere's Python LayerNorm, GLM-4's and OLMo-2's extra norms) show
 for _fam in ("cohere", "glm4", "olmo2"):
     FAMILIES[f"{_fam}_v512"] = {**FAMILIES[_fam], "vocab_size": 512}
+# ... and at long sequences, where eager / math attention's B x heads x S^2 tensors hold the peak
+for _fam in ("llama", "qwen2", "gemma2", "modernbert"):
+    FAMILIES[f"{_fam}_v512"] = {**FAMILIES[_fam], "vocab_size": 512}
 
 # (family, method, dtype, mixed_precision, grad_ckpt, attn, optim, optim_impl, batch, seq)
 _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
@@ -458,6 +461,20 @@ _ROWS: list[tuple[str, str, str, str, bool, str, str, str, int, int]] = [
     ("glm4_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("glm4_v512", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
     ("olmo2_v512", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 256),
+    # small vocabulary, long sequence: eager attention (and SDPA's math kernel for fp32 GQA)
+    # holds the peak -- the softmax's fp32 output, copy and gradients, the eager float masks
+    ("llama_v512", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "full", "bf16", "no", True, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "full", "fp32", "no", False, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "full", "fp32", "bf16", False, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("llama_v512", "lora", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("modernbert_v512", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("modernbert_v512", "full", "bf16", "no", True, "eager", "adamw_torch", "foreach", 2, 1024),
+    ("gemma2_v512", "full", "bf16", "no", False, "eager", "adamw_torch", "foreach", 1, 1024),
+    ("gemma2_v512", "lora", "bf16", "no", True, "eager", "adamw_torch", "foreach", 1, 1024),
+    ("qwen2_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("qwen2_v512", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 2, 1024),
+    ("glm4_v512", "full", "fp32", "no", False, "sdpa", "adamw_torch", "foreach", 2, 1024),
 ]
 
 # vision-language rows: (row, images per row, --image-size, --freeze-vision); seq is the text
@@ -523,7 +540,8 @@ _NO_PEFT_DEFAULT = {
     "granite": ("q_proj", "v_proj"), "cohere": ("q_proj", "v_proj"),
     "glm4": ("q_proj", "v_proj"), "starcoder2": ("q_proj", "v_proj"),
     "smollm3": ("q_proj", "v_proj"), "modernbert": ("Wqkv", "Wo"),
-    "glm4_v512": ("q_proj", "v_proj"), "qwen2_5_vl": ("q_proj", "v_proj"),
+    "glm4_v512": ("q_proj", "v_proj"),
+    "qwen2_5_vl": ("q_proj", "v_proj"),
     "qwen3_vl": ("q_proj", "v_proj"), "llava": ("q_proj", "v_proj"),
     "gemma3": ("q_proj", "v_proj"), "mllama": ("q_proj", "v_proj"),
 }  # fmt: skip

@@ -563,6 +563,14 @@ def activation_profile(
     vis = tr.vision
     if cross and vis is not None and vis.images > 0:
         _mllama_cross_layers(prof, ctx, inventory, vis, rb, cross, details)
+    has_attn = any(_is_attention(g) and g.stack != "vision" for g in inventory)
+    mask = _eager_masks(ctx, decoder_kinds if has_attn else [], encoder_only=stacks == ["encoder"])
+    if mask and tr.grad_ckpt and prof.ckpt_input:
+        # the checkpoints keep their layers' arguments for the recomputation, the mask among
+        # them: alive from the first block's forward to the end of its backward
+        prof.ckpt_input[0] += mask
+    elif mask:
+        prof.layer_fwd_extra = [x + mask for x in prof.layer_fwd_extra]
     if vis is not None and vis.images > 0 and is_vlm(spec):
         if spec.arch.get("vision_resize") == "tiles":
             _mllama_tower(prof, ctx, inventory, vis, details)
@@ -575,7 +583,9 @@ def activation_profile(
         vision_kept = details.get("activations/vision", 0) if prof.tower_kept else 0
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
         details.pop("activations/dropout_masks", None)
-        details["activations/checkpoints"] = ck
+        details["activations/checkpoints"] = ck - mask
+        if mask:
+            details["activations/attention_mask"] = mask
         if vision_kept:  # Llama-3.2-Vision's tower is not checkpointed
             details["activations/vision"] = vision_kept
     # ---------------------------------------------------------------- head and loss
@@ -665,6 +675,30 @@ def liger_chunk_rows(tokens: int, hidden: int, vocab: int) -> int:
     inc = -(-vocab // hidden)
     rows = -(-tokens // inc)
     return min(1 << (rows - 1).bit_length(), max(tokens, 1))
+
+
+def _eager_masks(ctx: _Ctx, kinds: list[LayerKind], *, encoder_only: bool) -> int:
+    """Bytes of the float masks transformers builds for eager attention (0 for other kernels).
+
+    ``eager_mask`` materialises the boolean mask as a (B, 1, S, S) tensor of 0 and the dtype's
+    minimum in the embeddings' dtype, one per kind of layer (full, sliding, chunked) and never
+    skips a causal one (``allow_is_causal_skip=False``); a bidirectional full mask without
+    padding is skipped (``_ignore_bidirectional_mask_sdpa``). The model's forward holds the
+    masks for every layer; ``attn_weights + attention_mask`` saves none of them. T5 builds its
+    own position-bias masks (the ledger's ``pos_bias``). Source: transformers v5.24
+    ``masking_utils.py`` (``eager_mask``, ``create_causal_mask``,
+    ``create_bidirectional_mask``); traced: trace-grid.jsonl ``*_v512-*-ckpt-eager-*``.
+    """
+    spec, tr = ctx.spec, ctx.tr
+    if ctx.attn != Attention.EAGER or ctx.recipe.framework != "hf":
+        return 0
+    if spec.position_embedding == "relative" or not kinds:
+        return 0
+    attn = {k.attn for k in kinds}
+    if encoder_only and not (_padded(tr) or _image_blocks(spec, tr)):
+        attn.discard("full")
+    rb = 4 if ctx.amp else ctx.pb
+    return len(attn) * block(ctx.B * ctx.S * ctx.S * rb)
 
 
 def _loss(prof: ActivationProfile, ctx: _Ctx, head_trainable: bool) -> None:
@@ -927,6 +961,10 @@ def _block(
     amp_copy = 0
     fwd_extra = 0
     bwd_extra = 0
+    # peaks inside the block as absolute ledger totals: what was saved up to that point plus
+    # the transients of that moment (in backward the tensors saved after it are freed by then)
+    fwd_at: list[int] = []
+    bwd_at: list[int] = []
     norm_out_b = (4 if amp else pb) if spec.norm == "layernorm" else rb
     heads, kvh, hd = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
     Hq, Hkv = heads * hd, kvh * hd
@@ -1094,11 +1132,13 @@ def _block(
                     if use_eager and _arch_num(spec, "attn_logit_softcapping"):
                         # scores / cap -> tanh (saves its output) -> * cap, in 16 bit
                         led.save("softcap_tanh", "attention", probs * cb)
-                        fwd_extra = max(fwd_extra, 2 * block(probs * cb))
+                        # the scaled scores and their quotient by the cap, alive with tanh's
+                        fwd_at.append(led.total + 2 * block(probs * cb))
                     if bias_mask and use_eager:
                         led.save("probs_c", "attention", probs * cb)
                     else:
                         led.save("probs32", "attention", probs * 4)
+                    at_softmax = led.total
                     if use_eager and cb != 4:
                         led.save("probs_c", "attention", probs * cb)
                     if spec.attention_dropout > 0:
@@ -1107,8 +1147,27 @@ def _block(
                     led.save("v", "attention", rep)
                     if use_eager or bias_mask:
                         led.save("o_in", "attention", T * Hq * cb)
-                    fwd_extra = max(fwd_extra, 2 * block(probs * 4))
-                    bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                    if bias_mask:
+                        fwd_extra = max(fwd_extra, 2 * block(probs * 4))
+                        bwd_extra = max(bwd_extra, 3 * block(probs * 4))
+                    else:
+                        # softmax(scores, dtype=fp32): in forward the scores (q dtype), their
+                        # fp32 copy and the fp32 output are alive together, on top of what
+                        # was saved up to the softmax; pure fp16 on CUDA skips the copy
+                        # (aten softmax: half_to_float). In backward, once the blocks' later
+                        # saved tensors (16-bit probabilities, v, the output, the MLP) are
+                        # freed, the softmax's fp32 incoming gradient and its result (fp16
+                        # under half_to_float) are the two S^2 buffers on top of the saved
+                        # fp32 probabilities. Source: torch 2.13 aten/src/ATen/native/
+                        # SoftMax.cpp (softmax, _softmax_backward_data); modeling_llama.py
+                        # eager_attention_forward; traced: trace-grid.jsonl *_v512-*-s1024
+                        sb = cb if use_eager else qb
+                        h2f = use_eager and sb == 2 and not amp and pb == 2
+                        h2f = h2f and ctx.tr.param_dtype == DType.FP16
+                        copy = 0 if sb == 4 or h2f else block(probs * 4)
+                        fwd_at.append(at_softmax + block(probs * sb) + copy)
+                        grad_scores = block(probs * (2 if h2f else 4))
+                        bwd_at.append(at_softmax + block(probs * 4) + grad_scores)
                 elif efficient:
                     # memory-efficient/cuDNN kernel: with a mask transformers repeats the K/V
                     # heads first (sdpa_attention.py use_gqa_in_sdpa/repeat_kv), and SDPA
@@ -1239,6 +1298,9 @@ def _block(
                 post_norm(f"p{si}")
         if spec.hidden_dropout > 0 and (rg or ctx.full):
             led.save(f"resid_mask{si}", "dropout_masks", Ts * H)
+    # moments recorded as "saved so far + transients" are relative to the whole ledger here
+    fwd_extra = max([fwd_extra] + [m - led.total for m in fwd_at])
+    bwd_extra = max([bwd_extra] + [m - led.total for m in bwd_at])
     bwd_extra += 2 * block(T * H * rb)
     return led, fwd_extra, bwd_extra, rg or rg_attn, amp_copy
 

@@ -174,7 +174,7 @@ FAMILIES: dict[str, dict[str, Any]] = {
 # the vision tower and projector too)
 from validation.grid import FAMILIES as _GRID  # noqa: E402
 
-for _vlm in ("qwen2_5_vl", "qwen3_vl", "llava", "gemma3"):
+for _vlm in ("qwen2_5_vl", "qwen3_vl", "llava", "gemma3", "mllama"):
     FAMILIES[_vlm] = {k: v for k, v in _GRID[_vlm].items() if k != "model_type"}
 
 NAMED = {"mt5": "q", "t5": "q", "modernbert": "Wqkv", "mamba": "in_proj", "bert": "query"}

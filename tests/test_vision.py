@@ -133,3 +133,87 @@ def test_tower_flops_follow_its_tokens() -> None:
                                                                        "projector": 0.0})
     # forward 2 and backward 4 FLOPs per weight and token
     assert one.total - text.total == pytest.approx(6 * tower * 1024 / 768, rel=1e-9)
+
+
+# Llama-3.2-Vision (mllama): tiles of image_size px, padded to max_num_tiles per image
+TILE_SIZES = [(1, 1), (100, 100), (560, 560), (561, 560), (560, 1120), (1080, 1920),
+              (1920, 1080), (300, 2500), (2500, 300), (1120, 1120), (4000, 3000), (9000, 50)]
+
+
+@pytest.mark.parametrize(("h", "w"), TILE_SIZES)
+def test_mllama_canvas_follows_the_processor(h: int, w: int) -> None:
+    pytest.importorskip("transformers")
+    from transformers.models.mllama.image_processing_pil_mllama import get_optimal_tiled_canvas
+
+    from vramcalc.formulas.vision import tiled_canvas
+
+    expected = tuple(int(x) for x in get_optimal_tiled_canvas(h, w, 4, 560))
+    assert tiled_canvas(h, w, 4, 560) == expected
+
+
+@pytest.mark.parametrize(("h", "w"), [(300, 300), (1080, 1920), (2000, 500)])
+def test_mllama_processor_pads_every_image_to_four_tiles(h: int, w: int) -> None:
+    """The tower's input does not depend on the image size: 4 tiles of 560 px each."""
+    pytest.importorskip("transformers")
+    np = pytest.importorskip("numpy")
+    pil = pytest.importorskip("PIL.Image")
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    from vramcalc.formulas.vision import pixel_values
+
+    spec = resolve_model("llama-3.2-11b-vision")
+    proc = MllamaImageProcessorPil(size={"height": 560, "width": 560})
+    image = pil.fromarray(np.zeros((h, w, 3), dtype=np.uint8))
+    out = proc(images=[[image]], return_tensors="np")
+    assert out["pixel_values"].shape == (1, 1, 4, 3, 560, 560)
+    assert pixel_values(spec, 0) == out["pixel_values"][0, 0].size
+    # every tile's 40 x 40 patches + the class token; one <|image|> token in the text
+    assert image_tokens(spec, h, w) == (4 * (40 * 40 + 1), 1)
+
+
+def test_mllama_note_names_the_tiles() -> None:
+    r = estimate(EstimateRequest(model="llama-3.2-11b-vision", dtype="bf16", seq_len=256,
+                                 images=2, image_size="1080x1920",
+                                 lora={"r": 8, "targets": ["q_proj", "v_proj"]}))
+    assert any("4 of 560x560 tile(s), padded to 4" in n for n in r.notes)
+    assert any("sequence 258 = 256 text + 2 image" in n for n in r.notes)
+    assert r.details.get("activations/vision", 0) > 0
+
+
+def test_mllama_cross_layers_idle_without_images() -> None:
+    """A real backward of a tiny Llama-3.2-Vision without images: the tower, projector and
+    cross-attention layers (their own weights, norms and MLP) get no gradient, as the
+    estimate's --images 0 has it."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from validation.grid import FAMILIES
+
+    config = dict(FAMILIES["mllama"])
+    spec = resolve_model(config)
+    cfg = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
+    torch.manual_seed(0)
+    model = transformers.MllamaForConditionalGeneration(transformers.MllamaConfig(**cfg))
+    ids = torch.randint(0, 1000, (1, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
+    r = estimate(EstimateRequest(model=config, dtype="fp32", seq_len=16))
+    grads = max(e.components.get("gradients", 0) for e in r.timeline)
+    assert with_grad * 4 == pytest.approx(grads, rel=2e-3)
+    assert with_grad < spec.n_params
+
+
+def test_mllama_fsdp_units_hold_average_layers() -> None:
+    """FSDP wraps every decoder layer (self- or cross-attention) as a unit: no unit gathers the
+    80 self-attention layers' weights at once (they were the root before)."""
+    spec = resolve_model("llama-3.2-90b-vision")
+    inv = param_inventory(spec)
+    block_groups = [g for g in inv if g.stack == "decoder" and "final_norm" not in g.key]
+    avg_block = 2 * sum(g.numel for g in block_groups) // spec.num_hidden_layers
+    root = 2 * sum(g.numel for g in inv if g not in block_groups)
+    for images in (0, 1):
+        r = estimate(EstimateRequest(model="llama-3.2-90b-vision", dtype="bf16", seq_len=2048,
+                                     grad_ckpt=True, gpus=8, fsdp="full_shard", images=images,
+                                     freeze_vision=images > 0,
+                                     lora={"r": 16, "targets": ["q_proj", "v_proj"]}))
+        gathered = r.details["params/gathered"]
+        assert gathered <= 3 * avg_block + root

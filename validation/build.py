@@ -208,7 +208,11 @@ def build_model(
         # the vision tower's weights (not the projector) stop training, as a VLM recipe's
         # freeze loop does (LLaVA's vision_tower, Qwen-VL's visual blocks)
         inner = getattr(model, "model", model)
-        tower = getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)
+        tower = (
+            getattr(inner, "vision_tower", None)
+            or getattr(inner, "visual", None)
+            or getattr(inner, "vision_model", None)  # Llama-3.2-Vision
+        )
         if tower is None:
             raise Unsupported("--freeze-vision: the model has no vision tower")
         merger = getattr(tower, "merger", None)
@@ -525,6 +529,10 @@ class ImageBatch:
     end_id: int | None = None
     token_types: bool = False
     mm_token_types: bool = False
+    tiles: int = 0
+    """Llama-3.2-Vision: tiles per image (padded); pixels are (B, images, tiles, C, s, s)."""
+    used_tiles: int = 0
+    aspect_id: int = 0
 
     def make(self, batch: int, seq_len: int, device: Any) -> dict[str, Any]:
         import torch  # noqa: TID251
@@ -550,6 +558,8 @@ class ImageBatch:
         shape = (n * self.pixel_shape[0], *self.pixel_shape[1:]) if self.grid else (
             n, *self.pixel_shape
         )
+        if self.tiles:
+            return self._tiled(ids, labels, batch, length, device)
         out: dict[str, Any] = {
             "input_ids": ids,
             "labels": labels,
@@ -562,6 +572,35 @@ class ImageBatch:
         if self.mm_token_types:  # Qwen3-VL's processor: 1 on image tokens (2 on video)
             out["mm_token_type_ids"] = is_image.long()
         return out
+
+
+    def _tiled(self, ids: Any, labels: Any, batch: int, length: int, device: Any) -> dict[str, Any]:
+        """Llama-3.2-Vision's batch: the image tokens open the row (one per image).
+
+        ``aspect_ratio_ids`` (1 + the canvas's index among the supported tile grids),
+        ``aspect_ratio_mask`` (1 on the used tiles) and ``cross_attention_mask`` as
+        ``processing_mllama.py`` builds them: consecutive image tokens each attend from their
+        own position to the end of the row (``get_cross_attention_token_mask``), over the
+        image's used tiles (``convert_sparse_cross_attention_mask_to_dense``).
+        """
+        import torch  # noqa: TID251
+
+        k, t, u = self.images, self.tiles, self.used_tiles
+        pixels = torch.zeros(batch, k, t, *self.pixel_shape, device=device)
+        pixels[:, :, :u] = torch.randn(batch, k, u, *self.pixel_shape, device=device)
+        ratio_mask = torch.zeros(batch, k, t, dtype=torch.long, device=device)
+        ratio_mask[:, :, :u] = 1
+        cross = torch.zeros(batch, length, k, t, dtype=torch.long, device=device)
+        for i in range(k):
+            cross[:, i:, i, :u] = 1
+        return {
+            "input_ids": ids,
+            "labels": labels,
+            "pixel_values": pixels,
+            "aspect_ratio_ids": torch.full((batch, k), self.aspect_id, device=device),
+            "aspect_ratio_mask": ratio_mask,
+            "cross_attention_mask": cross,
+        }
 
 
 def image_batch(request: EstimateRequest, config: Any) -> ImageBatch | None:
@@ -605,6 +644,21 @@ def image_batch(request: EstimateRequest, config: Any) -> ImageBatch | None:
             images=request.images, tokens=int(config.mm_tokens_per_image),
             image_token_id=int(config.image_token_id), vocab_size=vocab, pixel_shape=pixels,
             token_types=True,
+        )  # fmt: skip
+    if config.model_type == "mllama":
+        from transformers.models.mllama.image_processing_pil_mllama import (
+            get_all_supported_aspect_ratios,
+            get_optimal_tiled_canvas,
+        )
+
+        tiles = int(vis.max_num_tiles)
+        h, w = parse_image_size(request.image_size) if request.image_size else (size, size)
+        ch, cw = (int(x) for x in get_optimal_tiled_canvas(h, w, tiles, size))
+        grid = (ch // size, cw // size)
+        return ImageBatch(
+            images=request.images, tokens=1, image_token_id=int(config.image_token_id),
+            vocab_size=vocab, pixel_shape=pixels, tiles=tiles, used_tiles=grid[0] * grid[1],
+            aspect_id=get_all_supported_aspect_ratios(tiles).index(grid) + 1,
         )  # fmt: skip
     raise Unsupported(f"no image batch for {config.model_type!r}")
 

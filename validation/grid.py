@@ -275,6 +275,18 @@ FAMILIES: dict[str, dict[str, Any]] = {
                           "num_attention_heads": 4, "image_size": 112, "patch_size": 14,
                           "vision_use_head": False},
     },
+    "mllama": {  # Llama-3.2-Vision: tiled tower (local + gated global), cross-attention layers
+        "model_type": "mllama", "architectures": ["MllamaForConditionalGeneration"],
+        "image_token_index": 2048,
+        "text_config": {"hidden_size": 256, "intermediate_size": 704, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048,
+                        "max_position_embeddings": 2048, "cross_attention_layers": [1, 3],
+                        "pad_token_id": 2047, "bos_token_id": 1, "eos_token_id": 2},
+        "vision_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 4,
+                          "num_global_layers": 2, "attention_heads": 4, "image_size": 112,
+                          "patch_size": 14, "vision_output_dim": 384,
+                          "intermediate_layers_indices": [1, 3]},
+    },
 }  # fmt: skip
 # the same blocks under a 512-token vocabulary: the logits no longer hold the peak, so the
 # blocks' own ledgers (Cohere's Python LayerNorm, GLM-4's and OLMo-2's extra norms) show
@@ -505,6 +517,24 @@ _VLM_ROWS: list[tuple[tuple[str, str, str, str, bool, str, str, str, int, int], 
      4, None, False),
     (("qwen3_vl", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 1, 32),
      2, "512x512", False),
+    # Llama-3.2-Vision: 4 tiles of 112 px per image (padded), cross-attention layers 1 and 3,
+    # a 2048-token vocabulary: the tower and the cross-attention K/V hold most activations,
+    # and the loss still peaks above the first block's backward (at 512 the two tie within
+    # 0.3 MiB and the step walk's block backward is ~0.6 MiB high: see docs/model.md)
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 128),
+     1, "112x224", False),
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     2, "224x224", False),
+    (("mllama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, False),
+    (("mllama", "full", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, True),
+    (("mllama", "full", "fp32", "no", True, "sdpa", "adamw_torch", "foreach", 1, 64),
+     2, None, False),
+    (("mllama", "lora", "bf16", "no", False, "sdpa", "adamw_torch", "foreach", 2, 64),
+     2, "1080x1920", True),
+    (("mllama", "lora", "bf16", "no", True, "sdpa", "adamw_torch", "foreach", 2, 64),
+     1, None, True),
 ]  # fmt: skip
 
 _NO_PEFT_DEFAULT = {
@@ -519,8 +549,16 @@ _NO_PEFT_DEFAULT = {
     "glm4_v512": ("q_proj", "v_proj"),
     "qwen2_5_vl": ("q_proj", "v_proj"),
     "qwen3_vl": ("q_proj", "v_proj"), "llava": ("q_proj", "v_proj"),
-    "gemma3": ("q_proj", "v_proj"),
+    "gemma3": ("q_proj", "v_proj"), "mllama": ("q_proj", "v_proj"),
 }  # fmt: skip
+
+# LoRA without dropout: CPU-traced families whose adapters read many tokens. A CPU dropout
+# (aten ``_dropout``: ``input * noise``) keeps a full-size noise tensor in the input's dtype
+# (fp32: PEFT casts to the adapter's dtype first) where CUDA's fused ``native_dropout`` keeps a
+# 1-byte mask; Llama-3.2-Vision's tower adapts q/v in every layer over 4 padded tiles and its
+# cross-attention v_proj over every image position, so the CPU artifact would be ~10 % of the
+# row rather than the ~1 % of the other VLM LoRA rows
+_LORA_NO_DROPOUT = {"mllama"}
 
 # PEFT refuses LoRA on Mamba's out_proj and conv1d (tuners_utils._check_lora_target_modules_mamba)
 _LORA_TARGETS = {
@@ -554,6 +592,9 @@ def _make(
         parts[-1] += f"t{_TARGET_LEN[family]}"
     if method == "lora":
         extra["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
+        if family in _LORA_NO_DROPOUT:
+            extra["lora"]["dropout"] = 0.0
+            parts[1] += "-d0"
         if family in _NO_PEFT_DEFAULT:  # PEFT has no default targets for these model types
             extra["lora"]["targets"] = list(_NO_PEFT_DEFAULT[family])
         elif family in _LORA_TARGETS:  # PEFT refuses its defaults on these (Mamba layers)

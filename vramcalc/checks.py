@@ -102,7 +102,7 @@ def check_vision(req: EstimateRequest, spec: ModelSpec) -> None:
     if given and not is_vlm(spec):
         raise InvalidConfigError(
             f"{', '.join(given)} applies to vision-language models (qwen2_5_vl, qwen3_vl, "
-            f"llava, gemma3); {spec.name} is a text model ({spec.model_type})"
+            f"llava, gemma3, mllama); {spec.name} is a text model ({spec.model_type})"
         )
     if req.images and is_vlm(spec):
         # what the image path is modelled and traced for: one SFT-style step of the

@@ -251,6 +251,10 @@ def resolve(request: EstimateRequest | Mapping[str, Any]) -> Resolved:
         side = spec.arch.get("vision_image_size")
         fixed = spec.arch.get("vision_resize") == "fixed"
         resized = f" (resized to {side}x{side})" if fixed else ""
+        if vision.tiles:
+            resized = (
+                f" ({vision.used_tiles} of {side}x{side} tile(s), padded to {vision.tiles})"
+            )
         notes.append(
             f"{vision.images} image(s) of {vision.height}x{vision.width}{resized} per row: "
             f"{vision.patches} vision-tower tokens and {vision.tokens} language-model tokens "
@@ -307,6 +311,7 @@ def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, i
         image_tokens,
         is_vlm,
         pixel_values,
+        tiled_canvas,
     )
 
     check_vision(req, spec)
@@ -314,11 +319,18 @@ def _vision(req: EstimateRequest, spec: ModelSpec) -> tuple[VisionSpec | None, i
         return None, 0
     h, w = parse_image_size(req.image_size) if req.image_size else default_image_size(spec)
     patches, tokens = image_tokens(spec, h, w)
+    tiles = used = 0
+    if spec.arch.get("vision_resize") == "tiles":
+        tiles = int(spec.arch.get("vision_max_num_tiles") or 1)
+        side = int(spec.arch.get("vision_image_size") or 1)
+        ch, cw = tiled_canvas(h, w, tiles, side)
+        used = (ch // side) * (cw // side)
     vision = VisionSpec(
         images=req.images, height=h, width=w, freeze=req.freeze_vision,
         patches=patches, tokens=tokens, pixels=pixel_values(spec, patches),
         grid=spec.arch.get("vision_resize") == "dynamic",
         token_types=spec.arch.get("vision_token_types") is True,
+        tiles=tiles, used_tiles=used,
     )  # fmt: skip
     return vision, req.images * tokens
 
@@ -547,7 +559,7 @@ def _walk(
         for i in reps:
             act = act0 + cum_act[i]
             layer = saved[i]
-            transient = (prof.layer_saved[i] if ckpt else 0) + fwd_extra[i]
+            transient = (prof.ckpt_fwd.get(i, prof.layer_saved[i]) if ckpt else 0) + fwd_extra[i]
             ck = prof.layer_ckpt[i] if ckpt and prof.layer_ckpt else None
             if ck is not None:  # checkpointed: the block's working set (activations._block)
                 transient += ck[0]
@@ -562,12 +574,13 @@ def _walk(
                         act + amp_live, g_fwd, gathered=before + rs.gather_block + rs.gather_buffer
                     ),
                 )
+            cache = prof.output_cache if prof.output_cache and i >= prof.output_cache_from else 0
             w.block(
                 step,
                 Phase.FORWARD,
                 f"block {i} forward",
                 comps(
-                    act + amp_live + layer + transient + rank.extra_act,
+                    act + amp_live + layer + transient + rank.extra_act + cache,
                     g_fwd,
                     gathered=before
                     + rs.gather_block
@@ -586,7 +599,11 @@ def _walk(
             step,
             Phase.FORWARD,
             "final norm and LM head",
-            comps(act + rank.head_extra + hl, g_fwd, gathered=head_fwd_gathered + zero_root),
+            comps(
+                act + rank.head_extra + hl + prof.output_cache,
+                g_fwd,
+                gathered=head_fwd_gathered + zero_root,
+            ),
         )
         held[0] = hl
         for tev in tw.after_forward if tw is not None else ():
@@ -602,7 +619,9 @@ def _walk(
             Phase.LOSS,
             tw.plan.loss_event if tw is not None else "loss (fp32 logits, log-softmax)",
             comps(
-                act + prof.logits_fwd + prof.loss_saved, g_fwd, gathered=fwd_gathered + zero_root
+                act + prof.logits_fwd + prof.loss_saved + prof.output_cache,
+                g_fwd,
+                gathered=fwd_gathered + zero_root,
             ),
         )
         # backward: the root's pre-backward hook prefetches the last block
@@ -652,11 +671,18 @@ def _walk(
                 comps(act, grads + rs.grad_head_full, gathered=fwd_gathered - head_unit),
             )
         act_top = act  # saved activations when the blocks' backward starts
+        # gradients created by blocks i .. L-1; a vision tower's blocks (at the front) hold
+        # the tower's and projector's share, the language model's blocks the rest
+        blk_g = [lg] * L
+        tb = prof.tower_blocks
+        if tb and split.tower and tb < L and lg:
+            t_g = int(split.tower * grad_scale)
+            blk_g = [t_g // tb] * tb + [(lg * L - t_g) // (L - tb)] * (L - tb)
+        cum_lg = list(accumulate(reversed(blk_g), initial=0))[::-1][:L]
         for i in reversed(reps):
             # blocks i+1 .. L-1 have run their backward: their activations are freed and
             # their gradients are in place
             act = act_top - (freed[L] - freed[i + 1])
-            done = L - 1 - i
             amp_i = amp_per[i]
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if keep_gathered:
@@ -664,13 +690,14 @@ def _walk(
             else:
                 nxt = rs.gather_prefetch if i > 0 else rs.gather_embed
                 gathered = held_root + rs.gather_block + nxt
-            grads_i = grads + (lg * (done + 1) if not (accum and step == 2) else 0)
+            grads_i = grads + (cum_lg[i] if not (accum and step == 2) else 0)
             b_act = recompute + bwd_extra[i]
             ck = prof.layer_ckpt[i] if ckpt and prof.layer_ckpt else None
             if ck is not None:
                 # checkpointed: the larger of the MLP's and the attention's backward moments,
                 # the MLP's with only down_proj's gradient of this block (activations._block)
-                pending = lg - int(lg * ck[2]) if not (accum and step == 2) else 0
+                own = blk_g[i]
+                pending = own - int(own * ck[2]) if not (accum and step == 2) else 0
                 if ck[1] - pending > ck[3]:
                     b_act, grads_i = b_act + ck[1], grads_i - pending
                 else:
@@ -687,7 +714,7 @@ def _walk(
             )
         act = act_top - freed[L]
         if not (accum and step == 2):
-            grads += lg * L + eg
+            grads += cum_lg[0] + eg
         grads = max(grads, G) if not (accum and step == 2) else G_acc
         w.add(
             step,
@@ -746,7 +773,9 @@ def _input_bytes(tr: TrainingSpec) -> int:
     """Return the batch's bytes on the GPU: ``input_ids`` and ``labels`` (int64, B x S).
 
     A vision-language batch adds its fp32 ``pixel_values`` and, per model, the int64
-    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S).
+    ``image_grid_thw`` (images x 3) or ``token_type_ids`` (B x S), or Llama-3.2-Vision's
+    ``aspect_ratio_ids``, ``aspect_ratio_mask`` and ``cross_attention_mask`` (B x S x images x
+    tiles; ``processing_mllama.py`` ``convert_sparse_cross_attention_mask_to_dense``).
     """
     n = 2 * block(tr.batch_size * tr.seq_len * INT64_BYTES)
     vis = tr.vision
@@ -757,6 +786,9 @@ def _input_bytes(tr: TrainingSpec) -> int:
             n += block(images * 3 * INT64_BYTES)
         if vis.token_types:
             n += block(tr.batch_size * tr.seq_len * INT64_BYTES)
+        if vis.tiles:  # aspect_ratio_ids, aspect_ratio_mask, cross_attention_mask (int64)
+            n += block(images * INT64_BYTES) + block(images * vis.tiles * INT64_BYTES)
+            n += block(tr.batch_size * tr.seq_len * vis.images * vis.tiles * INT64_BYTES)
     return n
 
 
@@ -842,7 +874,11 @@ def _rank(
         spec, inv, plan, opt, par, compute_bytes=cb,
         # the language model's blocks are the sharding units; a vision tower's parameters
         # (other block count) go with the root unit
-        n_blocks=len(prof.layer_saved) - prof.tower_blocks,
+        n_blocks=len(prof.layer_saved) - prof.tower_blocks
+        # Llama-3.2-Vision: every decoder layer is a unit, also the cross-attention layers a
+        # text-only batch skips
+        if not spec.arch.get("cross_layers")
+        else spec.num_hidden_layers,
     )
     extra = 0
     tokens = tr.batch_size * act_tr.seq_len

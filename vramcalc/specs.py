@@ -1119,6 +1119,13 @@ class VisionSpec(_Frozen):
         default=False,
         description="the batch carries token_type_ids (Gemma 3) / mm_token_type_ids (Qwen3-VL)",
     )
+    tiles: int = Field(
+        default=0,
+        ge=0,
+        description="tiles per image, padded (Llama-3.2-Vision max_num_tiles; 0 otherwise): the "
+        "batch carries aspect_ratio_ids, aspect_ratio_mask and a cross_attention_mask",
+    )
+    used_tiles: int = Field(default=0, ge=0, description="tiles the image fills (the rest padding)")
 
 
 class TrainingSpec(_Frozen):

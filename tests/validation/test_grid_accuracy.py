@@ -69,12 +69,13 @@ def test_grid_is_complete() -> None:
 
 def test_grid_covers_the_vision_language_models() -> None:
     # issue 9 item 5: Qwen2.5-VL (full, LoRA, checkpointing), Qwen3-VL, LLaVA (full, a frozen
-    # tower, LoRA), Gemma 3 multimodal; traced on real CPU tensors (the processors' grid
+    # tower, LoRA), Gemma 3 multimodal, Llama-3.2-Vision (tiles, cross-attention layers);
+    # traced on real CPU tensors (the processors' grid
     # metadata drives data-dependent ops fake tensors cannot run: docs/model.md)
     vlm = [m for m in SINGLE if m.scenario.request.images]
     families = {str(m.scenario.request.model.get("model_type")) for m in vlm
                 if isinstance(m.scenario.request.model, dict)}  # fmt: skip
-    assert families == {"qwen2_5_vl", "qwen3_vl", "llava", "gemma3"}
+    assert families == {"qwen2_5_vl", "qwen3_vl", "llava", "gemma3", "mllama"}
     assert any(m.scenario.request.freeze_vision for m in vlm)
     assert {m.scenario.request.lora is not None for m in vlm} == {True, False}
     assert all(m.fingerprint.device.startswith("cpu") for m in vlm)

@@ -139,6 +139,17 @@ class ActivationProfile:
     details: dict[str, int] = field(default_factory=dict)
     tower_blocks: int = 0
     """Vision-tower blocks at the front of ``layer_saved`` (0 for text models)."""
+    ckpt_fwd: dict[int, int] = field(default_factory=dict)
+    """Under checkpointing, a block's working set in its (discarding) forward where it is less
+    than its ledger (block index -> bytes; the ledger otherwise)."""
+    output_cache: int = 0
+    """Bytes the model output keeps referenced from the forward to the loss but no backward
+    needs (Llama-3.2-Vision's cross-attention KV cache, ``use_cache``); ``output_cache_from``
+    is the first block whose forward creates them."""
+    output_cache_from: int = 0
+    tower_kept: int = 0
+    """Under checkpointing, bytes of tower blocks that are not checkpointed (Llama-3.2-Vision:
+    their whole ledgers, held in ``ckpt_input``)."""
 
     @property
     def forward_total(self) -> int:
@@ -472,8 +483,14 @@ def activation_profile(
     dec_len = tr.target_len or S
     base_ctx = ctx
     hybrid = bool(_arch_int(spec, "attn_layer_period") or _arch_int(spec, "expert_layer_period"))
+    cross = _cross_layers(spec)
     for stack in stacks:
         groups = _layer_groups(inventory, stack)
+        if cross and stack == "decoder":
+            # Llama-3.2-Vision: the self-attention layers walk here; the cross-attention layers
+            # (another block) are added below, and skipped without images
+            n_layers[stack] = spec.num_hidden_layers - len(cross)
+            groups = [g for g in groups if "/cross_attn/" not in g.key]
         experts = _expert_groups(inventory, stack)
         dense_groups, moe_groups = _split_schedule(groups, spec, bool(experts))
         if spec.is_encoder_decoder and stack == "decoder":
@@ -550,6 +567,9 @@ def activation_profile(
         for led_id, n_uses in uses.items():
             for k, v in detail_cache[led_id].items():
                 details[k] = details.get(k, 0) + v * n_uses
+    vis = tr.vision
+    if cross and vis is not None and vis.images > 0:
+        _mllama_cross_layers(prof, ctx, inventory, vis, rb, cross, details)
     has_attn = any(_is_attention(g) and g.stack != "vision" for g in inventory)
     mask = _eager_masks(ctx, decoder_kinds if has_attn else [], encoder_only=stacks == ["encoder"])
     if mask and tr.grad_ckpt and prof.ckpt_input:
@@ -558,15 +578,23 @@ def activation_profile(
         prof.ckpt_input[0] += mask
     elif mask:
         prof.layer_fwd_extra = [x + mask for x in prof.layer_fwd_extra]
-    if tr.vision is not None and tr.vision.images > 0 and is_vlm(spec):
-        _vision_tower(prof, ctx, inventory, tr.vision, details)
+    if vis is not None and vis.images > 0 and is_vlm(spec):
+        if spec.arch.get("vision_resize") == "tiles":
+            _mllama_tower(prof, ctx, inventory, vis, details)
+            prof.output_cache_from += prof.tower_blocks
+            prof.ckpt_fwd = {i + prof.tower_blocks: v for i, v in prof.ckpt_fwd.items()}
+        else:
+            _vision_tower(prof, ctx, inventory, vis, details)
     if tr.grad_ckpt:
-        ck = sum(prof.ckpt_input)
+        ck = sum(prof.ckpt_input) - prof.tower_kept
+        vision_kept = details.get("activations/vision", 0) if prof.tower_kept else 0
         details = {k: v for k, v in details.items() if k == "activations/dropout_masks"}
         details.pop("activations/dropout_masks", None)
         details["activations/checkpoints"] = ck - mask
         if mask:
             details["activations/attention_mask"] = mask
+        if vision_kept:  # Llama-3.2-Vision's tower is not checkpointed
+            details["activations/vision"] = vision_kept
     # ---------------------------------------------------------------- head and loss
     if blocks_trainable:
         ctx = replace(ctx, full=peft is None)
@@ -1960,3 +1988,284 @@ def _vision_tower(
 
 def _int_arch(spec: ModelSpec, key: str) -> int:
     return _arch_int(spec, key)
+
+
+def _cross_layers(spec: ModelSpec) -> list[int]:
+    """Llama-3.2-Vision's cross-attention layer indices (``cross_attention_layers``)."""
+    text = spec.arch.get("cross_attention_layers")
+    if not isinstance(text, str) or not text:
+        return []
+    return [int(x) for x in text.split(",")]
+
+
+def _mllama_kv_tokens(spec: ModelSpec, vis: VisionSpec) -> int:
+    """Image positions each text row cross-attends to: images x tiles x (patches + 1)."""
+    return vis.images * vis.tiles * _int_arch(spec, "vision_positions")
+
+
+def _mllama_cross_layers(
+    prof: ActivationProfile,
+    ctx: _Ctx,
+    inventory: tuple[ParamGroup, ...],
+    vis: VisionSpec,
+    rb: int,
+    cross: list[int],
+    details: dict[str, int],
+) -> None:
+    """Insert Llama-3.2-Vision's gated cross-attention layers into the decoder's block lists.
+
+    ``MllamaCrossAttentionDecoderLayer``: ``input_layernorm``; ``q_proj`` on the text and
+    ``q_norm`` (RMSNorm over ``head_dim``); ``k_proj``/``v_proj`` on the projected image states
+    (``B x images x tiles x (patches + 1)`` positions, one tensor every layer reads, saved once
+    by the tower's ledger) and ``k_norm``; SDPA with the float cross-attention mask, so
+    transformers repeats the GQA K/V heads (``repeat_kv``) and SDPA saves q, the repeated k and
+    v, its output and log-sum-exp (the mask is one tensor for all layers, saved once); the
+    output made contiguous for ``o_proj``; ``cross_attn_attn_gate.tanh() * h`` (saves ``h``
+    when the gate trains); ``post_attention_layernorm`` and the SwiGLU MLP; the MLP output
+    times ``full_text_row_masked_out_mask`` and ``cross_attn_mlp_gate.tanh()`` (saves the
+    product when the gate trains). Under autocast the RMSNorms' fp32 weights make q and k
+    fp32, and SDPA runs in fp32 (v promoted). Layers are checkpointed like the others
+    (``GradientCheckpointingLayer``). Without images the layers are skipped (nothing saved).
+
+    Source: transformers v5.24 ``models/mllama/modeling_mllama.py``
+    (``MllamaCrossAttentionDecoderLayer``, ``MllamaTextCrossAttention``,
+    ``_prepare_cross_attention_mask``), ``integrations/sdpa_attention.py`` (``repeat_kv`` with
+    a mask); checked against CPU traces (``validation/grid.py`` ``mllama`` rows).
+    """
+    spec = ctx.spec
+    T, B, S, H = ctx.T, ctx.B, ctx.S, spec.hidden_size
+    cb, amp, pb = ctx.cb, ctx.amp, ctx.pb
+    heads, kvh, hd = spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    Hq, Hkv = heads * hd, kvh * hd
+    Tkv = B * _mllama_kv_tokens(spec, vis)
+    xg = [g for g in _layer_groups(inventory, "decoder") if "/cross_attn/" in g.key]
+    by_mod = {g.module: g for g in xg}
+    mlp = [
+        g
+        for g in _layer_groups(inventory, "decoder")
+        if "/cross_attn/" not in g.key and not _is_attention(g)
+    ]
+    full = ctx.full
+    lora = ctx.lora
+    qk_b = 4 if amp else cb  # q_norm/k_norm outputs: fp32 weight x 16-bit input under autocast
+    led = Ledger()
+    amp_copy = 0
+    if full or lora:  # input_layernorm (the block input needs a gradient after layer 0)
+        _rmsnorm(led, ctx, "x_n0", T * H, rb, trainable=full)
+    q, k, v, o = (by_mod.get(m) for m in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    n_in = {"q_proj": T, "k_proj": Tkv, "v_proj": Tkv, "o_proj": T}
+    for g in (q, k, v, o):
+        if g is None:
+            continue
+        rows = n_in[g.module]
+        if full and g.module in ("q_proj", "o_proj"):
+            led.save(f"x_{g.module}_in", "linear_inputs", rows * g.in_features * cb)
+        if amp and full:
+            amp_copy += block(g.weight_numel * 2)
+        if g.module in lora:
+            lb = 2 if amp else 4
+            if ctx.lora_dropout > 0:
+                led.save(f"x_{g.module}_lmask", "dropout_masks", rows * g.in_features)
+                led.save(f"x_{g.module}_ldrop", "lora", rows * g.in_features * lb)
+            elif amp or cb != 4:
+                led.save(f"x_{g.module}_l", "lora", rows * g.in_features * lb)
+            led.save(f"x_{g.module}_lA", "lora", rows * ctx.lora_r * lb)
+            if amp:
+                amp_copy += block((g.in_features + g.out_features) * ctx.lora_r * 2)
+    tower_grad = (full or ctx.tr.grad_ckpt or bool(ctx.plan.lora_by_stack.get("vision"))
+                  or bool(ctx.plan.lora_by_stack.get("projector")))  # fmt: skip
+    _rmsnorm(led, ctx, "x_qn", T * Hq, cb, trainable=full, width=hd)
+    if tower_grad or "k_proj" in lora:  # the k path needs a gradient
+        _rmsnorm(led, ctx, "x_kn", Tkv * Hkv, cb, trainable=full, width=hd)
+    ab = 4 if amp else cb
+    led.save("x_q", "attention", T * Hq * qk_b)
+    led.save("x_k", "attention", Tkv * Hq * qk_b if kvh != heads else Tkv * Hkv * qk_b)
+    led.save("x_v", "attention", Tkv * Hq * ab)
+    led.save("x_out", "attention", T * Hq * ab)
+    led.save("x_lse", "attention", B * heads * S * 4)
+    if full:
+        led.save("x_gate_h", "attention", T * H * cb)
+    mlp_led, f_x, b_x, _, mlp_amp = _block(ctx, mlp, rb, x_requires_grad=True, first=False)
+    if full:
+        led.save("x_gate_m", "mlp", T * H * (4 if amp else cb))
+    total = led.total + mlp_led.total
+    fwd = max(f_x, 0)
+    # a checkpointed forward keeps nothing: its peak is the attention's working set (q, the
+    # repeated k and v, the output) or the MLP's ledger, not both
+    work = block(T * Hq * qk_b) + 2 * block(Tkv * Hq * ab) + block(T * Hq * ab)
+    ckpt_work = max(work, mlp_led.total)
+    # backward runs the MLP first (its saved tensors freed), then the attention: the
+    # gradients of q and of the repeated k and v
+    attn_grads = 2 * block(Tkv * Hq * ab) + block(T * Hq * ab)
+    bwd = max(b_x, attn_grads - mlp_led.total)
+    for i in sorted(cross):
+        prof.layer_saved.insert(i, total)
+        prof.layer_fwd_extra.insert(i, fwd)
+        prof.layer_bwd_extra.insert(i, bwd)
+        prof.amp_copy_per_layer.insert(i, amp_copy + mlp_amp)
+        if ctx.tr.grad_ckpt:
+            prof.ckpt_input.insert(i, block(T * H * rb))
+            prof.ckpt_fwd[i] = min(total, ckpt_work)
+            if prof.layer_ckpt:  # its own working set above (ckpt_fwd), not _block's moments
+                prof.layer_ckpt.insert(i, None)
+    if not full:
+        # the image states (B x positions x H), an input of every cross-attention layer, are
+        # alive through the language model's forward even when nothing saves them
+        xs = block(Tkv * H * cb)
+        n_text = len(prof.layer_saved)
+        prof.layer_fwd_extra[:n_text] = [x + xs for x in prof.layer_fwd_extra[:n_text]]
+    if tower_grad:
+        # the image states' gradient, accumulated over the cross-attention layers from the
+        # last one's backward down to the projector's (B x positions x H)
+        # (created in the last one's attention backward, after its MLP's tensors are freed)
+        acc = block(Tkv * H * cb)
+        last = max(cross)
+        prof.layer_bwd_extra[last] = max(b_x, attn_grads + acc - mlp_led.total)
+        for i in range(last):
+            prof.layer_bwd_extra[i] += acc
+    for src in (led.by_detail(), mlp_led.by_detail()):
+        for key, val in src.items():
+            details[key] = details.get(key, 0) + val * len(cross)
+    if not ctx.tr.grad_ckpt and kvh != heads:
+        # use_cache (the config's default; gradient checkpointing turns it off): the
+        # DynamicCache in the model output keeps each cross-attention layer's k (after k_norm)
+        # and v before repeat_kv -- tensors SDPA does not save (it saves the repeated ones)
+        # -- until the output is dropped after the loss (MllamaTextCrossAttention.forward
+        # cache.update)
+        prof.output_cache = len(cross) * (block(Tkv * Hkv * qk_b) + block(Tkv * Hkv * cb))
+        prof.output_cache_from = min(cross)
+    # the cross-attention mask, one (B, 1, S, kv) tensor in the model's dtype, saved by every
+    # layer's SDPA; the full-row mask (B, 1, S, 1)
+    mask = block(B * S * _mllama_kv_tokens(spec, vis) * pb) + block(B * S * pb)
+    prof.embed_saved += mask
+    details["activations/attention"] = details.get("activations/attention", 0) + mask
+
+
+def _mllama_tower(
+    prof: ActivationProfile,
+    ctx: _Ctx,
+    inventory: tuple[ParamGroup, ...],
+    vis: VisionSpec,
+    details: dict[str, int],
+) -> None:
+    """Add Llama-3.2-Vision's tiled vision tower and projector to ``prof`` (in place).
+
+    ``MllamaVisionModel.forward``: every image is ``tiles`` tiles (padded by the processor);
+    the patch embedding, the pre-tile aspect-ratio embedding, the class token and the gated
+    position + tile-position embeddings (``gate.tanh() * tile_embedding(ids)`` saves the
+    looked-up table when the gate trains: images x tiles x positions x width),
+    ``layernorm_pre``; each tile's positions padded to a multiple of 8, and one additive
+    mask of ``(tiles * padded)**2`` per image in the model's dtype, shared by every layer's
+    SDPA (saved once); ``num_hidden_layers`` local pre-LN blocks over all tiles of an image
+    at once (``_block`` over a ``tower_spec`` view), ``layernorm_post``, the post-tile
+    embedding, ``num_global_layers`` gated blocks (``gate_attn.tanh() * h`` and
+    ``gate_ffn.tanh() * h`` save ``h`` when the gates train). The last global state and the
+    local states of ``intermediate_layers_indices`` are concatenated
+    (``vision_output_dim`` features per position, padding dropped) and projected by
+    ``multi_modal_projector`` (saves its input when it trains) into the image states every
+    cross-attention layer's k/v projections read (saved once when they train). The tower's
+    layers are plain modules, not ``GradientCheckpointingLayer``: under checkpointing they
+    keep their whole ledgers (added to the embeddings' share).
+
+    Source: transformers v5.24 ``models/mllama/modeling_mllama.py`` (``MllamaVisionModel``,
+    ``MllamaPrecomputedPositionEmbedding``, ``MllamaPrecomputedAspectRatioEmbedding``,
+    ``MllamaVisionEncoderLayer``, ``_prepare_aspect_ratio_attention_mask``,
+    ``MllamaModel.forward``); checked against CPU traces (``validation/grid.py``).
+    """
+    spec = ctx.spec
+    tspec = tower_spec(spec)
+    amp, cb, pb = ctx.amp, ctx.cb, ctx.pb
+    n_img = ctx.B * vis.images
+    tiles = vis.tiles
+    P = _int_arch(spec, "vision_positions")
+    Pp = -(-P // 8) * 8
+    Sv = tiles * Pp
+    Tv = n_img * Sv
+    Tp = n_img * tiles * P
+    Hv = tspec.hidden_size
+    tower_trains = ctx.full and not vis.freeze
+    vlora = ctx.plan.lora_by_stack.get("vision", set())
+    vctx = replace(
+        ctx, spec=tspec, T=Tv, B=n_img, S=Sv, full=tower_trains, lora=vlora,
+        seq_shard=1, ssm_inner_norms=False, kv_len=0,
+    )  # fmt: skip
+    rb = 4 if amp else pb  # fp32 position tables added to the patch embeddings
+    rg = tower_trains or ctx.tr.grad_ckpt or bool(vlora)
+    emb = Ledger()
+    side = _int_arch(spec, "vision_image_size")
+    if tower_trains and (amp or pb != 4):
+        pixels = n_img * tiles * _int_arch(spec, "vision_in_channels") * side * side
+        emb.save("pixels", "vision", pixels * cb)
+    if tower_trains:
+        emb.save("tile_pos", "vision", n_img * tiles * P * Hv * pb)
+    if rg:
+        emb.save("ln_pre_in", "vision", n_img * tiles * P * Hv * rb)
+        emb.save("ln_pre_stats", "vision", 2 * block(n_img * tiles * P * 4))
+        emb.save("mask", "vision", n_img * Sv * Sv * pb)
+    groups = _layer_groups(inventory, "vision")
+    local = [g for g in groups if not g.key.startswith("vision/global_")]
+    glob = [g for g in groups if g.key.startswith("vision/global_")]
+    saved: list[int] = []
+    fwd: list[int] = []
+    bwd: list[int] = []
+    amp_c: list[int] = []
+    tower_details: dict[str, int] = {}
+    x_rg = tower_trains or ctx.tr.grad_ckpt
+    for n, grp, gated in (
+        (_int_arch(spec, "vision_local_layers"), local, False),
+        (_int_arch(spec, "vision_global_layers"), glob, True),
+    ):
+        for i in range(n):
+            led, f_x, b_x, rg_after, amp_copy = _block(
+                vctx, grp, rb, x_requires_grad=x_rg, first=i == 0 and not gated
+            )
+            x_rg = x_rg or rg_after
+            total = led.total
+            if gated and tower_trains:
+                total += 2 * block(Tv * Hv * cb)  # the gates' saved attention / MLP outputs
+            saved.append(total)
+            fwd.append(f_x)
+            bwd.append(b_x)
+            amp_c.append(amp_copy)
+            for key, val in led.by_detail().items():
+                tower_details[key] = tower_details.get(key, 0) + val
+            if gated and tower_trains:
+                tower_details["activations/vision"] = tower_details.get(
+                    "activations/vision", 0
+                ) + 2 * block(Tv * Hv * cb)
+        if not gated and x_rg:
+            emb.save("ln_post_in", "vision", Tv * Hv * rb)
+            emb.save("ln_post_stats", "vision", 2 * block(Tv * 4))
+    proj = Ledger()
+    out_dim = _int_arch(spec, "vision_output_dim")
+    if ctx.full:
+        proj.save("proj_in", "vision", Tp * out_dim * (2 if amp else pb))
+    if not ctx.full or amp:
+        # the tower's output stays referenced by the model output (MllamaModel.forward returns
+        # it as image_outputs) until the step ends: the projector's input itself when it
+        # trains in the weights' dtype, else one more tensor
+        proj.save("image_outputs", "vision", Tp * out_dim * rb)
+    # the image states (B, images x tiles x positions, H) the cross-attention k/v read
+    if ctx.full:
+        proj.save("xstates", "vision", Tp * spec.hidden_size * cb)
+    if amp and ctx.full:
+        amp_c[-1:] = [
+            (amp_c[-1] if amp_c else 0)
+            + sum(block(g.weight_numel * 2) for g in _layer_groups(inventory, "projector"))
+        ]
+    prof.embed_saved += emb.total + proj.total
+    prof.tower_blocks = len(saved)
+    prof.layer_fwd_extra[:0] = fwd
+    prof.layer_bwd_extra[:0] = bwd
+    prof.amp_copy_per_layer[:0] = amp_c
+    if ctx.tr.grad_ckpt:
+        # the tower's layers are not checkpointed: each keeps its whole ledger (as the
+        # "checkpoint" the step walk holds) and recomputes nothing in backward
+        prof.layer_saved[:0] = [0] * len(saved)
+        prof.ckpt_input[:0] = saved
+        prof.layer_ckpt[:0] = [None] * len(saved)
+        prof.tower_kept = sum(saved)
+    else:
+        prof.layer_saved[:0] = saved
+    total = emb.total + proj.total + sum(tower_details.values())
+    details["activations/vision"] = details.get("activations/vision", 0) + total

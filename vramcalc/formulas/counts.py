@@ -106,6 +106,15 @@ def _among(n: int, layers: Any) -> int:
     return sum(1 for i in range(n) if i in listed)
 
 
+def _listed(n: int, layers: Any) -> str:
+    """Layers ``i < n`` listed in ``layers``, as a comma-separated string (an arch scalar).
+
+    Llama-3.2-Vision ``cross_attention_layers``: which decoder layers are cross-attention.
+    """
+    listed = set(layers or ())
+    return ",".join(str(i) for i in range(n) if i in listed)
+
+
 def _count(items: Any, value: Any) -> int:
     """Occurrences of ``value`` in a config list (``layer_types``, ``no_rope_layers``)."""
     return sum(1 for item in (items or ()) if item == value)
@@ -117,6 +126,7 @@ _FUNCS: dict[str, Callable[..., Any]] = {
     "count": _count,
     "every": _every,
     "among": _among,
+    "listed": _listed,
     "min": min,
     "max": max,
     "startswith": lambda s, p: isinstance(s, str) and s.startswith(p),

@@ -33,6 +33,7 @@ class GradSplit:
         embed: the embeddings (without a tied weight, counted in ``head``).
         other: what does not divide evenly over the blocks (final norms).
         grad_bytes_per_elt: bytes per element of the trainable tensors.
+        tower: of the blocks' gradients, the vision tower's and projector's.
 
     """
 
@@ -41,6 +42,9 @@ class GradSplit:
     embed: int
     other: int
     grad_bytes_per_elt: int
+    tower: int = 0
+    """A vision-language model's tower and projector gradients (inside ``per_block``'s
+    total): created after the language model's blocks, in the tower's own backward."""
 
     def total(self, n_blocks: int) -> int:
         """All gradient bytes of the slice."""
@@ -50,7 +54,7 @@ class GradSplit:
 def grad_split(spec: ModelSpec, inventory: tuple[ParamGroup, ...], plan: ParamPlan) -> GradSplit:
     """Split the trainable tensors' gradient bytes by the part of backward that creates them."""
     pb = plan.trainable_elements[0][2] if plan.trainable_elements else FP32_BYTES
-    head = embed = blocks = 0
+    head = embed = blocks = tower = 0
     for g in inventory:
         if g.key not in plan.trainable_keys:
             continue
@@ -61,8 +65,12 @@ def grad_split(spec: ModelSpec, inventory: tuple[ParamGroup, ...], plan: ParamPl
             embed += b
         else:
             blocks += b
+            if g.stack in ("vision", "projector"):
+                tower += b
     for a in plan.adapters:
         blocks += a.tensor_bytes
+        if a.base_key.startswith(("vision/", "projector/")):
+            tower += a.tensor_bytes
     tied_head = spec.tie_word_embeddings and spec.has_lm_head
     if tied_head and not any(g.kind == "lm_head" for g in inventory):
         tokens = next((g for g in inventory if g.key == "embed/tokens"), None)
@@ -72,4 +80,4 @@ def grad_split(spec: ModelSpec, inventory: tuple[ParamGroup, ...], plan: ParamPl
             embed -= tb
     n_blocks = spec.num_hidden_layers + (spec.num_decoder_layers if spec.is_encoder_decoder else 0)
     per_block = blocks // max(n_blocks, 1)
-    return GradSplit(head, per_block, embed, blocks - per_block * n_blocks, pb)
+    return GradSplit(head, per_block, embed, blocks - per_block * n_blocks, pb, tower)

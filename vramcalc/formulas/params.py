@@ -417,6 +417,15 @@ def plan_params(
         # (torch/optim/adamw.py _init_group skips ``p.grad is None``)
         no_image = vision is not None and vision.images == 0 and g.stack in ("vision", "projector")
         gc = 0 if no_image else g.count - g.idle
+        if vision is not None and vision.images == 0 and g.stack == "decoder":
+            # Llama-3.2-Vision skips its cross-attention layers without images
+            # (MllamaTextModel.forward): their own weights and their share of the per-layer
+            # norms and MLP get no gradient
+            n_cross = int(spec.arch.get("cross_layers") or 0)
+            if n_cross and "cross_attn" in g.key:
+                gc = 0
+            elif n_cross and g.count == spec.num_hidden_layers:
+                gc = g.count - n_cross
         if quant_this:
             assert quant is not None
             wbytes = _quantized_weight_bytes(

@@ -94,13 +94,15 @@ def _in_block(key: str, count: int, n_blocks: int) -> bool:
     return count % n_blocks == 0
 
 
-def units(plan: ParamPlan, n_blocks: int) -> Units:
+def units(plan: ParamPlan, n_blocks: int, *, mixed_layers: bool = False) -> Units:
     """Split a rank's parameter tensors into per-block and root units.
 
     A tensor belongs to the blocks when it has one instance (or one per expert) in every
     block; the rest -- embeddings, final norms, the LM head -- is the root, as
     ``fully_shard(block)`` for each block then ``fully_shard(model)`` (or FSDP1's
-    transformer auto-wrap policy) wrap them.
+    transformer auto-wrap policy) wrap them. With ``mixed_layers`` (Llama-3.2-Vision: a layer
+    is self-attention or cross-attention) a block tensor present in only some layers is
+    spread over the blocks: each block holds the average share.
     """
     blk: list[tuple[int, int, int]] = []
     root: list[tuple[int, int, int]] = []
@@ -115,6 +117,11 @@ def units(plan: ParamPlan, n_blocks: int) -> Units:
         if _in_block(key, count, n_blocks):
             per = count // n_blocks
             blk.append((nb, per, eb))
+            b_tr += el // n_blocks
+            continue
+        partial = 0 < count < n_blocks and "final_norm" not in key
+        if mixed_layers and key.startswith("decoder/") and partial:
+            blk.append((max(1, nb * count // n_blocks), 1, eb))
             b_tr += el // n_blocks
             continue
         root.append((nb, count, eb))
@@ -273,10 +280,11 @@ def rank_states(
 
     """
     engine = parallel.engine
+    mixed = bool(spec.arch.get("cross_layers"))
     if engine.startswith("fsdp"):
-        return _fsdp(plan, opt, parallel, compute_bytes, n_blocks)
+        return _fsdp(plan, opt, parallel, compute_bytes, n_blocks, mixed)
     if engine == "zero":
-        return _zero(plan, opt, parallel, n_blocks)
+        return _zero(plan, opt, parallel, n_blocks, mixed)
     return _replicated(plan, opt, parallel)
 
 
@@ -313,6 +321,7 @@ def _zero(
     opt: OptimizerPlan,
     parallel: ParallelSpec,
     n_blocks: int,
+    mixed_layers: bool = False,
 ) -> RankStates:
     """DeepSpeed ZeRO 1/2/3 on one rank.
 
@@ -348,7 +357,7 @@ def _zero(
     buckets = block(z.reduce_bucket_size * bucket_b) if stage in (1, 2) else 0
     params = P
     if stage == ZeroStage.PARAMETERS:
-        u = units(plan, n_blocks)
+        u = units(plan, n_blocks, mixed_layers=mixed_layers)
         elems = [(nb // eb if eb else nb, c) for nb, c, eb in u.block]
         persist = sum(e * c for e, c in elems if e <= z.stage3_param_persistence_threshold)
         block_elems = sum(e * c for e, c in elems)
@@ -445,6 +454,7 @@ def _fsdp(
     parallel: ParallelSpec,
     compute_bytes: int,
     n_blocks: int,
+    mixed_layers: bool = False,
 ) -> RankStates:
     """FSDP1 / FSDP2 with one unit per block plus the root, on one rank.
 
@@ -464,7 +474,7 @@ def _fsdp(
         out.params, out.gradients = plan.param_bytes, G
         out.optimizer, out.step_temps = opt.state_bytes, opt.step_temp_bytes
         return out
-    u = units(plan, n_blocks)
+    u = units(plan, n_blocks, mixed_layers=mixed_layers)
     if f.version == 2:
         shard_params = sum(
             block(_row_shard(t.nbytes, t.rows, t.stack, n)) * (t.instances // t.stack)

@@ -18,6 +18,14 @@ Token rules, from each processor (transformers v5.24):
   token to the tower's sequence); LLaVA places one token per patch (576 at 336 px,
   ``processing_llava.py`` ``num_image_tokens``), Gemma 3 average-pools to
   ``mm_tokens_per_image`` (256 at 896 px, ``modeling_gemma3.py`` ``Gemma3MultiModalProjector``).
+* ``tiles`` (Llama-3.2-Vision, ``mllama``): ``image_processing_mllama.py`` fits the image to
+  the best canvas of up to ``max_num_tiles`` tiles of ``image_size`` px
+  (``get_optimal_tiled_canvas``), splits it into tiles and pads every image to
+  ``max_num_tiles`` tiles (``pad_batches_and_tiles``): the tower always runs over
+  ``max_num_tiles * ((image_size/patch)**2 + 1)`` tokens per image whatever its size (unused
+  tiles are masked, not dropped). The text holds one ``<|image|>`` token per image; the
+  language model reads the image through its cross-attention layers
+  (``processing_mllama.py``), so each image adds one language-model token.
 """
 
 from __future__ import annotations
@@ -27,7 +35,14 @@ import math
 from vramcalc.errors import InvalidConfigError
 from vramcalc.specs import ModelSpec
 
-__all__ = ["default_image_size", "image_tokens", "is_vlm", "pixel_values", "tower_spec"]
+__all__ = [
+    "default_image_size",
+    "image_tokens",
+    "is_vlm",
+    "pixel_values",
+    "tiled_canvas",
+    "tower_spec",
+]
 
 
 def is_vlm(spec: ModelSpec) -> bool:
@@ -68,6 +83,33 @@ def _smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: int)
     return h_bar, w_bar
 
 
+def _tile_arrangements(max_tiles: int) -> list[tuple[int, int]]:
+    """``get_all_supported_aspect_ratios``: (width, height) tile grids of at most ``max_tiles``."""
+    return [
+        (w, h)
+        for w in range(1, max_tiles + 1)
+        for h in range(1, max_tiles + 1)
+        if w * h <= max_tiles
+    ]
+
+
+def tiled_canvas(height: int, width: int, max_tiles: int, tile: int) -> tuple[int, int]:
+    """Return the canvas (height, width) Llama-3.2-Vision's processor fits an image to.
+
+    ``get_optimal_tiled_canvas`` of transformers v5.24 ``image_processing_mllama.py``: for
+    each tile grid (as ``(width, height)`` pairs read as ``(rows, cols)``, as the processor
+    does), the scale that fits the image inside it; the smallest upscale if any is >= 1,
+    else the largest downscale; ties go to the smallest area. Its tiles are
+    ``(h / tile) * (w / tile)``.
+    """
+    canvases = [(a * tile, b * tile) for a, b in _tile_arrangements(max_tiles)]
+    scales = [min(ch / height, cw / width) for ch, cw in canvases]
+    ups = [s for s in scales if s >= 1]
+    chosen = min(ups) if ups else max(s for s in scales if s < 1)
+    picks = [c for c, s in zip(canvases, scales, strict=True) if s == chosen]
+    return min(picks, key=lambda c: c[0] * c[1])
+
+
 def image_tokens(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
     """(tower tokens, language-model tokens) of one ``height`` x ``width`` image.
 
@@ -88,6 +130,9 @@ def image_tokens(spec: ModelSpec, height: int, width: int) -> tuple[int, int]:
         )  # fmt: skip
         patches = (h // patch) * (w // patch)
         return patches, patches // (merge * merge)
+    if spec.arch.get("vision_resize") == "tiles":
+        # every image is padded to max_num_tiles tiles (see the module docstring)
+        return _int(spec, "vision_max_num_tiles") * _int(spec, "vision_positions"), 1
     side = _int(spec, "vision_image_size") // patch
     patches = side * side
     tokens = _int(spec, "vision_tokens_per_image") or patches
@@ -98,7 +143,8 @@ def pixel_values(spec: ModelSpec, patches: int) -> int:
     """Elements of one image's ``pixel_values`` as the processor returns them (fp32).
 
     Qwen-VL: one row of ``channels * temporal_patch_size * patch**2`` values per patch (the
-    image repeated over the temporal patch); CLIP/SigLIP: ``channels * image_size**2``.
+    image repeated over the temporal patch); CLIP/SigLIP: ``channels * image_size**2``;
+    Llama-3.2-Vision: ``max_num_tiles`` such tiles.
     Source: ``image_processing_qwen2_vl.py`` ``_preprocess``, ``image_processing_clip.py``.
     """
     c = _int(spec, "vision_in_channels") or 3
@@ -106,7 +152,8 @@ def pixel_values(spec: ModelSpec, patches: int) -> int:
     if spec.arch.get("vision_resize") == "dynamic":
         return patches * c * max(1, _int(spec, "vision_temporal_patch")) * p * p
     side = _int(spec, "vision_image_size")
-    return c * side * side
+    # Llama-3.2-Vision: (max_num_tiles, C, tile, tile) per image (pad_batches_and_tiles)
+    return max(1, _int(spec, "vision_max_num_tiles")) * c * side * side
 
 
 def tower_spec(spec: ModelSpec) -> ModelSpec:

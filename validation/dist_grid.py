@@ -112,6 +112,13 @@ _ROWS: list[_Row] = [
     ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"ga": 2}),
     ("mistral", "full", 2, "full_shard", 8, 1, 1, "bf16", False, 2, 256, {"ga": 4}),
     ("mixtral", "full", 2, "full_shard", 4, 1, 1, "bf16", False, 2, 256, {"ga": 2}),
+    # layer schedules: dense-then-MoE (DeepSeek-V3, MLA), MoE every 2nd layer (Llama 4),
+    # a dense layer among MoE ones (Qwen2-MoE): tensors only some layers have stay in
+    # their layer's unit
+    ("deepseek_v3", "full", 2, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {}),
+    ("deepseek_v3", "full", 1, "full_shard", 4, 1, 1, "ampbf16", False, 2, 256, {}),
+    ("llama4_text", "full", 2, "full_shard", 4, 1, 1, "bf16", False, 2, 256, {}),
+    ("qwen2_moe", "full", 2, "full_shard", 8, 1, 1, "bf16", True, 2, 256, {}),
     # FSDP1 LoRA with the adapters inside their block's flat parameter (transformer policy
     # alone, as Lightning Fabric's FSDPStrategy(auto_wrap_policy={Block}) wraps)
     ("llama", "lora", 1, "full_shard", 4, 1, 1, "fp32", False, 2, 256, {"inblk": True}),

@@ -488,6 +488,8 @@ def _walk(
     zero_root = rs.gather_root if not rs.root_held else 0
     head_unit = rs.gather_head
     keep_gathered = fsdp is not None and not fsdp.reshard_after_forward and rs.sharded
+    # every block stays gathered: blocks that differ (layer schedules) add their average
+    kept_block = rs.gather_block_avg or rs.gather_block
     earlier = (stage.in_flight - 1) * prof.forward_total
     # Blocks with identical ledgers change the live bytes linearly, so within a run of them
     # only the run's ends can hold a maximum: walk those, and sum the rest (bounded work for
@@ -564,7 +566,7 @@ def _walk(
             if ck is not None:  # checkpointed: the block's working set (activations._block)
                 transient += ck[0]
             amp_live = cum_amp[i + 1]
-            before = rs.gather_block * (i if keep_gathered else 0) + held_root
+            before = kept_block * (i if keep_gathered else 0) + held_root
             if rs.gather_buffer:
                 w.block(
                     step,
@@ -590,7 +592,7 @@ def _walk(
         act = act0 + cum_act[L]
         amp_live = cum_amp[L]
         # not resharded after forward: every block (and FSDP2's embedding unit) stays gathered
-        kept = (rs.gather_block * L + rs.gather_embed) if keep_gathered else 0
+        kept = (kept_block * L + rs.gather_embed) if keep_gathered else 0
         fwd_gathered = held_root + kept + head_unit
         # on a (dp, tp) mesh FSDP2's embedding stays gathered until the head's forward ends
         head_fwd_gathered = fwd_gathered + (rs.gather_embed if rs.embed_held else 0)
@@ -686,7 +688,7 @@ def _walk(
             amp_i = amp_per[i]
             recompute = prof.layer_saved[i] + amp_i if ckpt else 0
             if keep_gathered:
-                gathered = held_root + rs.gather_block * (i + 1)
+                gathered = held_root + kept_block * (i + 1)
             else:
                 nxt = rs.gather_prefetch if i > 0 else rs.gather_embed
                 gathered = held_root + rs.gather_block + nxt

@@ -144,6 +144,16 @@ def test_distributed_grid_covers_lora_inside_fsdp1_block_units() -> None:
     assert all(r.fsdp_version == 1 and r.lora is not None for r in reqs)
 
 
+def test_distributed_grid_covers_layer_schedules() -> None:
+    # tensors only some layers have (dense-then-MoE, MoE every other layer, a dense layer
+    # among MoE ones) are wrapped with their layer, FSDP1 and FSDP2
+    reqs = [m.scenario.request for m in DISTRIBUTED]
+    kinds = {str(r.model.get("model_type")) for r in reqs if isinstance(r.model, dict)}
+    assert {"deepseek_v3", "llama4_text", "qwen2_moe"} <= kinds
+    ds = [r for r in reqs if isinstance(r.model, dict) and r.model["model_type"] == "deepseek_v3"]
+    assert {r.fsdp_version for r in ds} == {1, 2}
+
+
 def test_distributed_grid_covers_qlora_under_fsdp() -> None:
     # issue 8: QLoRA under FSDP (PEFT's FSDP+QLoRA recipe), FSDP1 and FSDP2, world 2 and 8,
     # two families

@@ -73,11 +73,30 @@ class Units:
     head_trainable_elements: int = 0
     rest: tuple[tuple[int, int, int], ...] = ()
     """Root tensors that are neither the token embedding nor the final norm / LM head."""
+    block_avg_bytes: int = -1
+    """Stored bytes of the average block (all blocks' tensors / blocks); -1: ``block_bytes``
+    (every block alike)."""
+    block_avg_trainable_elements: int = -1
+    """Trainable elements of the average block; -1: ``block_trainable_elements``."""
+    block_all: tuple[tuple[int, int, int], ...] = ()
+    """Every block tensor with its count over all blocks (set with layer schedules)."""
 
     @property
     def block_bytes(self) -> int:
         """Stored bytes of one block's parameters (before block rounding)."""
         return sum(nb * c for nb, c, _ in self.block)
+
+    @property
+    def avg_bytes(self) -> int:
+        """Stored bytes of the average block (``block_bytes`` when every block is alike)."""
+        return self.block_bytes if self.block_avg_bytes < 0 else self.block_avg_bytes
+
+    @property
+    def avg_trainable_elements(self) -> int:
+        """Trainable elements of the average block."""
+        if self.block_avg_trainable_elements < 0:
+            return self.block_trainable_elements
+        return self.block_avg_trainable_elements
 
     @property
     def root_bytes(self) -> int:
@@ -94,15 +113,31 @@ def _in_block(key: str, count: int, n_blocks: int) -> bool:
     return count % n_blocks == 0
 
 
-def units(plan: ParamPlan, n_blocks: int, *, mixed_layers: bool = False) -> Units:
+_LAYER_STACKS = ("decoder/", "encoder/")
+
+
+def _in_some_blocks(key: str, count: int, n_blocks: int) -> bool:
+    """Say whether a decoder/encoder layer tensor is in only some layers (schedules)."""
+    return (
+        n_blocks > 0
+        and key.startswith(_LAYER_STACKS)
+        and "final_norm" not in key
+        and count % n_blocks != 0
+    )
+
+
+def units(plan: ParamPlan, n_blocks: int) -> Units:
     """Split a rank's parameter tensors into per-block and root units.
 
     A tensor belongs to the blocks when it has one instance (or one per expert) in every
     block; the rest -- embeddings, final norms, the LM head -- is the root, as
     ``fully_shard(block)`` for each block then ``fully_shard(model)`` (or FSDP1's
-    transformer auto-wrap policy) wrap them. With ``mixed_layers`` (Llama-3.2-Vision: a layer
-    is self-attention or cross-attention) a block tensor present in only some layers is
-    spread over the blocks: each block holds the average share.
+    transformer auto-wrap policy) wrap them. A layer tensor that only some layers have (a
+    dense-then-MoE schedule as in DeepSeek-V3 or Llama 4, Jamba's attention and MoE layers,
+    Llama-3.2-Vision's cross-attention layers) is still wrapped with its layer: the running
+    unit (``block``) is taken as the union of the layer kinds -- every kind's tensors once,
+    experts ``stack`` per layer -- an upper bound on the largest layer; totals (FSDP1's flat
+    shards, the accumulated gradients) use the average block (``block_avg_*``).
     """
     blk: list[tuple[int, int, int]] = []
     root: list[tuple[int, int, int]] = []
@@ -110,19 +145,28 @@ def units(plan: ParamPlan, n_blocks: int, *, mixed_layers: bool = False) -> Unit
     head: list[tuple[int, int, int]] = []
     rest: list[tuple[int, int, int]] = []
     b_tr = r_tr = e_tr = h_tr = 0
+    total_b = total_tr = 0
+    partial = False
+    every: list[tuple[int, int, int]] = []
     trainable = plan.trainable_keys
-    for key, nb, count, eb, *_ in plan.tensors:
+    for key, nb, count, eb, _rows, stack in plan.tensors:
         trains = key in trainable
         el = (nb // eb) * count if trains and eb else 0
         if _in_block(key, count, n_blocks):
             per = count // n_blocks
             blk.append((nb, per, eb))
             b_tr += el // n_blocks
+            total_b += nb * count
+            total_tr += el
+            every.append((nb, count, eb))
             continue
-        partial = 0 < count < n_blocks and "final_norm" not in key
-        if mixed_layers and key.startswith("decoder/") and partial:
-            blk.append((max(1, nb * count // n_blocks), 1, eb))
-            b_tr += el // n_blocks
+        if _in_some_blocks(key, count, n_blocks):
+            partial = True
+            blk.append((nb, stack, eb))
+            b_tr += (nb // eb) * stack if trains and eb else 0
+            total_b += nb * count
+            total_tr += el
+            every.append((nb, count, eb))
             continue
         root.append((nb, count, eb))
         r_tr += el
@@ -145,6 +189,9 @@ def units(plan: ParamPlan, n_blocks: int, *, mixed_layers: bool = False) -> Unit
         e_tr,
         h_tr,
         tuple(rest),
+        total_b // max(n_blocks, 1) if partial else -1,
+        total_tr // max(n_blocks, 1) if partial else -1,
+        tuple(every) if partial else (),
     )
 
 
@@ -185,6 +232,10 @@ class RankStates:
     sharded: bool = False
     root_held: bool = False
     embed_held: bool = False
+    gather_block_avg: int = 0
+    """The average block's gathered parameters where blocks differ (layer schedules): what
+    each block adds while every block stays gathered (no reshard after forward); 0: the
+    blocks are alike (``gather_block``)."""
     grad_unsharded: int = 0
     """FSDP: every unit's unsharded gradients, which accumulate across the micro-batches of
     an optimizer step run under ``no_sync`` (0: not applicable)."""
@@ -280,11 +331,10 @@ def rank_states(
 
     """
     engine = parallel.engine
-    mixed = bool(spec.arch.get("cross_layers"))
     if engine.startswith("fsdp"):
-        return _fsdp(plan, opt, parallel, compute_bytes, n_blocks, mixed)
+        return _fsdp(plan, opt, parallel, compute_bytes, n_blocks)
     if engine == "zero":
-        return _zero(plan, opt, parallel, n_blocks, mixed)
+        return _zero(plan, opt, parallel, n_blocks)
     return _replicated(plan, opt, parallel)
 
 
@@ -321,7 +371,6 @@ def _zero(
     opt: OptimizerPlan,
     parallel: ParallelSpec,
     n_blocks: int,
-    mixed_layers: bool = False,
 ) -> RankStates:
     """DeepSpeed ZeRO 1/2/3 on one rank.
 
@@ -357,7 +406,7 @@ def _zero(
     buckets = block(z.reduce_bucket_size * bucket_b) if stage in (1, 2) else 0
     params = P
     if stage == ZeroStage.PARAMETERS:
-        u = units(plan, n_blocks, mixed_layers=mixed_layers)
+        u = units(plan, n_blocks)
         elems = [(nb // eb if eb else nb, c) for nb, c, eb in u.block]
         persist = sum(e * c for e, c in elems if e <= z.stage3_param_persistence_threshold)
         block_elems = sum(e * c for e, c in elems)
@@ -428,6 +477,8 @@ def _no_sync_grads(
     """
     if version == 2:
         return sum(block(t.numel * compute_bytes) * t.instances for t in plan.trainable_elements)
+    if block_grad == u.block_trainable_elements:  # layer schedules: the average block
+        block_grad = u.avg_trainable_elements
     blocks = block(_shard(block_grad * compute_bytes, n) * n) * u.n_blocks
     return blocks + block(_shard(u.root_trainable_elements * compute_bytes, n) * n)
 
@@ -454,7 +505,6 @@ def _fsdp(
     parallel: ParallelSpec,
     compute_bytes: int,
     n_blocks: int,
-    mixed_layers: bool = False,
 ) -> RankStates:
     """FSDP1 / FSDP2 with one unit per block plus the root, on one rank.
 
@@ -474,7 +524,7 @@ def _fsdp(
         out.params, out.gradients = plan.param_bytes, G
         out.optimizer, out.step_temps = opt.state_bytes, opt.step_temp_bytes
         return out
-    u = units(plan, n_blocks, mixed_layers=mixed_layers)
+    u = units(plan, n_blocks)
     if f.version == 2:
         shard_params = sum(
             block(_row_shard(t.nbytes, t.rows, t.stack, n)) * (t.instances // t.stack)
@@ -482,7 +532,7 @@ def _fsdp(
         )
         sharded_plan = _fsdp2_plan(plan, n)
     else:
-        shard_params = block(_shard(u.block_bytes, n)) * n_blocks + block(_shard(u.root_bytes, n))
+        shard_params = block(_shard(u.avg_bytes, n)) * n_blocks + block(_shard(u.root_bytes, n))
         sharded_plan = _sharded_plan(plan, 1, n)
     sopt = plan_optimizer(opt.name, sharded_plan)
     # 4-bit QLoRA: FSDP shards (and gathers) the packed storage; each weight's QuantState is
@@ -493,6 +543,8 @@ def _fsdp(
     out.optimizer = sopt.state_bytes
     out.step_temps = sopt.step_temp_bytes
     out.gather_block = _gathered(u.block, compute_bytes)
+    if u.block_all:
+        out.gather_block_avg = -(-_gathered(u.block_all, compute_bytes) // max(n_blocks, 1))
     out.gather_buffer = block(_shard(_gathered(u.block, compute_bytes), n) * n)
     prefetch = f.version == 2 or f.backward_prefetch != "none"
     out.gather_prefetch = out.gather_block if prefetch else 0

@@ -527,9 +527,6 @@ def framework_rows() -> list[tuple[str, str, int, int, float, str, str]]:
 
 
 TRAINER_TRACES = REPO / "validation" / "measurements" / "trace-trl.jsonl"
-# the RL tracers name the no-grad scoring passes "logprobs"; the engine files them under its
-# generation phase (tests/validation/test_trl_rl_trace.py)
-_TRAINER_PHASES = {"logprobs": "generation"}
 
 
 def trainer_rows() -> list[tuple[str, str, int, int, float, str, str, bool]]:
@@ -543,6 +540,7 @@ def trainer_rows() -> list[tuple[str, str, int, int, float, str, str, bool]]:
     if not TRAINER_TRACES.exists():
         return []
     from validation.compare import predict
+    from validation.trl_rl_trace import TRACE_PHASES
 
     out = []
     for line in TRAINER_TRACES.read_text("utf-8").splitlines():
@@ -558,7 +556,7 @@ def trainer_rows() -> list[tuple[str, str, int, int, float, str, str, bool]]:
         est = predict(req, impl, target="trace")
         m = d["measured"]
         t = int(m["allocated_bytes"])
-        phase = _TRAINER_PHASES.get(m["phase"], m["phase"])
+        phase = TRACE_PHASES.get(m["phase"], m["phase"])
         agree = est.peak.phase.value == phase and est.peak.step == m["step"]
         out.append(
             (req.trainer.value, sid, t, est.peak.allocated_bytes,
@@ -578,8 +576,10 @@ def _trainers_line(rows: Sequence[tuple[str, str, int, int, float, str, str, boo
     )
 
 
-def _trainers_section() -> list[str]:
-    rows = trainer_rows()
+_TrainerRow = tuple[str, str, int, int, float, str, str, bool]
+
+
+def _trainers_section(rows: Sequence[_TrainerRow]) -> list[str]:
     if not rows:
         return []
     lines = [
@@ -683,6 +683,7 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
              reference: str, dist: Sequence[GridRow] = ()) -> str:  # fmt: skip
     """Render the whole of ``docs/accuracy.md``."""
     ps, gs = published_summary(pub), grid_summary(grid)
+    tr = trainer_rows()
     lines = [
         "# Accuracy",
         "",
@@ -695,12 +696,12 @@ def markdown(pub: Sequence[PublishedRow], grid: Sequence[GridRow], cuda: Sequenc
         "  (" + coverage(pub) + ")",
         "- " + _grid_line(gs, grid),
         "- " + _dist_line(dist),
-        *(["- " + _trainers_line(tr)] if (tr := trainer_rows()) else []),
+        *(["- " + _trainers_line(tr)] if tr else []),
         "- " + cuda_line(cuda),
         "",
         *_generate_section(),
         *_frameworks_section(pub),
-        *_trainers_section(),
+        *_trainers_section(tr),
         "## How measured",
         "",
         "**Published** figures come from `" + reference + "`: peaks that others measured and "

@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
@@ -60,6 +59,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from validation.trl_rl_trace import print_result, run_child, trace_cli
 
 __all__ = ["SCENARIOS", "TRL_VERSION", "ensure_trl", "run_ppo_trace", "scenario_request", "trace"]
 
@@ -351,8 +352,7 @@ def _child(sid: str) -> int:
         sid, measured, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         wall_s=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
-    print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
-    return 0
+    return print_result(line)
 
 
 def trace(sid: str, timeout_s: float = 900, trl_dir: Path | None = None) -> dict[str, Any]:
@@ -365,15 +365,7 @@ def trace(sid: str, timeout_s: float = 900, trl_dir: Path | None = None) -> dict
     env.setdefault("TQDM_DISABLE", "1")
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     env.pop("ACCELERATE_MIXED_PRECISION", None)  # what a plain `python train.py` sees
-    proc = subprocess.run(
-        [sys.executable, "-m", "validation.trl_ppo_trace", "--child", sid],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout_s, check=False,
-    )  # fmt: skip
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            out: dict[str, Any] = json.loads(line[len("RESULT ") :])
-            return out
-    raise RuntimeError(f"tracing {sid} failed (rc={proc.returncode}): {proc.stderr[-3000:]}")
+    return run_child("validation.trl_ppo_trace", sid, timeout_s=timeout_s, env=env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,23 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.child:
         return _child(args.child)
     ids = args.only or list(SCENARIOS)
-    for sid in ids:
-        if sid not in SCENARIOS:
-            print(
-                f"error: unknown scenario {sid!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr
-            )
-            return 2
-    for sid in ids:
-        line = trace(sid, trl_dir=args.trl_dir)
-        m = line["measured"]
-        cats = " ".join(f"{k}={v / 2**20:.2f}" for k, v in m["by_category"].items())
-        peak = m["allocated_bytes"] / 2**20
-        print(f"{sid}: {peak:.3f} MiB step {m['step']} {m['phase']} [{cats}] {line['wall_s']}s",
-              flush=True)  # fmt: skip
-        if args.out:
-            with args.out.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line, sort_keys=True) + "\n")
-    return 0
+    return trace_cli(
+        ids, list(SCENARIOS), lambda sid: trace(sid, trl_dir=args.trl_dir), args.out, digits=3
+    )
 
 
 if __name__ == "__main__":

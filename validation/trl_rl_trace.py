@@ -49,11 +49,22 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCENARIOS", "as_measurement", "run_rl_trace", "scenario_request", "trace"]
+__all__ = [
+    "SCENARIOS",
+    "TRACE_PHASES",
+    "as_measurement",
+    "phase_peak",
+    "print_result",
+    "run_child",
+    "run_rl_trace",
+    "scenario_request",
+    "trace",
+    "trace_cli",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 LAST_TRACKER: Any = None  # the last in-process trace's tracker (for debugging)
@@ -422,18 +433,50 @@ def _child(sid: str) -> int:
         sid, measured, created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         wall_s=round(time.perf_counter() - t0, 2),
     )  # fmt: skip
+    return print_result(line)
+
+
+# the tracers name the no-grad scoring passes (old / reference log-probs) "logprobs"; the
+# estimate files them under its rollout phase, "generation"
+TRACE_PHASES = {"logprobs": "generation"}
+
+
+def phase_peak(report: Any, step: int, phase: str, event_prefix: str = "") -> int:
+    """Return the most bytes a timeline event of ``step``/``phase`` holds (0 if none).
+
+    Only events whose name starts with ``event_prefix`` count.
+    """
+    return max(
+        (
+            e.allocated_bytes
+            for e in report.timeline
+            if e.step == step and e.phase.value == phase and e.event.startswith(event_prefix)
+        ),
+        default=0,
+    )
+
+
+def print_result(line: dict[str, Any]) -> int:
+    """Print a child's result line for ``run_child`` to pick up; return the exit status."""
     print("RESULT " + json.dumps(line, sort_keys=True), flush=True)
     return 0
 
 
-def trace(sid: str, timeout_s: float = 900) -> dict[str, Any]:
-    """Trace scenario ``sid`` in a fresh subprocess; returns the JSON line's object."""
+def run_child(
+    module: str, sid: str, *, timeout_s: float, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``python -m module --child sid`` from the repository root; return its result line.
+
+    ``env`` defaults to this process's environment with the repository on ``PYTHONPATH``.
+    """
     import subprocess
 
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    if env is None:
+        env = dict(os.environ)
+        path = [str(REPO), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(path).rstrip(os.pathsep)
     proc = subprocess.run(
-        [sys.executable, "-m", "validation.trl_rl_trace", "--child", sid],
+        [sys.executable, "-m", module, "--child", sid],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout_s, check=False,
     )  # fmt: skip
     for line in proc.stdout.splitlines():
@@ -441,6 +484,37 @@ def trace(sid: str, timeout_s: float = 900) -> dict[str, Any]:
             out: dict[str, Any] = json.loads(line[len("RESULT ") :])
             return out
     raise RuntimeError(f"tracing {sid} failed (rc={proc.returncode}): {proc.stderr[-3000:]}")
+
+
+def trace(sid: str, timeout_s: float = 900) -> dict[str, Any]:
+    """Trace scenario ``sid`` in a fresh subprocess; returns the JSON line's object."""
+    return run_child("validation.trl_rl_trace", sid, timeout_s=timeout_s)
+
+
+def trace_cli(
+    ids: Sequence[str],
+    known: Sequence[str],
+    trace_one: Callable[[str], dict[str, Any]],
+    out: Path | None,
+    *,
+    digits: int = 2,
+) -> int:
+    """Trace ``ids`` one by one, print each peak and append the lines to ``out``."""
+    for sid in ids:
+        if sid not in known:
+            print(f"error: unknown scenario {sid!r}; known: {', '.join(known)}", file=sys.stderr)
+            return 2
+    for sid in ids:
+        line = trace_one(sid)
+        m = line["measured"]
+        cats = " ".join(f"{k}={v / 2**20:.2f}" for k, v in m["by_category"].items())
+        peak = m["allocated_bytes"] / 2**20
+        print(f"{sid}: {peak:.{digits}f} MiB step {m['step']} {m['phase']} [{cats}] "
+              f"{line['wall_s']}s", flush=True)  # fmt: skip
+        if out:
+            with out.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(line, sort_keys=True) + "\n")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -451,24 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.child:
         return _child(args.child)
-    ids = args.only or list(SCENARIOS)
-    for sid in ids:
-        if sid not in SCENARIOS:
-            print(
-                f"error: unknown scenario {sid!r}; known: {', '.join(SCENARIOS)}", file=sys.stderr
-            )
-            return 2
-    for sid in ids:
-        line = trace(sid)
-        m = line["measured"]
-        cats = " ".join(f"{k}={v / 2**20:.2f}" for k, v in m["by_category"].items())
-        peak = m["allocated_bytes"] / 2**20
-        print(f"{sid}: {peak:.2f} MiB step {m['step']} {m['phase']} [{cats}] {line['wall_s']}s",
-              flush=True)  # fmt: skip
-        if args.out:
-            with args.out.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(line, sort_keys=True) + "\n")
-    return 0
+    return trace_cli(args.only or list(SCENARIOS), list(SCENARIOS), trace, args.out)
 
 
 if __name__ == "__main__":

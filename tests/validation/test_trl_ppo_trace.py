@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from validation.trl_rl_trace import TRACE_PHASES, phase_peak
 from vramcalc.engine import _estimate
 from vramcalc.specs import EstimateRequest
 
@@ -34,19 +35,8 @@ LINES: list[dict[str, Any]] = (
     else []
 )
 PPO = [d for d in LINES if d.get("trainer") == "ppo"]
-# the tracer's "logprobs" phase (the no-grad rollout scoring) is the estimate's "generation"
-PHASES = {"logprobs": "generation"}
-
-
-def _phase_max(report: Any, step: int, phase: str, event_prefix: str = "") -> int:
-    return max(
-        (
-            e.allocated_bytes
-            for e in report.timeline
-            if e.step == step and e.phase.value == phase and e.event.startswith(event_prefix)
-        ),
-        default=0,
-    )
+# the tracer's "logprobs" phase (the no-grad scoring passes) is the estimate's "generation"
+PHASES = TRACE_PHASES
 
 
 @pytest.mark.parametrize("d", PPO, ids=[d["scenario"]["id"] for d in PPO])
@@ -60,9 +50,9 @@ def test_ppo_estimate_vs_trace(d: dict[str, Any]) -> None:
     assert err <= 3.0, err
     pp = m["per_phase_peak"]
     checks = {
-        "2/generation": _phase_max(est, 2, "generation", "generation:"),
-        "2/logprobs": _phase_max(est, 2, "generation", "reference log-probs"),
-        "2/optimizer": _phase_max(est, 2, "optimizer"),
+        "2/generation": phase_peak(est, 2, "generation", "generation:"),
+        "2/logprobs": phase_peak(est, 2, "generation", "reference log-probs"),
+        "2/optimizer": phase_peak(est, 2, "optimizer"),
     }
     for key, mine in checks.items():
         assert abs(mine - pp[key]) / pp[key] <= 0.05, (key, mine, pp[key])

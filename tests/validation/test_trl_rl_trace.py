@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from validation.trl_rl_trace import TRACE_PHASES, phase_peak
 from vramcalc.engine import _estimate
 from vramcalc.specs import EstimateRequest
 
@@ -32,20 +33,8 @@ LINES: list[dict[str, Any]] = (
 RL = [d for d in LINES if d.get("trainer") in ("grpo", "rloo")]
 for _d in RL:  # the shared Measurement format: scenario.id, scenario.request
     _d["id"], _d["request"] = _d["scenario"]["id"], _d["scenario"]["request"]
-# the tracer's "logprobs" phase (the no-grad old/reference passes) is the estimate's rollout
-# phase, "generation"
-PHASES = {"logprobs": "generation"}
-
-
-def _phase_max(report: Any, step: int, phase: str, event_prefix: str = "") -> int:
-    return max(
-        (
-            e.allocated_bytes
-            for e in report.timeline
-            if e.step == step and e.phase.value == phase and e.event.startswith(event_prefix)
-        ),
-        default=0,
-    )
+# the tracer's "logprobs" phase (the no-grad scoring passes) is the estimate's "generation"
+PHASES = TRACE_PHASES
 
 
 @pytest.mark.parametrize("d", RL, ids=[d["id"] for d in RL])
@@ -59,7 +48,7 @@ def test_rl_estimate_vs_trace(d: dict[str, Any]) -> None:
     assert err <= 5.0, err
     gen = m["per_phase_peak"].get("2/generation")
     if gen:
-        mine = _phase_max(est, 2, "generation", "generation:")
+        mine = phase_peak(est, 2, "generation", "generation:")
         assert abs(mine - gen) / gen <= 0.05, (mine, gen)
 
 

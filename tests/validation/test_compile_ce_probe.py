@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from validation import torchtune_grid
 from validation.compare import predict
 from vramcalc.formulas.params import block
 from vramcalc.specs import EstimateRequest
@@ -56,17 +57,8 @@ def test_compiled_loss_saves_the_16bit_chunk_and_row_statistics(probed: dict[str
 def _loss_event(compile_on: bool, vocab: int) -> int:
     req = EstimateRequest.model_validate(
         {
-            "model": {
-                "model_type": "llama",
-                "hidden_size": 256,
-                "intermediate_size": 1024,
-                "num_hidden_layers": 4,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "vocab_size": vocab,
-                "max_position_embeddings": 2048,
-                "tie_word_embeddings": True,
-            },
+            # the torchtune grid's llama (tied embeddings, GQA) at this vocabulary
+            "model": {**torchtune_grid.LLAMA, "vocab_size": vocab},
             "framework": "torchtune",
             "dtype": "bf16",
             "optim": "adamw_torch_fused",
